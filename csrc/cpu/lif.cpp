@@ -1,0 +1,258 @@
+// Fused multi-step LIF neuron, CPU (SpikingJelly dynamics; tna_kernels/reference.py is the spec).
+//
+// Forward, per neuron, t = 0..T-1, with vr = v_reset (hard reset) or 0 (soft reset):
+//   h[t] = v + (x[t] - (v - vr)) / tau        (decay_input)
+//   h[t] = v - (v - vr) / tau + x[t]          (otherwise)
+//   s[t] = h[t] >= v_th
+//   v    = s[t] ? v_reset : h[t]              (hard)  |  v = s[t] ? h[t] - v_th : h[t]   (soft)
+// Backward, t = T-1..0, gv = dL/dv (starts at grad_v_last), sg = surrogate'(h[t] - v_th):
+//   dv/dh = (1 - s) + (vr - h) * sg   (hard)  |  1 - v_th * sg   (soft); detach_reset drops sg
+//   gh = grad_s[t] * sg + gv * dv/dh;   grad_x[t] = gh / tau (decay_input) or gh;   gv = gh - gh / tau
+// Layout: x_seq [T, N] made contiguous; parallel over blocks of neurons, the time loop runs inside
+// each block so the membrane stays in L1. Saved for backward: h_seq only, in the compute dtype
+// (float for half/bf16), so the spike recomputed in backward is the forward's, bit for bit.
+#include <torch/library.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "../common.h"
+
+namespace tna {
+namespace {
+
+enum class Surrogate { kATan, kSigmoid, kFastSigmoid, kTriangle, kRectangle };
+
+Surrogate parse_surrogate(const std::string& name) {
+  if (name == "atan") return Surrogate::kATan;
+  if (name == "sigmoid") return Surrogate::kSigmoid;
+  if (name == "fast_sigmoid") return Surrogate::kFastSigmoid;
+  if (name == "triangle") return Surrogate::kTriangle;
+  if (name == "rectangle") return Surrogate::kRectangle;
+  TORCH_CHECK(false, "surrogate must be one of 'atan', 'sigmoid', 'fast_sigmoid', 'triangle', "
+              "'rectangle'; got '", name, "'");
+}
+
+// d spike / d h evaluated at x = h - v_th, sharpness alpha (formulas documented in reference.py).
+template <Surrogate S, typename acc_t>
+inline acc_t surrogate_grad(acc_t x, acc_t alpha) {
+  if constexpr (S == Surrogate::kATan) {
+    const acc_t u = acc_t(M_PI / 2) * alpha * x;
+    return alpha / (acc_t(2) * (acc_t(1) + u * u));
+  } else if constexpr (S == Surrogate::kSigmoid) {
+    const acc_t sg = acc_t(1) / (acc_t(1) + std::exp(-alpha * x));
+    return alpha * sg * (acc_t(1) - sg);
+  } else if constexpr (S == Surrogate::kFastSigmoid) {
+    const acc_t d = acc_t(1) + alpha * std::abs(x);
+    return acc_t(1) / (d * d);
+  } else if constexpr (S == Surrogate::kTriangle) {
+    const acc_t r = acc_t(1) - alpha * std::abs(x);
+    return r > acc_t(0) ? alpha * r : acc_t(0);
+  } else {
+    return std::abs(x) < acc_t(0.5) / alpha ? alpha : acc_t(0);
+  }
+}
+
+// Neurons per inner block: membrane + gradient carry (2 x 2 KiB) stay in L1 across the time loop.
+constexpr int64_t kBlock = 512;
+constexpr int64_t kGrain = 4 * kBlock;
+
+template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft, bool kSaveH>
+TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, scalar_t* __restrict s,
+                                    acc_t* __restrict h_out, acc_t* __restrict v, int64_t n,
+                                    int64_t T, int64_t stride, acc_t tau, acc_t v_th,
+                                    acc_t v_reset) {
+  const acc_t vr = kSoft ? acc_t(0) : v_reset;
+  for (int64_t t = 0; t < T; ++t) {
+    const scalar_t* __restrict xt = x + t * stride;
+    scalar_t* __restrict st = s + t * stride;
+    acc_t* __restrict ht = h_out + t * stride;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t xi = static_cast<acc_t>(xt[i]);
+      const acc_t vi = v[i];
+      const acc_t h = kDecayInput ? vi + (xi - (vi - vr)) / tau : vi - (vi - vr) / tau + xi;
+      const bool fire = h >= v_th;
+      st[i] = static_cast<scalar_t>(fire ? acc_t(1) : acc_t(0));
+      if constexpr (kSaveH) ht[i] = h;
+      if constexpr (kSoft) {
+        v[i] = fire ? h - v_th : h;
+      } else {
+        v[i] = fire ? v_reset : h;
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, Surrogate S, bool kDecayInput, bool kSoft,
+          bool kDetach>
+TNA_MULTIVERSION void lif_bwd_block(const scalar_t* __restrict gs, const acc_t* __restrict h,
+                                    scalar_t* __restrict gx, acc_t* __restrict gv, int64_t n,
+                                    int64_t T, int64_t stride, acc_t tau, acc_t v_th,
+                                    acc_t v_reset, acc_t alpha) {
+  const acc_t vr = kSoft ? acc_t(0) : v_reset;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const scalar_t* __restrict gst = gs + t * stride;
+    const acc_t* __restrict ht = h + t * stride;
+    scalar_t* __restrict gxt = gx + t * stride;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t hi = ht[i];
+      const acc_t sg = surrogate_grad<S>(hi - v_th, alpha);
+      const acc_t s = hi >= v_th ? acc_t(1) : acc_t(0);
+      acc_t dv_dh;
+      if constexpr (kSoft) {
+        dv_dh = kDetach ? acc_t(1) : acc_t(1) - v_th * sg;
+      } else {
+        dv_dh = kDetach ? acc_t(1) - s : (acc_t(1) - s) + (vr - hi) * sg;
+      }
+      const acc_t gh = static_cast<acc_t>(gst[i]) * sg + gv[i] * dv_dh;
+      gxt[i] = static_cast<scalar_t>(kDecayInput ? gh / tau : gh);
+      gv[i] = gh - gh / tau;
+    }
+  }
+}
+
+template <typename F>
+void dispatch_bool(bool value, F&& f) {
+  if (value) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+template <typename F>
+void dispatch_surrogate(Surrogate s, F&& f) {
+  switch (s) {
+    case Surrogate::kATan: return f(std::integral_constant<Surrogate, Surrogate::kATan>{});
+    case Surrogate::kSigmoid: return f(std::integral_constant<Surrogate, Surrogate::kSigmoid>{});
+    case Surrogate::kFastSigmoid:
+      return f(std::integral_constant<Surrogate, Surrogate::kFastSigmoid>{});
+    case Surrogate::kTriangle: return f(std::integral_constant<Surrogate, Surrogate::kTriangle>{});
+    case Surrogate::kRectangle:
+      return f(std::integral_constant<Surrogate, Surrogate::kRectangle>{});
+  }
+}
+
+void check_hyper(double tau, double v_threshold, double v_reset, double alpha) {
+  TORCH_CHECK(std::isfinite(tau) && tau > 0, "tau must be a finite number > 0, got ", tau);
+  TORCH_CHECK(std::isfinite(v_threshold), "v_threshold must be finite, got ", v_threshold);
+  TORCH_CHECK(std::isfinite(v_reset), "v_reset must be finite, got ", v_reset);
+  TORCH_CHECK(std::isfinite(alpha) && alpha > 0, "alpha must be a finite number > 0, got ", alpha);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_seq,
+                                                           const at::Tensor& v0, double tau,
+                                                           bool decay_input, double v_threshold,
+                                                           double v_reset, bool soft_reset,
+                                                           bool detach_reset,
+                                                           std::string_view surrogate, double alpha,
+                                                           bool save_h) {
+  TNA_CHECK_CPU(x_seq);
+  TNA_CHECK_CPU(v0);
+  TNA_CHECK_FLOATING(x_seq);
+  TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1,
+              "x_seq must be [T, ...] with at least one time step, got shape ", x_seq.sizes());
+  TNA_CHECK_DTYPE(v0, at::toOpMathType(x_seq.scalar_type()));
+  TNA_CHECK_SHAPE(v0, x_seq.sizes().slice(1));
+  check_hyper(tau, v_threshold, v_reset, alpha);
+  parse_surrogate(std::string(surrogate));
+  (void)detach_reset;
+
+  const at::Tensor x = x_seq.contiguous();
+  const int64_t T = x.size(0);
+  const int64_t N = T == 0 ? 0 : x.numel() / T;
+  at::Tensor spikes = at::empty_like(x);
+  at::Tensor v = v0.contiguous().clone();
+  at::Tensor h_seq = at::empty(save_h ? x.sizes() : at::IntArrayRef{0}, v.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
+    acc_t* hp = save_h ? h_seq.mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* vp = v.mutable_data_ptr<acc_t>();
+    dispatch_bool(decay_input, [&](auto kDecay) {
+      dispatch_bool(soft_reset, [&](auto kSoft) {
+        dispatch_bool(save_h, [&](auto kSave) {
+          at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; b += kBlock) {
+              lif_fwd_block<scalar_t, acc_t, decltype(kDecay)::value, decltype(kSoft)::value,
+                            decltype(kSave)::value>(
+                  xp + b, sp + b, hp == nullptr ? nullptr : hp + b, vp + b,
+                  std::min(kBlock, end - b), T, N, acc_t(tau), acc_t(v_threshold),
+                  acc_t(v_reset));
+            }
+          });
+        });
+      });
+    });
+  });
+  return {spikes, v, h_seq};
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
+                                               const at::Tensor& grad_v_last,
+                                               const at::Tensor& h_seq, double tau,
+                                               bool decay_input, double v_threshold,
+                                               double v_reset, bool soft_reset, bool detach_reset,
+                                               std::string_view surrogate, double alpha) {
+  TNA_CHECK_CPU(grad_spikes);
+  TNA_CHECK_CPU(grad_v_last);
+  TNA_CHECK_CPU(h_seq);
+  TNA_CHECK_FLOATING(grad_spikes);
+  TORCH_CHECK(h_seq.dim() >= 1 && h_seq.size(0) >= 1,
+              "h_seq must be the [T, ...] pre-spike membrane saved by lif_fwd(save_h=True), got "
+              "shape ", h_seq.sizes());
+  TNA_CHECK_SHAPE(grad_spikes, h_seq.sizes());
+  TNA_CHECK_DTYPE(h_seq, at::toOpMathType(grad_spikes.scalar_type()));
+  TNA_CHECK_DTYPE(grad_v_last, h_seq.scalar_type());
+  TNA_CHECK_SHAPE(grad_v_last, h_seq.sizes().slice(1));
+  check_hyper(tau, v_threshold, v_reset, alpha);
+  const Surrogate sur = parse_surrogate(std::string(surrogate));
+
+  const at::Tensor gs = grad_spikes.contiguous();
+  const at::Tensor h = h_seq.contiguous();
+  const int64_t T = h.size(0);
+  const int64_t N = h.numel() / T;
+  at::Tensor grad_x = at::empty_like(gs);
+  at::Tensor gv = grad_v_last.contiguous().clone();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "lif_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gsp = gs.const_data_ptr<scalar_t>();
+    const acc_t* hp = h.const_data_ptr<acc_t>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    acc_t* gvp = gv.mutable_data_ptr<acc_t>();
+    dispatch_surrogate(sur, [&](auto kSur) {
+      dispatch_bool(decay_input, [&](auto kDecay) {
+        dispatch_bool(soft_reset, [&](auto kSoft) {
+          dispatch_bool(detach_reset, [&](auto kDetach) {
+            at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+              for (int64_t b = begin; b < end; b += kBlock) {
+                lif_bwd_block<scalar_t, acc_t, decltype(kSur)::value, decltype(kDecay)::value,
+                              decltype(kSoft)::value, decltype(kDetach)::value>(
+                    gsp + b, hp + b, gxp + b, gvp + b, std::min(kBlock, end - b), T, N,
+                    acc_t(tau), acc_t(v_threshold), acc_t(v_reset), acc_t(alpha));
+              }
+            });
+          });
+        });
+      });
+    });
+  });
+  return {grad_x, gv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tna, CPU, m) {
+  m.impl("lif_fwd", &lif_fwd_cpu);
+  m.impl("lif_bwd", &lif_bwd_cpu);
+}
+
+}  // namespace tna

@@ -1,0 +1,34 @@
+"""Small helpers shared by the op modules (kept free of the training layer)."""
+
+import os
+
+import torch
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # GPU kernels are optional; the C++ CPU kernels never need Triton.
+    HAS_TRITON = False
+
+
+def triton_interpreting() -> bool:
+    """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1, read at triton import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of membrane state and accumulation for activations stored in ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def kernel_keys(qualname: str) -> set[str]:
+    """Dispatch keys that hold a real kernel (not a fallback) for ``qualname``, e.g. ``tna::lif_fwd``.
+    The one place that reads the dispatcher's private table."""
+    table = torch._C._dispatch_dump_table(qualname)
+    return {line.split(":")[0] for line in table.splitlines() if line.rstrip().endswith("[kernel]")}
+
+
+def has_fake(qualname: str) -> bool:
+    entry = torch._library.simple_registry.singleton.find(qualname)
+    return entry.fake_impl.kernel is not None

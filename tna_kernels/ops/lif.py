@@ -1,0 +1,73 @@
+"""tna::lif_fwd / tna::lif_bwd: fake kernels, autograd, and the Triton backend on CUDA.
+
+Forward and backward are separate ops; autograd joins them and saves one tensor, the pre-spike
+membrane ``h_seq`` (state dtype). With ``save_h=False`` (inference) nothing is saved."""
+
+import torch
+
+from .._utils import HAS_TRITON, state_dtype
+from ..reference import SURROGATES
+from . import CUDA_BACKENDS
+
+
+def _check_common(x_like, tau, alpha, surrogate):
+    torch._check(x_like.dim() >= 1 and x_like.shape[0] >= 1,
+                 lambda: f"x_seq must be [T, ...] with at least one time step, got shape {tuple(x_like.shape)}")
+    torch._check(x_like.dtype.is_floating_point,
+                 lambda: f"x_seq must be a floating-point tensor, got {x_like.dtype}")
+    torch._check(tau > 0, lambda: f"tau must be a finite number > 0, got {tau}")
+    torch._check(alpha > 0, lambda: f"alpha must be a finite number > 0, got {alpha}")
+    torch._check(surrogate in SURROGATES, lambda: f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+
+
+@torch.library.register_fake("tna::lif_fwd")
+def _lif_fwd_fake(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
+                  surrogate, alpha, save_h):
+    _check_common(x_seq, tau, alpha, surrogate)
+    acc = state_dtype(x_seq.dtype)
+    torch._check(v0.dtype == acc, lambda: f"v0 must have dtype {acc}, got {v0.dtype}")
+    torch._check(v0.shape == x_seq.shape[1:],
+                 lambda: f"v0 must have shape {tuple(x_seq.shape[1:])}, got {tuple(v0.shape)}")
+    h_shape = x_seq.shape if save_h else (0,)
+    return (torch.empty_like(x_seq, memory_format=torch.contiguous_format),
+            torch.empty_like(v0, memory_format=torch.contiguous_format),
+            x_seq.new_empty(h_shape, dtype=acc))
+
+
+@torch.library.register_fake("tna::lif_bwd")
+def _lif_bwd_fake(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_reset,
+                  soft_reset, detach_reset, surrogate, alpha):
+    _check_common(h_seq, tau, alpha, surrogate)
+    torch._check(grad_spikes.shape == h_seq.shape,
+                 lambda: f"grad_spikes must have shape {tuple(h_seq.shape)}, got {tuple(grad_spikes.shape)}")
+    torch._check(h_seq.dtype == state_dtype(grad_spikes.dtype),
+                 lambda: f"h_seq must have dtype {state_dtype(grad_spikes.dtype)}, got {h_seq.dtype}")
+    torch._check(grad_v_last.shape == h_seq.shape[1:],
+                 lambda: f"grad_v_last must have shape {tuple(h_seq.shape[1:])}, got {tuple(grad_v_last.shape)}")
+    return (torch.empty_like(grad_spikes, memory_format=torch.contiguous_format),
+            torch.empty_like(grad_v_last, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    (_, _, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
+     _save_h) = inputs
+    ctx.hyper = (tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha)
+    ctx.save_for_backward(output[2])
+
+
+def _backward(ctx, grad_spikes, grad_v_last, _grad_h):
+    (h_seq,) = ctx.saved_tensors
+    torch._check(h_seq.numel() > 0,
+                 lambda: "tna::lif_fwd was called with save_h=False; call it with save_h=True to backpropagate")
+    grad_x, grad_v0 = torch.ops.tna.lif_bwd(grad_spikes, grad_v_last, h_seq, *ctx.hyper)
+    return grad_x, grad_v0, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("tna::lif_fwd", _backward, setup_context=_setup_context)
+
+if HAS_TRITON:
+    from ..triton import lif as _triton_lif
+
+    torch.library.register_kernel("tna::lif_fwd", "cuda", _triton_lif.lif_fwd)
+    torch.library.register_kernel("tna::lif_bwd", "cuda", _triton_lif.lif_bwd)
+    CUDA_BACKENDS["lif_fwd"] = CUDA_BACKENDS["lif_bwd"] = "triton"
