@@ -1,0 +1,30 @@
+import os
+
+import pytest
+import torch
+
+import tna_kernels  # noqa: F401  (registers the tna:: ops)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Triton tests need a GPU or the interpreter (a separate lane: TRITON_INTERPRET=1 must be set
+    before triton is imported); CUDA tests need a visible GPU."""
+    skip_triton = pytest.mark.skip(reason="Triton lane: run with TRITON_INTERPRET=1 or on a GPU")
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "triton" in item.keywords and not (INTERPRET or torch.cuda.is_available()):
+            item.add_marker(skip_triton)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def triton_device() -> str:
+    """Device for Triton-lane tests: the GPU when there is one, else CPU tensors + interpreter."""
+    return "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
