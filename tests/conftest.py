@@ -24,7 +24,3 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
 
-
-def triton_device() -> str:
-    """Device for Triton-lane tests: the GPU when there is one, else CPU tensors + interpreter."""
-    return "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"

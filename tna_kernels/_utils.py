@@ -17,6 +17,11 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def triton_test_device() -> str:
+    """Where Triton-lane tests put tensors: the GPU when there is one, else the CPU (interpreter)."""
+    return "cuda" if torch.cuda.is_available() and not triton_interpreting() else "cpu"
+
+
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of membrane state and accumulation for activations stored in ``dtype``."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

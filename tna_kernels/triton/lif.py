@@ -52,7 +52,7 @@ def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, tau, v_th, v_r
         else:
             h = v - tl.math.div_rn(v - vr, tau) + x
         fire = h >= v_th
-        tl.store(s_ptr + idx, fire.to(s_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + idx, tl.where(fire, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
             tl.store(h_ptr + idx, h, mask=mask)
         if SOFT:

@@ -1,0 +1,307 @@
+"""Fused multi-step LIF: every backend against tna_kernels.reference.lif."""
+
+import itertools
+
+import pytest
+import torch
+
+from tna_kernels import functional as F
+from tna_kernels import nn as tnn
+from tna_kernels import reference
+from tna_kernels._utils import state_dtype
+from tna_kernels._utils import triton_test_device as triton_device
+
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+}
+SURROGATES = reference.SURROGATES
+
+
+def draw_input(shape, dtype, *, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0,
+               v0=None, margin=1e-3):
+    """Random currents nudged so that no pre-spike membrane lies within `margin` of the threshold
+    (in exact arithmetic): a tie could flip a spike between float32 and float64, and one flipped
+    spike changes the rest of the trajectory. Also returns the fp64 membranes for inspection."""
+    x = (torch.randn(shape, dtype=torch.float64) * 1.5 + 0.6).to(dtype)
+    vr = 0.0 if v_reset is None else v_reset
+    v = torch.full(shape[1:], vr, dtype=torch.float64) if v0 is None else v0.double()
+    for t in range(shape[0]):
+        for _ in range(8):
+            xt = x[t].double()
+            h = v + (xt - (v - vr)) / tau if decay_input else v - (v - vr) / tau + xt
+            close = (h - v_threshold).abs() < margin
+            if not close.any():
+                break
+            x[t] = torch.where(close, (xt + 0.1).to(dtype), x[t])
+        assert not close.any(), "could not draw an input away from the threshold"
+        s = (h >= v_threshold).double()
+        v = h - v_threshold * s if v_reset is None else h * (1 - s) + v_reset * s
+    return x
+
+
+def run_both(x, v0, grad_s, grad_v, **kw):
+    """Forward + backward through the fused op and through the reference, same inputs."""
+    xa, va = x.clone().requires_grad_(), v0.clone().requires_grad_()
+    s, v_last = F.lif(xa, va, return_v=True, **kw)
+    gx, gv = torch.autograd.grad((s, v_last), (xa, va), (grad_s, grad_v))
+    xb, vb = x.clone().requires_grad_(), v0.clone().requires_grad_()
+    ref_kw = {k: val for k, val in kw.items()}
+    s_ref, v_ref, _ = reference.lif(xb, vb, **ref_kw)
+    gx_ref, gv_ref = torch.autograd.grad((s_ref, v_ref), (xb, vb), (grad_s, grad_v))
+    return (s, v_last, gx, gv), (s_ref, v_ref, gx_ref, gv_ref)
+
+
+def assert_lif_close(got, want, dtype):
+    s, v_last, gx, gv = got
+    s_ref, v_ref, gx_ref, gv_ref = want
+    assert torch.equal(s, s_ref), "spikes differ"
+    assert s.dtype == dtype and v_last.dtype == state_dtype(dtype) and gx.dtype == dtype
+    torch.testing.assert_close(v_last, v_ref, **TOL[state_dtype(dtype)])
+    torch.testing.assert_close(gx, gx_ref, **TOL[dtype])
+    torch.testing.assert_close(gv, gv_ref, **TOL[state_dtype(dtype)])
+
+
+def make_case(shape, dtype, v_reset, decay_input, tau=2.0):
+    acc = state_dtype(dtype)
+    v0 = (torch.rand(shape[1:], dtype=torch.float64) * 0.8).to(acc)
+    x = draw_input(shape, dtype, tau=tau, decay_input=decay_input, v_reset=v_reset, v0=v0)
+    grad_s = torch.randn(shape, dtype=torch.float64).to(dtype)
+    grad_v = torch.randn(shape[1:], dtype=torch.float64).to(acc)
+    return x, v0, grad_s, grad_v
+
+
+GRID = list(itertools.product(SURROGATES, [0.0, -0.25, None], [False, True], [True, False]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("surrogate,v_reset,detach_reset,decay_input", GRID)
+def test_matches_reference(dtype, surrogate, v_reset, detach_reset, decay_input):
+    shape = (5, 3, 37)
+    x, v0, gs, gv = make_case(shape, dtype, v_reset, decay_input)
+    kw = dict(tau=2.0, decay_input=decay_input, v_threshold=1.0, v_reset=v_reset,
+              detach_reset=detach_reset, surrogate=surrogate, alpha=2.5)
+    got, want = run_both(x, v0, gs, gv, **kw)
+    assert_lif_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 4100), (64, 700), (3, 2, 3, 17, 19), (4, 9001), (2, 1)])
+def test_sizes_spanning_threads_and_blocks(shape):
+    x, v0, gs, gv = make_case(shape, torch.float32, 0.0, True, tau=1.7)
+    got, want = run_both(x, v0, gs, gv, tau=1.7)
+    assert_lif_close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("view", ["transpose", "stride2", "expanded"])
+def test_non_contiguous_input(view):
+    base = draw_input((6, 40, 30), torch.float32)
+    x = {"transpose": base.transpose(1, 2), "stride2": base[:, :, ::2],
+         "expanded": base[:, :1, :].expand(6, 5, 30)}[view]
+    assert not x.is_contiguous()
+    before = x.clone()
+    s = F.lif(x)
+    s_ref, _, _ = reference.lif(x, torch.zeros(x.shape[1:]))
+    assert torch.equal(s, s_ref)
+    assert torch.equal(x, before)
+
+
+def test_backward_saves_one_tensor_and_inference_saves_none():
+    x = draw_input((8, 64), torch.float32).requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        s = F.lif(x, surrogate="sigmoid")
+    assert len(saved) == 1 and saved[0].shape == x.shape  # only h_seq
+    s.sum().backward()
+    assert x.grad is not None
+    with torch.no_grad():
+        s2, _, h = torch.ops.tna.lif_fwd(x, torch.zeros(64), 2.0, True, 1.0, 0.0, False, False,
+                                         "atan", 2.0, False)
+    assert h.numel() == 0 and torch.equal(s2, s.detach())
+    with torch.no_grad():
+        assert F.lif(x).grad_fn is None
+
+
+def test_beta_parameterisation_equals_paper_recurrence():
+    """u[t] = beta*u[t-1]*(1 - s[t-1]) + I[t], s[t] = u[t] >= theta, hard reset to 0."""
+    beta, theta = 0.8, 1.0
+    T, n = 16, 500
+    current = torch.rand(T, n, dtype=torch.float64) * 0.6
+    u = torch.zeros(n, dtype=torch.float64)
+    s_prev = torch.zeros(n, dtype=torch.float64)
+    spikes, membranes = [], []
+    for t in range(T):
+        u = beta * u * (1 - s_prev) + current[t]
+        s_prev = (u >= theta).double()
+        spikes.append(s_prev)
+        membranes.append(u)
+    paper = torch.stack(spikes)
+    keep = (torch.stack(membranes) - theta).abs().amin(0) > 1e-9  # neurons with no exact tie
+    ours = F.lif(current, beta=beta, v_threshold=theta, v_reset=0.0)
+    assert keep.float().mean() > 0.99
+    assert torch.equal(ours[:, keep], paper[:, keep])
+    assert paper.sum() > 0.1 * paper.numel()  # the comparison really exercises spikes and resets
+    with pytest.raises(ValueError, match="beta"):
+        F.lif(current, beta=0.5, tau=3.0)
+    with pytest.raises(ValueError, match="beta"):
+        F.lif(current, beta=1.0)
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_streaming_in_chunks_equals_one_call(v_reset):
+    x = draw_input((12, 300), torch.float32, v_reset=v_reset)
+    s_all, v_all = F.lif(x, v_reset=v_reset, return_v=True)
+    v, parts = None, []
+    for chunk in x.split([5, 1, 6]):
+        s, v = F.lif(chunk, v, v_reset=v_reset, return_v=True)
+        parts.append(s)
+    assert torch.equal(torch.cat(parts), s_all)
+    assert torch.equal(v, v_all)
+
+
+def _samples():
+    x = draw_input((4, 3, 5), torch.float32)
+    v0 = torch.rand(3, 5)
+    out = []
+    for save_h, soft in [(True, False), (False, True)]:
+        out.append((x.clone().requires_grad_(save_h), v0.clone(), 2.0, True, 1.0, 0.0, soft, False,
+                    "atan", 2.0, save_h))
+    return out
+
+
+def test_opcheck_lif_fwd():
+    for args in _samples():
+        torch.library.opcheck(torch.ops.tna.lif_fwd.default, args)
+
+
+def test_opcheck_lif_bwd():
+    x = draw_input((4, 7), torch.float32)
+    _, _, h = torch.ops.tna.lif_fwd(x, torch.zeros(7), 2.0, True, 1.0, 0.0, False, False, "atan",
+                                     2.0, True)
+    for sur, detach in [("atan", False), ("triangle", True)]:
+        args = (torch.randn(4, 7), torch.randn(7), h, 2.0, True, 1.0, 0.0, False, detach, sur, 2.0)
+        torch.library.opcheck(torch.ops.tna.lif_bwd.default, args)
+
+
+def test_torch_compile_fullgraph():
+    def step(x, w):
+        return F.lif(x * w, surrogate="sigmoid", alpha=4.0).mean(0)
+
+    compiled = torch.compile(step, fullgraph=True)
+    x = draw_input((4, 2, 16), torch.float32)
+    w = torch.ones(16, requires_grad=True)
+    out = compiled(x, w)
+    out.sum().backward()
+    w_eager = torch.ones(16, requires_grad=True)
+    ref = step(x, w_eager)
+    ref.sum().backward()
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(w.grad, w_eager.grad)
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda x: F.lif(x.to(torch.int32)), TypeError, "x_seq must be a floating-point"),
+        (lambda x: F.lif(x, torch.zeros(3)), ValueError, "v0 must have shape"),
+        (lambda x: F.lif(x[:0]), ValueError, "T >= 1"),
+        (lambda x: F.lif(x, tau=0.0), ValueError, "tau must be"),
+        (lambda x: F.lif(x, tau=-2.0), ValueError, "tau must be"),
+        (lambda x: F.lif(x, surrogate="relu"), ValueError, "surrogate must be one of"),
+        (lambda x: F.lif(x, alpha=0.0), ValueError, "alpha must be"),
+        (lambda x: F.lif(x, v_reset=float("nan")), ValueError, "v_reset"),
+    ],
+)
+def test_bad_input_raises_and_leaves_input_alone(call, exc, match):
+    x = torch.randn(4, 2, 5)
+    before = x.clone()
+    with pytest.raises(exc, match=match):
+        call(x)
+    assert torch.equal(x, before)
+
+
+def test_cpp_boundary_errors_name_the_argument():
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="v0 must have dtype"):
+        torch.ops.tna.lif_fwd(x, torch.zeros(4, dtype=torch.float64), 2.0, True, 1.0, 0.0, False,
+                              False, "atan", 2.0, False)
+    with pytest.raises(RuntimeError, match="surrogate must be one of"):
+        torch.ops.tna.lif_bwd(x, torch.zeros(4), x, 2.0, True, 1.0, 0.0, False, False, "nope", 2.0)
+    with pytest.raises(RuntimeError, match="h_seq"):
+        torch.ops.tna.lif_bwd(x, torch.zeros(4), torch.empty(0), 2.0, True, 1.0, 0.0, False, False,
+                              "atan", 2.0)
+
+
+def test_module_is_stateless_and_streams():
+    lif = tnn.LIF(tau=3.0, v_reset=None, surrogate="triangle", alpha=1.5)
+    assert "tau=3.0" in repr(lif) and "surrogate='triangle'" in repr(lif)
+    assert len(lif.state_dict()) == 0
+    x = draw_input((6, 4, 10), torch.float32, tau=3.0, v_reset=None)
+    assert torch.equal(lif(x), lif(x))
+    streaming = tnn.LIF(tau=3.0, v_reset=None, return_v=True)
+    s1, v = streaming(x[:3])
+    s2, _ = streaming(x[3:], v)
+    assert torch.equal(torch.cat([s1, s2]), lif(x))
+    with pytest.raises(ValueError, match="surrogate"):
+        tnn.LIF(surrogate="bogus")
+
+
+# ---- Triton lane (TRITON_INTERPRET=1 on CPU, or a GPU) ----------------------------------------
+
+@pytest.mark.triton
+@pytest.mark.parametrize("surrogate,v_reset,detach_reset,decay_input",
+                         list(itertools.product(SURROGATES, [0.0, None], [False, True], [True, False])))
+def test_triton_matches_reference(surrogate, v_reset, detach_reset, decay_input):
+    from tna_kernels.triton import lif as tl_lif
+
+    dev = triton_device()
+    shape = (3, 2, 70)  # 140 neurons: three 64-wide blocks, the last one masked
+    x, v0, gs, gv = make_case(shape, torch.float32, v_reset, decay_input)
+    hyper = (2.0, decay_input, 1.0, 0.0 if v_reset is None else v_reset, v_reset is None,
+             detach_reset, surrogate, 2.5)
+    s, v_last, h = tl_lif.lif_fwd(x.to(dev), v0.to(dev), *hyper, True)
+    gx, gv0 = tl_lif.lif_bwd(gs.to(dev), gv.to(dev), h, *hyper[:-3], detach_reset, surrogate, 2.5)
+    kw = dict(tau=2.0, decay_input=decay_input, v_reset=v_reset, detach_reset=detach_reset,
+              surrogate=surrogate, alpha=2.5)
+    _, want = run_both(x, v0, gs, gv, **kw)
+    assert_lif_close((s.cpu(), v_last.cpu(), gx.cpu(), gv0.cpu()), want, torch.float32)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision(dtype):
+    from tna_kernels.triton import lif as tl_lif
+
+    dev = triton_device()
+    x, v0, gs, gv = make_case((4, 90), dtype, 0.0, True)
+    hyper = (2.0, True, 1.0, 0.0, False, False, "atan", 2.0)
+    s, v_last, h = tl_lif.lif_fwd(x.to(dev), v0.to(dev), *hyper, True)
+    gx, gv0 = tl_lif.lif_bwd(gs.to(dev), gv.to(dev), h, *hyper)
+    _, want = run_both(x, v0, gs, gv)
+    assert h.dtype == torch.float32
+    assert_lif_close((s.cpu(), v_last.cpu(), gx.cpu(), gv0.cpu()), want, dtype)
+
+
+@pytest.mark.triton
+def test_triton_rejects_float64():
+    from tna_kernels.triton import lif as tl_lif
+
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        tl_lif.lif_fwd(x, torch.zeros(3, dtype=torch.float64), 2.0, True, 1.0, 0.0, False, False,
+                       "atan", 2.0, False)
+
+
+@pytest.mark.cuda
+def test_cuda_autograd_through_op():
+    x = draw_input((4, 3, 1000), torch.float32)
+    v0 = torch.zeros(3, 1000)
+    gs = torch.randn(4, 3, 1000)
+    got, want = run_both(x.cuda(), v0.cuda(), gs.cuda(), torch.zeros(3, 1000).cuda())
+    assert_lif_close(tuple(t.cpu() for t in got), tuple(t.cpu() for t in want), torch.float32)
