@@ -43,6 +43,7 @@ test-triton: build
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests; $(PYTEST_OK)
 
 test-cpp: build
+	mkdir -p build
 	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" -DPython3_EXECUTABLE=$(PY) > build/cmake.log
 	cmake --build build/cmake -j $(MAX_JOBS) >> build/cmake.log
 	ctest --test-dir build/cmake --output-on-failure
