@@ -1,7 +1,28 @@
+import ctypes
+import ctypes.util
+
 import pytest
 import torch
 
 import tna_kernels  # noqa: F401
+
+
+def _keep_freed_memory() -> None:
+    """Large tensors come from mmap and go back to the OS on free, so every fresh output pays
+    page faults plus zeroing (~10 ms per 64 MB here), which would swamp the kernels being compared.
+    Raise glibc's mmap and trim thresholds so freed blocks are reused, as jemalloc/tcmalloc do;
+    it applies to every provider alike."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if hasattr(libc, "mallopt"):
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+
+
+_keep_freed_memory()
 
 
 def pytest_collection_modifyitems(config, items):

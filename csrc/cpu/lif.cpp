@@ -58,8 +58,9 @@ inline acc_t surrogate_grad(acc_t x, acc_t alpha) {
   }
 }
 
-// Neurons per inner block: membrane + gradient carry (2 x 2 KiB) stay in L1 across the time loop.
-constexpr int64_t kBlock = 512;
+// Neurons per inner block: long enough runs per time step for the prefetchers, short enough that
+// the membrane carry (4 KiB) and the T slices in flight stay in L1/L2.
+constexpr int64_t kBlock = 1024;
 constexpr int64_t kGrain = 4 * kBlock;
 
 template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft, bool kSaveH>
