@@ -26,16 +26,16 @@ def _fwd_bwd(fn, x, grad):
     return step
 
 
-def _make(provider, shape):
+def _make(provider, shape, device):
     n = 1
     for d in shape:
         n *= d
-    x = (torch.randn(shape) * 1.5 + 0.6).requires_grad_()
-    grad = torch.randn(shape)
+    x = (torch.randn(shape, device=device) * 1.5 + 0.6).requires_grad_()
+    grad = torch.randn(shape, device=device)
     if provider == "tna":
         return _fwd_bwd(lambda x: F.lif(x, tau=2.0), x, grad), 24 * n
     if provider == "reference":
-        v0 = torch.zeros(shape[1:])
+        v0 = torch.zeros(shape[1:], device=device)
         return _fwd_bwd(lambda x: reference.lif(x, v0, tau=2.0)[0], x, grad), None
     if provider == "snntorch":
         snn = pytest.importorskip("snntorch")
@@ -59,7 +59,7 @@ def _make(provider, shape):
         from spikingjelly.activation_based import neuron, surrogate
 
         node = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(alpha=2.0),
-                              step_mode="m", backend="torch")
+                              step_mode="m")  # SpikingJelly 2.0 on CPU: its torch path
 
         def sj(x):
             sjf.reset_net(node)
@@ -67,16 +67,32 @@ def _make(provider, shape):
 
         return _fwd_bwd(sj, x, grad), None
     if provider == "copy":
-        src, dst = torch.randn(shape), torch.empty(shape)
+        src, dst = torch.randn(shape, device=device), torch.empty(shape, device=device)
         return (lambda: dst.copy_(src)), 8 * n
     raise ValueError(provider)
 
 
+def _synced(fn):
+    def step():
+        fn()
+        torch.cuda.synchronize()
+
+    return step
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("T", [4, 16])
-def test_lif_fwd_bwd(benchmark, T, provider):
-    benchmark.group = f"lif fwd+bwd T={T} [T,32,128,32,32] fp32"
-    fn, nbytes = _make(provider, SHAPES[T])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_lif_fwd_bwd(benchmark, device, T, provider):
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        if provider in ("snntorch", "spikingjelly"):
+            pytest.skip("peers are compared on the CPU")
+    benchmark.group = f"lif fwd+bwd {device} T={T} [T,32,128,32,32] fp32"
+    fn, nbytes = _make(provider, SHAPES[T], device)
+    if device == "cuda":
+        fn = _synced(fn)
     slow = provider in ("reference", "snntorch", "spikingjelly")
     run(benchmark, fn, provider=provider, nbytes=nbytes, rounds=3 if slow else 10,
-        shape=list(SHAPES[T]))
+        shape=list(SHAPES[T]), device=device)
