@@ -10,8 +10,7 @@ import torch
 __version__ = "0.1.0"
 
 
-def _load_extension() -> None:
-    record = Path(__file__).with_name("_build_config.json")
+def _load_extension(record: Path = Path(__file__).with_name("_build_config.json")) -> None:
     built_for = json.loads(record.read_text())["torch"] if record.exists() else "unknown"
     hint = "Rebuild it for this torch: pip install --no-build-isolation -e .  (or: make build)"
     try:
