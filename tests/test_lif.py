@@ -87,11 +87,19 @@ def test_matches_reference(dtype, surrogate, v_reset, detach_reset, decay_input)
     assert_lif_close(got, want, dtype)
 
 
-@pytest.mark.parametrize("shape", [(1, 4100), (64, 700), (3, 2, 3, 17, 19), (4, 9001), (2, 1)])
+@pytest.mark.parametrize("shape", [(1, 4100), (64, 700), (3, 2, 3, 17, 19), (4, 9001), (2, 1),
+                                   (2, 1_048_579)])  # the last one takes the streaming-store path
 def test_sizes_spanning_threads_and_blocks(shape):
     x, v0, gs, gv = make_case(shape, torch.float32, 0.0, True, tau=1.7)
     got, want = run_both(x, v0, gs, gv, tau=1.7)
     assert_lif_close(got, want, torch.float32)
+
+
+def test_streaming_path_bfloat16_odd_rows():
+    shape = (2, 2_097_153)  # rows start at odd offsets: exercises the unaligned store head/tail
+    x, v0, gs, gv = make_case(shape, torch.bfloat16, None, False)
+    got, want = run_both(x, v0, gs, gv, v_reset=None, decay_input=False)
+    assert_lif_close(got, want, torch.bfloat16)
 
 
 @pytest.mark.parametrize("view", ["transpose", "stride2", "expanded"])
