@@ -16,4 +16,38 @@ TORCH_LIBRARY(tna, m) {
       "lif_bwd(Tensor grad_spikes, Tensor grad_v_last, Tensor h_seq, float tau, bool decay_input, "
       "float v_threshold, float v_reset, bool soft_reset, bool detach_reset, str surrogate, "
       "float alpha) -> (Tensor, Tensor)");
+
+  // Ternary weights. Packed format v1 (csrc/cpu/ternary.h, docs/FORMAT.md): codes [..., K] int8 in
+  // {-1, 0, +1} -> int64 words [..., 2, KW], KW = ceil(K/64), planes P (+1) and N (-1) along K,
+  // little-endian bits, zero padding; spikes {0, 1} [..., K] -> [..., KW]. Every op that reads
+  // packed words takes the format `version` and rejects any other. scale: float32 [N]; bias:
+  // float32 [N] or None. Spike ops return float32; float ops return x's dtype.
+  m.def("pack_ternary(Tensor codes) -> Tensor");
+  m.def("unpack_ternary(Tensor packed, int K, int version) -> Tensor");
+  m.def("pack_spikes(Tensor spikes) -> Tensor");
+  m.def("unpack_spikes(Tensor bits, int K) -> Tensor");
+  // Ternariser ("twn" | "absmean"), dim 0 = output channel: (codes int8 like w, scale float32 [N],
+  // packed words of the codes along w's last axis, or an empty tensor when pack is false).
+  m.def("ternarize(Tensor w, str method, bool per_channel, bool pack) -> (Tensor, Tensor, Tensor)");
+  // x [..., K] floating, packed_w [N, 2, KW] -> [..., N]; grad_input: grad_y [..., N] -> [..., K].
+  m.def("ternary_linear(Tensor x, Tensor packed_w, Tensor scale, Tensor? bias, int version) -> Tensor");
+  m.def("ternary_linear_grad_input(Tensor grad_y, Tensor packed_w, Tensor scale, int K, int version) -> Tensor");
+  // spike_bits [..., KW] int64 -> [..., N] float32, exact integer accumulation.
+  m.def(
+      "spike_ternary_linear(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int K, "
+      "int version) -> Tensor");
+  // Conv2d, groups = 1: packed_w [N, kh, kw, 2, CW] (codes [N, kh, kw, C] packed along C);
+  // x [B, C, H, W]; spike_bits [B, H, W, CW] (spikes packed along channels) -> [B, N, OH, OW].
+  m.def(
+      "ternary_conv2d(Tensor x, Tensor packed_w, Tensor scale, Tensor? bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, int version) -> Tensor");
+  m.def(
+      "ternary_conv2d_grad_input(Tensor grad_y, Tensor packed_w, Tensor scale, int[4] input_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, int version) -> Tensor");
+  m.def(
+      "spike_ternary_conv2d(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int C, "
+      "int[2] stride, int[2] padding, int[2] dilation, int version) -> Tensor");
+  // Popcount kernel instruction set the CPU ops use now: "avx512" | "avx2" | "scalar" (the best
+  // supported, or TNA_TERNARY_ISA when set).
+  m.def("ternary_cpu_isa() -> str");
 }

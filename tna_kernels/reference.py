@@ -75,3 +75,150 @@ def lif(x_seq: Tensor, v0: Tensor, *, tau: float = 2.0, decay_input: bool = True
         spikes.append(s)
         hs.append(h)
     return torch.stack(spikes).to(x_seq.dtype), v, torch.stack(hs)
+
+
+# ---- Ternary weights --------------------------------------------------------------------------
+# Packed format v1 (docs/FORMAT.md): codes [..., K] in {-1, 0, +1} -> int64 words [..., 2, KW],
+# KW = ceil(K / 64); plane 0 = P (code +1), plane 1 = N (code -1); element k is bit k % 64 of word
+# k // 64; bits k >= K are zero. Spikes [..., K] in {0, 1} -> [..., KW] the same way.
+
+TERNARY_FORMAT_VERSION = 1
+TERNARY_METHODS = ("twn", "absmean")
+ABSMEAN_EPS = 1e-5
+
+
+def ternarize(w: Tensor, method: str = "twn", per_channel: bool = True) -> tuple[Tensor, Tensor]:
+    """Ternary codes (int8, shape of ``w``) and per-output-channel scales (float32 ``[N]``).
+
+    Dim 0 of ``w`` is the output channel; ``per_channel=False`` pools all channels and repeats the
+    one scale N times. Statistics run in float64 over ``|w|``:
+
+    twn      delta = 0.7 * mean|w|; code = sign(w) * [|w| > delta]; scale = mean(|w| where |w| > delta),
+             0 when nothing exceeds delta (Li et al., Ternary Weight Networks).
+    absmean  g = mean|w|; code = clamp(round(w / (g + 1e-5)), -1, 1) with round half to even;
+             scale = g (BitNet b1.58).
+    """
+    if method not in TERNARY_METHODS:
+        raise ValueError(f"method must be one of {TERNARY_METHODS}, got {method!r}")
+    n = w.shape[0]
+    a = w.detach().double().reshape(n, -1).abs()
+    x = w.detach().double().reshape(n, -1)
+    if per_channel:
+        mean = a.mean(dim=1, keepdim=True)
+    else:
+        mean = a.mean().expand(n, 1)
+    if method == "twn":
+        delta = 0.7 * mean
+        keep = a > delta
+        codes = torch.sign(x) * keep
+        if per_channel:
+            tot, cnt = (a * keep).sum(1, keepdim=True), keep.sum(1, keepdim=True)
+        else:
+            tot, cnt = (a * keep).sum().expand(n, 1), keep.sum().expand(n, 1)
+        scale = torch.where(cnt > 0, tot / cnt.clamp(min=1), torch.zeros_like(tot))
+    else:
+        codes = torch.clamp(torch.round(x / (mean + ABSMEAN_EPS)), -1, 1)
+        scale = mean
+    return codes.to(torch.int8).reshape(w.shape), scale.reshape(n).to(torch.float32)
+
+
+class _TernarySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, method, per_channel, clip):
+        codes, scale = ternarize(w, method, per_channel)
+        ctx.save_for_backward(w)
+        ctx.clip = clip
+        return codes.to(w.dtype) * scale.to(w.dtype).reshape((-1,) + (1,) * (w.dim() - 1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (w,) = ctx.saved_tensors
+        if ctx.clip is not None:
+            grad = grad * (w.abs() <= ctx.clip).to(grad.dtype)
+        return grad, None, None, None
+
+
+def ternary_ste(w: Tensor, method: str = "twn", per_channel: bool = True,
+                clip: float | None = None) -> Tensor:
+    """Dequantised ternary weight ``code * scale`` (dtype of ``w``) with the straight-through rule:
+    ``d out / d w = 1`` (identity), or ``1[|w| <= clip]`` when ``clip`` is given. The scale is
+    treated as a constant in backward."""
+    return _TernarySTE.apply(w, method, per_channel, clip)
+
+
+def _pack_bits(bits: Tensor) -> Tensor:
+    """[..., K] of 0/1 integers -> int64 [..., ceil(K/64)], element k at bit k % 64 of word k // 64."""
+    k = bits.shape[-1]
+    kw = (k + 63) // 64
+    b = torch.nn.functional.pad(bits.to(torch.int64), (0, kw * 64 - k)).reshape(*bits.shape[:-1], kw, 64)
+    shifts = torch.arange(32, dtype=torch.int64, device=bits.device)
+    lo = (b[..., :32] << shifts).sum(-1)
+    hi = (b[..., 32:] << shifts).sum(-1)
+    return lo | (hi << 32)
+
+
+def _unpack_bits(words: Tensor, k: int) -> Tensor:
+    shifts = torch.arange(64, dtype=torch.int64, device=words.device)
+    bits = (words.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*words.shape[:-1], -1)[..., :k]
+
+
+def pack_ternary(codes: Tensor) -> Tensor:
+    """Codes [..., K] in {-1, 0, +1} -> words [..., 2, KW] (planes P, N)."""
+    return torch.stack([_pack_bits(codes == 1), _pack_bits(codes == -1)], dim=-2)
+
+
+def unpack_ternary(packed: Tensor, k: int) -> Tensor:
+    return (_unpack_bits(packed[..., 0, :], k) - _unpack_bits(packed[..., 1, :], k)).to(torch.int8)
+
+
+def pack_spikes(spikes: Tensor) -> Tensor:
+    """Spikes [..., K] in {0, 1} -> words [..., KW]."""
+    return _pack_bits(spikes == 1)
+
+
+def unpack_spikes(bits: Tensor, k: int) -> Tensor:
+    return _unpack_bits(bits, k).to(torch.uint8)
+
+
+def _epilogue(acc: Tensor, scale: Tensor, bias: Tensor | None, channel_dim: int) -> Tensor:
+    """float32(acc) * scale, then + bias: two float32 roundings, the kernels' exact order."""
+    shape = [1] * acc.dim()
+    shape[channel_dim] = -1
+    y = acc.to(torch.float32) * scale.reshape(shape)
+    return y if bias is None else y + bias.reshape(shape)
+
+
+def spike_ternary_linear(spikes: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Spikes [..., K] (0/1) x codes [N, K]: exact integer sums (float64 matmul), then the float32
+    epilogue ``acc * scale + bias``. Returns float32 [..., N]."""
+    acc = spikes.double() @ codes.double().T
+    return _epilogue(acc, scale, bias, -1)
+
+
+def ternary_linear(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Float x [..., K] times the ternary weight ``codes * scale`` [N, K], plus bias, in float64;
+    returned in x's dtype (kernels agree within float32 rounding)."""
+    y = (x.double() @ codes.double().T) * scale.double()
+    if bias is not None:
+        y = y + bias.double()
+    return y.to(x.dtype)
+
+
+def ternary_conv2d(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None = None, stride=1,
+                   padding=0, dilation=1) -> Tensor:
+    """conv2d of x [B, C, H, W] with codes [N, C, kh, kw] (torch layout), times scale, plus bias,
+    in float64; returned in x's dtype."""
+    y = torch.nn.functional.conv2d(x.double(), codes.double(), None, stride, padding, dilation)
+    y = y * scale.double().reshape(1, -1, 1, 1)
+    if bias is not None:
+        y = y + bias.double().reshape(1, -1, 1, 1)
+    return y.to(x.dtype)
+
+
+def spike_ternary_conv2d(spikes: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None = None,
+                         stride=1, padding=0, dilation=1) -> Tensor:
+    """Spikes [B, C, H, W] (0/1) conv codes [N, C, kh, kw]: exact integer sums (float64 conv), then
+    the float32 epilogue. Returns float32 [B, N, OH, OW]."""
+    acc = torch.nn.functional.conv2d(spikes.double(), codes.double(), None, stride, padding, dilation)
+    return _epilogue(acc, scale, bias, 1)

@@ -1,0 +1,545 @@
+// Ternary linear layers, CPU: bit-packed spikes x ternary (exact popcount GEMM) and float x ternary.
+//
+// Maths (reference.py is the spec): with packed rows P[n], N[n] (format v1, ternary.h) and
+//   spikes:  acc[m, n] = sum_i popcount(S[m, i] & P[n, i]) - popcount(S[m, i] & N[n, i])   (exact)
+//            y[m, n]   = float(acc) * scale[n] + bias[n]       (two fp32 roundings, no FMA)
+//   float:   y[m, n]   = (sum_k x[m, k] c[n, k]) * scale[n] + bias[n]
+//   grad:    grad_x    = (grad_y * scale) @ c
+// Layout: S [M, KW] int64 words, W [N, 2, KW] (P row then N row), y [M, N] row-major.
+//
+// Spike GEMM: the M x N output is cut into tiles of kTileM x kTileN run by at::parallel_for; a tile
+// is swept with register-blocked micro-kernels (rows of S times rows of W, K innermost). Three
+// instruction sets, chosen at run time (TNA_TERNARY_ISA=scalar|avx2|avx512 forces one):
+//   avx512  AVX-512 VPOPCNTDQ: 8 words per vpopcntq, 4x4 block of zmm accumulators, masked tail.
+//   avx2    Mula nibble-LUT popcount (vpshufb) into byte counters, flushed with vpsadbw every 15
+//           steps. pos - neg = popcount(s & P) + popcount(~(s & N)) - 64 per word, so both planes
+//           feed one unsigned byte counter (2x2 block).
+//   scalar  portable 4x4 block of __builtin_popcountll (hardware POPCNT through a target clone).
+// Float x ternary: small M (<= 8, float32) uses a direct kernel that adds/subtracts x under the
+// P/N bit masks (AVX-512 mask registers, AVX2 expanded masks, or scalar), reading 2 bits per weight;
+// otherwise the codes are decoded to the compute dtype once and the GEMM goes to torch (oneDNN/
+// MKL), which is exact for +-1 weights and as fast as torch fp32 by construction.
+#include <torch/library.h>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "../common.h"
+#include "ternary.h"
+
+namespace tna::ternary {
+
+// ---- instruction-set selection ----------------------------------------------------------------
+
+namespace {
+Isa best_supported() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  static const Isa best = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
+    return Isa::kScalar;
+  }();
+  return best;
+#else
+  return Isa::kScalar;
+#endif
+}
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+Isa select_isa() {
+  const Isa best = best_supported();
+  const char* env = std::getenv("TNA_TERNARY_ISA");
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return best;
+  Isa want;
+  if (std::strcmp(env, "scalar") == 0) {
+    want = Isa::kScalar;
+  } else if (std::strcmp(env, "avx2") == 0) {
+    want = Isa::kAvx2;
+  } else if (std::strcmp(env, "avx512") == 0) {
+    want = Isa::kAvx512;
+  } else {
+    TORCH_CHECK(false, "TNA_TERNARY_ISA must be one of auto, scalar, avx2, avx512; got '", env, "'");
+  }
+  TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "TNA_TERNARY_ISA=", env,
+              " but this CPU supports at most '", isa_name(best), "'");
+  return want;
+}
+
+namespace {
+
+inline void store_tile(const int64_t* acc, int mr, int nr, int64_t n0, const float* scale,
+                       const float* bias, float* out, int64_t ldo) {
+  for (int i = 0; i < mr; ++i) {
+    for (int j = 0; j < nr; ++j) {
+      float y = static_cast<float>(acc[i * nr + j]) * scale[n0 + j];
+      if (bias != nullptr) y = y + bias[n0 + j];
+      out[i * ldo + n0 + j] = y;
+    }
+  }
+}
+
+// ---- scalar ------------------------------------------------------------------------------------
+
+template <int MR, int NR>
+__attribute__((always_inline)) inline void mk_scalar(const uint64_t* S, int64_t lds, const uint64_t* W,
+                                                     int64_t KW, int64_t* acc) {
+  int64_t a[MR][NR] = {};
+  for (int64_t k = 0; k < KW; ++k) {
+    uint64_t s[MR];
+    for (int i = 0; i < MR; ++i) s[i] = S[i * lds + k];
+    for (int j = 0; j < NR; ++j) {
+      const uint64_t p = W[j * 2 * KW + k], q = W[j * 2 * KW + KW + k];
+      for (int i = 0; i < MR; ++i) {
+        a[i][j] += __builtin_popcountll(s[i] & p) - __builtin_popcountll(s[i] & q);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * NR + j] = a[i][j];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("popcnt", "default")))
+#endif
+void tile_scalar(const uint64_t* S, int64_t lds, int64_t M, const uint64_t* W, int64_t KW,
+                 int64_t n0, int64_t n1, const float* scale, const float* bias, float* out,
+                 int64_t ldo) {
+  int64_t acc[16];
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      mk_scalar<4, 4>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 4, 4, n, scale, bias, out + m * ldo, ldo);
+    }
+    for (; n < n1; ++n) {
+      mk_scalar<4, 1>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 4, 1, n, scale, bias, out + m * ldo, ldo);
+    }
+  }
+  for (; m < M; ++m) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      mk_scalar<1, 4>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 1, 4, n, scale, bias, out + m * ldo, ldo);
+    }
+    for (; n < n1; ++n) {
+      mk_scalar<1, 1>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 1, 1, n, scale, bias, out + m * ldo, ldo);
+    }
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TNA_HAVE_X86_KERNELS 1
+
+// ---- AVX2: nibble-LUT popcount ----------------------------------------------------------------
+
+#define TNA_AVX2 __attribute__((target("avx2,popcnt")))
+
+TNA_AVX2 inline __m256i nibble_count(__m256i v, __m256i lut, __m256i low) {
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+// MR x NR block: acc = sum over words of popcount(s & P) + popcount(~(s & N)) (64 too many per
+// word, removed at the end). Masked-off tail words load as 0 and so count exactly 64 too.
+template <int MR, int NR>
+TNA_AVX2 inline void mk_avx2(const uint64_t* S, int64_t lds, const uint64_t* W, int64_t KW,
+                             int64_t* acc) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
+                                       2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi8(-1);
+  __m256i a64[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) a64[i][j] = _mm256_setzero_si256();
+  const int64_t steps = (KW + 3) / 4;
+  const int64_t full = KW / 4;
+  const int64_t rem = KW % 4;
+  const __m256i tail_mask =
+      _mm256_cmpgt_epi64(_mm256_set1_epi64x(rem), _mm256_setr_epi64x(0, 1, 2, 3));
+  for (int64_t base = 0; base < steps; base += 15) {
+    const int64_t stop = std::min<int64_t>(steps, base + 15);
+    __m256i a8[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) a8[i][j] = _mm256_setzero_si256();
+    for (int64_t st = base; st < stop; ++st) {
+      const int64_t k = st * 4;
+      const bool tail = st >= full;
+      __m256i s[MR];
+      for (int i = 0; i < MR; ++i) {
+        const auto* src = reinterpret_cast<const long long*>(S + i * lds + k);
+        s[i] = tail ? _mm256_maskload_epi64(src, tail_mask)
+                    : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+      }
+      for (int j = 0; j < NR; ++j) {
+        const auto* pp = reinterpret_cast<const long long*>(W + j * 2 * KW + k);
+        const auto* qp = reinterpret_cast<const long long*>(W + j * 2 * KW + KW + k);
+        const __m256i p = tail ? _mm256_maskload_epi64(pp, tail_mask)
+                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pp));
+        const __m256i q = tail ? _mm256_maskload_epi64(qp, tail_mask)
+                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp));
+        for (int i = 0; i < MR; ++i) {
+          const __m256i pos = _mm256_and_si256(s[i], p);
+          const __m256i notneg = _mm256_xor_si256(_mm256_and_si256(s[i], q), ones);
+          a8[i][j] = _mm256_add_epi8(a8[i][j], _mm256_add_epi8(nibble_count(pos, lut, low),
+                                                               nibble_count(notneg, lut, low)));
+        }
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        a64[i][j] = _mm256_add_epi64(a64[i][j], _mm256_sad_epu8(a8[i][j], _mm256_setzero_si256()));
+  }
+  const int64_t excess = 64 * 4 * steps;
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      alignas(32) int64_t t[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(t), a64[i][j]);
+      acc[i * NR + j] = t[0] + t[1] + t[2] + t[3] - excess;
+    }
+  }
+}
+
+TNA_AVX2 void tile_avx2(const uint64_t* S, int64_t lds, int64_t M, const uint64_t* W, int64_t KW,
+                        int64_t n0, int64_t n1, const float* scale, const float* bias, float* out,
+                        int64_t ldo) {
+  int64_t acc[4];
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) {
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) {
+      mk_avx2<2, 2>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 2, 2, n, scale, bias, out + m * ldo, ldo);
+    }
+    for (; n < n1; ++n) {
+      mk_avx2<2, 1>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 2, 1, n, scale, bias, out + m * ldo, ldo);
+    }
+  }
+  for (; m < M; ++m) {
+    for (int64_t n = n0; n < n1; ++n) {
+      mk_avx2<1, 1>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 1, 1, n, scale, bias, out + m * ldo, ldo);
+    }
+  }
+}
+
+// ---- AVX-512 VPOPCNTDQ ------------------------------------------------------------------------
+
+#define TNA_AVX512 __attribute__((target("avx512f,avx512vpopcntdq,popcnt")))
+
+template <int MR, int NR>
+TNA_AVX512 inline void step_avx512(__m512i (&a)[MR][NR], const uint64_t* S, int64_t lds,
+                                   const uint64_t* W, int64_t KW, int64_t k, __mmask8 mask) {
+  __m512i s[MR];
+  for (int i = 0; i < MR; ++i) s[i] = _mm512_maskz_loadu_epi64(mask, S + i * lds + k);
+  for (int j = 0; j < NR; ++j) {
+    const __m512i p = _mm512_maskz_loadu_epi64(mask, W + j * 2 * KW + k);
+    const __m512i q = _mm512_maskz_loadu_epi64(mask, W + j * 2 * KW + KW + k);
+    for (int i = 0; i < MR; ++i) {
+      a[i][j] = _mm512_add_epi64(a[i][j], _mm512_popcnt_epi64(_mm512_and_si512(s[i], p)));
+      a[i][j] = _mm512_sub_epi64(a[i][j], _mm512_popcnt_epi64(_mm512_and_si512(s[i], q)));
+    }
+  }
+}
+
+template <int MR, int NR>
+TNA_AVX512 inline void mk_avx512(const uint64_t* S, int64_t lds, const uint64_t* W, int64_t KW,
+                                 int64_t* acc) {
+  __m512i a[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) a[i][j] = _mm512_setzero_si512();
+  int64_t k = 0;
+  for (; k + 8 <= KW; k += 8) step_avx512<MR, NR>(a, S, lds, W, KW, k, 0xff);
+  if (k < KW) step_avx512<MR, NR>(a, S, lds, W, KW, k, static_cast<__mmask8>((1u << (KW - k)) - 1));
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * NR + j] = _mm512_reduce_add_epi64(a[i][j]);
+}
+
+TNA_AVX512 void tile_avx512(const uint64_t* S, int64_t lds, int64_t M, const uint64_t* W,
+                            int64_t KW, int64_t n0, int64_t n1, const float* scale,
+                            const float* bias, float* out, int64_t ldo) {
+  int64_t acc[16];
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      mk_avx512<4, 4>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 4, 4, n, scale, bias, out + m * ldo, ldo);
+    }
+    for (; n < n1; ++n) {
+      mk_avx512<4, 1>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 4, 1, n, scale, bias, out + m * ldo, ldo);
+    }
+  }
+  for (; m < M; ++m) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      mk_avx512<1, 4>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 1, 4, n, scale, bias, out + m * ldo, ldo);
+    }
+    for (; n < n1; ++n) {
+      mk_avx512<1, 1>(S + m * lds, lds, W + n * 2 * KW, KW, acc);
+      store_tile(acc, 1, 1, n, scale, bias, out + m * ldo, ldo);
+    }
+  }
+}
+#endif  // x86 kernels
+
+}  // namespace
+
+void spike_gemm_tile(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const uint64_t* W,
+                     int64_t KW, int64_t n_begin, int64_t n_end, const float* scale,
+                     const float* bias, float* out, int64_t ldo) {
+#ifdef TNA_HAVE_X86_KERNELS
+  if (isa == Isa::kAvx512) {
+    return tile_avx512(S, lds, m_count, W, KW, n_begin, n_end, scale, bias, out, ldo);
+  }
+  if (isa == Isa::kAvx2) return tile_avx2(S, lds, m_count, W, KW, n_begin, n_end, scale, bias, out, ldo);
+#endif
+  tile_scalar(S, lds, m_count, W, KW, n_begin, n_end, scale, bias, out, ldo);
+}
+
+namespace {
+
+// ---- float x ternary, direct kernel for small M -----------------------------------------------
+
+constexpr int64_t kDirectMaxM = 8;
+
+// y[m, n] for m < M <= 8 and n in [n0, n1): sum_k x[m, k] * c[n, k], before scale and bias.
+void direct_scalar(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
+                   int64_t n1, float* acc /* [M, N] with ld N */, int64_t ld) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint64_t* p = W + n * 2 * KW;
+    const uint64_t* q = p + KW;
+    for (int64_t m = 0; m < M; ++m) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) {
+        const uint64_t bit = uint64_t(1) << (k % 64);
+        if (p[k / 64] & bit) s += x[m * K + k];
+        if (q[k / 64] & bit) s -= x[m * K + k];
+      }
+      acc[m * ld + n] = s;
+    }
+  }
+}
+
+#ifdef TNA_HAVE_X86_KERNELS
+// Two weight rows per pass so each loaded x chunk serves both; 16 lanes per k chunk.
+TNA_AVX512 void direct_avx512(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
+                              int64_t n0, int64_t n1, float* acc, int64_t ld) {
+  for (int64_t n = n0; n < n1; n += 2) {
+    const int nr = (n + 1 < n1) ? 2 : 1;
+    __m512 a[kDirectMaxM][2];
+    for (int64_t m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      const int64_t w = k / 64, sh = k % 64;
+      const __mmask16 lanes =
+          K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
+      __mmask16 pm[2], nm[2];
+      for (int j = 0; j < nr; ++j) {
+        pm[j] = static_cast<__mmask16>(W[(n + j) * 2 * KW + w] >> sh);
+        nm[j] = static_cast<__mmask16>(W[(n + j) * 2 * KW + KW + w] >> sh);
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + m * K + k);
+        for (int j = 0; j < nr; ++j) {
+          a[m][j] = _mm512_mask_add_ps(a[m][j], pm[j], a[m][j], xv);
+          a[m][j] = _mm512_mask_sub_ps(a[m][j], nm[j], a[m][j], xv);
+        }
+      }
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int j = 0; j < nr; ++j) acc[m * ld + n + j] = _mm512_reduce_add_ps(a[m][j]);
+  }
+}
+
+TNA_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// 8 lanes per k chunk; each byte of P/N becomes a lane mask by testing one bit per lane.
+TNA_AVX2 void direct_avx2(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
+                          int64_t n0, int64_t n1, float* acc, int64_t ld) {
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  for (int64_t n = n0; n < n1; n += 2) {
+    const int nr = (n + 1 < n1) ? 2 : 1;
+    __m256 a[kDirectMaxM][2];
+    for (int64_t m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+      const int64_t w = k / 64, sh = k % 64;
+      const int64_t left = K - k;
+      const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))),
+                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      __m256 pm[2], nm[2];
+      for (int j = 0; j < nr; ++j) {
+        const __m256i pb = _mm256_set1_epi32(int((W[(n + j) * 2 * KW + w] >> sh) & 0xff));
+        const __m256i nb = _mm256_set1_epi32(int((W[(n + j) * 2 * KW + KW + w] >> sh) & 0xff));
+        pm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, sel), sel));
+        nm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, sel), sel));
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        const __m256 xv = left >= 8 ? _mm256_loadu_ps(x + m * K + k)
+                                    : _mm256_maskload_ps(x + m * K + k, lanes);
+        for (int j = 0; j < nr; ++j) {
+          a[m][j] = _mm256_add_ps(a[m][j], _mm256_and_ps(xv, pm[j]));
+          a[m][j] = _mm256_sub_ps(a[m][j], _mm256_and_ps(xv, nm[j]));
+        }
+      }
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int j = 0; j < nr; ++j) acc[m * ld + n + j] = hsum256(a[m][j]);
+  }
+}
+#endif
+
+// Decoded codes [N, K] in `dtype` (exact: values -1, 0, 1).
+at::Tensor decode(const at::Tensor& pw, int64_t N, int64_t K, at::ScalarType dtype) {
+  at::Tensor d = at::empty({N, K}, pw.options().dtype(dtype));
+  decode_codes(pw, N, K, d);
+  return d;
+}
+
+void apply_epilogue(at::Tensor& y, const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
+  // Two separate roundings, as in the reference: (acc * scale) + bias.
+  y.mul_(scale.to(y.scalar_type()));
+  if (bias.has_value()) y.add_(bias->to(y.scalar_type()));
+}
+
+int64_t check_linear_weight(const at::Tensor& packed_w, int64_t K, const at::Tensor& scale,
+                            const std::optional<at::Tensor>& bias, int64_t version) {
+  check_version(version);
+  check_packed(packed_w, "packed_w");
+  TORCH_CHECK(packed_w.dim() == 3, "packed_w must have shape [N, 2, KW] for a linear layer, got ",
+              packed_w.sizes());
+  TORCH_CHECK(K >= 1, "K must be >= 1, got ", K);
+  TORCH_CHECK(packed_w.size(2) == words_for(K), "packed_w has ", packed_w.size(2),
+              " words per plane but K = ", K, " needs ceil(K/64) = ", words_for(K));
+  check_scale_bias(scale, bias, packed_w.size(0));
+  return packed_w.size(0);
+}
+
+std::vector<int64_t> out_shape(at::IntArrayRef in, int64_t last) {
+  std::vector<int64_t> s(in.begin(), in.end());
+  s.back() = last;
+  return s;
+}
+
+at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
+                                    const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                    int64_t K, int64_t version) {
+  const int64_t N = check_linear_weight(packed_w, K, scale, bias, version);
+  TNA_CHECK_CPU(spike_bits);
+  TORCH_CHECK(spike_bits.scalar_type() == at::kLong,
+              "spike_bits must be int64 packed spike words (pack_spikes), got ", spike_bits.scalar_type());
+  const int64_t KW = words_for(K);
+  TORCH_CHECK(spike_bits.dim() >= 1 && spike_bits.size(-1) == KW, "spike_bits must have shape [..., ",
+              KW, "] for K = ", K, ", got ", spike_bits.sizes());
+  const at::Tensor S = spike_bits.contiguous();
+  const at::Tensor Wt = packed_w.contiguous();
+  check_packed_rows(Wt, N, K, "packed_w");
+  const Isa isa = select_isa();
+  const int64_t M = S.numel() / KW;
+  at::Tensor y = at::empty(out_shape(S.sizes(), N), S.options().dtype(at::kFloat));
+  if (M == 0 || N == 0) return y;
+  const auto* sp = reinterpret_cast<const uint64_t*>(S.const_data_ptr<int64_t>());
+  const auto* wp = reinterpret_cast<const uint64_t*>(Wt.const_data_ptr<int64_t>());
+  const float* scp = scale.contiguous().const_data_ptr<float>();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
+  float* yp = y.mutable_data_ptr<float>();
+  // Tiles: 64 rows of spikes x 64 weight rows (64 x 2 x KW words); small M splits over N only.
+  const int64_t tm = 64, tn = 64;
+  const int64_t mt = (M + tm - 1) / tm, nt = (N + tn - 1) / tn;
+  at::parallel_for(0, mt * nt, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t t = b0; t < b1; ++t) {
+      const int64_t m0 = (t / nt) * tm, n0 = (t % nt) * tn;
+      spike_gemm_tile(isa, sp + m0 * KW, KW, std::min(tm, M - m0), wp, KW, n0, std::min(N, n0 + tn),
+                      scp, bp, yp + m0 * N, N);
+    }
+  });
+  return y;
+}
+
+at::Tensor ternary_linear_cpu(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& scale,
+                              const std::optional<at::Tensor>& bias, int64_t version) {
+  TNA_CHECK_CPU(x);
+  TNA_CHECK_FLOATING(x);
+  TORCH_CHECK(x.dim() >= 1, "x must have shape [..., K], got ", x.sizes());
+  const int64_t K = x.size(-1);
+  const int64_t N = check_linear_weight(packed_w, K, scale, bias, version);
+  const at::Tensor Wt = packed_w.contiguous();
+  check_packed_rows(Wt, N, K, "packed_w");
+  const at::ScalarType acc_t = at::toOpMathType(x.scalar_type());
+  const at::Tensor x2 = x.reshape({-1, K}).to(acc_t).contiguous();
+  const int64_t M = x2.size(0);
+  at::Tensor y;
+  if (acc_t == at::kFloat && M <= kDirectMaxM && M > 0) {
+    y = at::empty({M, N}, x2.options());
+    const float* xp = x2.const_data_ptr<float>();
+    const auto* wp = reinterpret_cast<const uint64_t*>(Wt.const_data_ptr<int64_t>());
+    float* yp = y.mutable_data_ptr<float>();
+    const Isa isa = select_isa();
+    const int64_t KW = words_for(K);
+    at::parallel_for(0, N, std::max<int64_t>(2, 8192 / (K * M) * 2), [&](int64_t n0, int64_t n1) {
+#ifdef TNA_HAVE_X86_KERNELS
+      if (isa == Isa::kAvx512) return direct_avx512(xp, M, K, wp, KW, n0, n1, yp, N);
+      if (isa == Isa::kAvx2) return direct_avx2(xp, M, K, wp, KW, n0, n1, yp, N);
+#endif
+      direct_scalar(xp, M, K, wp, KW, n0, n1, yp, N);
+    });
+  } else {
+    y = at::mm(x2, decode(Wt, N, K, acc_t).t());
+  }
+  apply_epilogue(y, scale, bias);
+  return y.to(x.scalar_type()).reshape(out_shape(x.sizes(), N));
+}
+
+at::Tensor ternary_linear_grad_input_cpu(const at::Tensor& grad_y, const at::Tensor& packed_w,
+                                         const at::Tensor& scale, int64_t K, int64_t version) {
+  TNA_CHECK_CPU(grad_y);
+  TNA_CHECK_FLOATING(grad_y);
+  const int64_t N = check_linear_weight(packed_w, K, scale, std::nullopt, version);
+  TORCH_CHECK(grad_y.dim() >= 1 && grad_y.size(-1) == N, "grad_y must have shape [..., ", N,
+              "], got ", grad_y.sizes());
+  const at::Tensor Wt = packed_w.contiguous();
+  const at::ScalarType acc_t = at::toOpMathType(grad_y.scalar_type());
+  const at::Tensor g = grad_y.reshape({-1, N}).to(acc_t) * scale.to(acc_t);
+  const at::Tensor gx = at::mm(g, decode(Wt, N, K, acc_t));
+  return gx.to(grad_y.scalar_type()).reshape(out_shape(grad_y.sizes(), K));
+}
+
+std::string ternary_cpu_isa() { return isa_name(select_isa()); }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tna, CPU, m) {
+  m.impl("spike_ternary_linear", &spike_ternary_linear_cpu);
+  m.impl("ternary_linear", &ternary_linear_cpu);
+  m.impl("ternary_linear_grad_input", &ternary_linear_grad_input_cpu);
+}
+
+TORCH_LIBRARY_FRAGMENT(tna, m) { m.impl("ternary_cpu_isa", &ternary_cpu_isa); }
+
+}  // namespace tna::ternary

@@ -1,0 +1,228 @@
+"""Ternary conv2d kernels (spikes bit-packed along channels, float input) and the ternary modules
+(TernaryLinear / TernaryConv2d, .pack())."""
+
+import pytest
+import torch
+from torch import nn
+
+from tna_kernels import functional as F
+from tna_kernels import nn as tnn
+from tna_kernels import reference as R
+from tna_kernels.ops.ternary import PackedTernary
+
+from conftest import triton_device
+
+ISAS = ("scalar", "avx2", "avx512")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    monkeypatch.setenv("TNA_TERNARY_ISA", request.param)
+    try:
+        got = torch.ops.tna.ternary_cpu_isa()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    assert got == request.param
+    return request.param
+
+
+def rand_codes(*shape):
+    c = torch.randint(-1, 2, shape)
+    c[torch.rand(shape) < 0.3] = 0
+    return c.to(torch.int8)
+
+
+def make(N, C, k, bias=True):
+    codes = rand_codes(N, C, *k)
+    scale = torch.rand(N) + 0.1
+    b = torch.randn(N) if bias else None
+    return codes, scale, b, F.pack_ternary(codes, scale, b)
+
+
+# (B, C, H, W, N, kernel, stride, padding, dilation)
+GEOMS = [
+    (2, 3, 7, 5, 4, (3, 3), 1, 1, 1),
+    (1, 64, 9, 9, 8, (3, 3), 2, 1, 1),
+    (3, 70, 6, 7, 5, (3, 2), (1, 2), (0, 1), 1),
+    (2, 130, 5, 5, 6, (1, 1), 1, 0, 1),
+    (1, 16, 11, 10, 3, (3, 3), 2, 2, 2),
+    (2, 5, 4, 4, 7, (4, 4), 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("geom", GEOMS, ids=str)
+def test_spike_conv_bit_exact(isa, geom):
+    B, C, H, W, N, k, stride, padding, dilation = geom
+    codes, scale, b, p = make(N, C, k)
+    s = (torch.rand(B, C, H, W) < 0.2).float()
+    y = F.spike_ternary_conv2d(F.pack_spikes(s, dim=1), p, stride, padding, dilation)
+    ref = R.spike_ternary_conv2d(s, codes, scale, b, stride, padding, dilation)
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    assert torch.equal(y, ref)
+
+
+def test_spike_conv_no_bias_dense_and_no_mutation(isa):
+    codes, scale, _, p = make(6, 66, (3, 3), bias=False)
+    s = torch.ones(2, 66, 5, 6)
+    bits = F.pack_spikes(s, dim=1)
+    before = (bits.clone(), p.words.clone())
+    y = F.spike_ternary_conv2d(bits, p, 1, 1, 1)
+    assert torch.equal(y, R.spike_ternary_conv2d(s, codes, scale, None, 1, 1, 1))
+    assert torch.equal(bits, before[0]) and torch.equal(p.words, before[1])
+
+
+@pytest.mark.parametrize("geom", GEOMS[:4], ids=str)
+def test_float_conv_matches_torch(geom):
+    B, C, H, W, N, k, stride, padding, dilation = geom
+    codes, scale, b, p = make(N, C, k)
+    x = torch.randn(B, C, H, W)
+    y = F.ternary_conv2d(x, p, stride, padding, dilation)
+    ref = nn.functional.conv2d(x.double(), p.dequantize(torch.float64), b.double(), stride, padding, dilation)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(y, R.ternary_conv2d(x, codes, scale, b, stride, padding, dilation),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_float_conv_gradcheck():
+    codes, scale, b, p = make(3, 4, (3, 3))
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+    for stride, padding, dilation in ((1, 1, 1), (2, 0, 1), ((2, 1), (1, 0), 2)):
+        assert torch.autograd.gradcheck(lambda x: F.ternary_conv2d(x, p, stride, padding, dilation), (x,))
+
+
+def test_float_conv_bias_grad_and_opcheck():
+    codes, scale, b, p = make(4, 5, (3, 3))
+    bias = b.clone().requires_grad_()
+    x = torch.randn(2, 5, 7, 7, requires_grad=True)
+    y = torch.ops.tna.ternary_conv2d(x, p.words, p.scale, bias, [2, 2], [1, 1], [1, 1], 1)
+    g = torch.randn_like(y)
+    gx, gb = torch.autograd.grad(y, (x, bias), g)
+    x2, b2 = x.detach().clone().requires_grad_(), b.clone().requires_grad_()
+    ref = nn.functional.conv2d(x2, p.dequantize(), b2, 2, 1)
+    gx2, gb2 = torch.autograd.grad(ref, (x2, b2), g)
+    torch.testing.assert_close(gx, gx2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gb, gb2, rtol=1e-5, atol=1e-5)
+    bits = F.pack_spikes((torch.rand(2, 5, 7, 7) < 0.3).float(), dim=1)
+    ops = torch.ops.tna
+    for op, args in [
+        (ops.ternary_conv2d, (x, p.words, p.scale, bias, [2, 2], [1, 1], [1, 1], 1)),
+        (ops.ternary_conv2d_grad_input, (g, p.words, p.scale, [2, 5, 7, 7], [2, 2], [1, 1], [1, 1], 1)),
+        (ops.spike_ternary_conv2d, (bits, p.words, p.scale, p.bias, 5, [1, 2], [1, 0], [1, 1], 1)),
+    ]:
+        torch.library.opcheck(op, args)
+
+
+def test_conv_bad_input():
+    codes, scale, b, p = make(4, 5, (3, 3))
+    bits = F.pack_spikes((torch.rand(2, 5, 7, 7) < 0.3).float(), dim=1)
+    with pytest.raises(RuntimeError, match="version: .*got v3"):
+        torch.ops.tna.spike_ternary_conv2d(bits, p.words, p.scale, None, 5, [1, 1], [0, 0], [1, 1], 3)
+    with pytest.raises(RuntimeError, match=r"the input has C = 70 channels \(needs ceil\(C/64\) = 2\)"):
+        torch.ops.tna.spike_ternary_conv2d(bits, p.words, p.scale, None, 70, [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match=r"spike_bits must have shape \[B, H, W, 1\]"):
+        torch.ops.tna.spike_ternary_conv2d(bits.permute(0, 3, 1, 2), p.words, p.scale, None, 5, [1, 1],
+                                           [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="stride must be two integers >= 1"):
+        torch.ops.tna.spike_ternary_conv2d(bits, p.words, p.scale, None, 5, [0, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(ValueError, match="padding must be an int or a pair of ints >= 0"):
+        F.spike_ternary_conv2d(bits, p, padding=-1)
+    with pytest.raises(RuntimeError, match="too small for kernel 3x3"):
+        F.spike_ternary_conv2d(F.pack_spikes(torch.zeros(1, 5, 2, 2), dim=1), p)
+    with pytest.raises(ValueError, match="x has 6 channels but the weight expects 5"):
+        F.ternary_conv2d(torch.randn(1, 6, 8, 8), p)
+    with pytest.raises(ValueError, match="weight must be a conv2d weight"):
+        F.ternary_conv2d(torch.randn(1, 5, 8, 8), F.pack_ternary(rand_codes(4, 5)))
+    with pytest.raises(RuntimeError, match=r"packed_w must have shape \[N, kh, kw, 2, CW\]"):
+        torch.ops.tna.ternary_conv2d(torch.randn(1, 5, 8, 8), p.words.reshape(4, 2, 9), p.scale, None, [1, 1],
+                                     [0, 0], [1, 1], 1)
+
+
+# ---- modules ------------------------------------------------------------------------------------
+
+def test_module_state_dict_compatible_with_torch():
+    lin = tnn.TernaryLinear(20, 7)
+    ref = nn.Linear(20, 7)
+    assert lin.state_dict().keys() == ref.state_dict().keys()
+    ref.load_state_dict(lin.state_dict())
+    lin.load_state_dict(nn.Linear(20, 7).state_dict())
+    conv = tnn.TernaryConv2d(3, 8, 3, stride=2, padding=1, bias=False)
+    cref = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+    assert conv.state_dict().keys() == cref.state_dict().keys()
+    conv.load_state_dict(cref.state_dict())
+    assert torch.equal(conv.weight, cref.weight)
+    assert isinstance(conv, nn.Conv2d) and isinstance(lin, nn.Linear)
+    with pytest.raises(ValueError, match="groups must be 1"):
+        tnn.TernaryConv2d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="method must be 'twn' or 'absmean'"):
+        tnn.TernaryLinear(3, 3, method="sign")
+
+
+@pytest.mark.parametrize("method", ["twn", "absmean"])
+def test_linear_module_trains_latent_weights_with_ste(method):
+    torch.manual_seed(1)
+    lin = tnn.TernaryLinear(16, 5, method=method, clip=1.0)
+    x = torch.randn(8, 16)
+    y = lin(x)
+    codes, scale = R.ternarize(lin.weight, method, True)
+    torch.testing.assert_close(y, x @ (codes.float() * scale[:, None]).T + lin.bias)
+    g = torch.randn_like(y)
+    y.backward(g)
+    expect = (g.T @ x) * (lin.weight.detach().abs() <= 1.0)
+    torch.testing.assert_close(lin.weight.grad, expect)
+    torch.testing.assert_close(lin.bias.grad, g.sum(0))
+
+
+def test_linear_pack_equals_eval_module():
+    lin = tnn.TernaryLinear(100, 9, method="absmean").eval()
+    x = torch.randn(2, 3, 100)
+    with torch.no_grad():
+        y_eval = lin(x)
+    packed = lin.pack()
+    assert torch.equal(packed(x), y_eval)
+    # and within float32 rounding of the training-mode (STE, F.linear) computation
+    torch.testing.assert_close(y_eval, lin.train()(x).detach(), rtol=1e-5, atol=1e-5)
+    s = (torch.rand(6, 100) < 0.2).float()
+    assert torch.equal(packed.forward_spikes(F.pack_spikes(s)), packed(s))
+    w_bytes = packed.words.numel() * 8
+    assert w_bytes * 16 <= lin.weight.numel() * 4 + 16 * 8 * 2 * 9  # 2 bits/weight (+ padding words)
+
+
+def test_conv_pack_equals_eval_module():
+    conv = tnn.TernaryConv2d(70, 6, 3, stride=2, padding=1, dilation=1).eval()
+    x = torch.randn(2, 70, 9, 8)
+    with torch.no_grad():
+        y_eval = conv(x)
+    packed = conv.pack()
+    assert torch.equal(packed(x), y_eval)
+    torch.testing.assert_close(y_eval, conv.train()(x).detach(), rtol=1e-4, atol=1e-4)
+    s = (torch.rand(2, 70, 9, 8) < 0.2).float()
+    assert torch.equal(packed.forward_spikes(F.pack_spikes(s, dim=1)), packed(s))
+
+
+def test_packed_module_state_dict_carries_version():
+    packed = tnn.TernaryLinear(10, 4).pack()
+    sd = packed.state_dict()
+    assert int(sd["format_version"]) == 1 and {"words", "scale", "bias"} <= sd.keys()
+    fresh = tnn.PackedTernaryLinear(PackedTernary(torch.zeros_like(sd["words"]), torch.ones(4), 10))
+    fresh.bias = torch.zeros(4)
+    fresh.load_state_dict(sd)
+    x = torch.randn(3, 10)
+    assert torch.equal(fresh(x), packed(x))
+    bad = {**sd, "format_version": torch.tensor(2)}
+    with pytest.raises(RuntimeError, match="format_version: this build reads packed ternary format v1 only, got v2"):
+        fresh.load_state_dict(bad)
+
+
+# ---- Triton --------------------------------------------------------------------------------------
+
+@pytest.mark.triton
+def test_triton_spike_conv_matches_cpu():
+    from tna_kernels.triton import ternary as T
+
+    dev = triton_device()
+    codes, scale, b, p = make(5, 70, (3, 3))
+    s = (torch.rand(2, 70, 5, 6) < 0.3).float()
+    bits = F.pack_spikes(s, dim=1)
+    y = T.spike_ternary_conv2d(bits.to(dev), p.words.to(dev), scale.to(dev), b.to(dev), 70, [2, 1],
+                               [1, 1], [1, 1], 1)
+    assert torch.equal(y.cpu(), F.spike_ternary_conv2d(bits, p, (2, 1), 1, 1))

@@ -1,0 +1,254 @@
+"""Ternary weights: the packed format, fake kernels, autograd, and the Triton backend on CUDA.
+
+Packed ternary format, version 1 (the contract; docs/FORMAT.md repeats it with a worked example)
+---------------------------------------------------------------------------------------------------
+* Codes ``c`` in {-1, 0, +1} of shape ``[..., K]`` pack along the **last** axis into an int64 tensor
+  ``words`` of shape ``[..., 2, KW]``, ``KW = ceil(K / 64)``. ``words[..., 0, :]`` is the plane
+  ``P`` (bit set <=> c = +1), ``words[..., 1, :]`` the plane ``N`` (bit set <=> c = -1).
+* Element ``k`` is bit ``k % 64`` (bit 0 = least significant) of word ``k // 64``; the int64 holds
+  the uint64 bit pattern (two's complement), so it is little-endian in memory too. Bits ``k >= K``
+  are zero in both planes, and no bit is set in both planes.
+* Exactly 2 bits per weight. A linear weight ``[N, K]`` packs to ``[N, 2, KW]``. A conv weight in
+  torch layout ``[N, C, kh, kw]`` is first permuted to ``[N, kh, kw, C]`` and packs to
+  ``[N, kh, kw, 2, CW]`` (channels packed per tap, so spikes packed along channels line up).
+* Alongside the words: ``scale`` float32 ``[N]`` (per output channel; the weight is
+  ``code * scale``), optional ``bias`` float32 ``[N]``, ``K`` (the packed axis length: in_features,
+  or in_channels for conv) and ``version`` (= 1). Every op that reads words takes the version and
+  rejects any other.
+* Spikes ``s`` in {0, 1} of shape ``[..., K]`` pack the same way into ``[..., KW]`` (one plane);
+  then ``sum_k s[k] c[k] = popcount(S & P) - popcount(S & N)`` summed over words, exactly.
+
+:class:`PackedTernary` carries words, scale, bias, K and version together; it is what
+:func:`tna_kernels.functional.pack_ternary` returns and what the packed modules store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._utils import HAS_TRITON
+from ..reference import TERNARY_FORMAT_VERSION
+from . import CUDA_BACKENDS
+
+FORMAT_VERSION = TERNARY_FORMAT_VERSION
+
+
+def words_for(k: int) -> int:
+    return (k + 63) // 64
+
+
+@dataclass(frozen=True)
+class PackedTernary:
+    """A ternary weight in packed format v1 (see the module docstring).
+
+    Attributes:
+        words: int64 ``[N, 2, KW]`` (linear) or ``[N, kh, kw, 2, CW]`` (conv2d).
+        scale: float32 ``[N]``; the weight is ``code * scale[n]``.
+        K: length of the packed axis (in_features, or in_channels for conv2d).
+        bias: float32 ``[N]`` or None.
+        version: packed-format version; only ``FORMAT_VERSION`` (1) is accepted.
+    """
+
+    words: Tensor
+    scale: Tensor
+    K: int
+    bias: Tensor | None = None
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.version != FORMAT_VERSION:
+            raise ValueError(f"version: this build reads packed ternary format v{FORMAT_VERSION} only, "
+                             f"got v{self.version}; re-pack the weights with pack_ternary")
+        w = self.words
+        if not isinstance(w, Tensor) or w.dtype != torch.int64:
+            raise TypeError(f"words must be an int64 tensor, got {getattr(w, 'dtype', type(w))}")
+        if w.dim() not in (3, 5) or w.shape[-2] != 2:
+            raise ValueError("words must have shape [N, 2, KW] (linear) or [N, kh, kw, 2, CW] (conv2d), "
+                             f"got {tuple(w.shape)}")
+        if not isinstance(self.K, int) or self.K < 1 or w.shape[-1] != words_for(self.K):
+            raise ValueError(f"K = {self.K!r} does not match words with {w.shape[-1]} words per plane "
+                             f"(needs ceil(K/64) = KW)")
+        n = w.shape[0]
+        if self.scale.dtype != torch.float32 or tuple(self.scale.shape) != (n,):
+            raise ValueError(f"scale must be float32 of shape ({n},), got {self.scale.dtype} "
+                             f"{tuple(self.scale.shape)}")
+        if self.bias is not None and (self.bias.dtype != torch.float32 or tuple(self.bias.shape) != (n,)):
+            raise ValueError(f"bias must be float32 of shape ({n},) or None, got {self.bias.dtype} "
+                             f"{tuple(self.bias.shape)}")
+
+    @property
+    def out_features(self) -> int:
+        return self.words.shape[0]
+
+    @property
+    def is_conv(self) -> bool:
+        return self.words.dim() == 5
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        if not self.is_conv:
+            raise AttributeError("kernel_size: this is a linear weight")
+        return tuple(self.words.shape[1:3])
+
+    def codes(self) -> Tensor:
+        """int8 codes in torch layout: [N, K] (linear) or [N, C, kh, kw] (conv2d)."""
+        c = torch.ops.tna.unpack_ternary(self.words.cpu(), self.K, self.version).to(self.words.device)
+        return c.permute(0, 3, 1, 2).contiguous() if self.is_conv else c
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``code * scale`` in torch layout (the weight an nn.Linear / nn.Conv2d would hold)."""
+        c = self.codes().to(dtype)
+        return c * self.scale.to(dtype).reshape((-1,) + (1,) * (c.dim() - 1))
+
+    def to(self, device) -> PackedTernary:
+        return PackedTernary(self.words.to(device), self.scale.to(device), self.K,
+                             None if self.bias is None else self.bias.to(device), self.version)
+
+    def state_dict(self) -> dict:
+        """Serialisable form (canonical layout + version); load with :meth:`from_state_dict`."""
+        d = {"words": self.words, "scale": self.scale, "K": self.K, "version": self.version}
+        if self.bias is not None:
+            d["bias"] = self.bias
+        return d
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> PackedTernary:
+        if "version" not in d:
+            raise ValueError("version: the packed ternary record has no format version")
+        return cls(d["words"], d["scale"], int(d["K"]), d.get("bias"), int(d["version"]))
+
+
+# ---- fake kernels -------------------------------------------------------------------------------
+
+def _check_version(version):
+    torch._check(version == FORMAT_VERSION,
+                 lambda: f"version: this build reads packed ternary format v{FORMAT_VERSION} only, got v{version}")
+
+
+@torch.library.register_fake("tna::pack_ternary")
+def _pack_ternary_fake(codes):
+    torch._check(codes.dtype == torch.int8, lambda: f"codes must be int8, got {codes.dtype}")
+    return codes.new_empty((*codes.shape[:-1], 2, words_for(codes.shape[-1])), dtype=torch.int64)
+
+
+@torch.library.register_fake("tna::unpack_ternary")
+def _unpack_ternary_fake(packed, K, version):
+    _check_version(version)
+    return packed.new_empty((*packed.shape[:-2], K), dtype=torch.int8)
+
+
+@torch.library.register_fake("tna::pack_spikes")
+def _pack_spikes_fake(spikes):
+    return spikes.new_empty((*spikes.shape[:-1], words_for(spikes.shape[-1])), dtype=torch.int64)
+
+
+@torch.library.register_fake("tna::unpack_spikes")
+def _unpack_spikes_fake(bits, K):
+    return bits.new_empty((*bits.shape[:-1], K), dtype=torch.uint8)
+
+
+@torch.library.register_fake("tna::ternarize")
+def _ternarize_fake(w, method, per_channel, pack):
+    codes = w.new_empty(w.shape, dtype=torch.int8)
+    scale = w.new_empty((w.shape[0],), dtype=torch.float32)
+    shape = (*w.shape[:-1], 2, words_for(w.shape[-1])) if pack else (0,)
+    return codes, scale, w.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("tna::ternary_linear")
+def _ternary_linear_fake(x, packed_w, scale, bias, version):
+    _check_version(version)
+    return x.new_empty((*x.shape[:-1], packed_w.shape[0]))
+
+
+@torch.library.register_fake("tna::ternary_linear_grad_input")
+def _ternary_linear_grad_input_fake(grad_y, packed_w, scale, K, version):
+    _check_version(version)
+    return grad_y.new_empty((*grad_y.shape[:-1], K))
+
+
+@torch.library.register_fake("tna::spike_ternary_linear")
+def _spike_ternary_linear_fake(spike_bits, packed_w, scale, bias, K, version):
+    _check_version(version)
+    return spike_bits.new_empty((*spike_bits.shape[:-1], packed_w.shape[0]), dtype=torch.float32)
+
+
+def _conv_out(h, w, k, stride, padding, dilation):
+    return tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1
+                 for n, kk, s, p, d in zip((h, w), k, stride, padding, dilation))
+
+
+@torch.library.register_fake("tna::ternary_conv2d")
+def _ternary_conv2d_fake(x, packed_w, scale, bias, stride, padding, dilation, version):
+    _check_version(version)
+    oh, ow = _conv_out(x.shape[2], x.shape[3], packed_w.shape[1:3], stride, padding, dilation)
+    return x.new_empty((x.shape[0], packed_w.shape[0], oh, ow))
+
+
+@torch.library.register_fake("tna::ternary_conv2d_grad_input")
+def _ternary_conv2d_grad_input_fake(grad_y, packed_w, scale, input_size, stride, padding, dilation, version):
+    _check_version(version)
+    return grad_y.new_empty(tuple(input_size))
+
+
+@torch.library.register_fake("tna::spike_ternary_conv2d")
+def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version):
+    _check_version(version)
+    oh, ow = _conv_out(spike_bits.shape[1], spike_bits.shape[2], packed_w.shape[1:3], stride, padding, dilation)
+    return torch.empty((spike_bits.shape[0], packed_w.shape[0], oh, ow), dtype=torch.float32,
+                       device=spike_bits.device, memory_format=torch.channels_last)
+
+
+# ---- autograd: float x ternary, w.r.t. the input and the bias ----------------------------------
+# The packed words and the scale are constants here (training differentiates the latent float
+# weights through functional.ternary_ste instead); functional.* refuses a scale that requires grad.
+
+def _linear_setup(ctx, inputs, output):
+    x, packed_w, scale, bias, version = inputs
+    ctx.save_for_backward(packed_w, scale)
+    ctx.K, ctx.version, ctx.has_bias = x.shape[-1], version, bias is not None
+
+
+def _linear_backward(ctx, grad_y):
+    packed_w, scale = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.tna.ternary_linear_grad_input(grad_y, packed_w, scale, ctx.K, ctx.version)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(torch.float32)
+    return grad_x, None, None, grad_bias, None
+
+
+def _conv_setup(ctx, inputs, output):
+    x, packed_w, scale, bias, stride, padding, dilation, version = inputs
+    ctx.save_for_backward(packed_w, scale)
+    ctx.geom = (list(x.shape), stride, padding, dilation, version)
+    ctx.has_bias = bias is not None
+
+
+def _conv_backward(ctx, grad_y):
+    packed_w, scale = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.tna.ternary_conv2d_grad_input(grad_y, packed_w, scale, *ctx.geom)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = grad_y.sum((0, 2, 3)).to(torch.float32)
+    return grad_x, None, None, grad_bias, None, None, None, None
+
+
+torch.library.register_autograd("tna::ternary_linear", _linear_backward, setup_context=_linear_setup)
+torch.library.register_autograd("tna::ternary_conv2d", _conv_backward, setup_context=_conv_setup)
+
+
+def conv_geometry(stride, padding, dilation) -> tuple[list[int], list[int], list[int]]:
+    """Normalise int-or-pair conv arguments to lists of two ints (errors name the argument)."""
+    out = []
+    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        pair = [v, v] if isinstance(v, int) else list(v)
+        if len(pair) != 2 or not all(isinstance(i, int) and i >= lo for i in pair):
+            raise ValueError(f"{name} must be an int or a pair of ints >= {lo}, got {v!r}")
+        out.append(pair)
+    return tuple(out)
