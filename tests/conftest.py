@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import tna_kernels  # noqa: F401  (registers the tna:: ops)
+from tna_kernels._utils import triton_test_device
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -24,3 +25,8 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
 
+
+
+def triton_device() -> str:
+    """Device for Triton-lane tests (see tna_kernels._utils.triton_test_device)."""
+    return triton_test_device()

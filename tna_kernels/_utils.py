@@ -34,6 +34,11 @@ def kernel_keys(qualname: str) -> set[str]:
     return {line.split(":")[0] for line in table.splitlines() if line.rstrip().endswith("[kernel]")}
 
 
+def is_composite(qualname: str) -> bool:
+    """True for ops implemented once for every backend (CompositeImplicitAutograd), e.g. queries."""
+    return "CompositeImplicitAutograd" in torch._C._dispatch_dump(qualname)
+
+
 def has_fake(qualname: str) -> bool:
     entry = torch._library.simple_registry.singleton.find(qualname)
     return entry.fake_impl.kernel is not None

@@ -5,7 +5,7 @@ import platform
 import torch
 
 from . import ops
-from ._utils import HAS_TRITON, has_fake, kernel_keys
+from ._utils import HAS_TRITON, has_fake, is_composite, kernel_keys
 
 
 def _cpu_isa() -> str:
@@ -23,6 +23,9 @@ def op_table() -> list[tuple[str, str, str, str]]:
                     if n.startswith("tna::")})
     for name in names:
         qual = f"tna::{name}"
+        if is_composite(qual):
+            rows.append((name, "composite", "composite", "n/a"))
+            continue
         keys = kernel_keys(qual)
         cpu = "C++" if "CPU" in keys else "-"
         cuda = ops.CUDA_BACKENDS.get(name, "CUDA C++" if "CUDA" in keys else "-")
@@ -46,9 +49,9 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     print(f"GPU         {gpu}")
     print()
-    print(f"{'op':<24}{'CPU':<8}{'CUDA':<10}fake")
+    print(f"{'op':<28}{'CPU':<11}{'CUDA':<11}fake")
     for name, cpu, cuda, fake in op_table():
-        print(f"{name:<24}{cpu:<8}{cuda:<10}{fake}")
+        print(f"{name:<28}{cpu:<11}{cuda:<11}{fake}")
 
 
 if __name__ == "__main__":
