@@ -1,6 +1,18 @@
 """Drop-in modules. Neuron state is never kept between forward calls unless you pass it."""
 
 from .lif import LIF
+from .spiking import (
+    MeanOverTime,
+    SeqToANN,
+    TernaryLIFConv2d,
+    TernaryLIFLinear,
+    firing_rates,
+    fold_time,
+    spiking_layers,
+    unfold_time,
+)
 from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, TernaryLinear
 
-__all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d"]
+__all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
+           "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "MeanOverTime", "fold_time",
+           "unfold_time", "spiking_layers", "firing_rates"]

@@ -1,0 +1,183 @@
+"""Spiking layers over ``[T, B, ...]`` tensors: ternary (or full-precision) conv/linear + batch norm
++ fused LIF, and the small containers a spiking network needs.
+
+Conv/linear and batch norm do not depend on the membrane, so they run once on all T·B samples
+(time folded into the batch: batch-norm statistics are taken over T·B, as in SNN practice); only
+the LIF is sequential in time, inside its fused kernel. A static image ``[B, C, H, W]`` (direct
+encoding) is convolved once and the same current is fed to the neuron at every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .lif import LIF
+from .ternary import TernaryConv2d, TernaryLinear
+
+NEURON_KEYS = ("tau", "decay_input", "v_threshold", "v_reset", "detach_reset", "surrogate", "alpha",
+               "beta")
+
+
+def fold_time(x: Tensor) -> Tensor:
+    """``[T, B, ...]`` → ``[T·B, ...]``."""
+    return x.flatten(0, 1)
+
+
+def unfold_time(y: Tensor, T: int) -> Tensor:
+    """``[T·B, ...]`` → ``[T, B, ...]``."""
+    return y.unflatten(0, (T, y.shape[0] // T))
+
+
+class SeqToANN(nn.Module):
+    """Applies ordinary layers to ``[T, B, ...]`` by folding time into the batch."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__()
+        self.body = modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"SeqToANN expects [T, B, ...], got shape {tuple(x.shape)}")
+        return unfold_time(self.body(fold_time(x)), x.shape[0])
+
+
+class MeanOverTime(nn.Module):
+    """Readout: average over the time dimension, ``[T, B, ...]`` → ``[B, ...]``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(0)
+
+
+def _neuron(kwargs: dict) -> LIF:
+    unknown = set(kwargs) - set(NEURON_KEYS)
+    if unknown:
+        raise TypeError(f"unknown neuron option(s) {sorted(unknown)}; expected some of {NEURON_KEYS}")
+    return LIF(**kwargs)
+
+
+class _SpikingMixin:
+    """Shared forward: affine map on T·B samples → optional BN → optional LIF."""
+
+    def _init_spiking(self, ternary: bool, bn: nn.Module | None, lif: bool, T: int | None,
+                      neuron: dict) -> None:
+        self.ternary = bool(ternary)
+        self.bn = bn
+        self.neuron = _neuron(neuron) if lif else None
+        if T is not None and (not isinstance(T, int) or T < 1):
+            raise ValueError(f"T must be a positive int or None, got {T!r}")
+        self.T = T
+
+    def _forward_spiking(self, x: Tensor, T: int | None, sample_dims: int) -> Tensor:
+        """``sample_dims`` = rank of one sample (3 for C×H×W, 1 for features)."""
+        if x.dim() == sample_dims + 2:
+            T_ = x.shape[0]
+            y = unfold_time(self._bn(self._affine(fold_time(x))), T_)
+        elif x.dim() == sample_dims + 1:
+            T_ = T if T is not None else self.T
+            if T_ is None:
+                raise ValueError(f"{type(self).__name__} got a static input of shape {tuple(x.shape)}; "
+                                 "pass T (forward(x, T=...) or the T constructor argument) or a "
+                                 "[T, B, ...] sequence")
+            y = self._bn(self._affine(x))
+            y = y.unsqueeze(0).expand(T_, *y.shape)
+        else:
+            raise ValueError(f"{type(self).__name__} expects [T, B, ...] with {sample_dims} sample dims "
+                             f"(or a static [B, ...]), got shape {tuple(x.shape)}")
+        return y if self.neuron is None else self.neuron(y)
+
+    def _bn(self, y: Tensor) -> Tensor:
+        return y if self.bn is None else self.bn(y)
+
+    def _spiking_repr(self) -> str:
+        return f", ternary={self.ternary}, bn={self.bn is not None}, lif={self.neuron is not None}"
+
+
+class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
+    """``nn.Conv2d`` with ternary weights (STE) + BatchNorm2d over T·B + fused LIF.
+
+    Input ``[T, B, C, H, W]`` (or a static ``[B, C, H, W]`` image with ``T``); output spikes
+    ``[T, B, C', H', W']``. Constructor: the ``nn.Conv2d`` arguments, then keyword options
+    ``ternary`` (False = full-precision weights, same structure), the ternariser's ``method``,
+    ``per_channel``, ``clip``; ``bn`` (+ ``bn_eps``, ``bn_momentum``); ``lif`` (False returns the
+    BN output, e.g. before a residual addition); ``T`` for static inputs; and the neuron options of
+    :func:`tna_kernels.functional.lif` (``tau``, ``v_threshold``, ``v_reset``, ``surrogate``, ...).
+    State-dict keys: ``weight`` (latent float weights), ``bias``, ``bn.*``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None, *, ternary: bool = True, method: str = "twn",
+                 per_channel: bool = True, clip: float | None = None, bn: bool = True,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, lif: bool = True,
+                 T: int | None = None, **neuron):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype, method=method, per_channel=per_channel,
+                         clip=clip)
+        norm = nn.BatchNorm2d(out_channels, bn_eps, bn_momentum, device=device, dtype=dtype) if bn else None
+        self._init_spiking(ternary, norm, lif, T, neuron)
+
+    def _affine(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} "
+                             f"(input shape {tuple(x.shape)})")
+        if self.ternary:
+            return TernaryConv2d.forward(self, x)
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def forward(self, x: Tensor, T: int | None = None) -> Tensor:
+        return self._forward_spiking(x, T, sample_dims=3)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._spiking_repr()
+
+
+class TernaryLIFLinear(_SpikingMixin, TernaryLinear):
+    """``nn.Linear`` with ternary weights (STE) + BatchNorm1d over T·B + fused LIF.
+
+    Input ``[T, B, in_features]`` (or static ``[B, in_features]`` with ``T``); output spikes
+    ``[T, B, out_features]``. Options as :class:`TernaryLIFConv2d`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype=None, *, ternary: bool = True, method: str = "twn", per_channel: bool = True,
+                 clip: float | None = None, bn: bool = True, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, lif: bool = True, T: int | None = None, **neuron):
+        super().__init__(in_features, out_features, bias, device, dtype, method=method,
+                         per_channel=per_channel, clip=clip)
+        norm = nn.BatchNorm1d(out_features, bn_eps, bn_momentum, device=device, dtype=dtype) if bn else None
+        self._init_spiking(ternary, norm, lif, T, neuron)
+
+    def _affine(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected {self.in_features} input features, got {x.shape[-1]}")
+        if self.ternary:
+            return TernaryLinear.forward(self, x)
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def forward(self, x: Tensor, T: int | None = None) -> Tensor:
+        return self._forward_spiking(x, T, sample_dims=1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._spiking_repr()
+
+
+def spiking_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs of a model's spiking conv/linear layers, in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (TernaryLIFConv2d, TernaryLIFLinear))]
+
+
+@torch.no_grad()
+def firing_rates(model: nn.Module, x: Tensor) -> dict[str, float]:
+    """Mean firing rate of every spiking layer's neurons on input ``x`` (one forward, no grad)."""
+    rates, hooks = {}, []
+    for name, m in spiking_layers(model):
+        if m.neuron is not None:
+            hooks.append(m.neuron.register_forward_hook(
+                lambda _m, _i, out, name=name: rates.__setitem__(name, out.float().mean().item())))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rates
