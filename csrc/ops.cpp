@@ -16,4 +16,17 @@ TORCH_LIBRARY(tna, m) {
       "lif_bwd(Tensor grad_spikes, Tensor grad_v_last, Tensor h_seq, float tau, bool decay_input, "
       "float v_threshold, float v_reset, bool soft_reset, bool detach_reset, str surrogate, "
       "float alpha) -> (Tensor, Tensor)");
+
+  // Fused twin loss: wa CE(logits_base) + wb CE(logits_twin) + lam MSE(logits_base, logits_twin),
+  // loss and both logit gradients in one fused pass (formulas in csrc/cpu/twin_loss.cpp).
+  // logits_*: [B, C] floating, same dtype; target: [B] int64, a class or ignore_index.
+  // mse_reduction: 0 = mean over B*C elements (F.mse_loss), 1 = sum over classes / B.
+  // Returns loss (0-dim) and parts [3] = (CE_base, CE_twin, MSE), unweighted, both float32 for
+  // half/bf16 logits (else the logits' dtype); grad_base / grad_twin: dL/dlogits for
+  // grad_output = 1 in the logits' dtype, or empty tensors where need_grad_* is false.
+  m.def(
+      "twin_loss_fwd(Tensor logits_base, Tensor logits_twin, Tensor target, float ce_weight_base, "
+      "float ce_weight_twin, float mse_weight, int mse_reduction, float label_smoothing, "
+      "int ignore_index, bool need_grad_base, bool need_grad_twin) -> (Tensor, Tensor, Tensor, "
+      "Tensor)");
 }
