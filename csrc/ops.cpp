@@ -29,4 +29,7 @@ TORCH_LIBRARY(tna, m) {
       "float ce_weight_twin, float mse_weight, int mse_reduction, float label_smoothing, "
       "int ignore_index, bool need_grad_base, bool need_grad_twin) -> (Tensor, Tensor, Tensor, "
       "Tensor)");
+  // Backward of twin_loss_fwd: (grad_loss * grad_base, grad_loss * grad_twin) in the logits' dtype.
+  // grad_loss: 0-dim in the loss dtype; an empty grad_base / grad_twin gives an empty result.
+  m.def("twin_loss_bwd(Tensor grad_loss, Tensor grad_base, Tensor grad_twin) -> (Tensor, Tensor)");
 }

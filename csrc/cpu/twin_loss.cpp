@@ -17,7 +17,7 @@
 //   dL/da_ij = [i in V] wa/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) + 2 lam/D d_ij
 //   dL/db_ij = [i in V] wb/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) - 2 lam/D d_ij
 // The gradients are new buffers in the logits' dtype (the caller's logits are never written);
-// autograd saves them and backward only multiplies by grad_output. need_grad_base/twin = false
+// autograd saves them and backward (tna::twin_loss_bwd) only multiplies them by grad_output. need_grad_base/twin = false
 // skips that tensor's gradient (returned as an empty tensor).
 //
 // Layout and order: a serial pass over target validates it (range or ignore_index) and counts N
@@ -70,89 +70,140 @@ inline float exp_nonpos(float x) {
 
 inline double exp_nonpos(double x) { return std::exp(x); }
 
+// Lanes of kLanes accumulators, as a GCC/Clang vector type: the float max reduction only
+// vectorises this way (without -ffast-math), and the fixed lane order keeps results identical
+// between the AVX2 and the portable clone.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector-typed helpers are inline: no ABI crosses here
+#endif
+template <typename acc_t>
+struct LanesOf;
+template <>
+struct LanesOf<float> {
+  typedef float type __attribute__((vector_size(kLanes * sizeof(float))));
+};
+template <>
+struct LanesOf<double> {
+  typedef double type __attribute__((vector_size(kLanes * sizeof(double))));
+};
+template <typename acc_t>
+using Lanes = typename LanesOf<acc_t>::type;
+
 template <typename scalar_t, typename acc_t>
-TNA_MULTIVERSION acc_t row_max(const scalar_t* __restrict x, int64_t C) {
-  acc_t lane[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) lane[k] = -std::numeric_limits<acc_t>::infinity();
-  int64_t j = 0;
-  for (; j + kLanes <= C; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const acc_t v = static_cast<acc_t>(x[j + k]);
-      lane[k] = v > lane[k] ? v : lane[k];
-    }
-  }
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  for (; j < C; ++j) {
-    const acc_t v = static_cast<acc_t>(x[j]);
-    m = v > m ? v : m;
-  }
-  for (int64_t k = 0; k < kLanes; ++k) m = lane[k] > m ? lane[k] : m;
+inline Lanes<acc_t> load_lanes(const scalar_t* __restrict x) {
+  Lanes<acc_t> v;
+  for (int64_t k = 0; k < kLanes; ++k) v[k] = static_cast<acc_t>(x[k]);
+  return v;
+}
+
+template <typename acc_t>
+inline acc_t lanes_max(Lanes<acc_t> v) {
+  acc_t m = v[0];
+  for (int64_t k = 1; k < kLanes; ++k) m = v[k] > m ? v[k] : m;
   return m;
 }
 
-// e[j] = exp(x[j] - m); returns sum_j e[j] and, through sum_x, sum_j x[j].
-template <typename scalar_t, typename acc_t>
-TNA_MULTIVERSION acc_t row_exp_sum(const scalar_t* __restrict x, int64_t C, acc_t m,
-                                   acc_t* __restrict e, acc_t* sum_x) {
-  acc_t se[kLanes] = {}, sx[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= C; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const acc_t v = static_cast<acc_t>(x[j + k]);
-      const acc_t ev = exp_nonpos(v - m);
-      e[j + k] = ev;
-      se[k] += ev;
-      sx[k] += v;
-    }
-  }
-  acc_t s = 0, t = 0;
-  for (; j < C; ++j) {
-    const acc_t v = static_cast<acc_t>(x[j]);
-    const acc_t ev = exp_nonpos(v - m);
-    e[j] = ev;
-    s += ev;
-    t += v;
-  }
-  for (int64_t k = 0; k < kLanes; ++k) {
-    s += se[k];
-    t += sx[k];
-  }
-  *sum_x = t;
-  return s;
-}
-
-template <typename scalar_t, typename acc_t>
-TNA_MULTIVERSION acc_t row_sq_diff(const scalar_t* __restrict a, const scalar_t* __restrict b,
-                                   int64_t C) {
-  acc_t lane[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= C; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const acc_t d = static_cast<acc_t>(a[j + k]) - static_cast<acc_t>(b[j + k]);
-      lane[k] += d * d;
-    }
-  }
+template <typename acc_t>
+inline acc_t lanes_sum(Lanes<acc_t> v) {
   acc_t s = 0;
-  for (; j < C; ++j) {
-    const acc_t d = static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]);
-    s += d * d;
-  }
-  for (int64_t k = 0; k < kLanes; ++k) s += lane[k];
+  for (int64_t k = 0; k < kLanes; ++k) s += v[k];
   return s;
 }
 
-// g[j] = p * e[j] + c + k * (a[j] - b[j]), then g[y] gets the one-hot term (y < 0: none).
+// Sweep 1: the maxima of both rows.
 template <typename scalar_t, typename acc_t>
-TNA_MULTIVERSION void row_grad(const acc_t* __restrict e, const scalar_t* __restrict a,
-                               const scalar_t* __restrict b, scalar_t* __restrict g, int64_t C,
-                               acc_t p, acc_t c, acc_t k, int64_t y, acc_t hot) {
-  for (int64_t j = 0; j < C; ++j) {
-    const acc_t d = static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]);
-    g[j] = static_cast<scalar_t>(p * e[j] + c + k * d);
+TNA_MULTIVERSION void rows_max(const scalar_t* __restrict a, const scalar_t* __restrict b,
+                               int64_t C, acc_t* ma, acc_t* mb) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  Lanes<acc_t> la = {}, lb = {};
+  la += kNegInf;
+  lb += kNegInf;
+  int64_t j = 0;
+  for (; j + kLanes <= C; j += kLanes) {
+    const Lanes<acc_t> va = load_lanes<scalar_t, acc_t>(a + j);
+    const Lanes<acc_t> vb = load_lanes<scalar_t, acc_t>(b + j);
+    la = va > la ? va : la;
+    lb = vb > lb ? vb : lb;
+  }
+  acc_t m1 = lanes_max<acc_t>(la), m2 = lanes_max<acc_t>(lb);
+  for (; j < C; ++j) {
+    const acc_t va = static_cast<acc_t>(a[j]), vb = static_cast<acc_t>(b[j]);
+    m1 = va > m1 ? va : m1;
+    m2 = vb > m2 ? vb : m2;
+  }
+  *ma = m1;
+  *mb = m2;
+}
+
+// Sweep 2: e = exp(x - m) for both rows (kept in the scratch rows ea / eb), their sums, the row
+// sums of x (label smoothing) and sum (a - b)^2. out = {s_a, s_b, sum a, sum b, sum d^2}.
+template <typename scalar_t, typename acc_t>
+TNA_MULTIVERSION void rows_exp_sums(const scalar_t* __restrict a, const scalar_t* __restrict b,
+                                    int64_t C, acc_t ma, acc_t mb, acc_t* __restrict ea,
+                                    acc_t* __restrict eb, acc_t* __restrict out) {
+  Lanes<acc_t> sa = {}, sb = {}, xa = {}, xb = {}, sq = {};
+  int64_t j = 0;
+  for (; j + kLanes <= C; j += kLanes) {
+    const Lanes<acc_t> va = load_lanes<scalar_t, acc_t>(a + j);
+    const Lanes<acc_t> vb = load_lanes<scalar_t, acc_t>(b + j);
+    Lanes<acc_t> e1, e2;
+    for (int64_t k = 0; k < kLanes; ++k) {
+      e1[k] = exp_nonpos(va[k] - ma);
+      e2[k] = exp_nonpos(vb[k] - mb);
+    }
+    std::memcpy(ea + j, &e1, sizeof(e1));
+    std::memcpy(eb + j, &e2, sizeof(e2));
+    sa += e1;
+    sb += e2;
+    xa += va;
+    xb += vb;
+    const Lanes<acc_t> d = va - vb;
+    sq += d * d;
+  }
+  acc_t r[5] = {lanes_sum<acc_t>(sa), lanes_sum<acc_t>(sb), lanes_sum<acc_t>(xa), lanes_sum<acc_t>(xb),
+                lanes_sum<acc_t>(sq)};
+  for (; j < C; ++j) {
+    const acc_t va = static_cast<acc_t>(a[j]), vb = static_cast<acc_t>(b[j]);
+    ea[j] = exp_nonpos(va - ma);
+    eb[j] = exp_nonpos(vb - mb);
+    r[0] += ea[j];
+    r[1] += eb[j];
+    r[2] += va;
+    r[3] += vb;
+    r[4] += (va - vb) * (va - vb);
+  }
+  for (int k = 0; k < 5; ++k) out[k] = r[k];
+}
+
+// Sweep 3: g = p * e + c + k * (a - b), then g[y] gets the one-hot term (y < 0: none). Either
+// output may be null (gradient not needed).
+template <typename scalar_t, typename acc_t>
+TNA_MULTIVERSION void rows_grad(const acc_t* __restrict ea, const acc_t* __restrict eb,
+                                const scalar_t* __restrict a, const scalar_t* __restrict b,
+                                scalar_t* __restrict ga, scalar_t* __restrict gb, int64_t C,
+                                acc_t pa, acc_t ca, acc_t pb, acc_t cb, acc_t k, int64_t y,
+                                acc_t hot_a, acc_t hot_b) {
+  if (ga != nullptr && gb != nullptr) {
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t d = k * (static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]));
+      ga[j] = static_cast<scalar_t>(pa * ea[j] + ca + d);
+      gb[j] = static_cast<scalar_t>(pb * eb[j] + cb - d);
+    }
+  } else if (ga != nullptr) {
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t d = k * (static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]));
+      ga[j] = static_cast<scalar_t>(pa * ea[j] + ca + d);
+    }
+  } else if (gb != nullptr) {
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t d = k * (static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]));
+      gb[j] = static_cast<scalar_t>(pb * eb[j] + cb - d);
+    }
   }
   if (y >= 0) {
-    const acc_t d = static_cast<acc_t>(a[y]) - static_cast<acc_t>(b[y]);
-    g[y] = static_cast<scalar_t>(p * e[y] + c + k * d + hot);
+    const acc_t d = k * (static_cast<acc_t>(a[y]) - static_cast<acc_t>(b[y]));
+    if (ga != nullptr) ga[y] = static_cast<scalar_t>(pa * ea[y] + ca + d + hot_a);
+    if (gb != nullptr) gb[y] = static_cast<scalar_t>(pb * eb[y] + cb - d + hot_b);
   }
 }
 
@@ -231,33 +282,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
         const scalar_t* br = bp + i * C;
         const int64_t t = yp[i];
         const bool valid = t != ignore_index;
-        acc_t sxa, sxb;
-        const acc_t ma = row_max<scalar_t, acc_t>(ar, C);
-        const acc_t sa = row_exp_sum<scalar_t, acc_t>(ar, C, ma, ea, &sxa);
-        const acc_t mb = row_max<scalar_t, acc_t>(br, C);
-        const acc_t sb = row_exp_sum<scalar_t, acc_t>(br, C, mb, eb, &sxb);
-        const acc_t lsea = ma + std::log(sa);
-        const acc_t lseb = mb + std::log(sb);
+        acc_t ma, mb, sums[5];
+        rows_max<scalar_t, acc_t>(ar, br, C, &ma, &mb);
+        rows_exp_sums<scalar_t, acc_t>(ar, br, C, ma, mb, ea, eb, sums);
+        const acc_t sa = sums[0], sb = sums[1];
         acc_t* r = rp + 3 * i;
         if (valid) {
           const acc_t xa = static_cast<acc_t>(ar[t]);
           const acc_t xb = static_cast<acc_t>(br[t]);
-          r[0] = lsea - (acc_t(1) - eps) * xa - smooth * sxa;
-          r[1] = lseb - (acc_t(1) - eps) * xb - smooth * sxb;
+          r[0] = ma + std::log(sa) - (acc_t(1) - eps) * xa - smooth * sums[2];
+          r[1] = mb + std::log(sb) - (acc_t(1) - eps) * xb - smooth * sums[3];
         } else {
           r[0] = r[1] = acc_t(0);
         }
-        r[2] = row_sq_diff<scalar_t, acc_t>(ar, br, C);
-        const int64_t hot_at = valid ? t : -1;
-        if (gap != nullptr) {
-          const acc_t w = valid ? wa : acc_t(0);
-          row_grad<scalar_t, acc_t>(ea, ar, br, gap + i * C, C, w / sa, -w * smooth, k_mse,
-                                    hot_at, -w * (acc_t(1) - eps));
-        }
-        if (gbp != nullptr) {
-          const acc_t w = valid ? wb : acc_t(0);
-          row_grad<scalar_t, acc_t>(eb, ar, br, gbp + i * C, C, w / sb, -w * smooth, -k_mse,
-                                    hot_at, -w * (acc_t(1) - eps));
+        r[2] = sums[4];
+        if (gap != nullptr || gbp != nullptr) {
+          const acc_t w1 = valid ? wa : acc_t(0);
+          const acc_t w2 = valid ? wb : acc_t(0);
+          rows_grad<scalar_t, acc_t>(ea, eb, ar, br, gap == nullptr ? nullptr : gap + i * C,
+                                     gbp == nullptr ? nullptr : gbp + i * C, C, w1 / sa,
+                                     -w1 * smooth, w2 / sb, -w2 * smooth, k_mse, valid ? t : -1,
+                                     -w1 * (acc_t(1) - eps), -w2 * (acc_t(1) - eps));
         }
       }
     });
@@ -282,8 +327,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
   return {loss, parts, grad_a, grad_b};
 }
 
+template <typename scalar_t, typename acc_t>
+TNA_MULTIVERSION void scale_block(const scalar_t* __restrict g, scalar_t* __restrict out,
+                                  int64_t n, acc_t scale) {
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<scalar_t>(static_cast<acc_t>(g[j]) * scale);
+}
+
+// Backward: (grad_loss * grad_base, grad_loss * grad_twin), computed in the accumulation dtype
+// and rounded once to the logits' dtype; an empty saved gradient gives an empty result. One
+// parallel region for both tensors (this is the whole backward of the fused loss).
+std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss,
+                                                     const at::Tensor& grad_base,
+                                                     const at::Tensor& grad_twin) {
+  TNA_CHECK_CPU(grad_loss);
+  TNA_CHECK_CPU(grad_base);
+  TNA_CHECK_CPU(grad_twin);
+  TORCH_CHECK(grad_loss.dim() == 0, "grad_loss must be a 0-dim tensor, got shape ", grad_loss.sizes());
+  TNA_CHECK_FLOATING(grad_base);
+  TNA_CHECK_DTYPE(grad_twin, grad_base.scalar_type());
+  TNA_CHECK_DTYPE(grad_loss, at::toOpMathType(grad_base.scalar_type()));
+  const at::Tensor ga = grad_base.contiguous();
+  const at::Tensor gb = grad_twin.contiguous();
+  at::Tensor out_a = at::empty_like(ga);
+  at::Tensor out_b = at::empty_like(gb);
+  const int64_t na = ga.numel();
+  const int64_t nb = gb.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ga.scalar_type(), "twin_loss_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t scale = *grad_loss.const_data_ptr<acc_t>();  // CPU memory: a plain read
+    const scalar_t* pa = ga.const_data_ptr<scalar_t>();
+    const scalar_t* pb = gb.const_data_ptr<scalar_t>();
+    scalar_t* qa = out_a.mutable_data_ptr<scalar_t>();
+    scalar_t* qb = out_b.mutable_data_ptr<scalar_t>();
+    // Both tensors as one index space [0, na + nb).
+    at::parallel_for(0, na + nb, 4 * kGrainElems, [&](int64_t begin, int64_t end) {
+      if (begin < na) scale_block<scalar_t, acc_t>(pa + begin, qa + begin, std::min(end, na) - begin, scale);
+      if (end > na) {
+        const int64_t lo = std::max(begin, na) - na;
+        scale_block<scalar_t, acc_t>(pb + lo, qb + lo, end - na - lo, scale);
+      }
+    });
+  });
+  return {out_a, out_b};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tna, CPU, m) { m.impl("twin_loss_fwd", &twin_loss_fwd_cpu); }
+TORCH_LIBRARY_IMPL(tna, CPU, m) {
+  m.impl("twin_loss_fwd", &twin_loss_fwd_cpu);
+  m.impl("twin_loss_bwd", &twin_loss_bwd_cpu);
+}
 
 }  // namespace tna

@@ -1,8 +1,8 @@
-"""tna::twin_loss_fwd: fake kernel, autograd, and the Triton backend on CUDA.
+"""tna::twin_loss_fwd / tna::twin_loss_bwd: fake kernels, autograd, and the CUDA backends.
 
 The forward op returns the loss, its three unweighted parts and both logit gradients for
 grad_output = 1 (computed in the same fused pass). Autograd saves those two gradients and the
-backward only scales them by grad_output: no second kernel, no host sync. ``parts`` and the
+backward op only scales them by grad_output (one elementwise pass, no host sync). ``parts`` and the
 gradient outputs are marked non-differentiable (logging / internal), and double backward is not
 supported (the saved gradients carry no graph)."""
 
@@ -39,10 +39,24 @@ def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_wei
             grad(need_grad_base), grad(need_grad_twin))
 
 
+@torch.library.register_fake("tna::twin_loss_bwd")
+def _twin_loss_bwd_fake(grad_loss, grad_base, grad_twin):
+    torch._check(grad_loss.dim() == 0, lambda: f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
+    torch._check(grad_base.dtype.is_floating_point,
+                 lambda: f"grad_base must be a floating-point tensor, got {grad_base.dtype}")
+    torch._check(grad_twin.dtype == grad_base.dtype,
+                 lambda: f"grad_twin must have dtype {grad_base.dtype}, got {grad_twin.dtype}")
+    torch._check(grad_loss.dtype == state_dtype(grad_base.dtype),
+                 lambda: f"grad_loss must have dtype {state_dtype(grad_base.dtype)}, got {grad_loss.dtype}")
+    return (torch.empty_like(grad_base, memory_format=torch.contiguous_format),
+            torch.empty_like(grad_twin, memory_format=torch.contiguous_format))
+
+
 def _setup_context(ctx, inputs, output):
     need_base, need_twin = inputs[9], inputs[10]
     _, parts, grad_base, grad_twin = output
     ctx.mark_non_differentiable(parts, grad_base, grad_twin)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
     ctx.need = (need_base, need_twin)
     ctx.save_for_backward(grad_base, grad_twin)
 
@@ -50,9 +64,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, _grad_parts, _grad_gb, _grad_gt):
     grad_base, grad_twin = ctx.saved_tensors
     need_base, need_twin = ctx.need
-    # A bf16 tensor times a 0-dim float32 tensor stays bf16 (computed in float, rounded once).
-    gb = grad_base * grad_loss if need_base and ctx.needs_input_grad[0] else None
-    gt = grad_twin * grad_loss if need_twin and ctx.needs_input_grad[1] else None
+    if grad_loss is None:  # the loss itself was not used (only parts): nothing flows back
+        return (None,) * 11
+    gb, gt = torch.ops.tna.twin_loss_bwd(grad_loss, grad_base, grad_twin)
+    gb = gb if need_base and ctx.needs_input_grad[0] else None
+    gt = gt if need_twin and ctx.needs_input_grad[1] else None
     return gb, gt, None, None, None, None, None, None, None, None, None
 
 
@@ -62,4 +78,6 @@ if HAS_TRITON:
     from ..triton import twin_loss as _triton_twin_loss
 
     torch.library.register_kernel("tna::twin_loss_fwd", "cuda", _triton_twin_loss.twin_loss_fwd)
+    torch.library.register_kernel("tna::twin_loss_bwd", "cuda", _triton_twin_loss.twin_loss_bwd)
     CUDA_BACKENDS["twin_loss_fwd"] = "triton"
+    CUDA_BACKENDS["twin_loss_bwd"] = "torch"  # one fused elementwise multiply per tensor

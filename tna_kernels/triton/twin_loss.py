@@ -145,3 +145,10 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
     parts = torch.stack([sums[0] * inv_n, sums[1] * inv_n, sums[2] / denom])
     loss = ce_weight_base * parts[0] + ce_weight_twin * parts[1] + mse_weight * parts[2]
     return loss, parts, grad_a, grad_b
+
+
+def twin_loss_bwd(grad_loss, grad_base, grad_twin):
+    """CUDA implementation of tna::twin_loss_bwd: a scale by a 0-dim device tensor is one fused
+    elementwise torch kernel per tensor, which Triton would not beat. A bf16/half tensor times a
+    0-dim float32 tensor stays in its dtype (computed in float, rounded once)."""
+    return grad_base * grad_loss, grad_twin * grad_loss
