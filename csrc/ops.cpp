@@ -50,4 +50,19 @@ TORCH_LIBRARY(tna, m) {
   // Popcount kernel instruction set the CPU ops use now: "avx512" | "avx2" | "scalar" (the best
   // supported, or TNA_TERNARY_ISA when set).
   m.def("ternary_cpu_isa() -> str");
+  // Fused twin loss: wa CE(logits_base) + wb CE(logits_twin) + lam MSE(logits_base, logits_twin),
+  // loss and both logit gradients in one fused pass (formulas in csrc/cpu/twin_loss.cpp).
+  // logits_*: [B, C] floating, same dtype; target: [B] int64, a class or ignore_index.
+  // mse_reduction: 0 = mean over B*C elements (F.mse_loss), 1 = sum over classes / B.
+  // Returns loss (0-dim) and parts [3] = (CE_base, CE_twin, MSE), unweighted, both float32 for
+  // half/bf16 logits (else the logits' dtype); grad_base / grad_twin: dL/dlogits for
+  // grad_output = 1 in the logits' dtype, or empty tensors where need_grad_* is false.
+  m.def(
+      "twin_loss_fwd(Tensor logits_base, Tensor logits_twin, Tensor target, float ce_weight_base, "
+      "float ce_weight_twin, float mse_weight, int mse_reduction, float label_smoothing, "
+      "int ignore_index, bool need_grad_base, bool need_grad_twin) -> (Tensor, Tensor, Tensor, "
+      "Tensor)");
+  // Backward of twin_loss_fwd: (grad_loss * grad_base, grad_loss * grad_twin) in the logits' dtype.
+  // grad_loss: 0-dim in the loss dtype; an empty grad_base / grad_twin gives an empty result.
+  m.def("twin_loss_bwd(Tensor grad_loss, Tensor grad_base, Tensor grad_twin) -> (Tensor, Tensor)");
 }

@@ -7,15 +7,17 @@ import math
 import torch
 from torch import Tensor
 
+from . import reference as _reference
 from ._utils import HAS_TRITON, state_dtype
 from .ops.ternary import FORMAT_VERSION as TERNARY_FORMAT_VERSION
 from .ops.ternary import PackedTernary, conv_geometry
-from .reference import SURROGATES, TERNARY_METHODS
+from .reference import MSE_REDUCTIONS, SURROGATES, TERNARY_METHODS
 
 __all__ = ["lif", "tau_from_beta", "SURROGATES",
            "TERNARY_FORMAT_VERSION", "PackedTernary", "ternarize", "ternary_ste", "quantize_pack",
            "pack_ternary", "unpack_ternary", "pack_spikes", "unpack_spikes", "ternary_linear",
-           "spike_ternary_linear", "ternary_conv2d", "spike_ternary_conv2d"]
+           "spike_ternary_linear", "ternary_conv2d", "spike_ternary_conv2d",
+           "twin_loss", "kd_loss", "dml_loss", "MSE_REDUCTIONS"]
 
 
 def tau_from_beta(beta: float) -> float:
@@ -307,3 +309,164 @@ def spike_ternary_conv2d(spike_bits: Tensor, weight: PackedTernary, stride=1, pa
     s, p, d = conv_geometry(stride, padding, dilation)
     return torch.ops.tna.spike_ternary_conv2d(spike_bits, weight.words, weight.scale, weight.bias,
                                               weight.K, s, p, d, weight.version)
+def _check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        bounds = "" if (lo, hi) == (-math.inf, math.inf) else f" in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
+    return float(value)
+
+
+def _check_logits_pair(name_a: str, a, name_b: str, b) -> None:
+    for name, x in ((name_a, a), (name_b, b)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.dim() != 2 or x.shape[1] < 1:
+            raise ValueError(f"{name} must be a 2-D [batch, classes] tensor, got shape {tuple(x.shape)}")
+    if b.shape != a.shape:
+        raise ValueError(f"{name_b} must have the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}")
+    if b.dtype != a.dtype:
+        raise TypeError(f"{name_b} must have the dtype of {name_a} ({a.dtype}), got {b.dtype}")
+    if b.device != a.device:
+        raise ValueError(f"{name_b} is on {b.device} but {name_a} is on {a.device}")
+    _check_device(a)
+
+
+def _check_target(target, logits: Tensor, ignore_index) -> None:
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
+    if target.dtype != torch.int64:
+        raise TypeError(f"target must hold class indices with dtype torch.int64, got {target.dtype}")
+    if target.shape != logits.shape[:1]:
+        raise ValueError(f"target must have shape {tuple(logits.shape[:1])} (one class per row), "
+                         f"got {tuple(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but the logits are on {logits.device}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+
+
+def twin_loss(logits_base: Tensor, logits_twin: Tensor, target: Tensor, *, mse_weight: float = 0.005,
+              ce_weight_base: float = 1.0, ce_weight_twin: float = 1.0,
+              mse_reduction: str = "sum_over_batch", label_smoothing: float = 0.0,
+              ignore_index: int = -100, detach_twin: bool = False, detach_base: bool = False,
+              return_parts: bool = False):
+    """Fused Twin Network Augmentation loss, forward and both logit gradients in one pass:
+
+        loss = ce_weight_base * CE(logits_base, target) + ce_weight_twin * CE(logits_twin, target)
+               + mse_weight * MSE(logits_base, logits_twin)
+
+    Args:
+        logits_base, logits_twin: ``[B, C]`` logits of the base and the twin network, same shape,
+            dtype (float32, bfloat16, float16 or float64) and device; any strides. Arithmetic runs
+            in float32 for half/bf16 (float64 for float64); the gradients come back in the logits' dtype.
+        target: ``[B]`` int64 class indices in ``[0, C)``, or ``ignore_index``. An index out of range
+            is an error (raised by the CPU kernel; a device-side assert on CUDA).
+        mse_weight: the λ of the MSE term. Default 0.005 with ``mse_reduction="sum_over_batch"``:
+            the default of the TNA authors' code (``λ · MSELoss(reduction="sum")(a, b) / B``), so
+            their published λ reproduces as is.
+        ce_weight_base, ce_weight_twin: weights of the two cross-entropy terms (0 drops a term).
+        mse_reduction: ``"sum_over_batch"`` (default): ``Σ_{i,j} (a - b)² / B`` (squared error summed
+            over classes, averaged over the batch; the authors' convention); ``"mean"``:
+            ``Σ (a - b)² / (B·C)``, ``F.mse_loss``'s default (for α values quoted with a mean MSE;
+            λ_sum_over_batch = λ_mean / C gives the same loss). The MSE covers every row,
+            including rows whose target is ``ignore_index`` (it does not read the target).
+        label_smoothing: in ``[0, 1]``, as in ``F.cross_entropy`` (applied to both CE terms).
+        ignore_index: target value whose rows are left out of both CE terms. Each CE is the mean
+            over the N non-ignored rows; when N = 0 (all rows ignored) it is defined as 0, with a
+            zero CE gradient (``F.cross_entropy`` would return NaN).
+        detach_twin: treat ``logits_twin`` as a constant (as if ``logits_twin.detach()`` were
+            passed): no gradient reaches the twin from any term. With a frozen twin this is
+            offline logit matching (distillation from a same-size teacher). Its CE still appears
+            in the loss value and in ``parts``; set ``ce_weight_twin=0`` to drop it.
+        detach_base: the mirror case for ``logits_base``.
+        return_parts: also return ``parts = [CE_base, CE_twin, MSE]`` (unweighted, detached, float32
+            for half/bf16 logits) for logging; computed by the same pass at no extra cost.
+
+    Returns:
+        ``loss`` (0-dim, float32 for half/bf16 logits, else the logits' dtype), or
+        ``(loss, parts)`` with ``return_parts``.
+
+    The forward kernel writes both gradients for ``grad_output = 1`` into new buffers (the logits
+    are never modified); backward multiplies them by ``grad_output``. A gradient is computed only
+    where it is needed (grad mode on, the tensor requires grad, not detached). No host syncs.
+    Double backward is not supported.
+    """
+    _check_logits_pair("logits_base", logits_base, "logits_twin", logits_twin)
+    _check_target(target, logits_base, ignore_index)
+    mse_weight = _check_number("mse_weight", mse_weight)
+    ce_weight_base = _check_number("ce_weight_base", ce_weight_base)
+    ce_weight_twin = _check_number("ce_weight_twin", ce_weight_twin)
+    label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    if mse_reduction not in MSE_REDUCTIONS:
+        raise ValueError(f"mse_reduction must be one of {MSE_REDUCTIONS}, got {mse_reduction!r}")
+    grad_on = torch.is_grad_enabled()
+    need_base = grad_on and logits_base.requires_grad and not detach_base
+    need_twin = grad_on and logits_twin.requires_grad and not detach_twin
+    # A detached input enters the op detached, so autograd cannot route a gradient into it.
+    base = logits_base.detach() if detach_base else logits_base
+    twin = logits_twin.detach() if detach_twin else logits_twin
+    loss, parts, _, _ = torch.ops.tna.twin_loss_fwd(
+        base, twin, target, ce_weight_base, ce_weight_twin, mse_weight,
+        MSE_REDUCTIONS.index(mse_reduction), label_smoothing, int(ignore_index), need_base, need_twin)
+    return (loss, parts) if return_parts else loss
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None, *,
+            temperature: float = 4.0, alpha: float = 0.9, label_smoothing: float = 0.0,
+            ignore_index: int = -100) -> Tensor:
+    """Hinton knowledge distillation (the KD baseline), teacher detached:
+
+        alpha · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − alpha) · CE(student, target)
+
+    Args:
+        student_logits, teacher_logits: ``[B, C]``, same shape, dtype and device.
+        target: ``[B]`` int64 class indices (``ignore_index`` rows leave the CE term); may be None
+            only when ``alpha == 1`` (pure distillation).
+        temperature: T > 0 (default 4). The T² factor keeps the soft-target gradient scale
+            independent of T.
+        alpha: weight of the distillation term in [0, 1] (default 0.9).
+        label_smoothing, ignore_index: as in :func:`twin_loss` (CE term only).
+
+    KL is summed over classes and averaged over all B rows; CE is the mean over non-ignored rows
+    (0 if none). Pure-torch composition (``tna_kernels.reference.kd_loss``), float32 arithmetic
+    for half/bf16 logits.
+    """
+    _check_logits_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+    temperature = _check_number("temperature", temperature)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    alpha = _check_number("alpha", alpha, 0.0, 1.0)
+    label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    if alpha != 1.0 or target is not None:
+        if target is None:
+            raise ValueError(f"target is required when alpha < 1 (alpha={alpha})")
+        _check_target(target, student_logits, ignore_index)
+    return _reference.kd_loss(student_logits, teacher_logits, target, temperature=temperature,
+                              alpha=alpha, label_smoothing=label_smoothing, ignore_index=ignore_index)
+
+
+def dml_loss(logits_a: Tensor, logits_b: Tensor, target: Tensor, *, kl_weight: float = 1.0,
+             label_smoothing: float = 0.0, ignore_index: int = -100) -> Tensor:
+    """Deep mutual learning (the DML baseline of the TNA authors' code), for both networks at once:
+
+        CE(a) + CE(b) + kl_weight · (KL(softmax(b) ‖ softmax(a)) + KL(softmax(a) ‖ softmax(b)))
+
+    Args:
+        logits_a, logits_b: ``[B, C]`` logits of the two networks, same shape, dtype and device.
+        target: ``[B]`` int64 class indices or ``ignore_index``.
+        kl_weight: weight of the symmetric KL (default 1, no temperature, as the authors).
+        label_smoothing, ignore_index: as in :func:`twin_loss`.
+
+    No detach: each KL term sends gradient into both networks. KL is summed over classes and
+    averaged over all rows; CE is the mean over non-ignored rows (0 if none). Pure-torch
+    composition (``tna_kernels.reference.dml_loss``).
+    """
+    _check_logits_pair("logits_a", logits_a, "logits_b", logits_b)
+    _check_target(target, logits_a, ignore_index)
+    kl_weight = _check_number("kl_weight", kl_weight)
+    label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    return _reference.dml_loss(logits_a, logits_b, target, kl_weight=kl_weight,
+                               label_smoothing=label_smoothing, ignore_index=ignore_index)

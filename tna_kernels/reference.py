@@ -222,3 +222,89 @@ def spike_ternary_conv2d(spikes: Tensor, codes: Tensor, scale: Tensor, bias: Ten
     the float32 epilogue. Returns float32 [B, N, OH, OW]."""
     acc = torch.nn.functional.conv2d(spikes.double(), codes.double(), None, stride, padding, dilation)
     return _epilogue(acc, scale, bias, 1)
+# ---------------------------------------------------------------------------------------------
+# Losses: the fused twin loss (tna::twin_loss_fwd) and the KD / DML baselines.
+#
+# Twin loss, with N = number of rows whose target is not ignore_index:
+#     loss = ce_weight_base * CE(logits_base) + ce_weight_twin * CE(logits_twin)
+#            + mse_weight * MSE(logits_base, logits_twin)
+#   CE   F.cross_entropy (label smoothing as in torch), mean over the N non-ignored rows; 0 when
+#        N = 0 (torch would give NaN: an all-ignored batch contributes nothing here).
+#   MSE  over every row (ignored ones included; the MSE does not read the target):
+#        "mean"            sum (a - b)^2 / (B * C)   = F.mse_loss(a, b)
+#        "sum_over_batch"  sum (a - b)^2 / B         = the authors' MSELoss(reduction="sum") / B
+#   detach_base / detach_twin treat that tensor as a constant (no gradient at all into it).
+# Arithmetic runs in float32 for half / bf16 logits (float64 stays float64).
+# ---------------------------------------------------------------------------------------------
+
+MSE_REDUCTIONS = ("mean", "sum_over_batch")
+
+
+def _ce_mean(logits: Tensor, target: Tensor, label_smoothing: float, ignore_index: int) -> Tensor:
+    """Cross-entropy averaged over non-ignored rows; 0 (not NaN) when every row is ignored."""
+    total = torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index,
+                                              label_smoothing=label_smoothing, reduction="sum")
+    count = (target != ignore_index).sum().clamp_min(1)
+    return total / count
+
+
+def twin_loss(logits_base: Tensor, logits_twin: Tensor, target: Tensor, *,
+              ce_weight_base: float = 1.0, ce_weight_twin: float = 1.0, mse_weight: float = 0.005,
+              mse_reduction: str = "sum_over_batch", label_smoothing: float = 0.0,
+              ignore_index: int = -100, detach_base: bool = False,
+              detach_twin: bool = False) -> tuple[Tensor, Tensor]:
+    """Unfused reference twin loss. Returns ``(loss, parts)``, ``parts = stack([CE_base, CE_twin,
+    MSE])`` unweighted (and detached, for logging)."""
+    if mse_reduction not in MSE_REDUCTIONS:
+        raise ValueError(f"mse_reduction must be one of {MSE_REDUCTIONS}, got {mse_reduction!r}")
+    acc = state_dtype(logits_base.dtype)
+    a, b = logits_base.to(acc), logits_twin.to(acc)
+    a = a.detach() if detach_base else a
+    b = b.detach() if detach_twin else b
+    ce_a = _ce_mean(a, target, label_smoothing, ignore_index)
+    ce_b = _ce_mean(b, target, label_smoothing, ignore_index)
+    if mse_reduction == "mean":
+        mse = torch.nn.functional.mse_loss(a, b)
+    else:
+        mse = torch.nn.functional.mse_loss(a, b, reduction="sum") / max(a.shape[0], 1)
+    loss = ce_weight_base * ce_a + ce_weight_twin * ce_b + mse_weight * mse
+    return loss, torch.stack([ce_a, ce_b, mse]).detach()
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None, *,
+            temperature: float = 4.0, alpha: float = 0.9, label_smoothing: float = 0.0,
+            ignore_index: int = -100) -> Tensor:
+    """Hinton knowledge distillation, teacher detached:
+
+        alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))  +  (1 - alpha) * CE(student, target)
+
+    KL summed over classes and averaged over all B rows ("batchmean"); CE as in :func:`twin_loss`
+    (mean over non-ignored rows, 0 if none). ``target`` may be None only when ``alpha == 1``."""
+    acc = state_dtype(student_logits.dtype)
+    s = student_logits.to(acc)
+    t = teacher_logits.detach().to(acc)
+    log_p_s = torch.log_softmax(s / temperature, dim=1)
+    log_p_t = torch.log_softmax(t / temperature, dim=1)
+    kl = torch.nn.functional.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    loss = alpha * temperature**2 * kl
+    if alpha != 1.0:
+        loss = loss + (1.0 - alpha) * _ce_mean(s, target, label_smoothing, ignore_index)
+    return loss
+
+
+def dml_loss(logits_a: Tensor, logits_b: Tensor, target: Tensor, *, kl_weight: float = 1.0,
+             label_smoothing: float = 0.0, ignore_index: int = -100) -> Tensor:
+    """Deep mutual learning as in the authors' ``train_mutual`` baseline (weight 1, no temperature):
+
+        CE(a) + CE(b) + kl_weight * (KL(softmax(b) || softmax(a)) + KL(softmax(a) || softmax(b)))
+
+    KL "batchmean" over all rows; no detach: the gradient of each KL reaches both networks."""
+    acc = state_dtype(logits_a.dtype)
+    a, b = logits_a.to(acc), logits_b.to(acc)
+    log_pa = torch.log_softmax(a, dim=1)
+    log_pb = torch.log_softmax(b, dim=1)
+    kl_ab = torch.nn.functional.kl_div(log_pa, log_pb, reduction="batchmean", log_target=True)
+    kl_ba = torch.nn.functional.kl_div(log_pb, log_pa, reduction="batchmean", log_target=True)
+    ce = _ce_mean(a, target, label_smoothing, ignore_index) + _ce_mean(b, target, label_smoothing,
+                                                                        ignore_index)
+    return ce + kl_weight * (kl_ab + kl_ba)

@@ -1,6 +1,7 @@
 """Drop-in modules. Neuron state is never kept between forward calls unless you pass it."""
 
 from .lif import LIF
+from .loss import DMLLoss, KDLoss, TwinLoss
 from .spiking import (
     MeanOverTime,
     SeqToANN,
@@ -15,4 +16,4 @@ from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, Te
 
 __all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
            "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "MeanOverTime", "fold_time",
-           "unfold_time", "spiking_layers", "firing_rates"]
+           "unfold_time", "spiking_layers", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss"]

@@ -7,5 +7,6 @@ CUDA_BACKENDS: dict[str, str] = {}
 
 from . import lif  # noqa: E402,F401
 from . import ternary  # noqa: E402,F401
+from . import twin_loss  # noqa: E402,F401
 
-__all__ = ["CUDA_BACKENDS", "lif", "ternary"]
+__all__ = ["CUDA_BACKENDS", "lif", "ternary", "twin_loss"]

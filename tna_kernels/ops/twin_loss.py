@@ -1,0 +1,83 @@
+"""tna::twin_loss_fwd / tna::twin_loss_bwd: fake kernels, autograd, and the CUDA backends.
+
+The forward op returns the loss, its three unweighted parts and both logit gradients for
+grad_output = 1 (computed in the same fused pass). Autograd saves those two gradients and the
+backward op only scales them by grad_output (one elementwise pass, no host sync). ``parts`` and the
+gradient outputs are marked non-differentiable (logging / internal), and double backward is not
+supported (the saved gradients carry no graph)."""
+
+import torch
+
+from .._utils import HAS_TRITON, state_dtype
+from . import CUDA_BACKENDS
+
+
+@torch.library.register_fake("tna::twin_loss_fwd")
+def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin,
+                        mse_weight, mse_reduction, label_smoothing, ignore_index, need_grad_base,
+                        need_grad_twin):
+    torch._check(logits_base.dtype.is_floating_point,
+                 lambda: f"logits_base must be a floating-point tensor, got {logits_base.dtype}")
+    torch._check(logits_base.dim() == 2,
+                 lambda: f"logits_base must be a 2-D [batch, classes] tensor, got shape {tuple(logits_base.shape)}")
+    torch._check(logits_twin.dtype == logits_base.dtype,
+                 lambda: f"logits_twin must have dtype {logits_base.dtype}, got {logits_twin.dtype}")
+    torch._check(logits_twin.shape == logits_base.shape,
+                 lambda: f"logits_twin must have shape {tuple(logits_base.shape)}, got {tuple(logits_twin.shape)}")
+    torch._check(target.dtype == torch.int64, lambda: f"target must have dtype torch.int64, got {target.dtype}")
+    torch._check(target.shape == logits_base.shape[:1],
+                 lambda: f"target must have shape {tuple(logits_base.shape[:1])}, got {tuple(target.shape)}")
+    torch._check(mse_reduction in (0, 1),
+                 lambda: f"mse_reduction must be 0 ('mean') or 1 ('sum_over_batch'), got {mse_reduction}")
+    acc = state_dtype(logits_base.dtype)
+
+    def grad(need):
+        shape = logits_base.shape if need else (0,)
+        return logits_base.new_empty(shape)
+
+    return (logits_base.new_empty((), dtype=acc), logits_base.new_empty((3,), dtype=acc),
+            grad(need_grad_base), grad(need_grad_twin))
+
+
+@torch.library.register_fake("tna::twin_loss_bwd")
+def _twin_loss_bwd_fake(grad_loss, grad_base, grad_twin):
+    torch._check(grad_loss.dim() == 0, lambda: f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
+    torch._check(grad_base.dtype.is_floating_point,
+                 lambda: f"grad_base must be a floating-point tensor, got {grad_base.dtype}")
+    torch._check(grad_twin.dtype == grad_base.dtype,
+                 lambda: f"grad_twin must have dtype {grad_base.dtype}, got {grad_twin.dtype}")
+    torch._check(grad_loss.dtype == state_dtype(grad_base.dtype),
+                 lambda: f"grad_loss must have dtype {state_dtype(grad_base.dtype)}, got {grad_loss.dtype}")
+    return (torch.empty_like(grad_base, memory_format=torch.contiguous_format),
+            torch.empty_like(grad_twin, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    need_base, need_twin = inputs[9], inputs[10]
+    _, parts, grad_base, grad_twin = output
+    ctx.mark_non_differentiable(parts, grad_base, grad_twin)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
+    ctx.need = (need_base, need_twin)
+    ctx.save_for_backward(grad_base, grad_twin)
+
+
+def _backward(ctx, grad_loss, _grad_parts, _grad_gb, _grad_gt):
+    grad_base, grad_twin = ctx.saved_tensors
+    need_base, need_twin = ctx.need
+    if grad_loss is None:  # the loss itself was not used (only parts): nothing flows back
+        return (None,) * 11
+    gb, gt = torch.ops.tna.twin_loss_bwd(grad_loss, grad_base, grad_twin)
+    gb = gb if need_base and ctx.needs_input_grad[0] else None
+    gt = gt if need_twin and ctx.needs_input_grad[1] else None
+    return gb, gt, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("tna::twin_loss_fwd", _backward, setup_context=_setup_context)
+
+if HAS_TRITON:
+    from ..triton import twin_loss as _triton_twin_loss
+
+    torch.library.register_kernel("tna::twin_loss_fwd", "cuda", _triton_twin_loss.twin_loss_fwd)
+    torch.library.register_kernel("tna::twin_loss_bwd", "cuda", _triton_twin_loss.twin_loss_bwd)
+    CUDA_BACKENDS["twin_loss_fwd"] = "triton"
+    CUDA_BACKENDS["twin_loss_bwd"] = "torch"  # one fused elementwise multiply per tensor
