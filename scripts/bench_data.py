@@ -1,0 +1,55 @@
+"""Data-loading timings: decode + cache an ImageFolder CIFAR-10 copy, reload it from the cache, and
+the batched loader's throughput with training augmentation.
+
+    python scripts/bench_data.py ../shared/data/cifar10-jpeg [--cache-dir DIR] [--workers N]
+
+Uses a fresh temporary cache directory unless --cache-dir is given, so the first load is a real decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from tna_kernels.data import get_dataset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batches", type=int, default=200, help="batches timed for the loader throughput")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache_dir or tmp
+        t0 = time.perf_counter()
+        ds = get_dataset("cifar10", args.root, val_per_class=500, val_mode="last", cache_dir=cache, workers=args.workers)
+        t1 = time.perf_counter()
+        ds2 = get_dataset("cifar10", args.root, val_per_class=500, val_mode="last", cache_dir=cache)
+        t2 = time.perf_counter()
+        assert torch.equal(ds.train.data, ds2.train.data)
+        print(f"cpus={os.cpu_count()} torch_threads={torch.get_num_threads()} workers={args.workers or os.cpu_count()}")
+        print(f"first load ({ds.info['cache']}): {t1 - t0:.1f} s for {len(ds.train) + len(ds.val)} images")
+        print(f"second load ({ds2.info['cache']}): {t2 - t1:.2f} s")
+        loader = ds.loader("train", args.batch_size, seed=0, max_batches=args.batches)
+        n = 0
+        t3 = time.perf_counter()
+        for x, _ in loader:
+            n += x.shape[0]
+        t4 = time.perf_counter()
+        print(f"loader: {n / (t4 - t3):.0f} images/s (batch {args.batch_size}, crop 4 + flip + normalise, float32)")
+        ev = ds.loader("val", args.batch_size)
+        t5 = time.perf_counter()
+        m = sum(x.shape[0] for x, _ in ev)
+        t6 = time.perf_counter()
+        print(f"eval loader: {m / (t6 - t5):.0f} images/s (no augmentation, normalise only)")
+
+
+if __name__ == "__main__":
+    main()
