@@ -25,16 +25,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--batches", type=int, default=200, help="batches timed for the loader throughput")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or tmp
         t0 = time.perf_counter()
-        ds = get_dataset("cifar10", args.root, val_per_class=500, val_mode="last", cache_dir=cache, workers=args.workers)
+        ds = get_dataset(
+            "cifar10", args.root, val_per_class=500, val_mode="last", cache_dir=cache, workers=args.workers
+        )
         t1 = time.perf_counter()
         ds2 = get_dataset("cifar10", args.root, val_per_class=500, val_mode="last", cache_dir=cache)
         t2 = time.perf_counter()
         assert torch.equal(ds.train.data, ds2.train.data)
-        print(f"cpus={os.cpu_count()} torch_threads={torch.get_num_threads()} workers={args.workers or os.cpu_count()}")
+        print(
+            f"cpus={os.cpu_count()} torch_threads={torch.get_num_threads()} "
+            f"workers={args.workers or os.cpu_count()}"
+        )
         print(f"first load ({ds.info['cache']}): {t1 - t0:.1f} s for {len(ds.train) + len(ds.val)} images")
         print(f"second load ({ds2.info['cache']}): {t2 - t1:.2f} s")
         loader = ds.loader("train", args.batch_size, seed=0, max_batches=args.batches)
@@ -43,7 +51,10 @@ def main() -> None:
         for x, _ in loader:
             n += x.shape[0]
         t4 = time.perf_counter()
-        print(f"loader: {n / (t4 - t3):.0f} images/s (batch {args.batch_size}, crop 4 + flip + normalise, float32)")
+        print(
+            f"loader: {n / (t4 - t3):.0f} images/s "
+            f"(batch {args.batch_size}, crop 4 + flip + normalise, float32)"
+        )
         ev = ds.loader("val", args.batch_size)
         t5 = time.perf_counter()
         m = sum(x.shape[0] for x, _ in ev)

@@ -50,22 +50,51 @@ def write_cifar10_batches(folder: Path, per_batch: int = 20, seed: int = 0) -> d
     for i in range(1, 6):
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, per_batch)]
-        _pickle(folder / f"data_batch_{i}", {b"batch_label": f"training batch {i} of 5".encode(), b"labels": labels,
-                                              b"data": data, b"filenames": [b"x.png"] * per_batch})
+        _pickle(
+            folder / f"data_batch_{i}",
+            {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"labels": labels,
+                b"data": data,
+                b"filenames": [b"x.png"] * per_batch,
+            },
+        )
         out["train_x"].append(data)
         out["train_y"] += labels
     test = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
     test_y = [int(v) for v in rng.integers(0, 10, per_batch)]
-    _pickle(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": test_y, b"data": test,
-                                    b"filenames": [b"y.png"] * per_batch})
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    _pickle(folder / "batches.meta", {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072})
+    _pickle(
+        folder / "test_batch",
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": test_y,
+            b"data": test,
+            b"filenames": [b"y.png"] * per_batch,
+        },
+    )
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    _pickle(
+        folder / "batches.meta", {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}
+    )
     out["train_x"] = np.concatenate(out["train_x"])
     out.update(test_x=test, test_y=test_y)
     return out
 
 
-def write_image_folder(root: Path, classes, per_class: int, fmt: str = "png", size=(32, 32), seed: int = 0) -> dict:
+def write_image_folder(
+    root: Path, classes, per_class: int, fmt: str = "png", size=(32, 32), seed: int = 0
+) -> dict:
     """``root/<class>/<i>.<fmt>`` with random RGB images; returns {path: HWC uint8 array}."""
     rng = np.random.default_rng(seed)
     written = {}
@@ -112,7 +141,10 @@ def test_cifar100_fine_labels(tmp_path):
     fine = [int(v) for v in rng.integers(0, 100, 30)]
     coarse = [v // 5 for v in fine]
     data = rng.integers(0, 256, (30, 3072), dtype=np.uint8)
-    _pickle(d / "train", {b"data": data, b"fine_labels": fine, b"coarse_labels": coarse, b"filenames": [b"a"] * 30})
+    _pickle(
+        d / "train",
+        {b"data": data, b"fine_labels": fine, b"coarse_labels": coarse, b"filenames": [b"a"] * 30},
+    )
     _pickle(d / "test", {b"data": data[:4], b"fine_labels": fine[:4], b"coarse_labels": coarse[:4]})
     names = [f"class{i:03d}".encode() for i in range(100)]
     _pickle(d / "meta", {b"fine_label_names": names, b"coarse_label_names": names[:20]})
@@ -153,7 +185,9 @@ def test_image_folder_png_exact_and_order(tmp_path):
     for i in range(12):
         ref = written[tmp_path / "train" / "a_cls" / f"{i}.png"]
         assert np.array_equal(ds.data[i].permute(1, 2, 0).numpy(), ref), i
-    assert np.array_equal(ds.data[12 + 10].permute(1, 2, 0).numpy(), written[tmp_path / "train" / "b_cls" / "10.png"])
+    assert np.array_equal(
+        ds.data[12 + 10].permute(1, 2, 0).numpy(), written[tmp_path / "train" / "b_cls" / "10.png"]
+    )
     assert info["cache"] == "miss"
 
 
@@ -222,7 +256,9 @@ def test_image_folder_get_dataset_last_val_and_test(tmp_path):
     # The validation images are files 4 and 5 of every class.
     for k, c in enumerate(classes):
         for j, i in enumerate((4, 5)):
-            assert np.array_equal(ds.val.data[2 * k + j].permute(1, 2, 0).numpy(), written[tmp_path / "train" / c / f"{i}.png"])
+            assert np.array_equal(
+                ds.val.data[2 * k + j].permute(1, 2, 0).numpy(), written[tmp_path / "train" / c / f"{i}.png"]
+            )
     x, y = next(iter(ds.loader("val", 8)))
     assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32) and y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
@@ -288,7 +324,12 @@ def test_random_crop_is_a_zero_padded_shift():
     assert out.shape == x.shape and out.dtype == torch.uint8
     offsets = []
     for n in range(16):
-        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(out[n], _shift(x[n], dy, dx))]
+        matches = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(out[n], _shift(x[n], dy, dx))
+        ]
         assert len(matches) == 1, n
         offsets.append(matches[0])
     assert len(set(offsets)) > 3  # per-sample offsets, not one for the batch
@@ -352,7 +393,9 @@ def test_to_float_and_normalize():
     x = torch.tensor([[[[0, 255]]], [[[51, 102]]]], dtype=torch.uint8)
     f = to_float(x)
     assert f.dtype == torch.float32 and f.max() == 1.0 and f.min() == 0.0
-    y = torch.randn(64, 3, 4, 4) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + torch.tensor([5.0, -1.0, 0.0]).view(1, 3, 1, 1)
+    y = torch.randn(64, 3, 4, 4) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + torch.tensor(
+        [5.0, -1.0, 0.0]
+    ).view(1, 3, 1, 1)
     m = y.mean((0, 2, 3)).tolist()
     s = y.std((0, 2, 3)).tolist()
     z = normalize(y, m, s)
@@ -368,8 +411,11 @@ def test_to_float_and_normalize():
 
 
 def _toy(n=50):
-    return ArrayDataset(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(),
-                        torch.arange(n) % 5, [str(i) for i in range(5)])
+    return ArrayDataset(
+        torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(),
+        torch.arange(n) % 5,
+        [str(i) for i in range(5)],
+    )
 
 
 def test_loader_epoch_covers_all_and_is_reproducible():
@@ -381,11 +427,20 @@ def test_loader_epoch_covers_all_and_is_reproducible():
     ids0 = torch.cat([x[:, 0, 0, 0] for x, _ in BatchLoader(ds, 16, shuffle=True, seed=3)])
     assert sorted((ids0 * 255).round().long().tolist()) == list(range(50))
     ep1 = [y.clone() for _, y in loader]  # the loader advanced to epoch 1: a new order
-    assert not all(torch.equal(a, b) for a, b in zip(ep0, ep1))
+    assert not all(torch.equal(a, b) for a, b in zip(ep0, ep1, strict=True))
     resumed = BatchLoader(ds, 16, shuffle=True, seed=3)
     resumed.load_state_dict({"epoch": 1, "seed": 3})
-    assert all(torch.equal(a, b) for a, b in zip(ep1, (y for _, y in resumed)))
+    assert all(torch.equal(a, b) for a, b in zip(ep1, (y for _, y in resumed), strict=True))
     assert loader.state_dict() == {"epoch": 2, "seed": 3}
+
+
+def test_loader_preload_same_batches():
+    ds = _toy()
+    aug = Augment(padding=1, flip=True)
+    a = list(BatchLoader(ds, 16, shuffle=True, seed=2, augment=aug))
+    b = list(BatchLoader(ds, 16, shuffle=True, seed=2, augment=aug, device="cpu", preload=True))
+    assert len(a) == len(b) == 4
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True))
 
 
 def test_loader_drop_last_max_batches_and_order():
@@ -432,9 +487,26 @@ def test_digits_offline_fixed_split():
 def test_real_cifar10_jpeg(tmp_path, request):
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("decodes 50,000 JPEGs: run with -m slow")
-    ds = get_dataset("cifar10", REAL_CIFAR, val_per_class=500, val_mode="last", cache_dir=os.environ.get("TNA_CACHE", tmp_path))
+    ds = get_dataset(
+        "cifar10",
+        REAL_CIFAR,
+        val_per_class=500,
+        val_mode="last",
+        cache_dir=os.environ.get("TNA_CACHE", tmp_path),
+    )
     assert len(ds.train) == 45000 and len(ds.val) == 5000
     assert ds.train.class_counts() == [4500] * 10 and ds.val.class_counts() == [500] * 10
-    assert ds.train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert ds.train.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     mean = ds.train.data.float().div(255).mean((0, 2, 3))
     assert torch.allclose(mean, torch.tensor([0.489, 0.481, 0.447]), atol=0.01)

@@ -98,13 +98,23 @@ def test_segment_bounds_time_hand_computed():
 
 
 def test_frames_split_by_time_counts():
-    ev = {"t": np.array([0, 1, 2, 5, 6, 9, 10, 10]), "x": np.zeros(8, int), "y": np.zeros(8, int), "p": np.ones(8, int)}
+    ev = {
+        "t": np.array([0, 1, 2, 5, 6, 9, 10, 10]),
+        "x": np.zeros(8, int),
+        "y": np.zeros(8, int),
+        "p": np.ones(8, int),
+    }
     fr = events_to_frames(ev, 3, "time", size=4, sensor=4)
     assert fr[:, 1, 0, 0].tolist() == [3, 1, 4] and fr[:, 0].sum() == 0
 
 
 def test_downsample_by_area():
-    ev = {"t": np.arange(5), "x": np.array([0, 1, 0, 1, 127]), "y": np.array([0, 0, 1, 1, 127]), "p": np.zeros(5, int)}
+    ev = {
+        "t": np.arange(5),
+        "x": np.array([0, 1, 0, 1, 127]),
+        "y": np.array([0, 0, 1, 1, 127]),
+        "p": np.zeros(5, int),
+    }
     fr = events_to_frames(ev, 1, "number", size=64)
     assert fr.shape == (1, 2, 64, 64)
     assert fr[0, 0, 0, 0] == 1.0  # 4 events over a 2x2 block -> mean 1
@@ -119,7 +129,10 @@ def _write_tree(root: Path, per_class: int = 11) -> None:
             k = i + 1
             write_aedat(
                 root / name / f"cifar10_{name}_{i}.aedat",
-                xs=[c] * k + [0, 0], ys=[0] * k + [5, 5], pols=[1] * k + [0, 0], ts=list(range(k + 2)),
+                xs=[c] * k + [0, 0],
+                ys=[0] * k + [5, 5],
+                pols=[1] * k + [0, 0],
+                ts=list(range(k + 2)),
             )
 
 
@@ -130,15 +143,21 @@ def _file_index(frames: torch.Tensor, c: int) -> int:
 
 def test_load_split_first_and_tebn(tmp_path):
     _write_tree(tmp_path / "dvs")
-    train, test, info = load_cifar10_dvs(tmp_path / "dvs", frames_number=2, cache_dir=tmp_path / "c", workers=2)
+    train, test, info = load_cifar10_dvs(
+        tmp_path / "dvs", frames_number=2, cache_dir=tmp_path / "c", workers=2
+    )
     assert train.data.shape == (100, 2, 2, 128, 128) and train.data.dtype == torch.float16
     assert train.class_counts() == [10] * 10 and test.class_counts() == [1] * 10  # ceil(0.9 * 11) = 10 train
     # "first": lexicographic file order 0, 1, 10, 2, ..., 9 -> the test file is _9.
     assert [_file_index(test.data[k], c) for k, c in enumerate(test.targets.tolist())] == [9] * 10
     assert info["cache"] == "miss"
-    train2, test2, _ = load_cifar10_dvs(tmp_path / "dvs", frames_number=2, split="tebn", cache_dir=tmp_path / "c")
+    train2, test2, _ = load_cifar10_dvs(
+        tmp_path / "dvs", frames_number=2, split="tebn", cache_dir=tmp_path / "c"
+    )
     assert [_file_index(test2.data[k], c) for k, c in enumerate(test2.targets.tolist())] == [0] * 10
-    assert sorted(_file_index(train2.data[k], 3) for k in np.flatnonzero(train2.targets.numpy() == 3)) == list(range(1, 11))
+    assert sorted(
+        _file_index(train2.data[k], 3) for k in np.flatnonzero(train2.targets.numpy() == 3)
+    ) == list(range(1, 11))
     # number split, 2 frames of a file with i + 3 events: the polarity-1 pair is in the last frame.
     assert float(train.data[:, 1, 1].sum()) == 2 * 100 and float(train.data[:, 0, 1].sum()) == 0
 

@@ -25,7 +25,14 @@ from .cifar import (
     load_image_folder,
     read_cifar_batches,
 )
-from .core import ArrayDataset, BatchLoader, DatasetNotFoundError, DataSplits, default_cache_dir, split_per_class
+from .core import (
+    ArrayDataset,
+    BatchLoader,
+    DatasetNotFoundError,
+    DataSplits,
+    default_cache_dir,
+    split_per_class,
+)
 from .digits import digits_splits
 from .dvs import download_cifar10_dvs, load_cifar10_dvs
 
@@ -116,7 +123,8 @@ def get_dataset(
     download: fetch the official archives into ``root`` when the data is missing (needs network).
     augment, padding, flip: training augmentation (random crop with zero ``padding``, horizontal
         ``flip``); defaults per dataset: CIFAR padding 4 + flip, digits padding 1 (no flip: digits
-        are not mirror-symmetric), CIFAR10-DVS flip + translation by up to 1/16 of the side (8 px at 128, 3 at 48).
+        are not mirror-symmetric), CIFAR10-DVS flip + translation by up to 1/16 of the side
+        (8 px at 128, 3 at 48).
     workers: decoding threads (default: CPU count).
     opts: CIFAR10-DVS only: ``frames_number`` (10), ``split_by`` ("number" | "time"), ``size``
         (128, or e.g. 48 to downsample), ``split`` ("first" | "tebn"); see :func:`load_cifar10_dvs`.
@@ -152,15 +160,21 @@ def get_dataset(
             if (where / "test").is_dir():
                 test, tinfo = load_image_folder(where / "test", cache_dir, workers)
                 if test.classes != train.classes:
-                    raise ValueError(f"{where}/test has classes {test.classes}, but train has {train.classes}")
+                    raise ValueError(
+                        f"{where}/test has classes {test.classes}, but train has {train.classes}"
+                    )
                 info["test_cache"] = tinfo["cache"]
         n_expected = 10 if key == "cifar10" else 100
         if len(train.classes) != n_expected:
-            raise ValueError(f"{key} needs {n_expected} classes, but {info.get('source', where)} has {len(train.classes)}")
+            raise ValueError(
+                f"{key} needs {n_expected} classes, but {info.get('source', where)} has {len(train.classes)}"
+            )
         mean, std = CIFAR_STATS[key]
         default_pad, default_flip, channel_dim = 4, True, 1
     else:
-        train, test, info = load_cifar10_dvs(root_path, cache_dir=cache_dir, download=download, workers=workers, **opts)
+        train, test, info = load_cifar10_dvs(
+            root_path, cache_dir=cache_dir, download=download, workers=workers, **opts
+        )
         mean = std = None
         default_pad, default_flip, channel_dim = max(1, train.data.shape[-1] // 16), True, 2
 
@@ -186,4 +200,3 @@ def get_dataset(
         eval_augment=eval_aug,
         info=info,
     )
-

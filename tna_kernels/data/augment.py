@@ -25,10 +25,14 @@ def _check_batch(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 3:
-        raise ValueError(f"{name} must be a batch [N, ..., H, W] with at least 3 dims, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be a batch [N, ..., H, W] with at least 3 dims, got shape {tuple(x.shape)}"
+        )
 
 
-def _crop_flip(x: torch.Tensor, padding: int, flip: torch.Tensor | None, off: torch.Tensor | None) -> torch.Tensor:
+def _crop_flip(
+    x: torch.Tensor, padding: int, flip: torch.Tensor | None, off: torch.Tensor | None
+) -> torch.Tensor:
     """Crop at per-sample offsets ``off`` ([2, N]) from the zero-padded batch and mirror the samples
     where ``flip`` is True, in one gather: the output column x of a mirrored sample reads padded
     column ``off_x + (W - 1 - x)``, so crop-then-flip costs the same as the crop alone."""
@@ -38,7 +42,7 @@ def _crop_flip(x: torch.Tensor, padding: int, flip: torch.Tensor | None, off: to
     k = flat.shape[1]
     hp, wp = h + 2 * padding, w + 2 * padding
     if padding:
-        # A zero tensor + slice assignment works for every dtype (F.pad lacks integer kernels on some backends).
+        # Zeros + slice assignment works for every dtype (F.pad lacks integer kernels on some backends).
         src = flat.new_zeros(n, k, hp, wp)
         src[:, :, padding : padding + h, padding : padding + w] = flat
     else:
@@ -95,13 +99,17 @@ def to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
     return x.to(dtype)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_dim: int = 1) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_dim: int = 1
+) -> torch.Tensor:
     """Per-channel ``(x - mean) / std`` on a floating batch; ``channel_dim`` indexes the channel axis."""
     if not x.is_floating_point():
         raise TypeError(f"normalize expects a floating tensor (use to_float first), got {x.dtype}")
     c = x.shape[channel_dim]
     if len(mean) != c or len(std) != c:
-        raise ValueError(f"mean/std need {c} entries (channels of dim {channel_dim}), got {len(mean)} and {len(std)}")
+        raise ValueError(
+            f"mean/std need {c} entries (channels of dim {channel_dim}), got {len(mean)} and {len(std)}"
+        )
     if any(s <= 0 for s in std):
         raise ValueError(f"std entries must be positive, got {list(std)}")
     shape = [1] * x.dim()
@@ -155,11 +163,15 @@ class Augment:
         _check_batch(x)
         if self.random and x.shape[0]:
             n = x.shape[0]
-            off = torch.randint(0, 2 * self.padding + 1, (2, n), generator=generator) if self.padding else None
+            off = (
+                torch.randint(0, 2 * self.padding + 1, (2, n), generator=generator) if self.padding else None
+            )
             flip = (torch.rand(n, generator=generator) < 0.5) if self.flip else None
             x = _crop_flip(x, self.padding, flip, off)
         was_uint8 = x.dtype == torch.uint8
-        out = x.to(self.dtype, copy=True)  # a fresh tensor, so the in-place ops below never touch the caller's
+        out = x.to(
+            self.dtype, copy=True
+        )  # a fresh tensor, so the in-place ops below never touch the caller's
         scale = 1.0 / 255.0 if was_uint8 else 1.0
         if self.mean is None:
             return out.mul_(scale) if was_uint8 else out
@@ -171,7 +183,9 @@ class Augment:
         shape = [1] * out.dim()
         shape[self.channel_dim] = len(self.mean)
         a = torch.tensor([scale / s for s in self.std], dtype=self.dtype, device=out.device).view(shape)
-        b = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=self.dtype, device=out.device).view(shape)
+        b = torch.tensor(
+            [-m / s for m, s in zip(self.mean, self.std, strict=True)], dtype=self.dtype, device=out.device
+        ).view(shape)
         return out.mul_(a).add_(b)
 
     def __repr__(self) -> str:
@@ -179,4 +193,3 @@ class Augment:
             f"Augment(padding={self.padding}, flip={self.flip}, mean={self.mean}, std={self.std}, "
             f"channel_dim={self.channel_dim})"
         )
-

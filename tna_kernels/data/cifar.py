@@ -99,7 +99,9 @@ def _unpickle(path: Path) -> dict:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a readable CIFAR python batch file: {exc}") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} is not a CIFAR python batch file (holds a {type(obj).__name__}, not a dict)")
+        raise ValueError(
+            f"{path} is not a CIFAR python batch file (holds a {type(obj).__name__}, not a dict)"
+        )
     # Python 2 pickles give bytes keys; files re-pickled under Python 3 give str keys.
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
@@ -112,7 +114,8 @@ def _batch_arrays(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(d[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"{path}: expected data [N, 3072] and N labels, got data {data.shape} and {labels.shape[0]} labels"
+            f"{path}: expected data [N, 3072] and N labels, got data {data.shape} and "
+            f"{labels.shape[0]} labels"
         )
     # Rows are the R, G and B planes of a 32x32 image, row-major: a plain reshape gives NCHW.
     return data.reshape(-1, 3, 32, 32), labels
@@ -134,15 +137,27 @@ def read_cifar_batches(folder: str | Path, name: str) -> tuple[ArrayDataset, Arr
     folder = Path(folder)
     if name == "cifar10":
         train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
-        test_file, meta_file, label_key, names_key = folder / "test_batch", folder / "batches.meta", "labels", "label_names"
+        test_file, meta_file, label_key, names_key = (
+            folder / "test_batch",
+            folder / "batches.meta",
+            "labels",
+            "label_names",
+        )
     elif name == "cifar100":
         train_files = [folder / "train"]
-        test_file, meta_file, label_key, names_key = folder / "test", folder / "meta", "fine_labels", "fine_label_names"
+        test_file, meta_file, label_key, names_key = (
+            folder / "test",
+            folder / "meta",
+            "fine_labels",
+            "fine_label_names",
+        )
     else:
         raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
     missing = [str(p) for p in [*train_files, test_file, meta_file] if not p.is_file()]
     if missing:
-        raise DatasetNotFoundError(f"{folder} is not a complete {name} python-batches folder: missing {missing}")
+        raise DatasetNotFoundError(
+            f"{folder} is not a complete {name} python-batches folder: missing {missing}"
+        )
     classes = _names(meta_file, names_key)
     parts = [_batch_arrays(p, label_key) for p in train_files]
     train_x = np.concatenate([p[0] for p in parts])
@@ -150,7 +165,9 @@ def read_cifar_batches(folder: str | Path, name: str) -> tuple[ArrayDataset, Arr
     test_x, test_y = _batch_arrays(test_file, label_key)
     for split, y in (("train", train_y), ("test", test_y)):
         if y.size and (y.min() < 0 or y.max() >= len(classes)):
-            raise ValueError(f"{folder}: {split} labels outside [0, {len(classes)}) for the {len(classes)} classes")
+            raise ValueError(
+                f"{folder}: {split} labels outside [0, {len(classes)}) for the {len(classes)} classes"
+            )
     return (
         ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y), classes),
         ArrayDataset(torch.from_numpy(test_x), torch.from_numpy(test_y), classes),
@@ -171,7 +188,11 @@ def _list_image_folder(folder: Path) -> tuple[list[str], list[Path], np.ndarray]
     files, labels = [], []
     for i, c in enumerate(classes):
         names = sorted(
-            (e.name for e in os.scandir(folder / c) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
+            (
+                e.name
+                for e in os.scandir(folder / c)
+                if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            ),
             key=_natural_key,
         )
         if not names:
@@ -191,7 +212,8 @@ def _decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         raise CorruptImageError(f"cannot decode image file {path}: {exc}") from exc
     if size is not None and arr.shape[:2] != size:
         raise CorruptImageError(
-            f"image file {path} is {arr.shape[1]}x{arr.shape[0]} pixels, expected {size[1]}x{size[0]} like the others"
+            f"image file {path} is {arr.shape[1]}x{arr.shape[0]} pixels, expected {size[1]}x{size[0]} "
+            "like the others"
         )
     return arr
 
@@ -257,7 +279,9 @@ def _batches_dir_ok(d: Path, name: str) -> bool:
 
 
 def find_cifar_source(root: str | Path, name: str) -> tuple[str, Path]:
-    """Locate ``name`` ("cifar10"/"cifar100") under ``root``: ``("batches", folder)`` or ``("imagefolder", root)``.
+    """Locate ``name`` ("cifar10"/"cifar100") under ``root``.
+
+    Returns ``("batches", folder)`` or ``("imagefolder", root)``.
 
     Looked for, in order: ``root`` itself as a python-batches folder; ``root/cifar-10-batches-py``
     (``root/cifar-100-python``); ``root`` as an ImageFolder tree with a ``train/`` folder of class
@@ -273,9 +297,7 @@ def find_cifar_source(root: str | Path, name: str) -> tuple[str, Path]:
     if (root / "train").is_dir():
         return "imagefolder", root
     url = CIFAR_URLS[name][0]
-    files = (
-        "data_batch_1..5, test_batch, batches.meta" if name == "cifar10" else "train, test, meta"
-    )
+    files = "data_batch_1..5, test_batch, batches.meta" if name == "cifar10" else "train, test, meta"
     raise DatasetNotFoundError(
         f"{name} not found under {root}. Put either the official python version there "
         f"({root / sub}/ with {files}; get it from {url} and unpack it with tar xzf), or an "

@@ -26,7 +26,8 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits  # lazy: only this loader needs scikit-learn
     except ImportError as exc:
         raise ImportError(
-            "the 'digits' dataset needs scikit-learn: pip install scikit-learn  (or: pip install tna_kernels[data])"
+            "the 'digits' dataset needs scikit-learn: pip install scikit-learn  "
+            "(or: pip install tna_kernels[data])"
         ) from exc
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]

@@ -100,7 +100,8 @@ def read_aedat_events(path: str | Path) -> dict[str, np.ndarray]:
         body = raw[_header_length(raw) :]
         if len(body) % 8:
             raise ValueError(
-                f"{path}: event payload of {len(body)} bytes is not a whole number of 8-byte (address, timestamp) pairs"
+                f"{path}: event payload of {len(body)} bytes is not a whole number of 8-byte "
+                "(address, timestamp) pairs"
             )
         words = np.frombuffer(body, dtype=">u4")
         addr = words[0::2].astype(np.int64)
@@ -113,9 +114,18 @@ def read_aedat_events(path: str | Path) -> dict[str, np.ndarray]:
     n = {k: v.shape for k, v in ev.items()}
     if len(set(n.values())) != 1:
         raise ValueError(f"{path}: event fields have different lengths {n}")
-    bad = (ev["x"] < 0) | (ev["x"] >= SENSOR_SIZE) | (ev["y"] < 0) | (ev["y"] >= SENSOR_SIZE) | (ev["p"] < 0) | (ev["p"] > 1)
+    bad = (
+        (ev["x"] < 0)
+        | (ev["x"] >= SENSOR_SIZE)
+        | (ev["y"] < 0)
+        | (ev["y"] >= SENSOR_SIZE)
+        | (ev["p"] < 0)
+        | (ev["p"] > 1)
+    )
     if bad.any():
-        raise ValueError(f"{path}: {int(bad.sum())} events outside the 128x128 sensor or with polarity not 0/1")
+        raise ValueError(
+            f"{path}: {int(bad.sum())} events outside the 128x128 sensor or with polarity not 0/1"
+        )
     return ev
 
 
@@ -138,7 +148,9 @@ def segment_bounds(t: np.ndarray, frames_number: int, split_by: str) -> tuple[np
             if np.any(np.diff(t) < 0):
                 raise ValueError("split_by='time' needs non-decreasing timestamps")
             dt = (int(t[-1]) - int(t[0])) // m
-            j_l = np.searchsorted(t, int(t[0]) + dt * np.arange(m, dtype=np.int64), side="left").astype(np.int64)
+            j_l = np.searchsorted(t, int(t[0]) + dt * np.arange(m, dtype=np.int64), side="left").astype(
+                np.int64
+            )
     else:
         raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
     j_r = np.append(j_l[1:], n)
@@ -178,12 +190,15 @@ def _list_event_files(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
         raise DatasetNotFoundError(
             f"CIFAR10-DVS not found under {root} (missing class folders {missing}). Put the release there as "
             f"{root}/<class>/cifar10_<class>_<i>.aedat for the classes {', '.join(DVS_CLASSES)} "
-            f"(10 zips from https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671, unzipped into {root}), "
+            "(10 zips from https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671, "
+            f"unzipped into {root}), "
             f"or pass download=True (CLI: --download) to fetch and check them."
         )
     files, labels = [], []
     for i, c in enumerate(classes):
-        names = sorted(e.name for e in os.scandir(root / c) if e.is_file() and e.name.endswith((".aedat", ".npz")))
+        names = sorted(
+            e.name for e in os.scandir(root / c) if e.is_file() and e.name.endswith((".aedat", ".npz"))
+        )
         if not names:
             raise DatasetNotFoundError(f"class folder {root / c} holds no .aedat (or .npz) event files")
         files.extend(root / c / n for n in names)
@@ -191,7 +206,9 @@ def _list_event_files(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def _split_indices(files: list[Path], labels: np.ndarray, split: str, train_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+def _split_indices(
+    files: list[Path], labels: np.ndarray, split: str, train_ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
     train, test = [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)  # lexicographic file order within the class
@@ -289,13 +306,17 @@ def download_cifar10_dvs(root: str | Path, timeout: float = 120.0) -> Path:
                 with urllib.request.urlopen(url, timeout=timeout) as r, open(archive, "wb") as f:
                     shutil.copyfileobj(r, f, 1 << 20)
             except OSError as exc:
-                raise OSError(f"could not download {url} ({exc}); get {cls}.zip by other means and unzip it into {root}") from exc
+                raise OSError(
+                    f"could not download {url} ({exc}); get {cls}.zip by other means and unzip it into {root}"
+                ) from exc
             h = hashlib.md5()
             with open(archive, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
             if h.hexdigest() != md5:
-                raise OSError(f"{url} downloaded with md5 {h.hexdigest()}, expected {md5}: damaged; try again")
+                raise OSError(
+                    f"{url} downloaded with md5 {h.hexdigest()}, expected {md5}: damaged; try again"
+                )
             unpack = Path(tmp) / "unpacked"
             with zipfile.ZipFile(archive) as z:
                 z.extractall(unpack)  # zipfile drops absolute paths and '..' components
