@@ -279,6 +279,56 @@ def test_missing_dataset_message(tmp_path):
         get_dataset("cifar100", tmp_path)
 
 
+def _serve_archive(monkeypatch, archive: bytes, md5: str) -> list:
+    """Make download_cifar fetch ``archive`` from memory (no network) and expect ``md5``."""
+    import io
+
+    from tna_kernels.data import cifar
+
+    calls = []
+
+    def fake_urlopen(url, timeout=None):
+        calls.append(url)
+        return io.BytesIO(archive)
+
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", fake_urlopen)
+    url, _, sub = cifar.CIFAR_URLS["cifar10"]
+    monkeypatch.setitem(cifar.CIFAR_URLS, "cifar10", (url, md5, sub))
+    return calls
+
+
+def test_download_cifar_checks_md5_and_unpacks(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import tarfile
+
+    from tna_kernels.data import download_cifar
+
+    write_cifar10_batches(tmp_path / "src" / "cifar-10-batches-py", per_batch=3)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    archive = buf.getvalue()
+    root = tmp_path / "root"
+    # A damaged download (md5 mismatch) is refused and leaves nothing behind.
+    _serve_archive(monkeypatch, archive, "0" * 32)
+    with pytest.raises(OSError, match="md5"):
+        download_cifar(root, "cifar10")
+    assert os.listdir(root) == []
+    calls = _serve_archive(monkeypatch, archive, hashlib.md5(archive).hexdigest())
+    folder = download_cifar(root, "cifar10")
+    assert folder == root / "cifar-10-batches-py" and calls == [
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    ]
+    ds = get_dataset("cifar10", root)
+    assert len(ds.train) == 15 and len(ds.test) == 3
+    download_cifar(root, "cifar10")  # already complete: no second fetch
+    assert len(calls) == 1
+    # get_dataset(download=True) on a missing copy goes through the same path.
+    ds2 = get_dataset("cifar10", tmp_path / "other", download=True)
+    assert len(ds2.train) == 15 and len(calls) == 2
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         get_dataset("mnist")
