@@ -49,6 +49,19 @@ def test_parse_coordinates_and_polarity(tmp_path):
     assert ev["t"].tolist() == [100, 250, 4_000_000_000]  # unsigned 32-bit timestamps
 
 
+def test_header_variants_parse_alike(tmp_path):
+    """Whatever the version line says, the '#' header lines are skipped and the payload read the same."""
+    a, b = tmp_path / "a.aedat", tmp_path / "b.aedat"
+    write_aedat(a, [3, 4], [5, 6], [0, 1], [10, 20])
+    payload = a.read_bytes()[len(HEADER) :]
+    b.write_bytes(b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 0: DVS128\r\n#!END-HEADER\r\n" + payload)
+    ea, eb = read_aedat_events(a), read_aedat_events(b)
+    assert all(np.array_equal(ea[k], eb[k]) for k in "txyp")
+    c = tmp_path / "c.aedat"
+    c.write_bytes(payload)  # no header at all (the first address byte is not '#')
+    assert np.array_equal(read_aedat_events(c)["x"], ea["x"])
+
+
 def test_header_only_and_truncated_file(tmp_path):
     f = tmp_path / "empty.aedat"
     f.write_bytes(HEADER)
