@@ -230,6 +230,15 @@ def test_cache_dir_from_env(tmp_path, monkeypatch):
     assert all(str(tmp_path / "envcache") in p for p in info["cache_files"])
 
 
+def test_unwritable_cache_warns_and_still_loads(tmp_path):
+    write_image_folder(tmp_path / "train", ["a"], per_class=2)
+    blocker = tmp_path / "cache_is_a_file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match="could not write the data cache"):
+        ds, info = load_image_folder(tmp_path / "train", cache_dir=blocker)
+    assert len(ds) == 2 and info["cache_files"] is None and blocker.read_text() == "not a directory"
+
+
 def test_corrupt_image_names_file(tmp_path):
     write_image_folder(tmp_path / "train", ["a", "b"], per_class=3, fmt="jpg")
     bad = tmp_path / "train" / "b" / "1.jpg"
@@ -334,6 +343,10 @@ def test_bad_arguments():
         get_dataset("mnist")
     with pytest.raises(TypeError, match="frames_number"):
         get_dataset("digits", frames_number=3)
+    with pytest.raises(ValueError, match="val_mode must be"):
+        get_dataset("digits", val_mode="first")
+    with pytest.raises(ValueError, match="val_per_class must be"):
+        get_dataset("digits", val_per_class=-1)
 
 
 # ------------------------------------------------------------------------------------------- splits

@@ -134,6 +134,10 @@ def get_dataset(
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if key != "cifar10_dvs" and opts:
         raise TypeError(f"get_dataset({key!r}) got unexpected options {sorted(opts)}")
+    if val_mode not in ("random", "last"):
+        raise ValueError(f"val_mode must be 'random' or 'last', got {val_mode!r}")
+    if not isinstance(val_per_class, int) or val_per_class < 0:
+        raise ValueError(f"val_per_class must be a non-negative int, got {val_per_class!r}")
     root_path = Path(root).expanduser() if root is not None else default_data_root()
     info: dict = {}
 

@@ -260,8 +260,8 @@ def load_image_folder(
         list(pool.map(work, range(1, len(files)), chunksize=256))
     info["cache"] = "miss"
     if use_cache:
-        cache_store(cache_dir, stem, out, labels, {"source": str(folder.resolve()), "classes": classes})
-        info["cache_files"] = [str(p) for p in _entry_files(cache_dir, stem)]
+        if cache_store(cache_dir, stem, out, labels, {"source": str(folder.resolve()), "classes": classes}):
+            info["cache_files"] = [str(p) for p in _entry_files(cache_dir, stem)]
     return ArrayDataset(torch.from_numpy(out), torch.from_numpy(labels), classes), info
 
 

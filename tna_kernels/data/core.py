@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,10 +294,21 @@ def cache_load(cache_dir: Path, stem: str, mmap: bool = False) -> tuple[np.ndarr
     return data, targets, meta
 
 
-def cache_store(cache_dir: Path, stem: str, data: np.ndarray, targets: np.ndarray, meta: dict) -> None:
-    """Write entry ``stem`` atomically: each file via temp + ``os.replace``, the metadata last."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+def cache_store(cache_dir: Path, stem: str, data: np.ndarray, targets: np.ndarray, meta: dict) -> bool:
+    """Write entry ``stem`` atomically: each file via temp + ``os.replace``, the metadata last.
+
+    Returns False (with a warning) when the cache directory cannot be written: the data was
+    decoded fine, so the caller carries on without a cache rather than failing.
+    """
     data_p, targets_p, meta_p = cache_paths(cache_dir, stem)
-    _atomic_save_npy(data_p, np.ascontiguousarray(data))
-    _atomic_save_npy(targets_p, np.ascontiguousarray(targets))
-    _atomic_write_text(meta_p, json.dumps({**meta, "shape": list(data.shape)}, indent=1))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save_npy(data_p, np.ascontiguousarray(data))
+        _atomic_save_npy(targets_p, np.ascontiguousarray(targets))
+        _atomic_write_text(meta_p, json.dumps({**meta, "shape": list(data.shape)}, indent=1))
+    except OSError as exc:
+        warnings.warn(
+            f"could not write the data cache in {cache_dir} ({exc}); set TNA_CACHE or cache_dir", stacklevel=3
+        )
+        return False
+    return True
