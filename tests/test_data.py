@@ -34,6 +34,23 @@ if not REAL_CIFAR.exists():
     REAL_CIFAR = Path("/work/shared/data/cifar10-jpeg")
 
 
+def test_layering_and_lazy_imports():
+    """The kernel package never loads the data layer; the data layer never loads the trainer, and
+    loads scikit-learn / Pillow only when a reader needs them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tna_kernels\n"
+        "assert 'tna_kernels.data' not in sys.modules\n"
+        "import tna_kernels.data\n"
+        "bad = [m for m in ('tna_kernels.train', 'sklearn', 'PIL', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
 # ------------------------------------------------------------------------------------ file writers
 
 
