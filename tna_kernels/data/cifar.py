@@ -256,8 +256,12 @@ def load_image_folder(
 
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        # list() re-raises the first worker exception (a CorruptImageError naming the file).
-        list(pool.map(work, range(1, len(files)), chunksize=256))
+        try:
+            # list() re-raises the first worker exception (a CorruptImageError naming the file).
+            list(pool.map(work, range(1, len(files))))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # don't decode the rest of a broken folder
+            raise
     info["cache"] = "miss"
     if use_cache:
         if cache_store(cache_dir, stem, out, labels, {"source": str(folder.resolve()), "classes": classes}):

@@ -91,6 +91,11 @@ class DataSplits:
     eval_augment: Augment
     info: dict = field(default_factory=dict)
 
+    @property
+    def classes(self) -> list[str]:
+        """Class names, index = label."""
+        return self.train.classes
+
     def loader(self, split: str, batch_size: int, **kwargs) -> BatchLoader:
         """A :class:`BatchLoader` over ``split`` ("train", "val", "test") with that split's augmentation.
 

@@ -268,7 +268,8 @@ def load_cifar10_dvs(
     options = {"frames_number": frames_number, "split_by": split_by, "size": size, "layout": "f16-ntchw"}
     stem = "cifar10dvs-" + source_key(files, root, extra=options)
     info = {"source": str(root), "format": "cifar10-dvs", **options, "split": split}
-    hit = cache_load(cache_dir, stem) if use_cache else None
+    # Memory-map a cached entry: only the rows of each split are read, so the peak is one copy.
+    hit = cache_load(cache_dir, stem, mmap=True) if use_cache else None
     if hit is not None:
         frames, targets, _ = hit
         info["cache"] = "hit"
@@ -276,17 +277,28 @@ def load_cifar10_dvs(
         frames = np.empty((len(files), frames_number, 2, size, size), dtype=np.float16)
 
         def work(i: int) -> None:
-            frames[i] = events_to_frames(read_aedat_events(files[i]), frames_number, split_by, size)
+            fr = events_to_frames(read_aedat_events(files[i]), frames_number, split_by, size)
+            frames[i] = np.minimum(fr, np.finfo(np.float16).max)  # saturate rather than overflow to inf
 
         with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
-            list(pool.map(work, range(len(files))))
+            try:
+                list(pool.map(work, range(len(files))))  # re-raises the first error, which names its file
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         targets = labels
         info["cache"] = "miss"
         if use_cache:
             cache_store(cache_dir, stem, frames, targets, {"source": str(root.resolve()), **options})
-    full = ArrayDataset(torch.from_numpy(frames), torch.from_numpy(np.asarray(targets)), classes)
+    if not np.array_equal(np.asarray(targets), labels):
+        raise ValueError(f"cache entry {stem} in {cache_dir} disagrees with the folder's labels; delete it")
     train_idx, test_idx = _split_indices(files, labels, split, train_ratio)
-    return full.subset(train_idx), full.subset(test_idx), info
+
+    def part(idx: np.ndarray) -> ArrayDataset:
+        data = torch.from_numpy(np.ascontiguousarray(frames[idx]))
+        return ArrayDataset(data, torch.from_numpy(labels[idx]), list(classes))
+
+    return part(train_idx), part(test_idx), info
 
 
 def download_cifar10_dvs(root: str | Path, timeout: float = 120.0) -> Path:
