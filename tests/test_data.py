@@ -303,6 +303,9 @@ def test_missing_dataset_message(tmp_path):
     assert "train/<class>" in msg
     with pytest.raises(DatasetNotFoundError, match="cifar-100-python"):
         get_dataset("cifar100", tmp_path)
+    write_image_folder(tmp_path / "x" / "train", ["cat", "dog"], per_class=1)
+    with pytest.raises(DatasetNotFoundError, match="looks like a folder of class folders: pass its parent"):
+        get_dataset("cifar10", tmp_path / "x" / "train")
 
 
 def _serve_archive(monkeypatch, archive: bytes, md5: str) -> list:

@@ -302,8 +302,11 @@ def find_cifar_source(root: str | Path, name: str) -> tuple[str, Path]:
         return "imagefolder", root
     url = CIFAR_URLS[name][0]
     files = "data_batch_1..5, test_batch, batches.meta" if name == "cifar10" else "train, test, meta"
+    hint = ""
+    if root.is_dir() and any((root / c).is_dir() for c in CIFAR10_CLASSES + ["apple", "train"]):
+        hint = f" ({root} looks like a folder of class folders: pass its parent, which holds train/.)"
     raise DatasetNotFoundError(
-        f"{name} not found under {root}. Put either the official python version there "
+        f"{name} not found under {root}.{hint} Put either the official python version there "
         f"({root / sub}/ with {files}; get it from {url} and unpack it with tar xzf), or an "
         f"ImageFolder tree ({root}/train/<class>/*.png|jpg, optional {root}/test/<class>/...). "
         f"Or pass download=True (CLI: --download) to fetch and check the official archive."
