@@ -593,3 +593,20 @@ def test_real_cifar10_jpeg(tmp_path, request):
     ]
     mean = ds.train.data.float().div(255).mean((0, 2, 3))
     assert torch.allclose(mean, torch.tensor([0.489, 0.481, 0.447]), atol=0.01)
+
+
+@pytest.mark.cuda
+def test_loader_on_cuda_matches_cpu():
+    """Random draws come from the CPU generator, so the GPU loader (copied per batch or preloaded)
+    yields the CPU loader's batches."""
+    ds = ArrayDataset(
+        torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), torch.arange(300) % 10, list("abcdefghij")
+    )
+    aug = Augment(4, True, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    cpu = list(BatchLoader(ds, 64, shuffle=True, seed=1, augment=aug))
+    for preload in (False, True):
+        gpu = list(BatchLoader(ds, 64, shuffle=True, seed=1, augment=aug, device="cuda", preload=preload))
+        assert len(gpu) == len(cpu)
+        for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+            assert xg.is_cuda and yg.is_cuda
+            assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6)
