@@ -121,6 +121,21 @@ def test_frames_split_by_time_counts():
     assert fr[:, 1, 0, 0].tolist() == [3, 1, 4] and fr[:, 0].sum() == 0
 
 
+def test_time_split_orders_events_by_time():
+    rng = np.random.default_rng(0)
+    ev = {"t": rng.integers(0, 1000, 200), "x": rng.integers(0, 8, 200), "y": rng.integers(0, 8, 200)}
+    ev["p"] = rng.integers(0, 2, 200)
+    order = np.argsort(ev["t"], kind="stable")
+    sorted_ev = {k: v[order] for k, v in ev.items()}
+    a = events_to_frames(ev, 4, "time", size=8, sensor=8)
+    b = events_to_frames(sorted_ev, 4, "time", size=8, sensor=8)
+    assert np.array_equal(a, b) and a.sum() == 200
+    # Each frame holds exactly the events of its time interval: dT = (t_max - t_min) // 4.
+    t0, dt = ev["t"].min(), (ev["t"].max() - ev["t"].min()) // 4
+    for j in range(3):
+        assert a[j].sum() == np.sum((ev["t"] >= t0 + j * dt) & (ev["t"] < t0 + (j + 1) * dt))
+
+
 def test_downsample_by_area():
     ev = {
         "t": np.arange(5),
@@ -215,3 +230,12 @@ def test_get_dataset_dvs_augmentation(tmp_path):
     assert torch.equal(xt, ds.test.data.float())
     with pytest.raises(ValueError, match="split_by must be"):
         get_dataset("cifar10_dvs", tmp_path / "dvs", split_by="count")
+
+
+def test_damaged_file_in_tree_is_named(tmp_path):
+    _write_tree(tmp_path / "dvs", per_class=2)
+    bad = tmp_path / "dvs" / "frog" / "cifar10_frog_1.aedat"
+    bad.write_bytes(bad.read_bytes()[:-5])
+    with pytest.raises(ValueError, match=r"cifar10_frog_1\.aedat: event payload"):
+        load_cifar10_dvs(tmp_path / "dvs", frames_number=2, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # nothing cached from a failed conversion

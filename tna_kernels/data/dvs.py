@@ -14,7 +14,8 @@ Framing (SpikingJelly's ``integrate_events_by_fixed_frames_number``): with ``N``
   frame everything from ``(M - 1) * (N // M)`` to the end;
 * ``split_by="time"``: with ``dT = (t_last - t_first) // M`` (integer floor), frame ``j`` holds the
   events with ``t_first + j dT <= t < t_first + (j + 1) dT``, the last frame everything from
-  ``t_first + (M - 1) dT`` on (an empty interval gives an all-zero frame);
+  ``t_first + (M - 1) dT`` on (an empty interval gives an all-zero frame; out-of-order events are
+  put in time order first);
 
 and channel ``p`` of a frame counts the events of polarity ``p`` at each pixel ``(y, x)``.
 ``size < 128`` downsamples each frame by area averaging (``F.interpolate(mode="area")``: the mean
@@ -169,6 +170,10 @@ def events_to_frames(
     if not isinstance(size, (int, np.integer)) or not 0 < size <= sensor:
         raise ValueError(f"size must be an int in [1, {sensor}], got {size!r}")
     t, x, y, p = (np.asarray(events[k], dtype=np.int64) for k in ("t", "x", "y", "p"))
+    if split_by == "time" and np.any(np.diff(t) < 0):
+        # Frame j is defined by its time interval, so out-of-order events are put in time order first.
+        order = np.argsort(t, kind="stable")
+        t, x, y, p = t[order], x[order], y[order], p[order]
     j_l, j_r = segment_bounds(t, frames_number, split_by)
     frame_of = np.repeat(np.arange(frames_number, dtype=np.int64), j_r - j_l)
     flat = ((frame_of * 2 + p) * sensor + y) * sensor + x
@@ -277,7 +282,12 @@ def load_cifar10_dvs(
         frames = np.empty((len(files), frames_number, 2, size, size), dtype=np.float16)
 
         def work(i: int) -> None:
-            fr = events_to_frames(read_aedat_events(files[i]), frames_number, split_by, size)
+            try:
+                fr = events_to_frames(read_aedat_events(files[i]), frames_number, split_by, size)
+            except ValueError as exc:
+                if str(files[i]) in str(exc):
+                    raise
+                raise ValueError(f"{files[i]}: {exc}") from exc
             frames[i] = np.minimum(fr, np.finfo(np.float16).max)  # saturate rather than overflow to inf
 
         with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
