@@ -1,0 +1,9 @@
+"""Training layer: TNA / KD / DML / baseline trainer, configs, checkpoints, metrics.
+Depends on the kernel layers; they never import it."""
+
+from .checkpoint import CheckpointError
+from .config import DEFAULTS, ConfigError, load_config
+from .trainer import Trainer, TrainingError, load_model
+
+__all__ = ["Trainer", "TrainingError", "load_config", "ConfigError", "DEFAULTS", "CheckpointError",
+           "load_model"]

@@ -1,0 +1,347 @@
+"""Trainer for ternary SNNs: baseline, TNA (base + twin with the fused twin loss), KD and DML.
+
+One run = one config (see :mod:`tna_kernels.train.config`). Every epoch trains, evaluates base and
+twin, appends a metrics row (CSV, optional TensorBoard) and writes the ``last`` checkpoint (and
+``best`` when validation accuracy improves). Only the base model is exported at the end."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import functional as F
+from ..data import get_dataset
+from ..models import build_model, make_twin
+from ..nn.spiking import spiking_layers
+from . import checkpoint
+from .config import ConfigError
+from .metrics import MetricsLog
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss with ``nan_policy: stop``)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is visible")
+    return torch.device(name)
+
+
+def model_config(cfg: dict, data) -> dict:
+    """The model's constructor arguments: the config's model section + the data's shapes."""
+    m = copy.deepcopy(cfg["model"])
+    shape = data.input_shape  # [C, H, W] images or [T, C, H, W] frames
+    m.update(in_channels=shape[-3], input_size=shape[-1], num_classes=data.num_classes)
+    if len(shape) == 4:
+        m["T"] = shape[0]
+    return m
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """A model from a checkpoint written by the trainer (``last``/``best``/``base``)."""
+    state, meta = checkpoint.load(path)
+    if "model_config" not in meta or "base" not in state:
+        raise checkpoint.CheckpointError(f"{path} holds no base model")
+    model = build_model(meta["model_config"])
+    try:
+        model.load_state_dict(state["base"])
+    except RuntimeError as exc:
+        raise checkpoint.CheckpointError(f"{path}: weights do not fit the recorded architecture: {exc}") from exc
+    return model.to(device)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # BN weights/biases and biases
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, o: dict) -> torch.optim.Optimizer:
+    groups = _param_groups(model, o["weight_decay"])
+    if o["name"] == "sgd":
+        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+    return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
+
+
+def lr_at(step: int, total: int, steps_per_epoch: int, lr: float, s: dict) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
+    warmup = int(s["warmup_epochs"] * steps_per_epoch)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if s["name"] == "constant":
+        return lr
+    if s["name"] == "step":
+        return lr * s["gamma"] ** ((step // steps_per_epoch) // s["step_epochs"])
+    progress = (step - warmup) / max(1, total - warmup)
+    return s["min_lr"] + (lr - s["min_lr"]) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _RateCollector:
+    """Collects every spiking layer's mean firing rate (differentiable) during one forward."""
+
+    def __init__(self, model: nn.Module):
+        self.rates: list[torch.Tensor] = []
+        self.hooks = [m.neuron.register_forward_hook(lambda _m, _i, out: self.rates.append(out.mean()))
+                      for _, m in spiking_layers(model) if m.neuron is not None]
+
+    def pop_mean(self) -> torch.Tensor:
+        rate = torch.stack(self.rates).mean()
+        self.rates = []
+        return rate
+
+
+class Trainer:
+    """Builds data, networks and optimisers from ``cfg`` and runs training (``fit``)."""
+
+    def __init__(self, cfg: dict, data=None):
+        self.cfg = cfg
+        seed_everything(cfg["seed"])
+        self.device = resolve_device(cfg["device"])
+        self.out = Path(cfg["out_dir"]) / cfg["name"]
+        d = cfg["data"]
+        self.data = data if data is not None else get_dataset(
+            d["name"], d["root"], val_per_class=d["val_per_class"], val_mode=d["val_mode"],
+            seed=cfg["seed"], download=d["download"], augment=d["augment"], **d["options"])
+        self.eval_split = "val" if self.data.val is not None else "test"
+        if getattr(self.data, self.eval_split) is None:
+            raise ConfigError(f"the {d['name']} data has neither a val nor a test split to evaluate on")
+        self.train_loader = self.data.loader("train", d["batch_size"], seed=cfg["seed"],
+                                             max_batches=cfg["train"]["limit_batches"], drop_last=True)
+
+        self.base = build_model(model_config(cfg, self.data)).to(self.device)
+        self.twin = self.teacher = None
+        mode, t = cfg["mode"], cfg["twin"]
+        if mode in ("tna", "dml"):
+            self.twin = make_twin(self.base, cfg["seed"] + t["seed_offset"], t["precision"], t["width_mult"])
+            if t["pretrained"]:
+                self.twin.load_state_dict(load_model(t["pretrained"]).state_dict())
+        if mode == "kd":
+            self.teacher = load_model(cfg["loss"]["teacher"], self.device).eval()
+            self.teacher.requires_grad_(False)
+        self.twin_trainable = self.twin is not None and not t["frozen"]
+        if self.twin is not None and t["frozen"]:
+            self.twin.requires_grad_(False)
+        self.opt_base = make_optimizer(self.base, cfg["optim"])
+        self.opt_twin = make_optimizer(self.twin, cfg["optim"]) if self.twin_trainable else None
+        self.rates = _RateCollector(self.base) if cfg["loss"]["spike_rate_weight"] > 0 else None
+        self.epoch, self.step, self.best_acc, self.history, self.skipped = 0, 0, -1.0, [], 0
+
+    # ---- one step ---------------------------------------------------------------------------
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.transpose(0, 1) if x.dim() == 5 else x  # frames [B, T, ...] → [T, B, ...]
+
+    def _loss(self, x, y):
+        c, lw = self.cfg, self.cfg["loss"]
+        logits = self.base(x)
+        twin_logits = None
+        if self.cfg["mode"] == "baseline":
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=lw["label_smoothing"])
+        elif c["mode"] == "kd":
+            with torch.no_grad():
+                teacher = self.teacher(x)
+            loss = F.kd_loss(logits, teacher, y, temperature=lw["kd_temperature"], alpha=lw["kd_alpha"],
+                             label_smoothing=lw["label_smoothing"])
+        else:
+            with torch.set_grad_enabled(self.twin_trainable):
+                twin_logits = self.twin(x)
+            if c["mode"] == "dml":
+                loss = F.dml_loss(logits, twin_logits, y, kl_weight=lw["dml_weight"],
+                                  label_smoothing=lw["label_smoothing"])
+            else:
+                matching = self.epoch >= lw["late_matching_epoch"]
+                loss = F.twin_loss(logits, twin_logits, y, mse_weight=lw["mse_weight"] if matching else 0.0,
+                                   mse_reduction=lw["mse_reduction"], label_smoothing=lw["label_smoothing"],
+                                   detach_twin=not self.twin_trainable)
+        if self.rates is not None:
+            loss = loss + lw["spike_rate_weight"] * self.rates.pop_mean()
+        return loss, logits, twin_logits
+
+    def _optimizers(self):
+        return [o for o in (self.opt_base, self.opt_twin) if o is not None]
+
+    def train_epoch(self) -> dict:
+        c = self.cfg
+        self.base.train()
+        if self.twin is not None:
+            self.twin.train(self.twin_trainable)
+        self.train_loader.set_epoch(self.epoch)
+        spe, total = len(self.train_loader), len(self.train_loader) * c["train"]["epochs"]
+        amp = c["train"]["amp"] and self.device.type == "cuda"
+        loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+        batches = self.train_loader
+        if c["train"]["progress"]:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=spe, desc=f"epoch {self.epoch + 1}/{c['train']['epochs']}",
+                           leave=False, dynamic_ncols=True)
+        for x, y in batches:
+            x, y = self._inputs(x), y.to(self.device)
+            lr = lr_at(self.step, total, spe, c["optim"]["lr"], c["schedule"])
+            for opt in self._optimizers():
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, logits, _ = self._loss(x, y)
+            if not torch.isfinite(loss):
+                if c["train"]["nan_policy"] == "stop":
+                    raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
+                                        f"{self.step}; stopping without writing a checkpoint "
+                                        f"(the last good one stays in {self.out / 'checkpoints'})")
+                self.skipped += 1
+                self.step += 1
+                continue
+            loss.backward()
+            if c["train"]["grad_clip"]:
+                for net in (self.base, self.twin if self.twin_trainable else None):
+                    if net is not None:
+                        nn.utils.clip_grad_norm_(net.parameters(), c["train"]["grad_clip"])
+            for opt in self._optimizers():
+                opt.step()
+            self.step += 1
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            if c["train"]["progress"]:
+                batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        seconds = time.perf_counter() - start
+        return {"lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "images_per_s": seen / seconds, "epoch_seconds": seconds}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str | None = None) -> dict:
+        """Loss and accuracy of ``model`` on ``split`` (default: val if carved, else test)."""
+        split = split or self.eval_split
+        was_training = model.training
+        model.eval()
+        loader = self.data.loader(split, self.cfg["data"]["eval_batch_size"],
+                                  max_batches=self.cfg["train"]["limit_eval_batches"])
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in loader:
+            x, y = self._inputs(x), y.to(self.device)
+            logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        model.train(was_training)
+        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict, dict]:
+        state = {"base": self.base.state_dict(), "opt_base": self.opt_base.state_dict(),
+                 "rng": {"torch": torch.get_rng_state()}}
+        if self.twin is not None:
+            state["twin"] = self.twin.state_dict()
+        if self.opt_twin is not None:
+            state["opt_twin"] = self.opt_twin.state_dict()
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        meta = {"config": self.cfg, "model_config": self.base.config,
+                "twin_config": None if self.twin is None else self.twin.config,
+                "epoch": self.epoch, "step": self.step, "best_acc": self.best_acc, "history": self.history,
+                "skipped_steps": self.skipped, "python_random": _jsonable(random.getstate()),
+                "numpy_random": _jsonable(np.random.get_state())}
+        return state, meta
+
+    def save(self, tag: str) -> Path:
+        state, meta = self.state()
+        return checkpoint.save(self.out / "checkpoints" / tag, state, meta)
+
+    def resume(self, path: str | Path) -> None:
+        state, meta = checkpoint.load(path)
+        if meta.get("model_config") != self.base.config:
+            raise checkpoint.CheckpointError(
+                f"{path} was written for another architecture: {meta.get('model_config')} != {self.base.config}")
+        self.base.load_state_dict(state["base"])
+        self.opt_base.load_state_dict(state["opt_base"])
+        if self.twin is not None:
+            if "twin" not in state:
+                raise checkpoint.CheckpointError(f"{path} holds no twin but mode {self.cfg['mode']!r} needs one")
+            self.twin.load_state_dict(state["twin"])
+        if self.opt_twin is not None:
+            self.opt_twin.load_state_dict(state["opt_twin"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        random.setstate(_tupled(meta["python_random"]))
+        np.random.set_state(tuple(_tupled(meta["numpy_random"])))
+        self.epoch, self.step, self.best_acc = meta["epoch"], meta["step"], meta["best_acc"]
+        self.history, self.skipped = meta["history"], meta.get("skipped_steps", 0)
+
+    def latest_checkpoint(self) -> Path | None:
+        p = self.out / "checkpoints" / "last.json"
+        return p if p.is_file() else None
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    def fit(self, resume: str | Path | None = None) -> dict:
+        """Trains to ``train.epochs``; ``resume`` = a checkpoint path or "auto" (the run's last)."""
+        if resume == "auto":
+            resume = self.latest_checkpoint()
+        if resume:
+            self.resume(resume)
+        log = MetricsLog(self.out, tensorboard=True)
+        try:
+            while self.epoch < self.cfg["train"]["epochs"]:
+                row = {"epoch": self.epoch + 1, **self.train_epoch()}
+                ev = self.evaluate(self.base)
+                row.update(val_loss=ev["loss"], val_acc=ev["acc"])
+                if self.twin is not None:
+                    tw = self.evaluate(self.twin)
+                    row.update(twin_val_loss=tw["loss"], twin_val_acc=tw["acc"])
+                self.epoch += 1
+                self.history.append(row)
+                log.write(row)
+                improved = row["val_acc"] > self.best_acc
+                self.best_acc = max(self.best_acc, row["val_acc"])
+                self.save("last")
+                if improved:
+                    self.save("best")
+        finally:
+            log.close()
+        self.export_base()
+        log.plot(self.history, self.out / "curves.png")
+        return self.history[-1] if self.history else {}
+
+    def export_base(self) -> Path:
+        """The deliverable: the base network alone (weights + architecture), no twin/optimiser."""
+        return checkpoint.save(self.out / "base", {"base": self.base.state_dict()},
+                               {"model_config": self.base.config, "config": self.cfg,
+                                "best_acc": self.best_acc, "history": self.history})
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, list)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _tupled(obj):
+    """JSON lists back to the nested tuples that random/numpy RNG states expect."""
+    if isinstance(obj, list):
+        return tuple(_tupled(v) for v in obj)
+    return obj
