@@ -22,6 +22,7 @@ from ..models import build_model, make_twin
 from ..nn.spiking import spiking_layers
 from . import checkpoint
 from .config import ConfigError
+from .evaluate import evaluate_model, model_input
 from .metrics import MetricsLog
 
 
@@ -146,10 +147,6 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------
 
-    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.transpose(0, 1) if x.dim() == 5 else x  # frames [B, T, ...] → [T, B, ...]
-
     def _loss(self, x, y):
         c, lw = self.cfg, self.cfg["loss"]
         logits = self.base(x)
@@ -195,7 +192,7 @@ class Trainer:
             batches = tqdm(batches, total=spe, desc=f"epoch {self.epoch + 1}/{c['train']['epochs']}",
                            leave=False, dynamic_ncols=True)
         for x, y in batches:
-            x, y = self._inputs(x), y.to(self.device)
+            x, y = model_input(x, self.device), y.to(self.device)
             lr = lr_at(self.step, total, spe, c["optim"]["lr"], c["schedule"])
             for opt in self._optimizers():
                 for g in opt.param_groups:
@@ -229,23 +226,11 @@ class Trainer:
         return {"lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "images_per_s": seen / seconds, "epoch_seconds": seconds}
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str | None = None) -> dict:
         """Loss and accuracy of ``model`` on ``split`` (default: val if carved, else test)."""
-        split = split or self.eval_split
-        was_training = model.training
-        model.eval()
-        loader = self.data.loader(split, self.cfg["data"]["eval_batch_size"],
+        loader = self.data.loader(split or self.eval_split, self.cfg["data"]["eval_batch_size"],
                                   max_batches=self.cfg["train"]["limit_eval_batches"])
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in loader:
-            x, y = self._inputs(x), y.to(self.device)
-            logits = model(x)
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-        model.train(was_training)
-        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+        return evaluate_model(model, loader, self.device)
 
     # ---- checkpoints ------------------------------------------------------------------------
 
