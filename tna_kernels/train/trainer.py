@@ -281,15 +281,20 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------------
 
-    def fit(self, resume: str | Path | None = None) -> dict:
-        """Trains to ``train.epochs``; ``resume`` = a checkpoint path or "auto" (the run's last)."""
+    def fit(self, resume: str | Path | None = None, stop_after: int | None = None) -> dict:
+        """Trains to ``train.epochs``; ``resume`` = a checkpoint path or "auto" (the run's last
+        checkpoint, if any). ``stop_after`` ends this call after that many epochs (a time-sliced
+        job); the base is exported only when the run is complete."""
         if resume == "auto":
             resume = self.latest_checkpoint()
         if resume:
             self.resume(resume)
         log = MetricsLog(self.out, tensorboard=True)
+        end = self.cfg["train"]["epochs"]
+        if stop_after is not None:
+            end = min(end, self.epoch + stop_after)
         try:
-            while self.epoch < self.cfg["train"]["epochs"]:
+            while self.epoch < end:
                 row = {"epoch": self.epoch + 1, **self.train_epoch()}
                 ev = self.evaluate(self.base)
                 row.update(val_loss=ev["loss"], val_acc=ev["acc"])
@@ -306,8 +311,9 @@ class Trainer:
                     self.save("best")
         finally:
             log.close()
-        self.export_base()
-        log.plot(self.history, self.out / "curves.png")
+        if self.epoch >= self.cfg["train"]["epochs"]:
+            self.export_base()
+            log.plot(self.history, self.out / "curves.png", title=self.cfg["name"])
         return self.history[-1] if self.history else {}
 
     def export_base(self) -> Path:

@@ -1,0 +1,159 @@
+"""Training layer: modes, exact resume, checkpoints, NaN policy, config errors, CLI, export."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tna_kernels.train import CheckpointError, ConfigError, Trainer, TrainingError, load_config, load_model
+from tna_kernels.train import checkpoint
+from tna_kernels.train.export import export_packed, load_packed
+
+
+def tiny_cfg(tmp_path, *overrides):
+    return load_config(None, ["data.name=digits", "data.batch_size=32", "model.arch=digits", "model.T=2",
+                              "train.epochs=2", "train.limit_batches=6", "train.progress=false",
+                              f"out_dir={tmp_path}", "optim.lr=0.05", *overrides])
+
+
+def params(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = tiny_cfg(out, "name=teacher", "mode=baseline", "model.ternary=false", "train.epochs=1")
+    Trainer(cfg).fit()
+    return out / "teacher" / "base.json"
+
+
+@pytest.mark.parametrize("mode", ["baseline", "tna", "dml", "kd"])
+def test_each_mode_trains_and_the_loss_goes_down(tmp_path, mode, teacher_path):
+    extra = [f"loss.teacher={teacher_path}"] if mode == "kd" else []
+    cfg = tiny_cfg(tmp_path, f"mode={mode}", "train.epochs=3", *extra)
+    trainer = Trainer(cfg)
+    last = trainer.fit()
+    hist = trainer.history
+    assert len(hist) == 3 and hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert 0.0 <= last["val_acc"] <= 1.0
+    assert ("twin_val_acc" in last) == (mode in ("tna", "dml"))
+    run = tmp_path / cfg["name"]
+    assert (run / "metrics.csv").is_file() and (run / "curves.png").is_file()
+    state, meta = checkpoint.load(run / "base.json")
+    assert set(state) == {"base"} and meta["model_config"] == trainer.base.config  # only the base is exported
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    straight = Trainer(tiny_cfg(tmp_path / "a", "mode=tna"))
+    straight.fit()
+    first = Trainer(tiny_cfg(tmp_path / "b", "mode=tna"))
+    first.fit(stop_after=1)
+    assert first.epoch == 1 and not (tmp_path / "b" / "run" / "base.json").exists()
+    resumed = Trainer(tiny_cfg(tmp_path / "b", "mode=tna"))
+    resumed.fit(resume="auto")
+    for k, v in params(straight.base).items():
+        assert torch.equal(v, resumed.base.state_dict()[k]), k
+    for k, v in params(straight.twin).items():
+        assert torch.equal(v, resumed.twin.state_dict()[k]), k
+    timing = ("images_per_s", "epoch_seconds")
+    strip = lambda hist: [{k: v for k, v in r.items() if k not in timing} for r in hist]  # noqa: E731
+    assert strip(straight.history) == strip(resumed.history)
+
+
+def test_corrupted_or_truncated_checkpoint_is_detected(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "mode=baseline", "train.epochs=1"))
+    trainer.fit()
+    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        checkpoint.load(last)
+    (tmp_path / "run" / "checkpoints" / "best.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete or missing"):
+        checkpoint.load(tmp_path / "run" / "checkpoints" / "best.json")
+
+
+def test_checkpoint_from_another_architecture_is_refused(tmp_path):
+    Trainer(tiny_cfg(tmp_path, "mode=baseline", "train.epochs=1")).fit()
+    other = Trainer(tiny_cfg(tmp_path, "mode=baseline", "model.width_mult=2.0"))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        other.resume(tmp_path / "run" / "checkpoints" / "last.json")
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_loss(tmp_path, policy):
+    trainer = Trainer(tiny_cfg(tmp_path, "mode=baseline", f"train.nan_policy={policy}"))
+    trainer.fit(stop_after=1)
+    good = (tmp_path / "run" / "checkpoints" / "last.json").read_text()
+    real_loss = trainer._loss
+
+    def poisoned(x, y):
+        loss, logits, twin = real_loss(x, y)
+        return loss * float("nan"), logits, twin
+
+    trainer._loss = poisoned
+    if policy == "stop":
+        with pytest.raises(TrainingError, match="non-finite loss"):
+            trainer.fit()
+        assert (tmp_path / "run" / "checkpoints" / "last.json").read_text() == good
+    else:
+        before = params(trainer.base)
+        trainer.fit()
+        assert trainer.skipped == 6
+        assert all(torch.equal(v, trainer.base.state_dict()[k]) for k, v in before.items()
+                   if not k.endswith("num_batches_tracked") and "running" not in k)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["optim.lrr=0.1"], "unknown config key 'optim.lrr'"),
+    (["mode=distill"], "mode must be one of"),
+    (["mode=kd"], "loss.teacher"),
+    (["twin.frozen=true"], "twin.pretrained"),
+    (["train.epochs=0"], "train.epochs"),
+    (["nonsense"], "key=value"),
+])
+def test_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_missing_dataset_gives_one_clear_message(tmp_path):
+    from tna_kernels.data import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match="cifar"):
+        Trainer(tiny_cfg(tmp_path, "data.name=cifar10", f"data.root={tmp_path / 'nothing'}"))
+
+
+def test_packed_export_round_trip(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "mode=baseline", "train.epochs=1"))
+    trainer.fit()
+    model = load_model(tmp_path / "run" / "base.json").eval()
+    info = export_packed(model, tmp_path / "m.safetensors")
+    assert info["packed_layers"] == 2  # hidden conv + readout; the first conv stays float
+    restored = load_packed(tmp_path / "m.safetensors").eval()
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))
+
+
+def test_cli_end_to_end(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("name: cli\nmode: tna\ndata: {name: digits, batch_size: 32}\n"
+                   "model: {arch: digits, T: 2}\ntrain: {epochs: 1, progress: false}\n")
+    run = [sys.executable, "-m", "tna_kernels.cli"]
+    out = subprocess.run(run + ["train", "--config", str(cfg), "--limit", "4", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "cli: epoch 1" in out
+    base = tmp_path / "cli" / "base.json"
+    out = subprocess.run(run + ["eval", str(base)], capture_output=True, text=True, check=True).stdout
+    assert "test accuracy" in out
+    out = subprocess.run(run + ["export", str(base), "--out", str(tmp_path / "p.safetensors")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "wrote" in out and (tmp_path / "p.safetensors").is_file()
+    bad = subprocess.run(run + ["train", "--config", str(cfg), "optim.nope=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown config key 'optim.nope'" in bad.stderr
+    meta = json.loads(base.read_text())["meta"]
+    assert meta["model_config"]["arch"] == "digits"
