@@ -1,5 +1,5 @@
 # Entry points. Each target bootstraps .venv on a fresh machine (torch CPU build by default).
-#   make demo    run the main job (for now: the fused LIF demo, checked against the reference)
+#   make demo    the main job: ternary SNN on the embedded digits, with and without TNA (+ fp32)
 #   make test    the whole test suite: C++ CPU lane, Triton lane under TRITON_INTERPRET=1, ctest
 #   make bench   speed comparisons (pytest-benchmark) against the reference and peers
 PYTHON ?= python3
@@ -14,7 +14,7 @@ CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu) csrc/sourc
 # pytest exits 5 when a lane selects no tests; that is not a failure.
 PYTEST_OK = rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-.PHONY: demo test test-cpu test-triton test-cpp bench build info clean
+.PHONY: demo demo-lif test test-cpu test-triton test-cpp bench build info clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ info: build
 	$(PY) -m tna_kernels.info
 
 demo: build
+	$(PY) -m tna_kernels.train.demo --out runs/demo
+
+demo-lif: build
 	$(PY) scripts/demo_lif.py
 
 test: test-cpu test-triton test-cpp
