@@ -313,3 +313,16 @@ def test_cuda_autograd_through_op():
     gs = torch.randn(4, 3, 1000)
     got, want = run_both(x.cuda(), v0.cuda(), gs.cuda(), torch.zeros(3, 1000).cuda())
     assert_lif_close(tuple(t.cpu() for t in got), tuple(t.cpu() for t in want), torch.float32)
+
+
+def test_backward_when_only_one_output_is_used():
+    x, v0, gs, gv = make_case((5, 40), torch.float32, 0.0, True)
+    _, want = run_both(x, v0, torch.zeros_like(gs), gv)  # only v_last carries gradient
+    xa = x.clone().requires_grad_()
+    _, v_last = F.lif(xa, v0, return_v=True)
+    v_last.backward(gv)
+    torch.testing.assert_close(xa.grad, want[2], **TOL[torch.float32])
+    _, want = run_both(x, v0, gs, torch.zeros_like(gv))  # only the spikes carry gradient
+    xb = x.clone().requires_grad_()
+    F.lif(xb, v0).backward(gs)
+    torch.testing.assert_close(xb.grad, want[2], **TOL[torch.float32])

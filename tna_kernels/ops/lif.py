@@ -49,16 +49,25 @@ def _lif_bwd_fake(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold
 
 
 def _setup_context(ctx, inputs, output):
+    ctx.x_dtype = inputs[0].dtype
     (_, _, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
      _save_h) = inputs
     ctx.hyper = (tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha)
     ctx.save_for_backward(output[2])
+    # h_seq is a saved intermediate, not a result to differentiate; and unused outputs must not
+    # be materialised as zero tensors ([T, ...] of zeros for h_seq cost as much as the kernel).
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_spikes, grad_v_last, _grad_h):
     (h_seq,) = ctx.saved_tensors
     torch._check(h_seq.numel() > 0,
                  lambda: "tna::lif_fwd was called with save_h=False; call it with save_h=True to backpropagate")
+    if grad_spikes is None:
+        grad_spikes = torch.zeros(h_seq.shape, dtype=ctx.x_dtype, device=h_seq.device)
+    if grad_v_last is None:
+        grad_v_last = torch.zeros_like(h_seq[0])
     grad_x, grad_v0 = torch.ops.tna.lif_bwd(grad_spikes, grad_v_last, h_seq, *ctx.hyper)
     return grad_x, grad_v0, None, None, None, None, None, None, None, None, None
 
