@@ -309,6 +309,8 @@ def spike_ternary_conv2d(spike_bits: Tensor, weight: PackedTernary, stride=1, pa
     s, p, d = conv_geometry(stride, padding, dilation)
     return torch.ops.tna.spike_ternary_conv2d(spike_bits, weight.words, weight.scale, weight.bias,
                                               weight.K, s, p, d, weight.version)
+
+
 def _check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not lo <= value <= hi:

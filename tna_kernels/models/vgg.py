@@ -64,3 +64,10 @@ class SpikingVGG(nn.Module):
         check_input(x, self.in_channels, "SpikingVGG")
         spikes = self.features(x)
         return self.classifier(spikes.flatten(2).mean(0))
+
+    def pack(self):
+        """Frozen inference network passing bit-packed spikes between its ternary layers; its
+        predictions equal this model's in eval mode."""
+        from .packed import PackedSpikingVGG
+
+        return PackedSpikingVGG(self)

@@ -2,6 +2,7 @@
 
 from .lif import LIF
 from .loss import DMLLoss, KDLoss, TwinLoss
+from .packed import PackedLIFConv2d, or_pool2d, pack
 from .spiking import (
     MeanOverTime,
     SeqToANN,
@@ -16,4 +17,5 @@ from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, Te
 
 __all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
            "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "MeanOverTime", "fold_time",
-           "unfold_time", "spiking_layers", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss"]
+           "unfold_time", "spiking_layers", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
+           "PackedLIFConv2d", "or_pool2d", "pack"]

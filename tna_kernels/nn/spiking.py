@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import functional as F
+from ..ops.ternary import PackedTernary
 from .lif import LIF
-from .ternary import TernaryConv2d, TernaryLinear
+from .ternary import TernaryConv2d, TernaryLinear, _use_packed_path
 
 NEURON_KEYS = ("tau", "decay_input", "v_threshold", "v_reset", "detach_reset", "surrogate", "alpha",
                "beta")
@@ -68,18 +70,46 @@ class _SpikingMixin:
             raise ValueError(f"T must be a positive int or None, got {T!r}")
         self.T = T
 
+    def folded_packed(self) -> PackedTernary:
+        """The packed ternary weight with the eval-mode batch norm folded in: the layer's
+        pre-neuron current is ``acc · scale + bias`` with ``acc`` the exact ternary accumulation."""
+        p = self.packed_weight()
+        if self.bn is None:
+            return p
+        bn = self.bn
+        with torch.no_grad():
+            a = torch.rsqrt(bn.running_var.float() + bn.eps)
+            if bn.affine:
+                a = a * bn.weight.float()
+            bias = -bn.running_mean.float() * a
+            if bn.affine:
+                bias = bias + bn.bias.float()
+            if p.bias is not None:
+                bias = bias + p.bias * a
+        return PackedTernary(p.words, (p.scale * a).contiguous(), p.K, bias.contiguous())
+
+    def _folded_inference(self) -> bool:
+        """Eval without autograd: BN folded into the packed weight, the same arithmetic as the
+        packed model (so a packed model reproduces this layer's spikes exactly)."""
+        return self.ternary and self.bn is not None and self.bn.track_running_stats and _use_packed_path(self)
+
+    def _pre_neuron(self, x: Tensor) -> Tensor:
+        if self._folded_inference():
+            return self._folded_affine(x)
+        return self._bn(self._affine(x))
+
     def _forward_spiking(self, x: Tensor, T: int | None, sample_dims: int) -> Tensor:
         """``sample_dims`` = rank of one sample (3 for C×H×W, 1 for features)."""
         if x.dim() == sample_dims + 2:
             T_ = x.shape[0]
-            y = unfold_time(self._bn(self._affine(fold_time(x))), T_)
+            y = unfold_time(self._pre_neuron(fold_time(x)), T_)
         elif x.dim() == sample_dims + 1:
             T_ = T if T is not None else self.T
             if T_ is None:
                 raise ValueError(f"{type(self).__name__} got a static input of shape {tuple(x.shape)}; "
                                  "pass T (forward(x, T=...) or the T constructor argument) or a "
                                  "[T, B, ...] sequence")
-            y = self._bn(self._affine(x))
+            y = self._pre_neuron(x)
             y = y.unsqueeze(0).expand(T_, *y.shape)
         else:
             raise ValueError(f"{type(self).__name__} expects [T, B, ...] with {sample_dims} sample dims "
@@ -125,6 +155,9 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
             return TernaryConv2d.forward(self, x)
         return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
+    def _folded_affine(self, x: Tensor) -> Tensor:
+        return F.ternary_conv2d(x, self.folded_packed(), self.stride, self.padding, self.dilation)
+
     def forward(self, x: Tensor, T: int | None = None) -> Tensor:
         return self._forward_spiking(x, T, sample_dims=3)
 
@@ -154,6 +187,9 @@ class TernaryLIFLinear(_SpikingMixin, TernaryLinear):
         if self.ternary:
             return TernaryLinear.forward(self, x)
         return nn.functional.linear(x, self.weight, self.bias)
+
+    def _folded_affine(self, x: Tensor) -> Tensor:
+        return F.ternary_linear(x, self.folded_packed())
 
     def forward(self, x: Tensor, T: int | None = None) -> Tensor:
         return self._forward_spiking(x, T, sample_dims=1)

@@ -1,0 +1,63 @@
+"""``model.pack()`` for the VGG family: a frozen inference network whose hidden ternary layers pass
+bit-packed spikes (see :mod:`tna_kernels.nn.packed`)."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+
+from .. import functional as F
+from ..nn.packed import PackedLIFConv2d, or_pool2d
+from ..nn.spiking import SeqToANN, TernaryLIFConv2d
+from .common import check_input
+
+
+class PackedSpikingVGG(nn.Module):
+    """Inference form of a :class:`SpikingVGG` (build it with ``model.pack()``). The first layer
+    (float image input, direct encoding) is computed once and reused for every step; every
+    following ternary conv runs on packed spikes; the readout is the model's own."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        model = copy.deepcopy(model).eval()
+        self.config, self.T, self.in_channels = model.config, model.T, model.in_channels
+        layers = list(model.features)
+        if not isinstance(layers[0], TernaryLIFConv2d):
+            raise ValueError("a SpikingVGG starts with a conv layer")
+        self.first = layers[0]
+        ops, channels = [], self.first.out_channels
+        for layer in layers[1:]:
+            if isinstance(layer, SeqToANN) and isinstance(layer.body, nn.MaxPool2d):
+                k = layer.body.kernel_size
+                if layer.body.stride not in (k, None) or layer.body.padding != 0:
+                    raise ValueError("only non-overlapping max-pooling maps onto packed spikes")
+                ops.append(("pool", k))
+            elif isinstance(layer, TernaryLIFConv2d) and layer.ternary:
+                ops.append(("conv", PackedLIFConv2d(layer)))
+                channels = layer.out_channels
+            else:
+                ops.append(("float", layer))  # full-precision hidden layer: unpack, run, repack
+                channels = layer.out_channels
+        self.ops = ops
+        self.modules_ = nn.ModuleList(m for kind, m in ops if kind != "pool")
+        self.channels = channels
+        self.classifier = model.classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_channels, "PackedSpikingVGG")
+        spikes = self.first(x)
+        T, c = spikes.shape[0], self.first.out_channels
+        bits = F.pack_spikes(spikes.flatten(0, 1), dim=1)
+        for kind, op in self.ops:
+            if kind == "pool":
+                bits = or_pool2d(bits, op if isinstance(op, int) else op[0])
+            elif kind == "conv":
+                bits, c = op(bits, T), op.out_channels
+            else:
+                s = F.unpack_spikes(bits, c, dim=1).unflatten(0, (T, -1))
+                out = op(s)
+                c = out.shape[2]
+                bits = F.pack_spikes(out.flatten(0, 1), dim=1)
+        spikes = F.unpack_spikes(bits, c, dim=1).unflatten(0, (T, -1))  # [T, B, C, H, W]
+        return self.classifier(spikes.flatten(2).mean(0))

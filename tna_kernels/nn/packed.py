@@ -1,0 +1,70 @@
+"""Packed inference: spiking layers that pass **bit-packed spikes** between them.
+
+A ternary spiking conv runs as one spike × ternary GEMM over all T·B samples (exact integer
+accumulation via popcount, eval-mode batch norm folded into the per-channel scale and bias), its
+LIF runs on the channels-last output, and the spikes are bit-packed along channels for the next
+layer: between layers there is 1 bit per spike instead of 4 bytes. Max-pooling binary spikes is a
+bitwise OR of the packed words. The arithmetic equals :class:`TernaryLIFConv2d` in eval mode, so
+a packed network reproduces the unpacked network's spikes exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as F
+from ..ops.ternary import FORMAT_VERSION, PackedTernary
+
+
+def or_pool2d(bits: Tensor, kernel: int = 2) -> Tensor:
+    """Max-pool (kernel = stride) of bit-packed binary spikes ``[N, H, W, CW]``: a bitwise OR."""
+    n, h, w, cw = bits.shape
+    if h % kernel or w % kernel:
+        bits = bits[:, : h - h % kernel, : w - w % kernel]  # floor, like nn.MaxPool2d
+        h, w = bits.shape[1:3]
+    v = bits.reshape(n, h // kernel, kernel, w // kernel, kernel, cw)
+    out = v[:, :, 0, :, 0]
+    for i in range(kernel):
+        for j in range(kernel):
+            if i or j:
+                out = out | v[:, :, i, :, j]
+    return out
+
+
+class PackedLIFConv2d(nn.Module):
+    """Frozen packed form of a ternary :class:`TernaryLIFConv2d` (BN folded), bits in, bits out.
+
+    ``forward(bits, T)``: ``bits`` int64 ``[T·B, H, W, ceil(C/64)]`` → ``[T·B, H', W', ceil(C'/64)]``.
+    Buffers ``words``, ``scale``, ``bias``, ``format_version`` (checked at load)."""
+
+    def __init__(self, layer) -> None:
+        super().__init__()
+        if not (layer.ternary and layer.neuron is not None):
+            raise ValueError("PackedLIFConv2d needs a ternary TernaryLIFConv2d with a neuron")
+        p = layer.folded_packed()
+        self.K, self.out_channels = p.K, p.words.shape[0]
+        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.neuron_kwargs = dict(layer.neuron.kwargs)
+        self.register_buffer("words", p.words.detach().clone())
+        self.register_buffer("scale", p.scale.detach().clone())
+        self.register_buffer("bias", p.bias.detach().clone())
+        self.register_buffer("format_version", torch.tensor(FORMAT_VERSION))
+
+    def forward(self, bits: Tensor, T: int) -> Tensor:
+        packed = PackedTernary(self.words, self.scale, self.K, self.bias, int(self.format_version))
+        y = F.spike_ternary_conv2d(bits, packed, self.stride, self.padding, self.dilation)
+        y = y.permute(0, 2, 3, 1)  # channels-last memory: a free view [T·B, H', W', C']
+        s = F.lif(y.unflatten(0, (T, y.shape[0] // T)), **self.neuron_kwargs)
+        return F.pack_spikes(s.flatten(0, 1), dim=-1)
+
+    def extra_repr(self) -> str:
+        return (f"{self.K}, {self.out_channels}, stride={self.stride}, padding={self.padding}, "
+                f"packed format v{int(self.format_version)}")
+
+
+def pack(model: nn.Module) -> nn.Module:
+    """``model.pack()``: the packed inference form of a tna_kernels model (VGG family for now)."""
+    if not hasattr(model, "pack"):
+        raise TypeError(f"{type(model).__name__} has no packed inference form (.pack())")
+    return model.pack()
