@@ -95,6 +95,9 @@ class TwinLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_parts):
+        if torch.is_grad_enabled():  # create_graph=True: the saved gradients carry no graph
+            raise RuntimeError("tna_kernels twin_loss does not support double backward "
+                               "(create_graph=True); use tna_kernels.reference.twin_loss for that")
         if grad_loss is None:
             return (None,) * 11
         grad_base, grad_twin = ctx.saved_tensors
