@@ -84,8 +84,11 @@ inline double exp_nonpos(double x) { return std::exp(x); }
 // Lanes of kLanes accumulators, as a GCC/Clang vector type: the float max reduction only
 // vectorises this way (without -ffast-math), and the fixed lane order keeps results identical
 // between the AVX2 and the portable clone.
+// The helpers that take or return vector types are force-inlined into each clone: an out-of-line
+// copy would be compiled for the portable target and called with the AVX2 clone's vector ABI.
+#define TNA_VEC_INLINE inline __attribute__((always_inline))
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"  // vector-typed helpers are inline: no ABI crosses here
+#pragma GCC diagnostic ignored "-Wpsabi"  // hence no vector-typed value crosses a call boundary
 #endif
 template <typename acc_t>
 struct LanesOf;
@@ -101,21 +104,21 @@ template <typename acc_t>
 using Lanes = typename LanesOf<acc_t>::type;
 
 template <typename scalar_t, typename acc_t>
-inline Lanes<acc_t> load_lanes(const scalar_t* __restrict x) {
+TNA_VEC_INLINE Lanes<acc_t> load_lanes(const scalar_t* __restrict x) {
   Lanes<acc_t> v;
   for (int64_t k = 0; k < kLanes; ++k) v[k] = static_cast<acc_t>(x[k]);
   return v;
 }
 
 template <typename acc_t>
-inline acc_t lanes_max(Lanes<acc_t> v) {
+TNA_VEC_INLINE acc_t lanes_max(Lanes<acc_t> v) {
   acc_t m = v[0];
   for (int64_t k = 1; k < kLanes; ++k) m = v[k] > m ? v[k] : m;
   return m;
 }
 
 template <typename acc_t>
-inline acc_t lanes_sum(Lanes<acc_t> v) {
+TNA_VEC_INLINE acc_t lanes_sum(Lanes<acc_t> v) {
   acc_t s = 0;
   for (int64_t k = 0; k < kLanes; ++k) s += v[k];
   return s;
@@ -124,7 +127,7 @@ inline acc_t lanes_sum(Lanes<acc_t> v) {
 typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 // exp_nonpos on kLanes floats at once (same operations as the scalar form).
-inline Lanes<float> exp_nonpos(Lanes<float> d) {
+TNA_VEC_INLINE Lanes<float> exp_nonpos(Lanes<float> d) {
   const Lanes<float> lo = Lanes<float>{} - 88.0f;
   d = d > lo ? d : lo;
   const Lanes<float> t = d * kLog2e + kRound;
@@ -137,7 +140,7 @@ inline Lanes<float> exp_nonpos(Lanes<float> d) {
   return p * (Lanes<float>)(e << 23);
 }
 
-inline Lanes<double> exp_nonpos(Lanes<double> d) {
+TNA_VEC_INLINE Lanes<double> exp_nonpos(Lanes<double> d) {
   for (int64_t k = 0; k < kLanes; ++k) d[k] = std::exp(d[k]);
   return d;
 }
@@ -189,18 +192,31 @@ TNA_MULTIVERSION void rows_exp_sums(const scalar_t* __restrict a, const scalar_t
     const Lanes<acc_t> d = va - vb;
     sq += d * d;
   }
-  acc_t r[5] = {lanes_sum<acc_t>(sa), lanes_sum<acc_t>(sb), lanes_sum<acc_t>(xa), lanes_sum<acc_t>(xb),
-                lanes_sum<acc_t>(sq)};
-  for (; j < C; ++j) {
-    const acc_t va = static_cast<acc_t>(a[j]), vb = static_cast<acc_t>(b[j]);
-    ea[j] = exp_nonpos(va - ma);
-    eb[j] = exp_nonpos(vb - mb);
-    r[0] += ea[j];
-    r[1] += eb[j];
-    r[2] += va;
-    r[3] += vb;
-    r[4] += (va - vb) * (va - vb);
+  if (j < C) {  // the last C % kLanes columns as one padded vector (not kLanes scalar exps)
+    const int64_t rest = C - j;
+    Lanes<acc_t> va = {}, vb = {}, pa, pb;  // va/vb padded with 0 (sums), pa/pb with -inf (exp)
+    for (int64_t k = 0; k < rest; ++k) {
+      va[k] = static_cast<acc_t>(a[j + k]);
+      vb[k] = static_cast<acc_t>(b[j + k]);
+    }
+    constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t k = 0; k < kLanes; ++k) {
+      pa[k] = k < rest ? va[k] : kNegInf;
+      pb[k] = k < rest ? vb[k] : kNegInf;
+    }
+    const Lanes<acc_t> e1 = exp_nonpos(pa - ma);  // exactly 0 in the padding
+    const Lanes<acc_t> e2 = exp_nonpos(pb - mb);
+    std::memcpy(ea + j, &e1, rest * sizeof(acc_t));
+    std::memcpy(eb + j, &e2, rest * sizeof(acc_t));
+    sa += e1;
+    sb += e2;
+    xa += va;
+    xb += vb;
+    const Lanes<acc_t> d = va - vb;
+    sq += d * d;
   }
+  const acc_t r[5] = {lanes_sum<acc_t>(sa), lanes_sum<acc_t>(sb), lanes_sum<acc_t>(xa),
+                      lanes_sum<acc_t>(xb), lanes_sum<acc_t>(sq)};
   for (int k = 0; k < 5; ++k) out[k] = r[k];
 }
 
