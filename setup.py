@@ -7,6 +7,7 @@ be built), MAX_JOBS (parallel compile jobs).
 
 import json
 import os
+import sys
 from glob import glob
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def extensions():
     # -ffp-contract=off: no FMA contraction, so float kernels round like the torch reference.
     # -fno-trapping-math: lets GCC if-convert the threshold selects and vectorise the time loops.
     cxx = opt + ["-std=c++20", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
+    # at::parallel_for is inline in the ATen headers: without -fopenmp (_OPENMP undefined) it runs
+    # the whole range on the calling thread. The runtime is the libgomp torch already loaded.
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     sources = kernel_sources() + ["csrc/python_module.cpp"]
     args, macros, cls = {"cxx": cxx}, [], CppExtension
     if with_cuda():
@@ -44,7 +51,8 @@ def extensions():
         sources += sorted(glob("csrc/cuda/*.cu"))
         args["nvcc"] = opt + ["-lineinfo", "-std=c++20"]
         macros.append(("TNA_WITH_CUDA", "1"))
-    return [cls("tna_kernels._C", sources, extra_compile_args=args, define_macros=macros)]
+    return [cls("tna_kernels._C", sources, extra_compile_args=args, extra_link_args=link,
+                define_macros=macros)]
 
 
 def write_build_config():

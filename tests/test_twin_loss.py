@@ -215,6 +215,13 @@ def test_grad_output_not_one(go):
     _close(ours[3], go * gb1)
 
 
+def test_double_backward_raises():
+    a, b, y = _inputs(4, 5)
+    A = _leaf(a)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(F.twin_loss(A, b, y), (A,), create_graph=True)
+
+
 def test_loss_in_a_larger_graph():
     """Not the last layer: gradients reach the parameters that produced the logits."""
     x = torch.randn(8, 5)

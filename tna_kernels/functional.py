@@ -11,6 +11,7 @@ from . import reference as _reference
 from ._utils import HAS_TRITON, state_dtype
 from .ops.ternary import FORMAT_VERSION as TERNARY_FORMAT_VERSION
 from .ops.ternary import PackedTernary, conv_geometry
+from .ops.twin_loss import TwinLossFunction
 from .reference import MSE_REDUCTIONS, SURROGATES, TERNARY_METHODS
 
 __all__ = ["lif", "tau_from_beta", "SURROGATES",
@@ -410,7 +411,7 @@ def twin_loss(logits_base: Tensor, logits_twin: Tensor, target: Tensor, *, mse_w
     # A detached input enters the op detached, so autograd cannot route a gradient into it.
     base = logits_base.detach() if detach_base else logits_base
     twin = logits_twin.detach() if detach_twin else logits_twin
-    loss, parts, _, _ = torch.ops.tna.twin_loss_fwd(
+    loss, parts = TwinLossFunction.apply(
         base, twin, target, ce_weight_base, ce_weight_twin, mse_weight,
         MSE_REDUCTIONS.index(mse_reduction), label_smoothing, int(ignore_index), need_base, need_twin)
     return (loss, parts) if return_parts else loss

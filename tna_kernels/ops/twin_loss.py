@@ -74,6 +74,37 @@ def _backward(ctx, grad_loss, _grad_parts, _grad_gb, _grad_gt):
 
 torch.library.register_autograd("tna::twin_loss_fwd", _backward, setup_context=_setup_context)
 
+
+class TwinLossFunction(torch.autograd.Function):
+    """The same autograd as the registration above, as a plain ``autograd.Function`` over the same
+    two ops, for ``functional.twin_loss``: it returns only (loss, parts) and skips the generic
+    wrapper of ``register_autograd`` (~40 us of Python per forward+backward, as much as the
+    whole kernel at small sizes). ``torch.compile`` traces it like the op."""
+
+    @staticmethod
+    def forward(ctx, logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
+                mse_reduction, label_smoothing, ignore_index, need_grad_base, need_grad_twin):
+        loss, parts, grad_base, grad_twin = torch.ops.tna.twin_loss_fwd(
+            logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
+            mse_reduction, label_smoothing, ignore_index, need_grad_base, need_grad_twin)
+        ctx.mark_non_differentiable(parts)
+        ctx.set_materialize_grads(False)
+        ctx.need = (need_grad_base, need_grad_twin)
+        ctx.save_for_backward(grad_base, grad_twin)
+        return loss, parts
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_parts):
+        if torch.is_grad_enabled():  # create_graph=True: the saved gradients carry no graph
+            raise RuntimeError("tna_kernels twin_loss does not support double backward "
+                               "(create_graph=True); use tna_kernels.reference.twin_loss for that")
+        if grad_loss is None:
+            return (None,) * 11
+        grad_base, grad_twin = ctx.saved_tensors
+        gb, gt = torch.ops.tna.twin_loss_bwd(grad_loss, grad_base, grad_twin)
+        need_base, need_twin = ctx.need
+        return (gb if need_base else None, gt if need_twin else None) + (None,) * 9
+
 if HAS_TRITON:
     from ..triton import twin_loss as _triton_twin_loss
 
