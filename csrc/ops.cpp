@@ -24,7 +24,7 @@ TORCH_LIBRARY(tna, m) {
   // float32 [N] or None. Spike ops return float32; float ops return x's dtype.
   m.def("pack_ternary(Tensor codes) -> Tensor");
   m.def("unpack_ternary(Tensor packed, int K, int version) -> Tensor");
-  m.def("pack_spikes(Tensor spikes) -> Tensor");
+  m.def("pack_spikes(Tensor spikes, int dim=-1) -> Tensor");  // packs along dim, moved last
   m.def("unpack_spikes(Tensor bits, int K) -> Tensor");
   // Ternariser ("twn" | "absmean"), dim 0 = output channel: (codes int8 like w, scale float32 [N],
   // packed words of the codes along w's last axis, or an empty tensor when pack is false).

@@ -15,15 +15,21 @@ AWKWARD_K = (1, 3, 63, 64, 65, 511, 513)
 ISAS = ("scalar", "avx2", "avx512")
 
 
-@pytest.fixture(params=ISAS)
+KERNELS = [(i, "popcount") for i in ISAS] + [("avx2", "event"), ("avx512", "event")]
+
+
+@pytest.fixture(params=KERNELS, ids=lambda k: f"{k[0]}-{k[1]}")
 def isa(request, monkeypatch):
-    """Forces one popcount kernel path (TNA_TERNARY_ISA); skips the ones this CPU lacks."""
-    monkeypatch.setenv("TNA_TERNARY_ISA", request.param)
+    """Forces one kernel path: instruction set (TNA_TERNARY_ISA) x algorithm (TNA_TERNARY_ALGO,
+    popcount or event-driven); skips the instruction sets this CPU lacks. Forcing never falls back."""
+    isa, algo = request.param
+    monkeypatch.setenv("TNA_TERNARY_ISA", isa)
+    monkeypatch.setenv("TNA_TERNARY_ALGO", algo)
     try:
         got = torch.ops.tna.ternary_cpu_isa()
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    assert got == request.param
+    assert got == isa
     return request.param
 
 
@@ -126,6 +132,12 @@ def test_bad_spikes_rejected():
     s[1, 5] = float("nan")
     with pytest.raises(RuntimeError, match="spikes must contain only 0 and 1"):
         F.pack_spikes(s)
+    s4 = torch.zeros(2, 70, 3, 3)
+    s4[1, 5, 2, 1] = 2
+    with pytest.raises(RuntimeError, match="found 2 at flat index 682"):
+        F.pack_spikes(s4, dim=1)  # the strided (packing across the inner axes) path
+    with pytest.raises(RuntimeError, match=r"dim must be in \[-4, 3\], got 4"):
+        torch.ops.tna.pack_spikes(s4, 4)
 
 
 def test_bad_packed_words_rejected():
@@ -319,10 +331,27 @@ def test_spike_linear_leading_dims_and_no_mutation(isa):
         assert torch.equal(t, t0)
 
 
-def test_isa_override_rejects_unknown(monkeypatch):
+def test_isa_and_algo_overrides_reject_bad_values(monkeypatch):
     monkeypatch.setenv("TNA_TERNARY_ISA", "sse9")
     with pytest.raises(RuntimeError, match="TNA_TERNARY_ISA must be one of auto, scalar, avx2, avx512"):
         torch.ops.tna.ternary_cpu_isa()
+    codes, scale, b, p = _packed(4, 100)
+    bits = F.pack_spikes(rand_spikes(3, 100))
+    monkeypatch.setenv("TNA_TERNARY_ISA", "scalar")
+    monkeypatch.setenv("TNA_TERNARY_ALGO", "event")
+    with pytest.raises(RuntimeError, match="TNA_TERNARY_ALGO=event needs the avx2 or avx512 kernels"):
+        F.spike_ternary_linear(bits, p)
+    monkeypatch.setenv("TNA_TERNARY_ALGO", "fast")
+    with pytest.raises(RuntimeError, match="TNA_TERNARY_ALGO must be one of auto, popcount, event"):
+        F.spike_ternary_linear(bits, p)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.15, 0.6])
+def test_spike_linear_auto_choice_is_exact(density, monkeypatch):
+    monkeypatch.delenv("TNA_TERNARY_ALGO", raising=False)
+    codes, scale, b, p = _packed(150, 600)
+    s = rand_spikes(40, 600, density=density)
+    assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
 
 
 # ---- float x ternary linear ----------------------------------------------------------------------

@@ -15,14 +15,21 @@ from conftest import triton_device
 ISAS = ("scalar", "avx2", "avx512")
 
 
-@pytest.fixture(params=ISAS)
+KERNELS = [(i, "popcount") for i in ISAS] + [("avx2", "event"), ("avx512", "event")]
+
+
+@pytest.fixture(params=KERNELS, ids=lambda k: f"{k[0]}-{k[1]}")
 def isa(request, monkeypatch):
-    monkeypatch.setenv("TNA_TERNARY_ISA", request.param)
+    """Forces one kernel path: instruction set (TNA_TERNARY_ISA) x algorithm (TNA_TERNARY_ALGO,
+    popcount or event-driven); skips the instruction sets this CPU lacks. Forcing never falls back."""
+    isa, algo = request.param
+    monkeypatch.setenv("TNA_TERNARY_ISA", isa)
+    monkeypatch.setenv("TNA_TERNARY_ALGO", algo)
     try:
         got = torch.ops.tna.ternary_cpu_isa()
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    assert got == request.param
+    assert got == isa
     return request.param
 
 

@@ -233,7 +233,7 @@ def pack_spikes(spikes: Tensor, dim: int = -1) -> Tensor:
         raise TypeError(f"spikes must be a torch.Tensor, got {type(spikes).__name__}")
     if spikes.dim() == 0:
         raise ValueError("spikes must have at least one dimension")
-    return torch.ops.tna.pack_spikes(spikes.movedim(dim, -1))
+    return torch.ops.tna.pack_spikes(spikes, dim)
 
 
 def unpack_spikes(bits: Tensor, K: int, dim: int = -1, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace tna::ternary {
 
@@ -37,6 +38,25 @@ const char* isa_name(Isa isa);
 void spike_gemm_tile(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const uint64_t* W,
                      int64_t KW, int64_t n_begin, int64_t n_end, const float* scale,
                      const float* bias, float* out, int64_t ldo);
+
+// Event-driven alternative for sparse spikes (avx2/avx512 only): for every set bit k of a spike
+// row, add the K-major int8 code row Wk[k, :] (ldk columns, from kmajor_codes) into int16
+// accumulators; same epilogue and bit-exact result as spike_gemm_tile. Rows of S have KW words.
+enum class Algo { kPopcount = 0, kEvent = 1 };
+// Density below which the event loop beats popcount (measured on Zen 4, bench_ternary.py), and
+// the largest K-major copy (bytes) that still sits in L2.
+constexpr double kEventDensityAvx2 = 0.35;
+constexpr double kEventDensityAvx512 = 0.20;
+constexpr double kEventMaxBytes = 1 << 20;
+bool event_supported(Isa isa, int64_t KW, int64_t N);
+// TNA_TERNARY_ALGO=popcount|event forces one; otherwise by density, ISA and weight size.
+Algo select_algo(Isa isa, int64_t KW, int64_t N, double density);
+std::vector<int8_t> kmajor_codes(const uint64_t* W, int64_t N, int64_t KW, int64_t* ldk);
+void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const int8_t* Wk,
+                     int64_t ldk, int64_t KW, int64_t N, const float* scale, const float* bias,
+                     float* out, int64_t ldo);
+// Fraction of set bits among `bits_total` (the padding bits are zero).
+double spike_density(const uint64_t* S, int64_t words, int64_t bits_total);
 
 // Decode packed rows [rows, 2, KW] into dense codes as `dst` (dtype float/double/int8), [rows, K].
 void decode_codes(const at::Tensor& packed, int64_t rows, int64_t K, at::Tensor& dst);

@@ -9,7 +9,8 @@
 // the canonical format packed along channels per tap, [N, kh, kw, 2, CW]. The kernel regroups the
 // weights once per call into [N, 2, kh*kw*CW] (all taps of a plane contiguous), gathers each tile
 // of output pixels into an im2col buffer of kh*kw*CW words per pixel (zero words for padding), and
-// runs the same popcount micro-kernels as the linear layer (ternary_linear.cpp). T timesteps are
+// runs the same micro-kernels as the linear layer (ternary_linear.cpp): popcount, or for sparse
+// spikes the event-driven loop over set bits (chosen by input density). T timesteps are
 // folded into B by the caller. The output is [B, N, OH, OW] in channels-last memory (the GEMM's
 // row-major [B*OH*OW, N]), so no transpose pass is needed.
 // Float input: decoded codes -> at::conv2d (oneDNN), exact for +-1 weights; backward w.r.t. the
@@ -148,6 +149,10 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
   const at::Tensor bb = bias.has_value() ? bias->contiguous() : at::Tensor();
   const float* bp = bias.has_value() ? bb.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();  // channels-last: row m = (b, oh, ow), N floats
+  const Algo algo = select_algo(isa, KW, N, spike_density(sp, S.numel(), B * H * Wd * C));
+  int64_t ldk = 0;
+  const std::vector<int8_t> wk =
+      algo == Algo::kEvent ? kmajor_codes(wbuf.data(), N, KW, &ldk) : std::vector<int8_t>();
   const int64_t tm = 64;
   const int64_t tiles = (M + tm - 1) / tm;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -169,7 +174,11 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
           }
         }
       }
-      spike_gemm_tile(isa, col.data(), KW, mc, wbuf.data(), KW, 0, N, scp, bp, yp + m0 * N, N);
+      if (algo == Algo::kEvent) {
+        event_gemm_rows(isa, col.data(), KW, mc, wk.data(), ldk, KW, N, scp, bp, yp + m0 * N, N);
+      } else {
+        spike_gemm_tile(isa, col.data(), KW, mc, wbuf.data(), KW, 0, N, scp, bp, yp + m0 * N, N);
+      }
     }
   });
   return y;

@@ -10,7 +10,7 @@
 // Spike GEMM: the M x N output is cut into tiles of kTileM x kTileN run by at::parallel_for; a tile
 // is swept with register-blocked micro-kernels (rows of S times rows of W, K innermost). Three
 // instruction sets, chosen at run time (TNA_TERNARY_ISA=scalar|avx2|avx512 forces one):
-//   avx512  AVX-512 VPOPCNTDQ: 8 words per vpopcntq, 4x4 block of zmm accumulators, masked tail.
+//   avx512  AVX-512 F+BW+VPOPCNTDQ: 8 words per vpopcntq, 4x4 block of zmm accumulators, masked tail.
 //   avx2    Mula nibble-LUT popcount (vpshufb) into byte counters, flushed with vpsadbw every 15
 //           steps. pos - neg = popcount(s & P) + popcount(~(s & N)) - 64 per word, so both planes
 //           feed one unsigned byte counter (2x2 block).
@@ -42,8 +42,12 @@ Isa best_supported() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   static const Isa best = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vpopcntdq"))
+      return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
+        __builtin_cpu_supports("bmi"))
+      return Isa::kAvx2;
     return Isa::kScalar;
   }();
   return best;
@@ -150,7 +154,7 @@ void tile_scalar(const uint64_t* S, int64_t lds, int64_t M, const uint64_t* W, i
 
 // ---- AVX2: nibble-LUT popcount ----------------------------------------------------------------
 
-#define TNA_AVX2 __attribute__((target("avx2,popcnt")))
+#define TNA_AVX2 __attribute__((target("avx2,popcnt,bmi")))
 
 TNA_AVX2 inline __m256i nibble_count(__m256i v, __m256i lut, __m256i low) {
   const __m256i lo = _mm256_and_si256(v, low);
@@ -244,7 +248,7 @@ TNA_AVX2 void tile_avx2(const uint64_t* S, int64_t lds, int64_t M, const uint64_
 
 // ---- AVX-512 VPOPCNTDQ ------------------------------------------------------------------------
 
-#define TNA_AVX512 __attribute__((target("avx512f,avx512vpopcntdq,popcnt")))
+#define TNA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi")))
 
 template <int MR, int NR>
 TNA_AVX512 inline void step_avx512(__m512i (&a)[MR][NR], const uint64_t* S, int64_t lds,
@@ -302,6 +306,85 @@ TNA_AVX512 void tile_avx512(const uint64_t* S, int64_t lds, int64_t M, const uin
     }
   }
 }
+
+// ---- event-driven (sparse spikes): add the K-major int8 weight row of every set bit ------------
+// acc[n] (int16, exact while K <= 32767) += c[n, k] for each k with s[k] = 1; the row of 128 codes
+// (one chunk of N) stays in registers, so cost ~ (#set bits) x 128 / lanes, independent of K.
+
+TNA_AVX2 void event_avx2(const uint64_t* S, int64_t lds, int64_t M, const int8_t* Wk, int64_t ldk,
+                         int64_t KW, int64_t N, const float* scale, const float* bias, float* out,
+                         int64_t ldo) {
+  constexpr int64_t kChunk = 128;
+  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+    const int64_t nc = std::min(kChunk, N - n0);
+    for (int64_t m = 0; m < M; ++m) {
+      __m256i a[8];
+      for (int v = 0; v < 8; ++v) a[v] = _mm256_setzero_si256();
+      const uint64_t* row = S + m * lds;
+      for (int64_t w = 0; w < KW; ++w) {
+        uint64_t bits = row[w];
+        while (bits) {
+          const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
+          bits &= bits - 1;
+          for (int v = 0; v < 8; ++v) {
+            a[v] = _mm256_add_epi16(a[v], _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                              reinterpret_cast<const __m128i*>(wr + 16 * v))));
+          }
+        }
+      }
+      alignas(32) int16_t acc[kChunk];
+      for (int v = 0; v < 8; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(acc + 16 * v), a[v]);
+      float* o = out + m * ldo + n0;
+      int64_t j = 0;
+      for (; j + 8 <= nc; j += 8) {
+        const __m256i iv = _mm256_cvtepi16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(acc + j)));
+        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(iv), _mm256_loadu_ps(scale + n0 + j));
+        if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias + n0 + j));
+        _mm256_storeu_ps(o + j, y);
+      }
+      for (; j < nc; ++j) {
+        float y = static_cast<float>(acc[j]) * scale[n0 + j];
+        if (bias != nullptr) y = y + bias[n0 + j];
+        o[j] = y;
+      }
+    }
+  }
+}
+
+TNA_AVX512 void event_avx512(const uint64_t* S, int64_t lds, int64_t M, const int8_t* Wk, int64_t ldk,
+                             int64_t KW, int64_t N, const float* scale, const float* bias, float* out,
+                             int64_t ldo) {
+  constexpr int64_t kChunk = 128;
+  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+    const int64_t nc = std::min(kChunk, N - n0);
+    for (int64_t m = 0; m < M; ++m) {
+      __m512i a[4];
+      for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_si512();
+      const uint64_t* row = S + m * lds;
+      for (int64_t w = 0; w < KW; ++w) {
+        uint64_t bits = row[w];
+        while (bits) {
+          const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
+          bits &= bits - 1;
+          for (int v = 0; v < 4; ++v) {
+            a[v] = _mm512_add_epi16(a[v], _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                              reinterpret_cast<const __m256i*>(wr + 32 * v))));
+          }
+        }
+      }
+      alignas(64) int16_t acc[kChunk];
+      for (int v = 0; v < 4; ++v) _mm512_store_si512(acc + 32 * v, a[v]);
+      float* o = out + m * ldo + n0;
+      for (int64_t j = 0; j < nc; j += 16) {
+        const __mmask16 lanes = nc - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nc - j)) - 1);
+        const __m512i iv = _mm512_cvtepi16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + j)));
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(iv), _mm512_maskz_loadu_ps(lanes, scale + n0 + j));
+        if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(lanes, bias + n0 + j));
+        _mm512_mask_storeu_ps(o + j, lanes, y);
+      }
+    }
+  }
+}
 #endif  // x86 kernels
 
 }  // namespace
@@ -316,6 +399,63 @@ void spike_gemm_tile(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, c
   if (isa == Isa::kAvx2) return tile_avx2(S, lds, m_count, W, KW, n_begin, n_end, scale, bias, out, ldo);
 #endif
   tile_scalar(S, lds, m_count, W, KW, n_begin, n_end, scale, bias, out, ldo);
+}
+
+bool event_supported(Isa isa, int64_t KW, int64_t N) {
+  // int16 accumulators are exact up to 32767 set bits; the K-major rows must be readable in chunks
+  // of 128 codes (the weight copy is padded to a multiple of 128 columns).
+  return isa != Isa::kScalar && KW * 64 <= 32767 && N >= 1;
+}
+
+std::vector<int8_t> kmajor_codes(const uint64_t* W, int64_t N, int64_t KW, int64_t* ldk) {
+  const int64_t ld = (N + 127) / 128 * 128;
+  std::vector<int8_t> wk(static_cast<size_t>(KW * 64 * ld), 0);
+  at::parallel_for(0, KW, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      for (int64_t n = 0; n < N; ++n) {
+        const uint64_t p = W[n * 2 * KW + w], q = W[n * 2 * KW + KW + w];
+        for (int j = 0; j < 64; ++j) {
+          wk[(w * 64 + j) * ld + n] = static_cast<int8_t>(int((p >> j) & 1) - int((q >> j) & 1));
+        }
+      }
+    }
+  });
+  *ldk = ld;
+  return wk;
+}
+
+void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const int8_t* Wk,
+                     int64_t ldk, int64_t KW, int64_t N, const float* scale, const float* bias,
+                     float* out, int64_t ldo) {
+#ifdef TNA_HAVE_X86_KERNELS
+  if (isa == Isa::kAvx512) return event_avx512(S, lds, m_count, Wk, ldk, KW, N, scale, bias, out, ldo);
+  if (isa == Isa::kAvx2) return event_avx2(S, lds, m_count, Wk, ldk, KW, N, scale, bias, out, ldo);
+#endif
+  TORCH_CHECK(false, "event-driven ternary kernel needs avx2 or avx512 (got ", isa_name(isa), ")");
+}
+
+Algo select_algo(Isa isa, int64_t KW, int64_t N, double density) {
+  const char* env = std::getenv("TNA_TERNARY_ALGO");
+  const bool ok = event_supported(isa, KW, N);
+  if (env != nullptr && env[0] != '\0' && std::strcmp(env, "auto") != 0) {
+    if (std::strcmp(env, "popcount") == 0) return Algo::kPopcount;
+    TORCH_CHECK(std::strcmp(env, "event") == 0,
+                "TNA_TERNARY_ALGO must be one of auto, popcount, event; got '", env, "'");
+    TORCH_CHECK(ok, "TNA_TERNARY_ALGO=event needs the avx2 or avx512 kernels and K <= 32767");
+    return Algo::kEvent;
+  }
+  if (!ok) return Algo::kPopcount;
+  // Event cost ~ density * 64 * KW * N / lanes adds per row; popcount cost ~ KW * N * ops/lanes.
+  // The K-major int8 copy (KW * 64 * N bytes) must stay cache-resident for the event loop to win.
+  const double kmajor_bytes = double(KW) * 64 * double(N);
+  const double limit = isa == Isa::kAvx512 ? kEventDensityAvx512 : kEventDensityAvx2;
+  return (density < limit && kmajor_bytes <= kEventMaxBytes) ? Algo::kEvent : Algo::kPopcount;
+}
+
+double spike_density(const uint64_t* S, int64_t words, int64_t bits_total) {
+  int64_t ones = 0;
+  for (int64_t i = 0; i < words; ++i) ones += __builtin_popcountll(S[i]);
+  return bits_total > 0 ? double(ones) / double(bits_total) : 0.0;
 }
 
 namespace {
@@ -469,6 +609,15 @@ at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tens
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();
+  const Algo algo = select_algo(isa, KW, N, spike_density(sp, M * KW, M * K));
+  if (algo == Algo::kEvent) {
+    int64_t ldk = 0;
+    const std::vector<int8_t> wk = kmajor_codes(wp, N, KW, &ldk);
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      event_gemm_rows(isa, sp + m0 * KW, KW, m1 - m0, wk.data(), ldk, KW, N, scp, bp, yp + m0 * N, N);
+    });
+    return y;
+  }
   // Tiles: 64 rows of spikes x 64 weight rows (64 x 2 x KW words); small M splits over N only.
   const int64_t tm = 64, tn = 64;
   const int64_t mt = (M + tm - 1) / tm, nt = (N + tn - 1) / tn;

@@ -180,48 +180,84 @@ bool is_binary(T v) {
   return v == T(0) || v == T(1);
 }
 
-at::Tensor pack_spikes_cpu(const at::Tensor& spikes) {
+// Packs along `dim` (moved last in the output): spikes viewed as [A, K, P] (P = the elements after
+// dim). P == 1 packs each contiguous row; otherwise 64 planes of P contiguous values are OR-ed into
+// P words at a time (vectorises over P), so NCHW inputs pack along C without a transpose copy.
+at::Tensor pack_spikes_cpu(const at::Tensor& spikes, int64_t dim) {
   TNA_CHECK_CPU(spikes);
-  TORCH_CHECK(spikes.dim() >= 1 && spikes.size(-1) >= 1,
-              "spikes must have shape [..., K] with K >= 1 (packing runs along the last axis), got ",
-              spikes.sizes());
+  TORCH_CHECK(spikes.dim() >= 1, "spikes must have at least one dimension");
+  TORCH_CHECK(dim >= -spikes.dim() && dim < spikes.dim(), "dim must be in [", -spikes.dim(), ", ",
+              spikes.dim() - 1, "], got ", dim);
+  if (dim < 0) dim += spikes.dim();
+  TORCH_CHECK(spikes.size(dim) >= 1, "spikes must have a non-empty packing axis (dim ", dim,
+              "), got shape ", spikes.sizes());
   TORCH_CHECK(!spikes.is_complex(), "spikes must be a real or bool tensor of 0/1 values, got ",
               spikes.scalar_type());
   const at::Tensor s = spikes.contiguous();
-  const int64_t K = s.size(-1), rows = s.numel() / K, KW = words_for(K);
-  at::Tensor out = at::empty(packed_shape(s.sizes(), 0), s.options().dtype(at::kLong));
+  const int64_t K = s.size(dim), KW = words_for(K);
+  int64_t A = 1, P = 1;
+  std::vector<int64_t> shape;
+  for (int64_t d = 0; d < s.dim(); ++d) {
+    if (d < dim) A *= s.size(d);
+    if (d > dim) P *= s.size(d);
+    if (d != dim) shape.push_back(s.size(d));
+  }
+  shape.push_back(KW);
+  at::Tensor out = at::empty(shape, s.options().dtype(at::kLong));
   uint64_t* op = reinterpret_cast<uint64_t*>(out.mutable_data_ptr<int64_t>());
   std::atomic<int64_t> bad{kNoBad};
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, s.scalar_type(), "pack_spikes", [&] {
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / K), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const scalar_t* row = sp + r * K;
-        for (int64_t i = 0; i < KW; ++i) {
-          const int64_t len = std::min<int64_t>(64, K - i * 64);
-          uint64_t word = 0;
-          bool ok = true;
-          for (int64_t j = 0; j < len; ++j) {
-            const scalar_t v = row[i * 64 + j];
-            ok &= is_binary(v);
-            word |= uint64_t(v == scalar_t(1)) << j;
-          }
-          op[r * KW + i] = word;
-          if (!ok) {
+    if (P == 1) {
+      at::parallel_for(0, A, std::max<int64_t>(1, 32768 / K), [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const scalar_t* row = sp + r * K;
+          for (int64_t i = 0; i < KW; ++i) {
+            const int64_t len = std::min<int64_t>(64, K - i * 64);
+            uint64_t word = 0;
+            bool ok = true;
             for (int64_t j = 0; j < len; ++j) {
-              if (!is_binary(row[i * 64 + j])) {
-                record_bad(bad, r * K + i * 64 + j);
-                break;
-              }
+              const scalar_t v = row[i * 64 + j];
+              ok &= is_binary(v);
+              word |= uint64_t(v == scalar_t(1)) << j;
             }
+            op[r * KW + i] = word;
+            if (!ok) record_bad(bad, r * K + i * 64);
           }
         }
-      }
-    });
+      });
+    } else {
+      constexpr int64_t kBlockP = 512;
+      const int64_t pb = (P + kBlockP - 1) / kBlockP;
+      at::parallel_for(0, A * KW * pb, 1, [&](int64_t b, int64_t e) {
+        uint64_t buf[kBlockP];
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t a = t / (KW * pb), i = (t / pb) % KW, p0 = (t % pb) * kBlockP;
+          const int64_t np = std::min(kBlockP, P - p0);
+          const int64_t len = std::min<int64_t>(64, K - i * 64);
+          for (int64_t p = 0; p < np; ++p) buf[p] = 0;
+          bool ok = true;
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t* src = sp + (a * K + i * 64 + j) * P + p0;
+            for (int64_t p = 0; p < np; ++p) {
+              ok &= is_binary(src[p]);
+              buf[p] |= uint64_t(src[p] == scalar_t(1)) << j;
+            }
+          }
+          for (int64_t p = 0; p < np; ++p) op[(a * P + p0 + p) * KW + i] = buf[p];
+          if (!ok) record_bad(bad, (a * K + i * 64) * P + p0);
+        }
+      });
+    }
     if (bad.load() != kNoBad) {
-      const int64_t i = bad.load();
-      TORCH_CHECK(false, "spikes must contain only 0 and 1; found ",
-                  static_cast<double>(sp[i]), " at flat index ", i);
+      // Locate the first offending element (in memory order) for the message.
+      const int64_t n = s.numel();
+      for (int64_t i = 0; i < n; ++i) {
+        if (!is_binary(sp[i])) {
+          TORCH_CHECK(false, "spikes must contain only 0 and 1; found ", static_cast<double>(sp[i]),
+                      " at flat index ", i);
+        }
+      }
     }
   });
   return out;

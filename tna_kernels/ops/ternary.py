@@ -141,8 +141,10 @@ def _unpack_ternary_fake(packed, K, version):
 
 
 @torch.library.register_fake("tna::pack_spikes")
-def _pack_spikes_fake(spikes):
-    return spikes.new_empty((*spikes.shape[:-1], words_for(spikes.shape[-1])), dtype=torch.int64)
+def _pack_spikes_fake(spikes, dim=-1):
+    d = dim % spikes.dim()
+    shape = [n for i, n in enumerate(spikes.shape) if i != d]
+    return spikes.new_empty((*shape, words_for(spikes.shape[d])), dtype=torch.int64)
 
 
 @torch.library.register_fake("tna::unpack_spikes")
