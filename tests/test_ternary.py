@@ -362,7 +362,8 @@ def _float_tol(x, codes, scale):
     return 4 * x.shape[-1] * torch.finfo(torch.float32).eps * mag + 1e-6
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (40, 17, 130)])
+@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (12, 7, 100), (40, 17, 130),
+                                   (20, 600, 1000)])  # the last: several K-blocks in the GEMM path
 @pytest.mark.parametrize("bias", [True, False])
 def test_ternary_linear_float32(isa, M, N, K, bias):
     codes, scale, b, p = _packed(N, K, bias)

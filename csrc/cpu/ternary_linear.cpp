@@ -462,11 +462,12 @@ namespace {
 
 // ---- float x ternary, direct kernel for small M -----------------------------------------------
 
-constexpr int64_t kDirectMaxM = 8;
+// Direct kernel up to this many rows (float32); above it, decode + torch GEMM (measured crossover).
+constexpr int64_t kDirectMaxM = 12;
 
-// y[m, n] for m < M <= 8 and n in [n0, n1): sum_k x[m, k] * c[n, k], before scale and bias.
+// acc[m * ld + n] = sum_k x[m, k] c[n, k] for all m < M and n in [n0, n1) (before scale and bias).
 void direct_scalar(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
-                   int64_t n1, float* acc /* [M, N] with ld N */, int64_t ld) {
+                   int64_t n1, float* acc, int64_t ld) {
   for (int64_t n = n0; n < n1; ++n) {
     const uint64_t* p = W + n * 2 * KW;
     const uint64_t* q = p + KW;
@@ -483,33 +484,33 @@ void direct_scalar(const float* x, int64_t M, int64_t K, const uint64_t* W, int6
 }
 
 #ifdef TNA_HAVE_X86_KERNELS
-// Two weight rows per pass so each loaded x chunk serves both; 16 lanes per k chunk.
-TNA_AVX512 void direct_avx512(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
-                              int64_t n0, int64_t n1, float* acc, int64_t ld) {
-  for (int64_t n = n0; n < n1; n += 2) {
-    const int nr = (n + 1 < n1) ? 2 : 1;
-    __m512 a[kDirectMaxM][2];
-    for (int64_t m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-      const int64_t w = k / 64, sh = k % 64;
-      const __mmask16 lanes =
-          K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
-      __mmask16 pm[2], nm[2];
-      for (int j = 0; j < nr; ++j) {
-        pm[j] = static_cast<__mmask16>(W[(n + j) * 2 * KW + w] >> sh);
-        nm[j] = static_cast<__mmask16>(W[(n + j) * 2 * KW + KW + w] >> sh);
-      }
-      for (int64_t m = 0; m < M; ++m) {
-        const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + m * K + k);
-        for (int j = 0; j < nr; ++j) {
-          a[m][j] = _mm512_mask_add_ps(a[m][j], pm[j], a[m][j], xv);
-          a[m][j] = _mm512_mask_sub_ps(a[m][j], nm[j], a[m][j], xv);
-        }
+// MR rows of x x NR weight rows; each x chunk is loaded once for NR rows and each P/N mask once
+// for MR rows. AVX-512: 16 lanes, masked add/sub under the P/N bits (mask registers).
+template <int MR, int NR>
+TNA_AVX512 inline void dk512(const float* x, int64_t K, const uint64_t* W, int64_t KW, float* acc,
+                             int64_t ld) {
+  __m512 a[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) a[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const int64_t w = k / 64, sh = k % 64;
+    const __mmask16 lanes =
+        K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
+    __mmask16 pm[NR], nm[NR];
+    for (int j = 0; j < NR; ++j) {
+      pm[j] = static_cast<__mmask16>(W[j * 2 * KW + w] >> sh);
+      nm[j] = static_cast<__mmask16>(W[j * 2 * KW + KW + w] >> sh);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + i * K + k);
+      for (int j = 0; j < NR; ++j) {
+        a[i][j] = _mm512_mask_add_ps(a[i][j], pm[j], a[i][j], xv);
+        a[i][j] = _mm512_mask_sub_ps(a[i][j], nm[j], a[i][j], xv);
       }
     }
-    for (int64_t m = 0; m < M; ++m)
-      for (int j = 0; j < nr; ++j) acc[m * ld + n + j] = _mm512_reduce_add_ps(a[m][j]);
   }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * ld + j] = _mm512_reduce_add_ps(a[i][j]);
 }
 
 TNA_AVX2 inline float hsum256(__m256 v) {
@@ -519,37 +520,110 @@ TNA_AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 8 lanes per k chunk; each byte of P/N becomes a lane mask by testing one bit per lane.
-TNA_AVX2 void direct_avx2(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
-                          int64_t n0, int64_t n1, float* acc, int64_t ld) {
+// AVX2: 8 lanes; each byte of P/N becomes a lane mask by testing one bit per lane.
+template <int MR, int NR>
+TNA_AVX2 inline void dk256(const float* x, int64_t K, const uint64_t* W, int64_t KW, float* acc,
+                           int64_t ld) {
   const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  for (int64_t n = n0; n < n1; n += 2) {
-    const int nr = (n + 1 < n1) ? 2 : 1;
-    __m256 a[kDirectMaxM][2];
-    for (int64_t m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-      const int64_t w = k / 64, sh = k % 64;
-      const int64_t left = K - k;
-      const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))),
-                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      __m256 pm[2], nm[2];
-      for (int j = 0; j < nr; ++j) {
-        const __m256i pb = _mm256_set1_epi32(int((W[(n + j) * 2 * KW + w] >> sh) & 0xff));
-        const __m256i nb = _mm256_set1_epi32(int((W[(n + j) * 2 * KW + KW + w] >> sh) & 0xff));
-        pm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, sel), sel));
-        nm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, sel), sel));
-      }
-      for (int64_t m = 0; m < M; ++m) {
-        const __m256 xv = left >= 8 ? _mm256_loadu_ps(x + m * K + k)
-                                    : _mm256_maskload_ps(x + m * K + k, lanes);
-        for (int j = 0; j < nr; ++j) {
-          a[m][j] = _mm256_add_ps(a[m][j], _mm256_and_ps(xv, pm[j]));
-          a[m][j] = _mm256_sub_ps(a[m][j], _mm256_and_ps(xv, nm[j]));
-        }
+  __m256 a[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) a[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {
+    const int64_t w = k / 64, sh = k % 64, left = K - k;
+    __m256 pm[NR], nm[NR];
+    for (int j = 0; j < NR; ++j) {
+      const __m256i pb = _mm256_set1_epi32(int((W[j * 2 * KW + w] >> sh) & 0xff));
+      const __m256i nb = _mm256_set1_epi32(int((W[j * 2 * KW + KW + w] >> sh) & 0xff));
+      pm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, sel), sel));
+      nm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, sel), sel));
+    }
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = left >= 8 ? _mm256_loadu_ps(x + i * K + k) : _mm256_maskload_ps(x + i * K + k, lanes);
+      for (int j = 0; j < NR; ++j) {
+        a[i][j] = _mm256_add_ps(a[i][j], _mm256_and_ps(xv, pm[j]));
+        a[i][j] = _mm256_sub_ps(a[i][j], _mm256_and_ps(xv, nm[j]));
       }
     }
-    for (int64_t m = 0; m < M; ++m)
-      for (int j = 0; j < nr; ++j) acc[m * ld + n + j] = hsum256(a[m][j]);
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * ld + j] = hsum256(a[i][j]);
+}
+
+// Drivers: row groups of up to 4 (AVX-512) / 2 (AVX2) x weight-row groups of 4 (or 1 at the edge).
+template <int MR>
+TNA_AVX512 void direct512_rows(const float* x, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
+                               int64_t n1, float* acc, int64_t ld) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) dk512<MR, 4>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+  for (; n < n1; ++n) dk512<MR, 1>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+}
+
+TNA_AVX512 void direct_avx512(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
+                              int64_t n0, int64_t n1, float* acc, int64_t ld) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) direct512_rows<4>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
+  switch (M - m) {
+    case 3: direct512_rows<3>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 2: direct512_rows<2>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 1: direct512_rows<1>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    default: break;
+  }
+}
+
+template <int MR>
+TNA_AVX2 void direct256_rows(const float* x, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
+                             int64_t n1, float* acc, int64_t ld) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) dk256<MR, 4>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+  for (; n < n1; ++n) dk256<MR, 1>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+}
+
+TNA_AVX2 void direct_avx2(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
+                          int64_t n0, int64_t n1, float* acc, int64_t ld) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) direct256_rows<2>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
+  if (m < M) direct256_rows<1>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
+}
+
+// Fast float32 decode of rows [r0, r1) of packed [rows, 2, KW] into out [rows, K]: two blends per
+// 16 (AVX-512) or 8 (AVX2) codes.
+// Columns [k0, k1) of each row go to out[r * ldo + (k - k0)]; k0 is a multiple of 64.
+TNA_AVX512 void decode_f32_avx512(const uint64_t* W, int64_t KW, int64_t k0, int64_t K, int64_t r0,
+                                  int64_t r1, float* out, int64_t ldo) {
+  const __m512 one = _mm512_set1_ps(1.f), mone = _mm512_set1_ps(-1.f), zero = _mm512_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint64_t* p = W + r * 2 * KW;
+    float* o = out + r * ldo - k0;
+    for (int64_t k = k0; k < K; k += 16) {
+      const __mmask16 lanes = K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
+      const __mmask16 pm = static_cast<__mmask16>(p[k / 64] >> (k % 64));
+      const __mmask16 nm = static_cast<__mmask16>(p[KW + k / 64] >> (k % 64));
+      const __m512 v = _mm512_mask_blend_ps(nm, _mm512_mask_blend_ps(pm, zero, one), mone);
+      _mm512_mask_storeu_ps(o + k, lanes, v);
+    }
+  }
+}
+
+TNA_AVX2 void decode_f32_avx2(const uint64_t* W, int64_t KW, int64_t k0, int64_t K, int64_t r0,
+                              int64_t r1, float* out, int64_t ldo) {
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 one = _mm256_set1_ps(1.f), mone = _mm256_set1_ps(-1.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint64_t* p = W + r * 2 * KW;
+    float* o = out + r * ldo - k0;
+    int64_t k = k0;
+    for (; k + 8 <= K; k += 8) {
+      const __m256i pb = _mm256_set1_epi32(int((p[k / 64] >> (k % 64)) & 0xff));
+      const __m256i nb = _mm256_set1_epi32(int((p[KW + k / 64] >> (k % 64)) & 0xff));
+      const __m256 pm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, sel), sel));
+      const __m256 nm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, sel), sel));
+      _mm256_storeu_ps(o + k, _mm256_or_ps(_mm256_and_ps(pm, one), _mm256_and_ps(nm, mone)));
+    }
+    for (; k < K; ++k) {
+      o[k] = float(int((p[k / 64] >> (k % 64)) & 1) - int((p[KW + k / 64] >> (k % 64)) & 1));
+    }
   }
 }
 #endif
@@ -559,6 +633,38 @@ at::Tensor decode(const at::Tensor& pw, int64_t N, int64_t K, at::ScalarType dty
   at::Tensor d = at::empty({N, K}, pw.options().dtype(dtype));
   decode_codes(pw, N, K, d);
   return d;
+}
+
+// float32 x @ c^T for the GEMM path: the codes are decoded in K-blocks of ~1 MiB (cache-resident)
+// and accumulated with addmm, so the decode costs no DRAM traffic.
+at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, int64_t K) {
+#ifdef TNA_HAVE_X86_KERNELS
+  const Isa isa = select_isa();
+  if (isa != Isa::kScalar) {
+    const auto* wp = reinterpret_cast<const uint64_t*>(pw.const_data_ptr<int64_t>());
+    const int64_t KW = words_for(K);
+    const int64_t kb = std::min(words_for(K) * 64, std::max<int64_t>(64, (262144 / N) / 64 * 64));
+    at::Tensor buf = at::empty({N, kb}, x2.options());
+    at::Tensor y;
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+      const int64_t k1 = std::min(K, k0 + kb);
+      float* o = buf.mutable_data_ptr<float>();
+      at::parallel_for(0, N, std::max<int64_t>(1, 16384 / kb), [&](int64_t r0, int64_t r1) {
+        if (isa == Isa::kAvx512) return decode_f32_avx512(wp, KW, k0, k1, r0, r1, o, kb);
+        decode_f32_avx2(wp, KW, k0, k1, r0, r1, o, kb);
+      });
+      const at::Tensor wb = buf.narrow(1, 0, k1 - k0).t();
+      const at::Tensor xb = x2.narrow(1, k0, k1 - k0);
+      if (k0 == 0) {
+        y = at::mm(xb, wb);
+      } else {
+        y.addmm_(xb, wb);
+      }
+    }
+    return y;
+  }
+#endif
+  return at::mm(x2, decode(pw, N, K, at::kFloat).t());
 }
 
 void apply_epilogue(at::Tensor& y, const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
@@ -651,7 +757,7 @@ at::Tensor ternary_linear_cpu(const at::Tensor& x, const at::Tensor& packed_w, c
     float* yp = y.mutable_data_ptr<float>();
     const Isa isa = select_isa();
     const int64_t KW = words_for(K);
-    at::parallel_for(0, N, std::max<int64_t>(2, 8192 / (K * M) * 2), [&](int64_t n0, int64_t n1) {
+    at::parallel_for(0, N, std::max<int64_t>(4, 65536 / (K * M) * 4), [&](int64_t n0, int64_t n1) {
 #ifdef TNA_HAVE_X86_KERNELS
       if (isa == Isa::kAvx512) return direct_avx512(xp, M, K, wp, KW, n0, n1, yp, N);
       if (isa == Isa::kAvx2) return direct_avx2(xp, M, K, wp, KW, n0, n1, yp, N);
@@ -659,7 +765,7 @@ at::Tensor ternary_linear_cpu(const at::Tensor& x, const at::Tensor& packed_w, c
       direct_scalar(xp, M, K, wp, KW, n0, n1, yp, N);
     });
   } else {
-    y = at::mm(x2, decode(Wt, N, K, acc_t).t());
+    y = acc_t == at::kFloat ? mm_codes_f32(x2, Wt, N, K) : at::mm(x2, decode(Wt, N, K, acc_t).t());
   }
   apply_epilogue(y, scale, bias);
   return y.to(x.scalar_type()).reshape(out_shape(x.sizes(), N));
