@@ -488,13 +488,32 @@ def test_triton_pack_agrees_with_cpu(K):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("method", ["twn", "absmean"])
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_triton_ternarize_agrees_with_cpu(method, per_channel):
+def test_triton_pack_rejects_bad_values_and_unpacks():
     from tna_kernels.triton import ternary as T
 
     dev = triton_device()
-    w = torch.randn(6, 70)
+    codes = rand_codes(3, 70)
+    words = torch.ops.tna.pack_ternary(codes)
+    assert torch.equal(T.unpack_ternary(words.to(dev), 70, 1).cpu(), codes)
+    bits = torch.ops.tna.pack_spikes(rand_spikes(2, 70))
+    assert torch.equal(T.unpack_spikes(bits.to(dev), 70).cpu(), torch.ops.tna.unpack_spikes(bits, 70))
+    codes[1, 3] = 2
+    with pytest.raises(RuntimeError, match="codes must contain only -1, 0 and"):
+        T.pack_ternary(codes.to(dev))
+        torch.cuda.synchronize() if dev == "cuda" else None
+    with pytest.raises(RuntimeError, match="version: .*got v2"):
+        T.spike_ternary_linear(bits.to(dev), words.to(dev), torch.ones(3, device=dev), None, 70, 2)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("method", ["twn", "absmean"])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("shape", [(6, 70), (4, 3, 2, 70)])
+def test_triton_ternarize_agrees_with_cpu(method, per_channel, shape):
+    from tna_kernels.triton import ternary as T
+
+    dev = triton_device()
+    w = torch.randn(shape)
     codes, scale, words = T.ternarize(w.to(dev), method, per_channel, True)
     c2, s2, w2 = torch.ops.tna.ternarize(w, method, per_channel, True)
     assert torch.equal(codes.cpu(), c2) and torch.equal(words.cpu(), w2)

@@ -254,3 +254,16 @@ def conv_geometry(stride, padding, dilation) -> tuple[list[int], list[int], list
             raise ValueError(f"{name} must be an int or a pair of ints >= {lo}, got {v!r}")
         out.append(pair)
     return tuple(out)
+
+
+if HAS_TRITON:
+    from ..triton import ternary as _triton_ternary
+
+    # CUDA tensors: Triton kernels (the spike/float GEMMs, packing, fused quantise-and-pack); float
+    # conv and the input gradients decode with Triton and convolve/multiply with torch.
+    for _name in _triton_ternary.CUDA_OPS:
+        torch.library.register_kernel(f"tna::{_name}", "cuda", getattr(_triton_ternary, _name))
+        CUDA_BACKENDS[_name] = "triton"
+    for _name in ("ternary_conv2d", "ternary_conv2d_grad_input", "ternary_linear_grad_input",
+                  "unpack_spikes"):
+        CUDA_BACKENDS[_name] = "triton+torch" if _name != "unpack_spikes" else "torch"
