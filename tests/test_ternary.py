@@ -100,6 +100,10 @@ def test_pack_leading_dims_and_functional_layouts():
 def test_pack_spikes_dtypes(dtype):
     s = rand_spikes(3, 100, density=0.3)
     assert torch.equal(torch.ops.tna.pack_spikes(s.to(dtype)), R.pack_spikes(s))
+    # packing across inner axes (NCHW along C): float32 takes the vectorised path for 8-pixel groups
+    s4 = rand_spikes(2, 100, 5, 7, density=0.3)
+    for t in (s4.to(dtype), s4):
+        assert torch.equal(F.pack_spikes(t, dim=1), R.pack_spikes(s4.movedim(1, -1)))
 
 
 def test_packing_never_modifies_inputs():

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "../common.h"
 #include "ternary.h"
@@ -51,6 +52,59 @@ void check_scale_bias(const at::Tensor& scale, const std::optional<at::Tensor>& 
 namespace {
 
 constexpr int64_t kNoBad = std::numeric_limits<int64_t>::max();
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TNA_HAVE_PACK_AVX2 1
+#include <immintrin.h>
+
+bool has_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+  }();
+  return yes;
+}
+
+// 8x8 bit-matrix transpose: bit (r, c) at 8r + c moves to 8c + r (Hacker's Delight 7-3).
+inline uint64_t transpose8x8(uint64_t x) {
+  uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
+  x ^= t ^ (t << 7);
+  t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCULL;
+  x ^= t ^ (t << 14);
+  t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ULL;
+  x ^= t ^ (t << 28);
+  return x;
+}
+
+// float32 spikes packed across planes: src points at channel 64 i of the word, plane stride P;
+// `len` channels (<= 64) x `np` pixels (multiple of 8) -> buf[p] |= bit (channel - 64 i). Eight
+// pixels at a time: compare + movemask gives one byte per channel (bit = pixel), and an 8x8 bit
+// transpose turns 8 such bytes into one byte per pixel (bit = channel). Returns false on a value
+// other than 0 and 1.
+__attribute__((target("avx2"))) bool pack_f32_planes_avx2(const float* src, int64_t P, int64_t len,
+                                                           int64_t np, uint64_t* buf) {
+  const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+  int bad = 0;
+  for (int64_t p = 0; p < np; p += 8) {
+    uint64_t word[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t g = 0; g * 8 < len; ++g) {
+      uint64_t x = 0;
+      const int64_t cmax = std::min<int64_t>(8, len - g * 8);
+      for (int64_t cc = 0; cc < cmax; ++cc) {
+        const __m256 v = _mm256_loadu_ps(src + (g * 8 + cc) * P + p);
+        const __m256 is1 = _mm256_cmp_ps(v, one, _CMP_EQ_OQ);
+        const __m256 is0 = _mm256_cmp_ps(v, zero, _CMP_EQ_OQ);
+        bad |= _mm256_movemask_ps(_mm256_or_ps(is0, is1)) ^ 0xff;
+        x |= uint64_t(_mm256_movemask_ps(is1)) << (8 * cc);
+      }
+      x = transpose8x8(x);
+      for (int q = 0; q < 8; ++q) word[q] |= ((x >> (8 * q)) & 0xff) << (8 * g);
+    }
+    for (int q = 0; q < 8; ++q) buf[p + q] = word[q];
+  }
+  return bad == 0;
+}
+#endif
 
 void record_bad(std::atomic<int64_t>& first, int64_t idx) {
   int64_t cur = first.load();
@@ -237,9 +291,19 @@ at::Tensor pack_spikes_cpu(const at::Tensor& spikes, int64_t dim) {
           const int64_t len = std::min<int64_t>(64, K - i * 64);
           for (int64_t p = 0; p < np; ++p) buf[p] = 0;
           bool ok = true;
-          for (int64_t j = 0; j < len; ++j) {
+          int64_t done = 0;  // pixels handled by the AVX2 float path
+#ifdef TNA_HAVE_PACK_AVX2
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (has_avx2()) {
+              done = np / 8 * 8;
+              ok = pack_f32_planes_avx2(reinterpret_cast<const float*>(sp) + (a * K + i * 64) * P + p0,
+                                        P, len, done, buf);
+            }
+          }
+#endif
+          for (int64_t j = 0; j < len && done < np; ++j) {
             const scalar_t* src = sp + (a * K + i * 64 + j) * P + p0;
-            for (int64_t p = 0; p < np; ++p) {
+            for (int64_t p = done; p < np; ++p) {
               ok &= is_binary(src[p]);
               buf[p] |= uint64_t(src[p] == scalar_t(1)) << j;
             }
