@@ -11,6 +11,8 @@ Float-input groups compare torch_fp32 with tna (ternary_linear / ternary_conv2d)
 extra_info: provider, flops (2 M N K, dense-equivalent), bytes (activations + weights + output as
 that provider reads/writes them), weight bytes fp32 vs packed, ISA, algorithm, spike density.
 Run: python -m pytest benchmarks/bench_ternary.py --benchmark-only
+     (TNA_BENCH_THREADS=1 for one thread; TNA_TERNARY_ISA=avx2 to time the AVX2 kernels on an
+     AVX-512 machine; TNA_TERNARY_ALGO=popcount|event to pin the spike algorithm)
 """
 
 import os
@@ -31,6 +33,17 @@ FLOAT_LINEAR = {"float linear 4096->512 M=128": (T * B, 4096, 512), "float linea
 FLOAT_CONV = {"float conv 3->128 3x3 @32x32 B=32": (B, 3, 128, 32)}
 
 SPIKE_PROVIDERS = ["torch_fp32", "dense_codes", "int_mm", "tna", "tna_with_pack"]
+
+
+@pytest.fixture(autouse=True)
+def _bench_threads():
+    """TNA_BENCH_THREADS=n pins torch and our kernels to n threads (same for every provider)."""
+    n = os.environ.get("TNA_BENCH_THREADS")
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    yield
+    torch.set_num_threads(before)
 
 
 def _algo_env():

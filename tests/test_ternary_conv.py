@@ -203,7 +203,9 @@ def test_conv_pack_equals_eval_module():
     assert torch.equal(packed(x), y_eval)
     torch.testing.assert_close(y_eval, conv.train()(x).detach(), rtol=1e-4, atol=1e-4)
     s = (torch.rand(2, 70, 9, 8) < 0.2).float()
-    assert torch.equal(packed.forward_spikes(F.pack_spikes(s, dim=1)), packed(s))
+    # The float conv folds the scale into the weights (torch's conv2d speed), so on 0/1 inputs it
+    # agrees with the exact spike kernel within float32 rounding.
+    torch.testing.assert_close(packed.forward_spikes(F.pack_spikes(s, dim=1)), packed(s), rtol=1e-5, atol=1e-5)
 
 
 def test_packed_module_state_dict_carries_version():

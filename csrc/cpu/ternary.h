@@ -66,6 +66,10 @@ void check_packed(const at::Tensor& packed_w, const char* name);
 // Rejects rows with a bit in both planes or a padding bit (k >= K) set: such words would make the
 // popcount identity silently wrong. `packed` is contiguous [rows, 2, KW].
 void check_packed_rows(const at::Tensor& packed, int64_t rows, int64_t K, const char* name);
+// In place y = y * scale[c] + bias[c] along `channel_dim` (two roundings, as the reference); one
+// fused pass for contiguous float32, torch ops otherwise.
+void scale_bias_(at::Tensor& y, int64_t channel_dim, const at::Tensor& scale,
+                 const std::optional<at::Tensor>& bias);
 void check_scale_bias(const at::Tensor& scale, const std::optional<at::Tensor>& bias, int64_t N);
 
 }  // namespace tna::ternary

@@ -13,8 +13,9 @@
 // spikes the event-driven loop over set bits (chosen by input density). T timesteps are
 // folded into B by the caller. The output is [B, N, OH, OW] in channels-last memory (the GEMM's
 // row-major [B*OH*OW, N]), so no transpose pass is needed.
-// Float input: decoded codes -> at::conv2d (oneDNN), exact for +-1 weights; backward w.r.t. the
-// input is the transposed convolution of grad_y * scale.
+// Float input: decoded codes * scale -> at::conv2d (oneDNN) with the bias: the same computation
+// as torch's conv2d on the dequantised weight; backward w.r.t. the input is the transposed
+// convolution of grad_y * scale with the codes.
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
@@ -78,9 +79,12 @@ at::Tensor ternary_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w, c
   const at::Tensor Wt = packed_w.contiguous();
   check_packed_rows(Wt, g.N * g.kh * g.kw, g.C, "packed_w");
   const at::ScalarType acc_t = at::toOpMathType(x.scalar_type());
-  at::Tensor y = at::conv2d(x.to(acc_t), decode_conv(Wt, g, acc_t), {}, stride, padding, dilation);
-  y.mul_(scale.to(acc_t).view({1, -1, 1, 1}));
-  if (bias.has_value()) y.add_(bias->to(acc_t).view({1, -1, 1, 1}));
+  // The per-channel scale is folded into the decoded weight (code * scale is exact) and the bias
+  // goes to the convolution, so oneDNN runs exactly torch's conv2d with no extra output pass.
+  const at::Tensor w = decode_conv(Wt, g, acc_t) * scale.to(acc_t).view({-1, 1, 1, 1});
+  const std::optional<at::Tensor> b =
+      bias.has_value() ? std::optional<at::Tensor>(bias->to(acc_t)) : std::nullopt;
+  at::Tensor y = at::conv2d(x.to(acc_t), w, b, stride, padding, dilation);
   return y.to(x.scalar_type());
 }
 

@@ -667,12 +667,6 @@ at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, i
   return at::mm(x2, decode(pw, N, K, at::kFloat).t());
 }
 
-void apply_epilogue(at::Tensor& y, const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
-  // Two separate roundings, as in the reference: (acc * scale) + bias.
-  y.mul_(scale.to(y.scalar_type()));
-  if (bias.has_value()) y.add_(bias->to(y.scalar_type()));
-}
-
 int64_t check_linear_weight(const at::Tensor& packed_w, int64_t K, const at::Tensor& scale,
                             const std::optional<at::Tensor>& bias, int64_t version) {
   check_version(version);
@@ -767,7 +761,7 @@ at::Tensor ternary_linear_cpu(const at::Tensor& x, const at::Tensor& packed_w, c
   } else {
     y = acc_t == at::kFloat ? mm_codes_f32(x2, Wt, N, K) : at::mm(x2, decode(Wt, N, K, acc_t).t());
   }
-  apply_epilogue(y, scale, bias);
+  scale_bias_(y, 1, scale, bias);
   return y.to(x.scalar_type()).reshape(out_shape(x.sizes(), N));
 }
 

@@ -467,6 +467,55 @@ void check_packed_rows(const at::Tensor& packed, int64_t rows, int64_t K, const 
               " has a bit set in both the P and N planes or a padding bit (k >= K) set");
 }
 
+namespace {
+TNA_MULTIVERSION void epilogue_block(float* __restrict y, int64_t inner, float s, float b, bool has_b) {
+  if (has_b) {
+    for (int64_t i = 0; i < inner; ++i) y[i] = y[i] * s + b;  // two roundings (-ffp-contract=off)
+  } else {
+    for (int64_t i = 0; i < inner; ++i) y[i] = y[i] * s;
+  }
+}
+}  // namespace
+
+void scale_bias_(at::Tensor& y, int64_t channel_dim, const at::Tensor& scale,
+                 const std::optional<at::Tensor>& bias) {
+  const int64_t N = y.size(channel_dim);
+  if (y.scalar_type() != at::kFloat || !y.is_contiguous()) {
+    std::vector<int64_t> shape(y.dim(), 1);
+    shape[channel_dim] = N;
+    y.mul_(scale.to(y.scalar_type()).view(shape));
+    if (bias.has_value()) y.add_(bias->to(y.scalar_type()).view(shape));
+    return;
+  }
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < channel_dim; ++d) outer *= y.size(d);
+  for (int64_t d = channel_dim + 1; d < y.dim(); ++d) inner *= y.size(d);
+  float* yp = y.mutable_data_ptr<float>();
+  const at::Tensor sc = scale.contiguous();
+  const at::Tensor bb = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const float* sp = sc.const_data_ptr<float>();
+  const float* bp = bias.has_value() ? bb.const_data_ptr<float>() : nullptr;
+  if (inner == 1) {  // channels last: scale/bias vary along the contiguous axis
+    at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / N), [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        float* row = yp + o * N;
+        if (bp != nullptr) {
+          for (int64_t n = 0; n < N; ++n) row[n] = row[n] * sp[n] + bp[n];
+        } else {
+          for (int64_t n = 0; n < N; ++n) row[n] = row[n] * sp[n];
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, outer * N, std::max<int64_t>(1, 16384 / inner), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r % N;
+      epilogue_block(yp + r * inner, inner, sp[n], bp ? bp[n] : 0.f, bp != nullptr);
+    }
+  });
+}
+
 TORCH_LIBRARY_IMPL(tna, CPU, m) {
   m.impl("pack_ternary", &pack_ternary_cpu);
   m.impl("unpack_ternary", &unpack_ternary_cpu);
