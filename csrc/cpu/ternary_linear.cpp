@@ -520,30 +520,39 @@ TNA_AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// AVX2: 8 lanes; each byte of P/N becomes a lane mask by testing one bit per lane.
+// AVX2: 8 lanes. A byte of weights becomes two lane masks by table lookup (256 x 8 int32 = 8 KiB,
+// L1-resident): `nz` (c != 0) and `sg` (the float sign bit where c = -1); then x * c is
+// (x ^ sg) & nz, one xor + and + add per row.
+struct MaskLut {
+  alignas(32) int32_t bits[256][8];
+  MaskLut() {
+    for (int b = 0; b < 256; ++b)
+      for (int l = 0; l < 8; ++l) bits[b][l] = ((b >> l) & 1) ? -1 : 0;
+  }
+};
+const MaskLut kMaskLut;
+
 template <int MR, int NR>
 TNA_AVX2 inline void dk256(const float* x, int64_t K, const uint64_t* W, int64_t KW, float* acc,
                            int64_t ld) {
-  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 signbit = _mm256_castsi256_ps(_mm256_set1_epi32(int32_t(0x80000000u)));
   __m256 a[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) a[i][j] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; k += 8) {
     const int64_t w = k / 64, sh = k % 64, left = K - k;
-    __m256 pm[NR], nm[NR];
+    __m256 nz[NR], sg[NR];
     for (int j = 0; j < NR; ++j) {
-      const __m256i pb = _mm256_set1_epi32(int((W[j * 2 * KW + w] >> sh) & 0xff));
-      const __m256i nb = _mm256_set1_epi32(int((W[j * 2 * KW + KW + w] >> sh) & 0xff));
-      pm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, sel), sel));
-      nm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, sel), sel));
+      const unsigned pb = (W[j * 2 * KW + w] >> sh) & 0xff, nb = (W[j * 2 * KW + KW + w] >> sh) & 0xff;
+      nz[j] = _mm256_load_ps(reinterpret_cast<const float*>(kMaskLut.bits[pb | nb]));
+      sg[j] = _mm256_and_ps(_mm256_load_ps(reinterpret_cast<const float*>(kMaskLut.bits[nb])), signbit);
     }
     const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))),
                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int i = 0; i < MR; ++i) {
       const __m256 xv = left >= 8 ? _mm256_loadu_ps(x + i * K + k) : _mm256_maskload_ps(x + i * K + k, lanes);
       for (int j = 0; j < NR; ++j) {
-        a[i][j] = _mm256_add_ps(a[i][j], _mm256_and_ps(xv, pm[j]));
-        a[i][j] = _mm256_sub_ps(a[i][j], _mm256_and_ps(xv, nm[j]));
+        a[i][j] = _mm256_add_ps(a[i][j], _mm256_and_ps(_mm256_xor_ps(xv, sg[j]), nz[j]));
       }
     }
   }
@@ -576,15 +585,20 @@ template <int MR>
 TNA_AVX2 void direct256_rows(const float* x, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
                              int64_t n1, float* acc, int64_t ld) {
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) dk256<MR, 4>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+  for (; n + 2 <= n1; n += 2) dk256<MR, 2>(x, K, W + n * 2 * KW, KW, acc + n, ld);
   for (; n < n1; ++n) dk256<MR, 1>(x, K, W + n * 2 * KW, KW, acc + n, ld);
 }
 
 TNA_AVX2 void direct_avx2(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
                           int64_t n0, int64_t n1, float* acc, int64_t ld) {
   int64_t m = 0;
-  for (; m + 2 <= M; m += 2) direct256_rows<2>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
-  if (m < M) direct256_rows<1>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
+  for (; m + 4 <= M; m += 4) direct256_rows<4>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
+  switch (M - m) {
+    case 3: direct256_rows<3>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 2: direct256_rows<2>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 1: direct256_rows<1>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    default: break;
+  }
 }
 
 // Fast float32 decode of rows [r0, r1) of packed [rows, 2, KW] into out [rows, K]: two blends per
@@ -635,15 +649,15 @@ at::Tensor decode(const at::Tensor& pw, int64_t N, int64_t K, at::ScalarType dty
   return d;
 }
 
-// float32 x @ c^T for the GEMM path: the codes are decoded in K-blocks of ~1 MiB (cache-resident)
-// and accumulated with addmm, so the decode costs no DRAM traffic.
+// float32 x @ c^T for the GEMM path: the codes are decoded in K-blocks of ~2 MiB (cache-resident)
+// and accumulated with addmm (few blocks: each is a parallel region), so the decode stays in cache.
 at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, int64_t K) {
 #ifdef TNA_HAVE_X86_KERNELS
   const Isa isa = select_isa();
   if (isa != Isa::kScalar) {
     const auto* wp = reinterpret_cast<const uint64_t*>(pw.const_data_ptr<int64_t>());
     const int64_t KW = words_for(K);
-    const int64_t kb = std::min(words_for(K) * 64, std::max<int64_t>(64, (262144 / N) / 64 * 64));
+    const int64_t kb = std::min(words_for(K) * 64, std::max<int64_t>(64, (524288 / N) / 64 * 64));
     at::Tensor buf = at::empty({N, kb}, x2.options());
     at::Tensor y;
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
