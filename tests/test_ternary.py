@@ -358,6 +358,22 @@ def test_spike_linear_auto_choice_is_exact(density, monkeypatch):
     assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
 
 
+def test_kmajor_layout_and_cache(isa):
+    codes, scale, b, p = _packed(130, 200)
+    km = torch.ops.tna.ternary_kmajor(p.words, 200, 1)
+    assert km.dtype == torch.int8 and km.shape == (256, 256)
+    assert torch.equal(km[:200, :130], codes.T) and not km[200:].any() and not km[:, 130:].any()
+    s = rand_spikes(33, 200, density=0.1)
+    bits = F.pack_spikes(s)
+    ref = R.spike_ternary_linear(s, codes, scale, b)
+    assert torch.equal(torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, p.bias, 200, 1, km), ref)
+    if isa[0] != "scalar":
+        assert p.kmajor() is p.kmajor()  # built once, cached on the PackedTernary
+    assert torch.equal(F.spike_ternary_linear(bits, p), ref)
+    with pytest.raises(RuntimeError, match=r"kmajor must be the contiguous int8 \[256, 256\]"):
+        torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, p.bias, 200, 1, km[:, :128])
+
+
 # ---- float x ternary linear ----------------------------------------------------------------------
 
 def _float_tol(x, codes, scale):

@@ -68,6 +68,16 @@ def test_spike_conv_bit_exact(isa, geom):
     assert torch.equal(y, ref)
 
 
+def test_spike_conv_with_cached_kmajor(isa):
+    codes, scale, b, p = make(9, 70, (3, 3))
+    km = torch.ops.tna.ternary_kmajor(p.words, 70, 1)
+    assert km.shape == (9 * 2 * 64, 128)
+    s = (torch.rand(2, 70, 6, 5) < 0.1).float()
+    bits = F.pack_spikes(s, dim=1)
+    y = torch.ops.tna.spike_ternary_conv2d(bits, p.words, p.scale, p.bias, 70, [1, 1], [1, 1], [1, 1], 1, km)
+    assert torch.equal(y, R.spike_ternary_conv2d(s, codes, scale, b, 1, 1, 1))
+
+
 def test_spike_conv_no_bias_dense_and_no_mutation(isa):
     codes, scale, _, p = make(6, 66, (3, 3), bias=False)
     s = torch.ones(2, 66, 5, 6)
@@ -115,6 +125,7 @@ def test_float_conv_bias_grad_and_opcheck():
         (ops.ternary_conv2d, (x, p.words, p.scale, bias, [2, 2], [1, 1], [1, 1], 1)),
         (ops.ternary_conv2d_grad_input, (g, p.words, p.scale, [2, 5, 7, 7], [2, 2], [1, 1], [1, 1], 1)),
         (ops.spike_ternary_conv2d, (bits, p.words, p.scale, p.bias, 5, [1, 2], [1, 0], [1, 1], 1)),
+        (ops.ternary_kmajor, (p.words, 5, 1)),
     ]:
         torch.library.opcheck(op, args)
 

@@ -50,8 +50,11 @@ constexpr double kEventDensityAvx512 = 0.20;
 constexpr double kEventMaxBytes = 1 << 20;
 bool event_supported(Isa isa, int64_t KW, int64_t N);
 // TNA_TERNARY_ALGO=popcount|event forces one; otherwise by density, ISA and weight size.
-Algo select_algo(Isa isa, int64_t KW, int64_t N, double density);
-std::vector<int8_t> kmajor_codes(const uint64_t* W, int64_t N, int64_t KW, int64_t* ldk);
+// `prepacked`: the caller passes a cached K-major copy, so building it costs nothing.
+Algo select_algo(Isa isa, int64_t KW, int64_t N, double density, bool prepacked);
+// K-major codes of rows W [N, 2, KW]: int8 [KW * 64, ldk], ldk = ceil(N / 128) * 128, zero padded.
+at::Tensor kmajor_codes(const uint64_t* W, int64_t N, int64_t KW);
+void check_kmajor(const at::Tensor& kmajor, int64_t KW, int64_t N);
 void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const int8_t* Wk,
                      int64_t ldk, int64_t KW, int64_t N, const float* scale, const float* bias,
                      float* out, int64_t ldo);

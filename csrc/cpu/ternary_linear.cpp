@@ -407,21 +407,38 @@ bool event_supported(Isa isa, int64_t KW, int64_t N) {
   return isa != Isa::kScalar && KW * 64 <= 32767 && N >= 1;
 }
 
-std::vector<int8_t> kmajor_codes(const uint64_t* W, int64_t N, int64_t KW, int64_t* ldk) {
+namespace {
+// One word column w of all N rows -> 64 K-major rows of codes; contiguous stores along n.
+TNA_MULTIVERSION void kmajor_word(const uint64_t* __restrict p, const uint64_t* __restrict q,
+                                  int64_t N, int8_t* __restrict out, int64_t ld) {
+  for (int j = 0; j < 64; ++j) {
+    int8_t* o = out + j * ld;
+    for (int64_t n = 0; n < N; ++n) o[n] = static_cast<int8_t>(int((p[n] >> j) & 1) - int((q[n] >> j) & 1));
+  }
+}
+}  // namespace
+
+at::Tensor kmajor_codes(const uint64_t* W, int64_t N, int64_t KW) {
   const int64_t ld = (N + 127) / 128 * 128;
-  std::vector<int8_t> wk(static_cast<size_t>(KW * 64 * ld), 0);
+  at::Tensor wk = at::zeros({KW * 64, ld}, at::TensorOptions().dtype(at::kChar));
+  int8_t* o = wk.mutable_data_ptr<int8_t>();
   at::parallel_for(0, KW, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<uint64_t> p(N), q(N);
     for (int64_t w = w0; w < w1; ++w) {
-      for (int64_t n = 0; n < N; ++n) {
-        const uint64_t p = W[n * 2 * KW + w], q = W[n * 2 * KW + KW + w];
-        for (int j = 0; j < 64; ++j) {
-          wk[(w * 64 + j) * ld + n] = static_cast<int8_t>(int((p >> j) & 1) - int((q >> j) & 1));
-        }
-      }
+      for (int64_t n = 0; n < N; ++n) p[n] = W[n * 2 * KW + w], q[n] = W[n * 2 * KW + KW + w];
+      kmajor_word(p.data(), q.data(), N, o + w * 64 * ld, ld);
     }
   });
-  *ldk = ld;
   return wk;
+}
+
+void check_kmajor(const at::Tensor& km, int64_t KW, int64_t N) {
+  const int64_t ld = (N + 127) / 128 * 128;
+  TORCH_CHECK(km.device().is_cpu() && km.scalar_type() == at::kChar && km.dim() == 2 &&
+                  km.size(0) == KW * 64 && km.size(1) == ld && km.is_contiguous(),
+              "kmajor must be the contiguous int8 [", KW * 64, ", ", ld,
+              "] tensor returned by tna::ternary_kmajor for these weights, got ", km.scalar_type(), " ",
+              km.sizes());
 }
 
 void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const int8_t* Wk,
@@ -434,7 +451,7 @@ void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, c
   TORCH_CHECK(false, "event-driven ternary kernel needs avx2 or avx512 (got ", isa_name(isa), ")");
 }
 
-Algo select_algo(Isa isa, int64_t KW, int64_t N, double density) {
+Algo select_algo(Isa isa, int64_t KW, int64_t N, double density, bool prepacked) {
   const char* env = std::getenv("TNA_TERNARY_ALGO");
   const bool ok = event_supported(isa, KW, N);
   if (env != nullptr && env[0] != '\0' && std::strcmp(env, "auto") != 0) {
@@ -446,10 +463,12 @@ Algo select_algo(Isa isa, int64_t KW, int64_t N, double density) {
   }
   if (!ok) return Algo::kPopcount;
   // Event cost ~ density * 64 * KW * N / lanes adds per row; popcount cost ~ KW * N * ops/lanes.
-  // The K-major int8 copy (KW * 64 * N bytes) must stay cache-resident for the event loop to win.
+  // Building the K-major int8 copy (KW * 64 * N bytes) per call pays only while it is small; a
+  // prepacked copy (cached by the caller) lifts that limit where popcount is slow (AVX2).
   const double kmajor_bytes = double(KW) * 64 * double(N);
   const double limit = isa == Isa::kAvx512 ? kEventDensityAvx512 : kEventDensityAvx2;
-  return (density < limit && kmajor_bytes <= kEventMaxBytes) ? Algo::kEvent : Algo::kPopcount;
+  const bool small = kmajor_bytes <= kEventMaxBytes || (prepacked && isa == Isa::kAvx2);
+  return (density < limit && small) ? Algo::kEvent : Algo::kPopcount;
 }
 
 double spike_density(const uint64_t* S, int64_t words, int64_t bits_total) {
@@ -702,7 +721,8 @@ std::vector<int64_t> out_shape(at::IntArrayRef in, int64_t last) {
 
 at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
                                     const at::Tensor& scale, const std::optional<at::Tensor>& bias,
-                                    int64_t K, int64_t version) {
+                                    int64_t K, int64_t version,
+                                    const std::optional<at::Tensor>& kmajor) {
   const int64_t N = check_linear_weight(packed_w, K, scale, bias, version);
   TNA_CHECK_CPU(spike_bits);
   TORCH_CHECK(spike_bits.scalar_type() == at::kLong,
@@ -723,12 +743,13 @@ at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tens
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();
-  const Algo algo = select_algo(isa, KW, N, spike_density(sp, M * KW, M * K));
+  if (kmajor.has_value()) check_kmajor(*kmajor, KW, N);
+  const Algo algo = select_algo(isa, KW, N, spike_density(sp, M * KW, M * K), kmajor.has_value());
   if (algo == Algo::kEvent) {
-    int64_t ldk = 0;
-    const std::vector<int8_t> wk = kmajor_codes(wp, N, KW, &ldk);
+    const at::Tensor wk = kmajor.has_value() ? *kmajor : kmajor_codes(wp, N, KW);
+    const int8_t* wkp = wk.const_data_ptr<int8_t>();
     at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-      event_gemm_rows(isa, sp + m0 * KW, KW, m1 - m0, wk.data(), ldk, KW, N, scp, bp, yp + m0 * N, N);
+      event_gemm_rows(isa, sp + m0 * KW, KW, m1 - m0, wkp, wk.size(1), KW, N, scp, bp, yp + m0 * N, N);
     });
     return y;
   }

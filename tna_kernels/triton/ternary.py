@@ -289,7 +289,9 @@ def ternarize(w, method, per_channel, pack):
     return codes, scale.to(torch.float32), packed
 
 
-def spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version):
+def spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version,
+                         kmajor=None):
+    # kmajor (the CPU event-driven layout) is not used on the GPU.
     _check_version(version)
     _check_packed(packed_w, C, 5)
     Bn, H, W, CW = spike_bits.shape
@@ -309,7 +311,7 @@ def spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, 
     return y
 
 
-def spike_ternary_linear(spike_bits, packed_w, scale, bias, K, version):
+def spike_ternary_linear(spike_bits, packed_w, scale, bias, K, version, kmajor=None):
     _check_version(version)
     _check_packed(packed_w, K, 3)
     if spike_bits.shape[-1] != _words(K):
