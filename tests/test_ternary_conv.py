@@ -246,3 +246,30 @@ def test_triton_spike_conv_matches_cpu():
     y = T.spike_ternary_conv2d(bits.to(dev), p.words.to(dev), scale.to(dev), b.to(dev), 70, [2, 1],
                                [1, 1], [1, 1], 1)
     assert torch.equal(y.cpu(), F.spike_ternary_conv2d(bits, p, (2, 1), 1, 1))
+
+
+# ---- larger randomized grid (every kernel path, bit-exact) ---------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(6))
+def test_random_grid_bit_exact(isa, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    density = [0.02, 0.1, 0.3, 0.7][seed % 4]
+    # linear: M, N, K spanning several tiles, words and vector tails
+    M, N, K = r(1, 300), r(1, 300), r(1, 2500)
+    codes = rand_codes(N, K)
+    scale, b = torch.rand(N) + 0.1, torch.randn(N)
+    p = F.pack_ternary(codes, scale, b)
+    s = (torch.rand(M, K, generator=g) < density).float()
+    assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
+    # conv: channels across word boundaries, odd sizes, random stride/padding/dilation
+    C, N, k = r(1, 200), r(1, 70), (r(1, 4), r(1, 4))
+    H, W = r(k[0] + 2, 14), r(k[1] + 2, 14)
+    stride, padding, dilation = (r(1, 2), r(1, 3)), (r(0, 2), r(0, 2)), (r(1, 2), 1)
+    codes = rand_codes(N, C, *k)
+    scale, b = torch.rand(N) + 0.1, torch.randn(N)
+    p = F.pack_ternary(codes, scale, b)
+    s = (torch.rand(r(1, 5), C, H, W, generator=g) < density).float()
+    y = F.spike_ternary_conv2d(F.pack_spikes(s, dim=1), p, stride, padding, dilation)
+    assert torch.equal(y, R.spike_ternary_conv2d(s, codes, scale, b, stride, padding, dilation))
