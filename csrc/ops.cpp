@@ -24,7 +24,7 @@ TORCH_LIBRARY(tna, m) {
   // float32 [N] or None. Spike ops return float32; float ops return x's dtype.
   m.def("pack_ternary(Tensor codes) -> Tensor");
   m.def("unpack_ternary(Tensor packed, int K, int version) -> Tensor");
-  m.def("pack_spikes(Tensor spikes) -> Tensor");
+  m.def("pack_spikes(Tensor spikes, int dim=-1) -> Tensor");  // packs along dim, moved last
   m.def("unpack_spikes(Tensor bits, int K) -> Tensor");
   // Ternariser ("twn" | "absmean"), dim 0 = output channel: (codes int8 like w, scale float32 [N],
   // packed words of the codes along w's last axis, or an empty tensor when pack is false).
@@ -32,10 +32,11 @@ TORCH_LIBRARY(tna, m) {
   // x [..., K] floating, packed_w [N, 2, KW] -> [..., N]; grad_input: grad_y [..., N] -> [..., K].
   m.def("ternary_linear(Tensor x, Tensor packed_w, Tensor scale, Tensor? bias, int version) -> Tensor");
   m.def("ternary_linear_grad_input(Tensor grad_y, Tensor packed_w, Tensor scale, int K, int version) -> Tensor");
-  // spike_bits [..., KW] int64 -> [..., N] float32, exact integer accumulation.
+  // spike_bits [..., KW] int64 -> [..., N] float32, exact integer accumulation. kmajor: optional
+  // cached ternary_kmajor(packed_w) for the event-driven (sparse) kernel; built per call if absent.
   m.def(
       "spike_ternary_linear(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int K, "
-      "int version) -> Tensor");
+      "int version, Tensor? kmajor=None) -> Tensor");
   // Conv2d, groups = 1: packed_w [N, kh, kw, 2, CW] (codes [N, kh, kw, C] packed along C);
   // x [B, C, H, W]; spike_bits [B, H, W, CW] (spikes packed along channels) -> [B, N, OH, OW].
   m.def(
@@ -46,7 +47,9 @@ TORCH_LIBRARY(tna, m) {
       "int[2] stride, int[2] padding, int[2] dilation, int version) -> Tensor");
   m.def(
       "spike_ternary_conv2d(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int C, "
-      "int[2] stride, int[2] padding, int[2] dilation, int version) -> Tensor");
+      "int[2] stride, int[2] padding, int[2] dilation, int version, Tensor? kmajor=None) -> Tensor");
+  // Backend-private K-major int8 copy of packed weights [K_padded, ceil(N/128)*128] (never serialised).
+  m.def("ternary_kmajor(Tensor packed_w, int K, int version) -> Tensor");
   // Popcount kernel instruction set the CPU ops use now: "avx512" | "avx2" | "scalar" (the best
   // supported, or TNA_TERNARY_ISA when set).
   m.def("ternary_cpu_isa() -> str");

@@ -15,15 +15,21 @@ AWKWARD_K = (1, 3, 63, 64, 65, 511, 513)
 ISAS = ("scalar", "avx2", "avx512")
 
 
-@pytest.fixture(params=ISAS)
+KERNELS = [(i, "popcount") for i in ISAS] + [("avx2", "event"), ("avx512", "event")]
+
+
+@pytest.fixture(params=KERNELS, ids=lambda k: f"{k[0]}-{k[1]}")
 def isa(request, monkeypatch):
-    """Forces one popcount kernel path (TNA_TERNARY_ISA); skips the ones this CPU lacks."""
-    monkeypatch.setenv("TNA_TERNARY_ISA", request.param)
+    """Forces one kernel path: instruction set (TNA_TERNARY_ISA) x algorithm (TNA_TERNARY_ALGO,
+    popcount or event-driven); skips the instruction sets this CPU lacks. Forcing never falls back."""
+    isa, algo = request.param
+    monkeypatch.setenv("TNA_TERNARY_ISA", isa)
+    monkeypatch.setenv("TNA_TERNARY_ALGO", algo)
     try:
         got = torch.ops.tna.ternary_cpu_isa()
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    assert got == request.param
+    assert got == isa
     return request.param
 
 
@@ -94,6 +100,10 @@ def test_pack_leading_dims_and_functional_layouts():
 def test_pack_spikes_dtypes(dtype):
     s = rand_spikes(3, 100, density=0.3)
     assert torch.equal(torch.ops.tna.pack_spikes(s.to(dtype)), R.pack_spikes(s))
+    # packing across inner axes (NCHW along C): float32 takes the vectorised path for 8-pixel groups
+    s4 = rand_spikes(2, 100, 5, 7, density=0.3)
+    for t in (s4.to(dtype), s4):
+        assert torch.equal(F.pack_spikes(t, dim=1), R.pack_spikes(s4.movedim(1, -1)))
 
 
 def test_packing_never_modifies_inputs():
@@ -126,6 +136,12 @@ def test_bad_spikes_rejected():
     s[1, 5] = float("nan")
     with pytest.raises(RuntimeError, match="spikes must contain only 0 and 1"):
         F.pack_spikes(s)
+    s4 = torch.zeros(2, 70, 3, 3)
+    s4[1, 5, 2, 1] = 2
+    with pytest.raises(RuntimeError, match="found 2 at flat index 682"):
+        F.pack_spikes(s4, dim=1)  # the strided (packing across the inner axes) path
+    with pytest.raises(RuntimeError, match=r"dim must be in \[-4, 3\], got 4"):
+        torch.ops.tna.pack_spikes(s4, 4)
 
 
 def test_bad_packed_words_rejected():
@@ -319,10 +335,43 @@ def test_spike_linear_leading_dims_and_no_mutation(isa):
         assert torch.equal(t, t0)
 
 
-def test_isa_override_rejects_unknown(monkeypatch):
+def test_isa_and_algo_overrides_reject_bad_values(monkeypatch):
     monkeypatch.setenv("TNA_TERNARY_ISA", "sse9")
     with pytest.raises(RuntimeError, match="TNA_TERNARY_ISA must be one of auto, scalar, avx2, avx512"):
         torch.ops.tna.ternary_cpu_isa()
+    codes, scale, b, p = _packed(4, 100)
+    bits = F.pack_spikes(rand_spikes(3, 100))
+    monkeypatch.setenv("TNA_TERNARY_ISA", "scalar")
+    monkeypatch.setenv("TNA_TERNARY_ALGO", "event")
+    with pytest.raises(RuntimeError, match="TNA_TERNARY_ALGO=event needs the avx2 or avx512 kernels"):
+        F.spike_ternary_linear(bits, p)
+    monkeypatch.setenv("TNA_TERNARY_ALGO", "fast")
+    with pytest.raises(RuntimeError, match="TNA_TERNARY_ALGO must be one of auto, popcount, event"):
+        F.spike_ternary_linear(bits, p)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.15, 0.6])
+def test_spike_linear_auto_choice_is_exact(density, monkeypatch):
+    monkeypatch.delenv("TNA_TERNARY_ALGO", raising=False)
+    codes, scale, b, p = _packed(150, 600)
+    s = rand_spikes(40, 600, density=density)
+    assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
+
+
+def test_kmajor_layout_and_cache(isa):
+    codes, scale, b, p = _packed(130, 200)
+    km = torch.ops.tna.ternary_kmajor(p.words, 200, 1)
+    assert km.dtype == torch.int8 and km.shape == (256, 256)
+    assert torch.equal(km[:200, :130], codes.T) and not km[200:].any() and not km[:, 130:].any()
+    s = rand_spikes(33, 200, density=0.1)
+    bits = F.pack_spikes(s)
+    ref = R.spike_ternary_linear(s, codes, scale, b)
+    assert torch.equal(torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, p.bias, 200, 1, km), ref)
+    if isa[0] != "scalar":
+        assert p.kmajor() is p.kmajor()  # built once, cached on the PackedTernary
+    assert torch.equal(F.spike_ternary_linear(bits, p), ref)
+    with pytest.raises(RuntimeError, match=r"kmajor must be the contiguous int8 \[256, 256\]"):
+        torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, p.bias, 200, 1, km[:, :128])
 
 
 # ---- float x ternary linear ----------------------------------------------------------------------
@@ -333,7 +382,8 @@ def _float_tol(x, codes, scale):
     return 4 * x.shape[-1] * torch.finfo(torch.float32).eps * mag + 1e-6
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (40, 17, 130)])
+@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (12, 7, 100), (40, 17, 130),
+                                   (20, 600, 1000)])  # the last: several K-blocks in the GEMM path
 @pytest.mark.parametrize("bias", [True, False])
 def test_ternary_linear_float32(isa, M, N, K, bias):
     codes, scale, b, p = _packed(N, K, bias)
@@ -458,13 +508,32 @@ def test_triton_pack_agrees_with_cpu(K):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("method", ["twn", "absmean"])
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_triton_ternarize_agrees_with_cpu(method, per_channel):
+def test_triton_pack_rejects_bad_values_and_unpacks():
     from tna_kernels.triton import ternary as T
 
     dev = triton_device()
-    w = torch.randn(6, 70)
+    codes = rand_codes(3, 70)
+    words = torch.ops.tna.pack_ternary(codes)
+    assert torch.equal(T.unpack_ternary(words.to(dev), 70, 1).cpu(), codes)
+    bits = torch.ops.tna.pack_spikes(rand_spikes(2, 70))
+    assert torch.equal(T.unpack_spikes(bits.to(dev), 70).cpu(), torch.ops.tna.unpack_spikes(bits, 70))
+    codes[1, 3] = 2
+    with pytest.raises(RuntimeError, match="codes must contain only -1, 0 and"):
+        T.pack_ternary(codes.to(dev))
+        torch.cuda.synchronize() if dev == "cuda" else None
+    with pytest.raises(RuntimeError, match="version: .*got v2"):
+        T.spike_ternary_linear(bits.to(dev), words.to(dev), torch.ones(3, device=dev), None, 70, 2)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("method", ["twn", "absmean"])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("shape", [(6, 70), (4, 3, 2, 70)])
+def test_triton_ternarize_agrees_with_cpu(method, per_channel, shape):
+    from tna_kernels.triton import ternary as T
+
+    dev = triton_device()
+    w = torch.randn(shape)
     codes, scale, words = T.ternarize(w.to(dev), method, per_channel, True)
     c2, s2, w2 = torch.ops.tna.ternarize(w, method, per_channel, True)
     assert torch.equal(codes.cpu(), c2) and torch.equal(words.cpu(), w2)

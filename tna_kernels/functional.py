@@ -236,7 +236,7 @@ def pack_spikes(spikes: Tensor, dim: int = -1) -> Tensor:
         raise TypeError(f"spikes must be a torch.Tensor, got {type(spikes).__name__}")
     if spikes.dim() == 0:
         raise ValueError("spikes must have at least one dimension")
-    return torch.ops.tna.pack_spikes(spikes.movedim(dim, -1))
+    return torch.ops.tna.pack_spikes(spikes, dim)
 
 
 def unpack_spikes(bits: Tensor, K: int, dim: int = -1, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -273,14 +273,17 @@ def ternary_linear(x: Tensor, weight: PackedTernary) -> Tensor:
 
 def spike_ternary_linear(spike_bits: Tensor, weight: PackedTernary) -> Tensor:
     """Bit-packed spikes (``pack_spikes``, ``[..., KW]``) times a packed ternary weight, exactly:
-    ``float32(popcount(S & P) - popcount(S & N)) * scale + bias``; returns float32 ``[..., N]``."""
+    ``float32(popcount(S & P) - popcount(S & N)) * scale + bias``; returns float32 ``[..., N]``.
+
+    On CPU the kernel picks popcount or the event-driven (sparse) loop by spike density; the
+    latter's K-major weight copy is cached on ``weight`` (:meth:`PackedTernary.kmajor`)."""
     _check_packed(weight, conv=False)
     if not isinstance(spike_bits, Tensor) or spike_bits.dtype != torch.int64:
         raise TypeError(f"spike_bits must be int64 packed spikes (pack_spikes), got "
                         f"{getattr(spike_bits, 'dtype', type(spike_bits))}")
     _check_device(spike_bits)
     return torch.ops.tna.spike_ternary_linear(spike_bits, weight.words, weight.scale, weight.bias,
-                                              weight.K, weight.version)
+                                              weight.K, weight.version, weight.kmajor())
 
 
 def ternary_conv2d(x: Tensor, weight: PackedTernary, stride=1, padding=0, dilation=1) -> Tensor:
@@ -309,7 +312,7 @@ def spike_ternary_conv2d(spike_bits: Tensor, weight: PackedTernary, stride=1, pa
     _check_device(spike_bits)
     s, p, d = conv_geometry(stride, padding, dilation)
     return torch.ops.tna.spike_ternary_conv2d(spike_bits, weight.words, weight.scale, weight.bias,
-                                              weight.K, s, p, d, weight.version)
+                                              weight.K, s, p, d, weight.version, weight.kmajor())
 
 
 def _check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf) -> float:

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace tna::ternary {
 
@@ -38,6 +39,28 @@ void spike_gemm_tile(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, c
                      int64_t KW, int64_t n_begin, int64_t n_end, const float* scale,
                      const float* bias, float* out, int64_t ldo);
 
+// Event-driven alternative for sparse spikes (avx2/avx512 only): for every set bit k of a spike
+// row, add the K-major int8 code row Wk[k, :] (ldk columns, from kmajor_codes) into int16
+// accumulators; same epilogue and bit-exact result as spike_gemm_tile. Rows of S have KW words.
+enum class Algo { kPopcount = 0, kEvent = 1 };
+// Density below which the event loop beats popcount (measured on Zen 4, bench_ternary.py), and
+// the largest K-major copy (bytes) that still sits in L2.
+constexpr double kEventDensityAvx2 = 0.35;
+constexpr double kEventDensityAvx512 = 0.20;
+constexpr double kEventMaxBytes = 1 << 20;
+bool event_supported(Isa isa, int64_t KW, int64_t N);
+// TNA_TERNARY_ALGO=popcount|event forces one; otherwise by density, ISA and weight size.
+// `prepacked`: the caller passes a cached K-major copy, so building it costs nothing.
+Algo select_algo(Isa isa, int64_t KW, int64_t N, double density, bool prepacked);
+// K-major codes of rows W [N, 2, KW]: int8 [KW * 64, ldk], ldk = ceil(N / 128) * 128, zero padded.
+at::Tensor kmajor_codes(const uint64_t* W, int64_t N, int64_t KW);
+void check_kmajor(const at::Tensor& kmajor, int64_t KW, int64_t N);
+void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const int8_t* Wk,
+                     int64_t ldk, int64_t KW, int64_t N, const float* scale, const float* bias,
+                     float* out, int64_t ldo);
+// Fraction of set bits among `bits_total` (the padding bits are zero).
+double spike_density(const uint64_t* S, int64_t words, int64_t bits_total);
+
 // Decode packed rows [rows, 2, KW] into dense codes as `dst` (dtype float/double/int8), [rows, K].
 void decode_codes(const at::Tensor& packed, int64_t rows, int64_t K, at::Tensor& dst);
 
@@ -46,6 +69,10 @@ void check_packed(const at::Tensor& packed_w, const char* name);
 // Rejects rows with a bit in both planes or a padding bit (k >= K) set: such words would make the
 // popcount identity silently wrong. `packed` is contiguous [rows, 2, KW].
 void check_packed_rows(const at::Tensor& packed, int64_t rows, int64_t K, const char* name);
+// In place y = y * scale[c] + bias[c] along `channel_dim` (two roundings, as the reference); one
+// fused pass for contiguous float32, torch ops otherwise.
+void scale_bias_(at::Tensor& y, int64_t channel_dim, const at::Tensor& scale,
+                 const std::optional<at::Tensor>& bias);
 void check_scale_bias(const at::Tensor& scale, const std::optional<at::Tensor>& bias, int64_t N);
 
 }  // namespace tna::ternary

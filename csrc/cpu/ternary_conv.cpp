@@ -9,11 +9,13 @@
 // the canonical format packed along channels per tap, [N, kh, kw, 2, CW]. The kernel regroups the
 // weights once per call into [N, 2, kh*kw*CW] (all taps of a plane contiguous), gathers each tile
 // of output pixels into an im2col buffer of kh*kw*CW words per pixel (zero words for padding), and
-// runs the same popcount micro-kernels as the linear layer (ternary_linear.cpp). T timesteps are
+// runs the same micro-kernels as the linear layer (ternary_linear.cpp): popcount, or for sparse
+// spikes the event-driven loop over set bits (chosen by input density). T timesteps are
 // folded into B by the caller. The output is [B, N, OH, OW] in channels-last memory (the GEMM's
 // row-major [B*OH*OW, N]), so no transpose pass is needed.
-// Float input: decoded codes -> at::conv2d (oneDNN), exact for +-1 weights; backward w.r.t. the
-// input is the transposed convolution of grad_y * scale.
+// Float input: decoded codes * scale -> at::conv2d (oneDNN) with the bias: the same computation
+// as torch's conv2d on the dequantised weight; backward w.r.t. the input is the transposed
+// convolution of grad_y * scale with the codes.
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
@@ -56,6 +58,35 @@ ConvGeom check_conv_weight(const at::Tensor& packed_w, int64_t C, const at::Tens
   return {packed_w.size(0), packed_w.size(1), packed_w.size(2), packed_w.size(4), C};
 }
 
+// [N, taps, 2, CW] -> [N, 2, taps * CW]: each plane's taps contiguous, as the micro-kernels read.
+std::vector<uint64_t> regroup_taps(const uint64_t* w, int64_t N, int64_t taps, int64_t CW) {
+  std::vector<uint64_t> out(static_cast<size_t>(N * 2 * taps * CW));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t pl = 0; pl < 2; ++pl)
+        std::memcpy(&out[(n * 2 + pl) * taps * CW + t * CW], w + ((n * taps + t) * 2 + pl) * CW,
+                    CW * sizeof(uint64_t));
+  return out;
+}
+
+// K-major int8 copy of a packed linear [N, 2, KW] or conv [N, kh, kw, 2, CW] weight, for the
+// event-driven spike kernels (cache it next to the weight; never serialised).
+at::Tensor ternary_kmajor_cpu(const at::Tensor& packed_w, int64_t K, int64_t version) {
+  check_version(version);
+  check_packed(packed_w, "packed_w");
+  TORCH_CHECK(packed_w.dim() == 3 || packed_w.dim() == 5,
+              "packed_w must be [N, 2, KW] (linear) or [N, kh, kw, 2, CW] (conv2d), got ", packed_w.sizes());
+  TORCH_CHECK(K >= 1 && packed_w.size(-1) == words_for(K), "packed_w has ", packed_w.size(-1),
+              " words per plane but K = ", K, " needs ceil(K/64) = ", words_for(K));
+  const at::Tensor w = packed_w.contiguous();
+  const int64_t N = w.size(0), taps = w.dim() == 5 ? w.size(1) * w.size(2) : 1, CW = w.size(-1);
+  check_packed_rows(w, N * taps, K, "packed_w");
+  const auto* wp = reinterpret_cast<const uint64_t*>(w.const_data_ptr<int64_t>());
+  if (taps == 1) return kmajor_codes(wp, N, CW);
+  const std::vector<uint64_t> g = regroup_taps(wp, N, taps, CW);
+  return kmajor_codes(g.data(), N, taps * CW);
+}
+
 int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   return (in + 2 * p - d * (k - 1) - 1) / s + 1;
 }
@@ -77,9 +108,12 @@ at::Tensor ternary_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_w, c
   const at::Tensor Wt = packed_w.contiguous();
   check_packed_rows(Wt, g.N * g.kh * g.kw, g.C, "packed_w");
   const at::ScalarType acc_t = at::toOpMathType(x.scalar_type());
-  at::Tensor y = at::conv2d(x.to(acc_t), decode_conv(Wt, g, acc_t), {}, stride, padding, dilation);
-  y.mul_(scale.to(acc_t).view({1, -1, 1, 1}));
-  if (bias.has_value()) y.add_(bias->to(acc_t).view({1, -1, 1, 1}));
+  // The per-channel scale is folded into the decoded weight (code * scale is exact) and the bias
+  // goes to the convolution, so oneDNN runs exactly torch's conv2d with no extra output pass.
+  const at::Tensor w = decode_conv(Wt, g, acc_t) * scale.to(acc_t).view({-1, 1, 1, 1});
+  const std::optional<at::Tensor> b =
+      bias.has_value() ? std::optional<at::Tensor>(bias->to(acc_t)) : std::nullopt;
+  at::Tensor y = at::conv2d(x.to(acc_t), w, b, stride, padding, dilation);
   return y.to(x.scalar_type());
 }
 
@@ -111,7 +145,8 @@ at::Tensor ternary_conv2d_grad_input_cpu(const at::Tensor& grad_y, const at::Ten
 at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
                                     const at::Tensor& scale, const std::optional<at::Tensor>& bias,
                                     int64_t C, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    at::IntArrayRef dilation, int64_t version) {
+                                    at::IntArrayRef dilation, int64_t version,
+                                    const std::optional<at::Tensor>& kmajor) {
   const ConvGeom g = check_conv_weight(packed_w, C, scale, bias, stride, padding, dilation, version);
   TNA_CHECK_CPU(spike_bits);
   TORCH_CHECK(spike_bits.scalar_type() == at::kLong,
@@ -130,14 +165,8 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
   const int64_t taps = g.kh * g.kw, CW = g.CW, KW = taps * CW, N = g.N;
   check_packed_rows(Wc, N * taps, C, "packed_w");
 
-  // [N, kh, kw, 2, CW] -> [N, 2, taps * CW]: each plane's taps contiguous, as the micro-kernels read.
-  std::vector<uint64_t> wbuf(static_cast<size_t>(N * 2 * KW));
-  const auto* wsrc = reinterpret_cast<const uint64_t*>(Wc.const_data_ptr<int64_t>());
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t pl = 0; pl < 2; ++pl)
-        std::memcpy(&wbuf[(n * 2 + pl) * KW + t * CW], wsrc + ((n * taps + t) * 2 + pl) * CW,
-                    CW * sizeof(uint64_t));
+  const std::vector<uint64_t> wbuf =
+      regroup_taps(reinterpret_cast<const uint64_t*>(Wc.const_data_ptr<int64_t>()), N, taps, CW);
 
   at::Tensor y = at::empty({B, N, OH, OW}, S.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t M = B * OH * OW;
@@ -148,6 +177,13 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
   const at::Tensor bb = bias.has_value() ? bias->contiguous() : at::Tensor();
   const float* bp = bias.has_value() ? bb.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();  // channels-last: row m = (b, oh, ow), N floats
+  if (kmajor.has_value()) check_kmajor(*kmajor, KW, N);
+  const Algo algo =
+      select_algo(isa, KW, N, spike_density(sp, S.numel(), B * H * Wd * C), kmajor.has_value());
+  const at::Tensor wk = algo != Algo::kEvent ? at::Tensor()
+                        : kmajor.has_value() ? *kmajor
+                                             : kmajor_codes(wbuf.data(), N, KW);
+  const int64_t ldk = wk.defined() ? wk.size(1) : 0;
   const int64_t tm = 64;
   const int64_t tiles = (M + tm - 1) / tm;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -169,7 +205,12 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
           }
         }
       }
-      spike_gemm_tile(isa, col.data(), KW, mc, wbuf.data(), KW, 0, N, scp, bp, yp + m0 * N, N);
+      if (algo == Algo::kEvent) {
+        event_gemm_rows(isa, col.data(), KW, mc, wk.const_data_ptr<int8_t>(), ldk, KW, N, scp, bp,
+                        yp + m0 * N, N);
+      } else {
+        spike_gemm_tile(isa, col.data(), KW, mc, wbuf.data(), KW, 0, N, scp, bp, yp + m0 * N, N);
+      }
     }
   });
   return y;
@@ -181,6 +222,7 @@ TORCH_LIBRARY_IMPL(tna, CPU, m) {
   m.impl("ternary_conv2d", &ternary_conv2d_cpu);
   m.impl("ternary_conv2d_grad_input", &ternary_conv2d_grad_input_cpu);
   m.impl("spike_ternary_conv2d", &spike_ternary_conv2d_cpu);
+  m.impl("ternary_kmajor", &ternary_kmajor_cpu);
 }
 
 }  // namespace tna::ternary

@@ -10,7 +10,7 @@
 // Spike GEMM: the M x N output is cut into tiles of kTileM x kTileN run by at::parallel_for; a tile
 // is swept with register-blocked micro-kernels (rows of S times rows of W, K innermost). Three
 // instruction sets, chosen at run time (TNA_TERNARY_ISA=scalar|avx2|avx512 forces one):
-//   avx512  AVX-512 VPOPCNTDQ: 8 words per vpopcntq, 4x4 block of zmm accumulators, masked tail.
+//   avx512  AVX-512 F+BW+VPOPCNTDQ: 8 words per vpopcntq, 4x4 block of zmm accumulators, masked tail.
 //   avx2    Mula nibble-LUT popcount (vpshufb) into byte counters, flushed with vpsadbw every 15
 //           steps. pos - neg = popcount(s & P) + popcount(~(s & N)) - 64 per word, so both planes
 //           feed one unsigned byte counter (2x2 block).
@@ -42,8 +42,12 @@ Isa best_supported() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   static const Isa best = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vpopcntdq"))
+      return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
+        __builtin_cpu_supports("bmi"))
+      return Isa::kAvx2;
     return Isa::kScalar;
   }();
   return best;
@@ -150,7 +154,7 @@ void tile_scalar(const uint64_t* S, int64_t lds, int64_t M, const uint64_t* W, i
 
 // ---- AVX2: nibble-LUT popcount ----------------------------------------------------------------
 
-#define TNA_AVX2 __attribute__((target("avx2,popcnt")))
+#define TNA_AVX2 __attribute__((target("avx2,popcnt,bmi")))
 
 TNA_AVX2 inline __m256i nibble_count(__m256i v, __m256i lut, __m256i low) {
   const __m256i lo = _mm256_and_si256(v, low);
@@ -244,7 +248,7 @@ TNA_AVX2 void tile_avx2(const uint64_t* S, int64_t lds, int64_t M, const uint64_
 
 // ---- AVX-512 VPOPCNTDQ ------------------------------------------------------------------------
 
-#define TNA_AVX512 __attribute__((target("avx512f,avx512vpopcntdq,popcnt")))
+#define TNA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi")))
 
 template <int MR, int NR>
 TNA_AVX512 inline void step_avx512(__m512i (&a)[MR][NR], const uint64_t* S, int64_t lds,
@@ -302,6 +306,85 @@ TNA_AVX512 void tile_avx512(const uint64_t* S, int64_t lds, int64_t M, const uin
     }
   }
 }
+
+// ---- event-driven (sparse spikes): add the K-major int8 weight row of every set bit ------------
+// acc[n] (int16, exact while K <= 32767) += c[n, k] for each k with s[k] = 1; the row of 128 codes
+// (one chunk of N) stays in registers, so cost ~ (#set bits) x 128 / lanes, independent of K.
+
+TNA_AVX2 void event_avx2(const uint64_t* S, int64_t lds, int64_t M, const int8_t* Wk, int64_t ldk,
+                         int64_t KW, int64_t N, const float* scale, const float* bias, float* out,
+                         int64_t ldo) {
+  constexpr int64_t kChunk = 128;
+  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+    const int64_t nc = std::min(kChunk, N - n0);
+    for (int64_t m = 0; m < M; ++m) {
+      __m256i a[8];
+      for (int v = 0; v < 8; ++v) a[v] = _mm256_setzero_si256();
+      const uint64_t* row = S + m * lds;
+      for (int64_t w = 0; w < KW; ++w) {
+        uint64_t bits = row[w];
+        while (bits) {
+          const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
+          bits &= bits - 1;
+          for (int v = 0; v < 8; ++v) {
+            a[v] = _mm256_add_epi16(a[v], _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                              reinterpret_cast<const __m128i*>(wr + 16 * v))));
+          }
+        }
+      }
+      alignas(32) int16_t acc[kChunk];
+      for (int v = 0; v < 8; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(acc + 16 * v), a[v]);
+      float* o = out + m * ldo + n0;
+      int64_t j = 0;
+      for (; j + 8 <= nc; j += 8) {
+        const __m256i iv = _mm256_cvtepi16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(acc + j)));
+        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(iv), _mm256_loadu_ps(scale + n0 + j));
+        if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias + n0 + j));
+        _mm256_storeu_ps(o + j, y);
+      }
+      for (; j < nc; ++j) {
+        float y = static_cast<float>(acc[j]) * scale[n0 + j];
+        if (bias != nullptr) y = y + bias[n0 + j];
+        o[j] = y;
+      }
+    }
+  }
+}
+
+TNA_AVX512 void event_avx512(const uint64_t* S, int64_t lds, int64_t M, const int8_t* Wk, int64_t ldk,
+                             int64_t KW, int64_t N, const float* scale, const float* bias, float* out,
+                             int64_t ldo) {
+  constexpr int64_t kChunk = 128;
+  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+    const int64_t nc = std::min(kChunk, N - n0);
+    for (int64_t m = 0; m < M; ++m) {
+      __m512i a[4];
+      for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_si512();
+      const uint64_t* row = S + m * lds;
+      for (int64_t w = 0; w < KW; ++w) {
+        uint64_t bits = row[w];
+        while (bits) {
+          const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
+          bits &= bits - 1;
+          for (int v = 0; v < 4; ++v) {
+            a[v] = _mm512_add_epi16(a[v], _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                              reinterpret_cast<const __m256i*>(wr + 32 * v))));
+          }
+        }
+      }
+      alignas(64) int16_t acc[kChunk];
+      for (int v = 0; v < 4; ++v) _mm512_store_si512(acc + 32 * v, a[v]);
+      float* o = out + m * ldo + n0;
+      for (int64_t j = 0; j < nc; j += 16) {
+        const __mmask16 lanes = nc - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nc - j)) - 1);
+        const __m512i iv = _mm512_cvtepi16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + j)));
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(iv), _mm512_maskz_loadu_ps(lanes, scale + n0 + j));
+        if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(lanes, bias + n0 + j));
+        _mm512_mask_storeu_ps(o + j, lanes, y);
+      }
+    }
+  }
+}
 #endif  // x86 kernels
 
 }  // namespace
@@ -318,15 +401,92 @@ void spike_gemm_tile(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, c
   tile_scalar(S, lds, m_count, W, KW, n_begin, n_end, scale, bias, out, ldo);
 }
 
+bool event_supported(Isa isa, int64_t KW, int64_t N) {
+  // int16 accumulators are exact up to 32767 set bits; the K-major rows must be readable in chunks
+  // of 128 codes (the weight copy is padded to a multiple of 128 columns).
+  return isa != Isa::kScalar && KW * 64 <= 32767 && N >= 1;
+}
+
+namespace {
+// One word column w of all N rows -> 64 K-major rows of codes; contiguous stores along n.
+TNA_MULTIVERSION void kmajor_word(const uint64_t* __restrict p, const uint64_t* __restrict q,
+                                  int64_t N, int8_t* __restrict out, int64_t ld) {
+  for (int j = 0; j < 64; ++j) {
+    int8_t* o = out + j * ld;
+    for (int64_t n = 0; n < N; ++n) o[n] = static_cast<int8_t>(int((p[n] >> j) & 1) - int((q[n] >> j) & 1));
+  }
+}
+}  // namespace
+
+at::Tensor kmajor_codes(const uint64_t* W, int64_t N, int64_t KW) {
+  const int64_t ld = (N + 127) / 128 * 128;
+  at::Tensor wk = at::zeros({KW * 64, ld}, at::TensorOptions().dtype(at::kChar));
+  int8_t* o = wk.mutable_data_ptr<int8_t>();
+  at::parallel_for(0, KW, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<uint64_t> p(N), q(N);
+    for (int64_t w = w0; w < w1; ++w) {
+      for (int64_t n = 0; n < N; ++n) p[n] = W[n * 2 * KW + w], q[n] = W[n * 2 * KW + KW + w];
+      kmajor_word(p.data(), q.data(), N, o + w * 64 * ld, ld);
+    }
+  });
+  return wk;
+}
+
+void check_kmajor(const at::Tensor& km, int64_t KW, int64_t N) {
+  const int64_t ld = (N + 127) / 128 * 128;
+  TORCH_CHECK(km.device().is_cpu() && km.scalar_type() == at::kChar && km.dim() == 2 &&
+                  km.size(0) == KW * 64 && km.size(1) == ld && km.is_contiguous(),
+              "kmajor must be the contiguous int8 [", KW * 64, ", ", ld,
+              "] tensor returned by tna::ternary_kmajor for these weights, got ", km.scalar_type(), " ",
+              km.sizes());
+}
+
+void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const int8_t* Wk,
+                     int64_t ldk, int64_t KW, int64_t N, const float* scale, const float* bias,
+                     float* out, int64_t ldo) {
+#ifdef TNA_HAVE_X86_KERNELS
+  if (isa == Isa::kAvx512) return event_avx512(S, lds, m_count, Wk, ldk, KW, N, scale, bias, out, ldo);
+  if (isa == Isa::kAvx2) return event_avx2(S, lds, m_count, Wk, ldk, KW, N, scale, bias, out, ldo);
+#endif
+  TORCH_CHECK(false, "event-driven ternary kernel needs avx2 or avx512 (got ", isa_name(isa), ")");
+}
+
+Algo select_algo(Isa isa, int64_t KW, int64_t N, double density, bool prepacked) {
+  const char* env = std::getenv("TNA_TERNARY_ALGO");
+  const bool ok = event_supported(isa, KW, N);
+  if (env != nullptr && env[0] != '\0' && std::strcmp(env, "auto") != 0) {
+    if (std::strcmp(env, "popcount") == 0) return Algo::kPopcount;
+    TORCH_CHECK(std::strcmp(env, "event") == 0,
+                "TNA_TERNARY_ALGO must be one of auto, popcount, event; got '", env, "'");
+    TORCH_CHECK(ok, "TNA_TERNARY_ALGO=event needs the avx2 or avx512 kernels and K <= 32767");
+    return Algo::kEvent;
+  }
+  if (!ok) return Algo::kPopcount;
+  // Event cost ~ density * 64 * KW * N / lanes adds per row; popcount cost ~ KW * N * ops/lanes.
+  // Building the K-major int8 copy (KW * 64 * N bytes) per call pays only while it is small; a
+  // prepacked copy (cached by the caller) lifts that limit where popcount is slow (AVX2).
+  const double kmajor_bytes = double(KW) * 64 * double(N);
+  const double limit = isa == Isa::kAvx512 ? kEventDensityAvx512 : kEventDensityAvx2;
+  const bool small = kmajor_bytes <= kEventMaxBytes || (prepacked && isa == Isa::kAvx2);
+  return (density < limit && small) ? Algo::kEvent : Algo::kPopcount;
+}
+
+double spike_density(const uint64_t* S, int64_t words, int64_t bits_total) {
+  int64_t ones = 0;
+  for (int64_t i = 0; i < words; ++i) ones += __builtin_popcountll(S[i]);
+  return bits_total > 0 ? double(ones) / double(bits_total) : 0.0;
+}
+
 namespace {
 
 // ---- float x ternary, direct kernel for small M -----------------------------------------------
 
-constexpr int64_t kDirectMaxM = 8;
+// Direct kernel up to this many rows (float32); above it, decode + torch GEMM (measured crossover).
+constexpr int64_t kDirectMaxM = 12;
 
-// y[m, n] for m < M <= 8 and n in [n0, n1): sum_k x[m, k] * c[n, k], before scale and bias.
+// acc[m * ld + n] = sum_k x[m, k] c[n, k] for all m < M and n in [n0, n1) (before scale and bias).
 void direct_scalar(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
-                   int64_t n1, float* acc /* [M, N] with ld N */, int64_t ld) {
+                   int64_t n1, float* acc, int64_t ld) {
   for (int64_t n = n0; n < n1; ++n) {
     const uint64_t* p = W + n * 2 * KW;
     const uint64_t* q = p + KW;
@@ -343,33 +503,33 @@ void direct_scalar(const float* x, int64_t M, int64_t K, const uint64_t* W, int6
 }
 
 #ifdef TNA_HAVE_X86_KERNELS
-// Two weight rows per pass so each loaded x chunk serves both; 16 lanes per k chunk.
-TNA_AVX512 void direct_avx512(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
-                              int64_t n0, int64_t n1, float* acc, int64_t ld) {
-  for (int64_t n = n0; n < n1; n += 2) {
-    const int nr = (n + 1 < n1) ? 2 : 1;
-    __m512 a[kDirectMaxM][2];
-    for (int64_t m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-      const int64_t w = k / 64, sh = k % 64;
-      const __mmask16 lanes =
-          K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
-      __mmask16 pm[2], nm[2];
-      for (int j = 0; j < nr; ++j) {
-        pm[j] = static_cast<__mmask16>(W[(n + j) * 2 * KW + w] >> sh);
-        nm[j] = static_cast<__mmask16>(W[(n + j) * 2 * KW + KW + w] >> sh);
-      }
-      for (int64_t m = 0; m < M; ++m) {
-        const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + m * K + k);
-        for (int j = 0; j < nr; ++j) {
-          a[m][j] = _mm512_mask_add_ps(a[m][j], pm[j], a[m][j], xv);
-          a[m][j] = _mm512_mask_sub_ps(a[m][j], nm[j], a[m][j], xv);
-        }
+// MR rows of x x NR weight rows; each x chunk is loaded once for NR rows and each P/N mask once
+// for MR rows. AVX-512: 16 lanes, masked add/sub under the P/N bits (mask registers).
+template <int MR, int NR>
+TNA_AVX512 inline void dk512(const float* x, int64_t K, const uint64_t* W, int64_t KW, float* acc,
+                             int64_t ld) {
+  __m512 a[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) a[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const int64_t w = k / 64, sh = k % 64;
+    const __mmask16 lanes =
+        K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
+    __mmask16 pm[NR], nm[NR];
+    for (int j = 0; j < NR; ++j) {
+      pm[j] = static_cast<__mmask16>(W[j * 2 * KW + w] >> sh);
+      nm[j] = static_cast<__mmask16>(W[j * 2 * KW + KW + w] >> sh);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + i * K + k);
+      for (int j = 0; j < NR; ++j) {
+        a[i][j] = _mm512_mask_add_ps(a[i][j], pm[j], a[i][j], xv);
+        a[i][j] = _mm512_mask_sub_ps(a[i][j], nm[j], a[i][j], xv);
       }
     }
-    for (int64_t m = 0; m < M; ++m)
-      for (int j = 0; j < nr; ++j) acc[m * ld + n + j] = _mm512_reduce_add_ps(a[m][j]);
   }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * ld + j] = _mm512_reduce_add_ps(a[i][j]);
 }
 
 TNA_AVX2 inline float hsum256(__m256 v) {
@@ -379,37 +539,124 @@ TNA_AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 8 lanes per k chunk; each byte of P/N becomes a lane mask by testing one bit per lane.
-TNA_AVX2 void direct_avx2(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
-                          int64_t n0, int64_t n1, float* acc, int64_t ld) {
-  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  for (int64_t n = n0; n < n1; n += 2) {
-    const int nr = (n + 1 < n1) ? 2 : 1;
-    __m256 a[kDirectMaxM][2];
-    for (int64_t m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-      const int64_t w = k / 64, sh = k % 64;
-      const int64_t left = K - k;
-      const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))),
-                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      __m256 pm[2], nm[2];
-      for (int j = 0; j < nr; ++j) {
-        const __m256i pb = _mm256_set1_epi32(int((W[(n + j) * 2 * KW + w] >> sh) & 0xff));
-        const __m256i nb = _mm256_set1_epi32(int((W[(n + j) * 2 * KW + KW + w] >> sh) & 0xff));
-        pm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, sel), sel));
-        nm[j] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, sel), sel));
-      }
-      for (int64_t m = 0; m < M; ++m) {
-        const __m256 xv = left >= 8 ? _mm256_loadu_ps(x + m * K + k)
-                                    : _mm256_maskload_ps(x + m * K + k, lanes);
-        for (int j = 0; j < nr; ++j) {
-          a[m][j] = _mm256_add_ps(a[m][j], _mm256_and_ps(xv, pm[j]));
-          a[m][j] = _mm256_sub_ps(a[m][j], _mm256_and_ps(xv, nm[j]));
-        }
+// AVX2: 8 lanes. A byte of weights becomes two lane masks by table lookup (256 x 8 int32 = 8 KiB,
+// L1-resident): `nz` (c != 0) and `sg` (the float sign bit where c = -1); then x * c is
+// (x ^ sg) & nz, one xor + and + add per row.
+struct MaskLut {
+  alignas(32) int32_t bits[256][8];
+  MaskLut() {
+    for (int b = 0; b < 256; ++b)
+      for (int l = 0; l < 8; ++l) bits[b][l] = ((b >> l) & 1) ? -1 : 0;
+  }
+};
+const MaskLut kMaskLut;
+
+template <int MR, int NR>
+TNA_AVX2 inline void dk256(const float* x, int64_t K, const uint64_t* W, int64_t KW, float* acc,
+                           int64_t ld) {
+  const __m256 signbit = _mm256_castsi256_ps(_mm256_set1_epi32(int32_t(0x80000000u)));
+  __m256 a[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) a[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {
+    const int64_t w = k / 64, sh = k % 64, left = K - k;
+    __m256 nz[NR], sg[NR];
+    for (int j = 0; j < NR; ++j) {
+      const unsigned pb = (W[j * 2 * KW + w] >> sh) & 0xff, nb = (W[j * 2 * KW + KW + w] >> sh) & 0xff;
+      nz[j] = _mm256_load_ps(reinterpret_cast<const float*>(kMaskLut.bits[pb | nb]));
+      sg[j] = _mm256_and_ps(_mm256_load_ps(reinterpret_cast<const float*>(kMaskLut.bits[nb])), signbit);
+    }
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = left >= 8 ? _mm256_loadu_ps(x + i * K + k) : _mm256_maskload_ps(x + i * K + k, lanes);
+      for (int j = 0; j < NR; ++j) {
+        a[i][j] = _mm256_add_ps(a[i][j], _mm256_and_ps(_mm256_xor_ps(xv, sg[j]), nz[j]));
       }
     }
-    for (int64_t m = 0; m < M; ++m)
-      for (int j = 0; j < nr; ++j) acc[m * ld + n + j] = hsum256(a[m][j]);
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * ld + j] = hsum256(a[i][j]);
+}
+
+// Drivers: row groups of up to 4 (AVX-512) / 2 (AVX2) x weight-row groups of 4 (or 1 at the edge).
+template <int MR>
+TNA_AVX512 void direct512_rows(const float* x, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
+                               int64_t n1, float* acc, int64_t ld) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) dk512<MR, 4>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+  for (; n < n1; ++n) dk512<MR, 1>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+}
+
+TNA_AVX512 void direct_avx512(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
+                              int64_t n0, int64_t n1, float* acc, int64_t ld) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) direct512_rows<4>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
+  switch (M - m) {
+    case 3: direct512_rows<3>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 2: direct512_rows<2>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 1: direct512_rows<1>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    default: break;
+  }
+}
+
+template <int MR>
+TNA_AVX2 void direct256_rows(const float* x, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
+                             int64_t n1, float* acc, int64_t ld) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) dk256<MR, 2>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+  for (; n < n1; ++n) dk256<MR, 1>(x, K, W + n * 2 * KW, KW, acc + n, ld);
+}
+
+TNA_AVX2 void direct_avx2(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW,
+                          int64_t n0, int64_t n1, float* acc, int64_t ld) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) direct256_rows<4>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld);
+  switch (M - m) {
+    case 3: direct256_rows<3>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 2: direct256_rows<2>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    case 1: direct256_rows<1>(x + m * K, K, W, KW, n0, n1, acc + m * ld, ld); break;
+    default: break;
+  }
+}
+
+// Fast float32 decode of rows [r0, r1) of packed [rows, 2, KW] into out [rows, K]: two blends per
+// 16 (AVX-512) or 8 (AVX2) codes.
+// Columns [k0, k1) of each row go to out[r * ldo + (k - k0)]; k0 is a multiple of 64.
+TNA_AVX512 void decode_f32_avx512(const uint64_t* W, int64_t KW, int64_t k0, int64_t K, int64_t r0,
+                                  int64_t r1, float* out, int64_t ldo) {
+  const __m512 one = _mm512_set1_ps(1.f), mone = _mm512_set1_ps(-1.f), zero = _mm512_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint64_t* p = W + r * 2 * KW;
+    float* o = out + r * ldo - k0;
+    for (int64_t k = k0; k < K; k += 16) {
+      const __mmask16 lanes = K - k >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
+      const __mmask16 pm = static_cast<__mmask16>(p[k / 64] >> (k % 64));
+      const __mmask16 nm = static_cast<__mmask16>(p[KW + k / 64] >> (k % 64));
+      const __m512 v = _mm512_mask_blend_ps(nm, _mm512_mask_blend_ps(pm, zero, one), mone);
+      _mm512_mask_storeu_ps(o + k, lanes, v);
+    }
+  }
+}
+
+TNA_AVX2 void decode_f32_avx2(const uint64_t* W, int64_t KW, int64_t k0, int64_t K, int64_t r0,
+                              int64_t r1, float* out, int64_t ldo) {
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 one = _mm256_set1_ps(1.f), mone = _mm256_set1_ps(-1.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint64_t* p = W + r * 2 * KW;
+    float* o = out + r * ldo - k0;
+    int64_t k = k0;
+    for (; k + 8 <= K; k += 8) {
+      const __m256i pb = _mm256_set1_epi32(int((p[k / 64] >> (k % 64)) & 0xff));
+      const __m256i nb = _mm256_set1_epi32(int((p[KW + k / 64] >> (k % 64)) & 0xff));
+      const __m256 pm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, sel), sel));
+      const __m256 nm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, sel), sel));
+      _mm256_storeu_ps(o + k, _mm256_or_ps(_mm256_and_ps(pm, one), _mm256_and_ps(nm, mone)));
+    }
+    for (; k < K; ++k) {
+      o[k] = float(int((p[k / 64] >> (k % 64)) & 1) - int((p[KW + k / 64] >> (k % 64)) & 1));
+    }
   }
 }
 #endif
@@ -421,10 +668,36 @@ at::Tensor decode(const at::Tensor& pw, int64_t N, int64_t K, at::ScalarType dty
   return d;
 }
 
-void apply_epilogue(at::Tensor& y, const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
-  // Two separate roundings, as in the reference: (acc * scale) + bias.
-  y.mul_(scale.to(y.scalar_type()));
-  if (bias.has_value()) y.add_(bias->to(y.scalar_type()));
+// float32 x @ c^T for the GEMM path: the codes are decoded in K-blocks of ~2 MiB (cache-resident)
+// and accumulated with addmm (few blocks: each is a parallel region), so the decode stays in cache.
+at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, int64_t K) {
+#ifdef TNA_HAVE_X86_KERNELS
+  const Isa isa = select_isa();
+  if (isa != Isa::kScalar) {
+    const auto* wp = reinterpret_cast<const uint64_t*>(pw.const_data_ptr<int64_t>());
+    const int64_t KW = words_for(K);
+    const int64_t kb = std::min(words_for(K) * 64, std::max<int64_t>(64, (524288 / N) / 64 * 64));
+    at::Tensor buf = at::empty({N, kb}, x2.options());
+    at::Tensor y;
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+      const int64_t k1 = std::min(K, k0 + kb);
+      float* o = buf.mutable_data_ptr<float>();
+      at::parallel_for(0, N, std::max<int64_t>(1, 16384 / kb), [&](int64_t r0, int64_t r1) {
+        if (isa == Isa::kAvx512) return decode_f32_avx512(wp, KW, k0, k1, r0, r1, o, kb);
+        decode_f32_avx2(wp, KW, k0, k1, r0, r1, o, kb);
+      });
+      const at::Tensor wb = buf.narrow(1, 0, k1 - k0).t();
+      const at::Tensor xb = x2.narrow(1, k0, k1 - k0);
+      if (k0 == 0) {
+        y = at::mm(xb, wb);
+      } else {
+        y.addmm_(xb, wb);
+      }
+    }
+    return y;
+  }
+#endif
+  return at::mm(x2, decode(pw, N, K, at::kFloat).t());
 }
 
 int64_t check_linear_weight(const at::Tensor& packed_w, int64_t K, const at::Tensor& scale,
@@ -448,7 +721,8 @@ std::vector<int64_t> out_shape(at::IntArrayRef in, int64_t last) {
 
 at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
                                     const at::Tensor& scale, const std::optional<at::Tensor>& bias,
-                                    int64_t K, int64_t version) {
+                                    int64_t K, int64_t version,
+                                    const std::optional<at::Tensor>& kmajor) {
   const int64_t N = check_linear_weight(packed_w, K, scale, bias, version);
   TNA_CHECK_CPU(spike_bits);
   TORCH_CHECK(spike_bits.scalar_type() == at::kLong,
@@ -469,6 +743,16 @@ at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tens
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();
+  if (kmajor.has_value()) check_kmajor(*kmajor, KW, N);
+  const Algo algo = select_algo(isa, KW, N, spike_density(sp, M * KW, M * K), kmajor.has_value());
+  if (algo == Algo::kEvent) {
+    const at::Tensor wk = kmajor.has_value() ? *kmajor : kmajor_codes(wp, N, KW);
+    const int8_t* wkp = wk.const_data_ptr<int8_t>();
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      event_gemm_rows(isa, sp + m0 * KW, KW, m1 - m0, wkp, wk.size(1), KW, N, scp, bp, yp + m0 * N, N);
+    });
+    return y;
+  }
   // Tiles: 64 rows of spikes x 64 weight rows (64 x 2 x KW words); small M splits over N only.
   const int64_t tm = 64, tn = 64;
   const int64_t mt = (M + tm - 1) / tm, nt = (N + tn - 1) / tn;
@@ -502,7 +786,7 @@ at::Tensor ternary_linear_cpu(const at::Tensor& x, const at::Tensor& packed_w, c
     float* yp = y.mutable_data_ptr<float>();
     const Isa isa = select_isa();
     const int64_t KW = words_for(K);
-    at::parallel_for(0, N, std::max<int64_t>(2, 8192 / (K * M) * 2), [&](int64_t n0, int64_t n1) {
+    at::parallel_for(0, N, std::max<int64_t>(4, 65536 / (K * M) * 4), [&](int64_t n0, int64_t n1) {
 #ifdef TNA_HAVE_X86_KERNELS
       if (isa == Isa::kAvx512) return direct_avx512(xp, M, K, wp, KW, n0, n1, yp, N);
       if (isa == Isa::kAvx2) return direct_avx2(xp, M, K, wp, KW, n0, n1, yp, N);
@@ -510,9 +794,9 @@ at::Tensor ternary_linear_cpu(const at::Tensor& x, const at::Tensor& packed_w, c
       direct_scalar(xp, M, K, wp, KW, n0, n1, yp, N);
     });
   } else {
-    y = at::mm(x2, decode(Wt, N, K, acc_t).t());
+    y = acc_t == at::kFloat ? mm_codes_f32(x2, Wt, N, K) : at::mm(x2, decode(Wt, N, K, acc_t).t());
   }
-  apply_epilogue(y, scale, bias);
+  scale_bias_(y, 1, scale, bias);
   return y.to(x.scalar_type()).reshape(out_shape(x.sizes(), N));
 }
 

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "../common.h"
 #include "ternary.h"
@@ -51,6 +52,59 @@ void check_scale_bias(const at::Tensor& scale, const std::optional<at::Tensor>& 
 namespace {
 
 constexpr int64_t kNoBad = std::numeric_limits<int64_t>::max();
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TNA_HAVE_PACK_AVX2 1
+#include <immintrin.h>
+
+bool has_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+  }();
+  return yes;
+}
+
+// 8x8 bit-matrix transpose: bit (r, c) at 8r + c moves to 8c + r (Hacker's Delight 7-3).
+inline uint64_t transpose8x8(uint64_t x) {
+  uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
+  x ^= t ^ (t << 7);
+  t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCULL;
+  x ^= t ^ (t << 14);
+  t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ULL;
+  x ^= t ^ (t << 28);
+  return x;
+}
+
+// float32 spikes packed across planes: src points at channel 64 i of the word, plane stride P;
+// `len` channels (<= 64) x `np` pixels (multiple of 8) -> buf[p] |= bit (channel - 64 i). Eight
+// pixels at a time: compare + movemask gives one byte per channel (bit = pixel), and an 8x8 bit
+// transpose turns 8 such bytes into one byte per pixel (bit = channel). Returns false on a value
+// other than 0 and 1.
+__attribute__((target("avx2"))) bool pack_f32_planes_avx2(const float* src, int64_t P, int64_t len,
+                                                           int64_t np, uint64_t* buf) {
+  const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+  int bad = 0;
+  for (int64_t p = 0; p < np; p += 8) {
+    uint64_t word[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t g = 0; g * 8 < len; ++g) {
+      uint64_t x = 0;
+      const int64_t cmax = std::min<int64_t>(8, len - g * 8);
+      for (int64_t cc = 0; cc < cmax; ++cc) {
+        const __m256 v = _mm256_loadu_ps(src + (g * 8 + cc) * P + p);
+        const __m256 is1 = _mm256_cmp_ps(v, one, _CMP_EQ_OQ);
+        const __m256 is0 = _mm256_cmp_ps(v, zero, _CMP_EQ_OQ);
+        bad |= _mm256_movemask_ps(_mm256_or_ps(is0, is1)) ^ 0xff;
+        x |= uint64_t(_mm256_movemask_ps(is1)) << (8 * cc);
+      }
+      x = transpose8x8(x);
+      for (int q = 0; q < 8; ++q) word[q] |= ((x >> (8 * q)) & 0xff) << (8 * g);
+    }
+    for (int q = 0; q < 8; ++q) buf[p + q] = word[q];
+  }
+  return bad == 0;
+}
+#endif
 
 void record_bad(std::atomic<int64_t>& first, int64_t idx) {
   int64_t cur = first.load();
@@ -180,48 +234,94 @@ bool is_binary(T v) {
   return v == T(0) || v == T(1);
 }
 
-at::Tensor pack_spikes_cpu(const at::Tensor& spikes) {
+// Packs along `dim` (moved last in the output): spikes viewed as [A, K, P] (P = the elements after
+// dim). P == 1 packs each contiguous row; otherwise 64 planes of P contiguous values are OR-ed into
+// P words at a time (vectorises over P), so NCHW inputs pack along C without a transpose copy.
+at::Tensor pack_spikes_cpu(const at::Tensor& spikes, int64_t dim) {
   TNA_CHECK_CPU(spikes);
-  TORCH_CHECK(spikes.dim() >= 1 && spikes.size(-1) >= 1,
-              "spikes must have shape [..., K] with K >= 1 (packing runs along the last axis), got ",
-              spikes.sizes());
+  TORCH_CHECK(spikes.dim() >= 1, "spikes must have at least one dimension");
+  TORCH_CHECK(dim >= -spikes.dim() && dim < spikes.dim(), "dim must be in [", -spikes.dim(), ", ",
+              spikes.dim() - 1, "], got ", dim);
+  if (dim < 0) dim += spikes.dim();
+  TORCH_CHECK(spikes.size(dim) >= 1, "spikes must have a non-empty packing axis (dim ", dim,
+              "), got shape ", spikes.sizes());
   TORCH_CHECK(!spikes.is_complex(), "spikes must be a real or bool tensor of 0/1 values, got ",
               spikes.scalar_type());
   const at::Tensor s = spikes.contiguous();
-  const int64_t K = s.size(-1), rows = s.numel() / K, KW = words_for(K);
-  at::Tensor out = at::empty(packed_shape(s.sizes(), 0), s.options().dtype(at::kLong));
+  const int64_t K = s.size(dim), KW = words_for(K);
+  int64_t A = 1, P = 1;
+  std::vector<int64_t> shape;
+  for (int64_t d = 0; d < s.dim(); ++d) {
+    if (d < dim) A *= s.size(d);
+    if (d > dim) P *= s.size(d);
+    if (d != dim) shape.push_back(s.size(d));
+  }
+  shape.push_back(KW);
+  at::Tensor out = at::empty(shape, s.options().dtype(at::kLong));
   uint64_t* op = reinterpret_cast<uint64_t*>(out.mutable_data_ptr<int64_t>());
   std::atomic<int64_t> bad{kNoBad};
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, s.scalar_type(), "pack_spikes", [&] {
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / K), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const scalar_t* row = sp + r * K;
-        for (int64_t i = 0; i < KW; ++i) {
-          const int64_t len = std::min<int64_t>(64, K - i * 64);
-          uint64_t word = 0;
-          bool ok = true;
-          for (int64_t j = 0; j < len; ++j) {
-            const scalar_t v = row[i * 64 + j];
-            ok &= is_binary(v);
-            word |= uint64_t(v == scalar_t(1)) << j;
-          }
-          op[r * KW + i] = word;
-          if (!ok) {
+    if (P == 1) {
+      at::parallel_for(0, A, std::max<int64_t>(1, 32768 / K), [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const scalar_t* row = sp + r * K;
+          for (int64_t i = 0; i < KW; ++i) {
+            const int64_t len = std::min<int64_t>(64, K - i * 64);
+            uint64_t word = 0;
+            bool ok = true;
             for (int64_t j = 0; j < len; ++j) {
-              if (!is_binary(row[i * 64 + j])) {
-                record_bad(bad, r * K + i * 64 + j);
-                break;
-              }
+              const scalar_t v = row[i * 64 + j];
+              ok &= is_binary(v);
+              word |= uint64_t(v == scalar_t(1)) << j;
             }
+            op[r * KW + i] = word;
+            if (!ok) record_bad(bad, r * K + i * 64);
           }
         }
-      }
-    });
+      });
+    } else {
+      constexpr int64_t kBlockP = 512;
+      const int64_t pb = (P + kBlockP - 1) / kBlockP;
+      at::parallel_for(0, A * KW * pb, 1, [&](int64_t b, int64_t e) {
+        uint64_t buf[kBlockP];
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t a = t / (KW * pb), i = (t / pb) % KW, p0 = (t % pb) * kBlockP;
+          const int64_t np = std::min(kBlockP, P - p0);
+          const int64_t len = std::min<int64_t>(64, K - i * 64);
+          for (int64_t p = 0; p < np; ++p) buf[p] = 0;
+          bool ok = true;
+          int64_t done = 0;  // pixels handled by the AVX2 float path
+#ifdef TNA_HAVE_PACK_AVX2
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (has_avx2()) {
+              done = np / 8 * 8;
+              ok = pack_f32_planes_avx2(reinterpret_cast<const float*>(sp) + (a * K + i * 64) * P + p0,
+                                        P, len, done, buf);
+            }
+          }
+#endif
+          for (int64_t j = 0; j < len && done < np; ++j) {
+            const scalar_t* src = sp + (a * K + i * 64 + j) * P + p0;
+            for (int64_t p = done; p < np; ++p) {
+              ok &= is_binary(src[p]);
+              buf[p] |= uint64_t(src[p] == scalar_t(1)) << j;
+            }
+          }
+          for (int64_t p = 0; p < np; ++p) op[(a * P + p0 + p) * KW + i] = buf[p];
+          if (!ok) record_bad(bad, (a * K + i * 64) * P + p0);
+        }
+      });
+    }
     if (bad.load() != kNoBad) {
-      const int64_t i = bad.load();
-      TORCH_CHECK(false, "spikes must contain only 0 and 1; found ",
-                  static_cast<double>(sp[i]), " at flat index ", i);
+      // Locate the first offending element (in memory order) for the message.
+      const int64_t n = s.numel();
+      for (int64_t i = 0; i < n; ++i) {
+        if (!is_binary(sp[i])) {
+          TORCH_CHECK(false, "spikes must contain only 0 and 1; found ", static_cast<double>(sp[i]),
+                      " at flat index ", i);
+        }
+      }
     }
   });
   return out;
@@ -365,6 +465,55 @@ void check_packed_rows(const at::Tensor& packed, int64_t rows, int64_t K, const 
   const int64_t bad = first_bad_packed_row(wp, rows, K);
   TORCH_CHECK(bad < 0, name, " is not valid format-v1 data: row ", bad,
               " has a bit set in both the P and N planes or a padding bit (k >= K) set");
+}
+
+namespace {
+TNA_MULTIVERSION void epilogue_block(float* __restrict y, int64_t inner, float s, float b, bool has_b) {
+  if (has_b) {
+    for (int64_t i = 0; i < inner; ++i) y[i] = y[i] * s + b;  // two roundings (-ffp-contract=off)
+  } else {
+    for (int64_t i = 0; i < inner; ++i) y[i] = y[i] * s;
+  }
+}
+}  // namespace
+
+void scale_bias_(at::Tensor& y, int64_t channel_dim, const at::Tensor& scale,
+                 const std::optional<at::Tensor>& bias) {
+  const int64_t N = y.size(channel_dim);
+  if (y.scalar_type() != at::kFloat || !y.is_contiguous()) {
+    std::vector<int64_t> shape(y.dim(), 1);
+    shape[channel_dim] = N;
+    y.mul_(scale.to(y.scalar_type()).view(shape));
+    if (bias.has_value()) y.add_(bias->to(y.scalar_type()).view(shape));
+    return;
+  }
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < channel_dim; ++d) outer *= y.size(d);
+  for (int64_t d = channel_dim + 1; d < y.dim(); ++d) inner *= y.size(d);
+  float* yp = y.mutable_data_ptr<float>();
+  const at::Tensor sc = scale.contiguous();
+  const at::Tensor bb = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const float* sp = sc.const_data_ptr<float>();
+  const float* bp = bias.has_value() ? bb.const_data_ptr<float>() : nullptr;
+  if (inner == 1) {  // channels last: scale/bias vary along the contiguous axis
+    at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / N), [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        float* row = yp + o * N;
+        if (bp != nullptr) {
+          for (int64_t n = 0; n < N; ++n) row[n] = row[n] * sp[n] + bp[n];
+        } else {
+          for (int64_t n = 0; n < N; ++n) row[n] = row[n] * sp[n];
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, outer * N, std::max<int64_t>(1, 16384 / inner), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r % N;
+      epilogue_block(yp + r * inner, inner, sp[n], bp ? bp[n] : 0.f, bp != nullptr);
+    }
+  });
 }
 
 TORCH_LIBRARY_IMPL(tna, CPU, m) {

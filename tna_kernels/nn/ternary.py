@@ -114,7 +114,13 @@ class _PackedBase(nn.Module):
 
     @property
     def packed(self) -> PackedTernary:
-        return PackedTernary(self.words, self.scale, self.K, self.bias, int(self.format_version))
+        # One PackedTernary per module state, so backend caches (PackedTernary.kmajor) persist
+        # across calls; dropped whenever the buffers move or are reloaded.
+        p = self.__dict__.get("_packed_obj")
+        if p is None or p.words is not self.words or p.scale is not self.scale or p.bias is not self.bias:
+            p = PackedTernary(self.words, self.scale, self.K, self.bias, int(self.format_version))
+            self.__dict__["_packed_obj"] = p
+        return p
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -123,6 +129,7 @@ class _PackedBase(nn.Module):
             error_msgs.append(f"{prefix}format_version: this build reads packed ternary format "
                               f"v{FORMAT_VERSION} only, got v{int(v)}")
             return
+        self.__dict__.pop("_packed_obj", None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

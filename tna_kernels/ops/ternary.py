@@ -24,7 +24,7 @@ Packed ternary format, version 1 (the contract; docs/FORMAT.md repeats it with a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ class PackedTernary:
     K: int
     bias: Tensor | None = None
     version: int = FORMAT_VERSION
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.version != FORMAT_VERSION:
@@ -103,6 +104,20 @@ class PackedTernary:
         c = self.codes().to(dtype)
         return c * self.scale.to(dtype).reshape((-1,) + (1,) * (c.dim() - 1))
 
+    def kmajor(self) -> Tensor | None:
+        """Backend-private K-major int8 copy of the codes for the CPU event-driven spike kernels
+        (``tna::ternary_kmajor``), built once and cached on this object; never serialised. It holds
+        ``K_padded x ceil(N/128)*128`` bytes (about 4x the packed words). None where it cannot be
+        used (non-CPU tensors, the scalar kernels, or more than 32767 inputs)."""
+        if self.words.device.type != "cpu" or self.words.shape[-1] * 64 * (
+                self.words.shape[1] * self.words.shape[2] if self.is_conv else 1) > 32767:
+            return None
+        if torch.ops.tna.ternary_cpu_isa() == "scalar":
+            return None
+        if "kmajor" not in self._cache:
+            self._cache["kmajor"] = torch.ops.tna.ternary_kmajor(self.words, self.K, self.version)
+        return self._cache["kmajor"]
+
     def to(self, device) -> PackedTernary:
         return PackedTernary(self.words.to(device), self.scale.to(device), self.K,
                              None if self.bias is None else self.bias.to(device), self.version)
@@ -141,8 +156,10 @@ def _unpack_ternary_fake(packed, K, version):
 
 
 @torch.library.register_fake("tna::pack_spikes")
-def _pack_spikes_fake(spikes):
-    return spikes.new_empty((*spikes.shape[:-1], words_for(spikes.shape[-1])), dtype=torch.int64)
+def _pack_spikes_fake(spikes, dim=-1):
+    d = dim % spikes.dim()
+    shape = [n for i, n in enumerate(spikes.shape) if i != d]
+    return spikes.new_empty((*shape, words_for(spikes.shape[d])), dtype=torch.int64)
 
 
 @torch.library.register_fake("tna::unpack_spikes")
@@ -170,8 +187,16 @@ def _ternary_linear_grad_input_fake(grad_y, packed_w, scale, K, version):
     return grad_y.new_empty((*grad_y.shape[:-1], K))
 
 
+@torch.library.register_fake("tna::ternary_kmajor")
+def _ternary_kmajor_fake(packed_w, K, version):
+    _check_version(version)
+    taps = packed_w.shape[1] * packed_w.shape[2] if packed_w.dim() == 5 else 1
+    ld = (packed_w.shape[0] + 127) // 128 * 128
+    return packed_w.new_empty((taps * packed_w.shape[-1] * 64, ld), dtype=torch.int8)
+
+
 @torch.library.register_fake("tna::spike_ternary_linear")
-def _spike_ternary_linear_fake(spike_bits, packed_w, scale, bias, K, version):
+def _spike_ternary_linear_fake(spike_bits, packed_w, scale, bias, K, version, kmajor=None):
     _check_version(version)
     return spike_bits.new_empty((*spike_bits.shape[:-1], packed_w.shape[0]), dtype=torch.float32)
 
@@ -195,7 +220,8 @@ def _ternary_conv2d_grad_input_fake(grad_y, packed_w, scale, input_size, stride,
 
 
 @torch.library.register_fake("tna::spike_ternary_conv2d")
-def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version):
+def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version,
+                               kmajor=None):
     _check_version(version)
     oh, ow = _conv_out(spike_bits.shape[1], spike_bits.shape[2], packed_w.shape[1:3], stride, padding, dilation)
     return torch.empty((spike_bits.shape[0], packed_w.shape[0], oh, ow), dtype=torch.float32,
@@ -252,3 +278,16 @@ def conv_geometry(stride, padding, dilation) -> tuple[list[int], list[int], list
             raise ValueError(f"{name} must be an int or a pair of ints >= {lo}, got {v!r}")
         out.append(pair)
     return tuple(out)
+
+
+if HAS_TRITON:
+    from ..triton import ternary as _triton_ternary
+
+    # CUDA tensors: Triton kernels (the spike/float GEMMs, packing, fused quantise-and-pack); float
+    # conv and the input gradients decode with Triton and convolve/multiply with torch.
+    for _name in _triton_ternary.CUDA_OPS:
+        torch.library.register_kernel(f"tna::{_name}", "cuda", getattr(_triton_ternary, _name))
+        CUDA_BACKENDS[_name] = "triton"
+    for _name in ("ternary_conv2d", "ternary_conv2d_grad_input", "ternary_linear_grad_input",
+                  "unpack_spikes"):
+        CUDA_BACKENDS[_name] = "triton+torch" if _name != "unpack_spikes" else "torch"
