@@ -24,14 +24,16 @@ def tables(data: dict, ours: str = "tna") -> str:
     for group, rows in groups.items():
         by = {r["extra_info"].get("provider", r["name"]): r for r in rows}
         base = by.get(ours)
-        lines += [f"**{group}**", "", "| provider | median ms | min ms | ours is × faster | GB/s |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [f"**{group}**", "", "| provider | median ms | min ms | ours is × faster | GB/s | items/s |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for prov, r in by.items():
             med, mn = r["stats"]["median"], r["stats"]["min"]
             ratio = f"{med / base['stats']['median']:.2f}" if base is not None else "-"
             nbytes = r["extra_info"].get("bytes")
             bw = f"{nbytes / med / 1e9:.1f}" if nbytes else "-"
-            lines.append(f"| {prov} | {med * 1e3:.2f} | {mn * 1e3:.2f} | {ratio} | {bw} |")
+            items = r["extra_info"].get("images")
+            rate = f"{items / med:.1f}" if items else "-"
+            lines.append(f"| {prov} | {med * 1e3:.2f} | {mn * 1e3:.2f} | {ratio} | {bw} | {rate} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -157,3 +157,18 @@ def test_cli_end_to_end(tmp_path):
     assert bad.returncode == 2 and "unknown config key 'optim.nope'" in bad.stderr
     meta = json.loads(base.read_text())["meta"]
     assert meta["model_config"]["arch"] == "digits"
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (
+    __import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")))
+def test_shipped_configs_load_and_build(path):
+    from pathlib import Path
+
+    from tna_kernels.models import build_model
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / path)
+    shapes = {"digits": (1, 8, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
+              "cifar10_dvs": (2, cfg["data"]["options"].get("size", 128), 10)}
+    c, size, classes = shapes[cfg["data"]["name"]]
+    model = build_model({**cfg["model"], "in_channels": c, "input_size": size, "num_classes": classes})
+    assert sum(p.numel() for p in model.parameters()) > 0
