@@ -172,3 +172,26 @@ def test_shipped_configs_load_and_build(path):
     c, size, classes = shapes[cfg["data"]["name"]]
     model = build_model({**cfg["model"], "in_channels": c, "input_size": size, "num_classes": classes})
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_planted_pickle_is_refused_and_never_executed(tmp_path):
+    import hashlib
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    weights = tmp_path / "ckpt.safetensors"
+    weights.write_bytes(pickle.dumps({"base": Evil()}))
+    doc = {"format": checkpoint.FORMAT, "tensors_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+           "meta": {}, "state": {}}
+    (tmp_path / "ckpt.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        checkpoint.load(tmp_path / "ckpt.json")
+    with pytest.raises(Exception):
+        load_packed(weights)
+    assert not marker.exists()

@@ -95,5 +95,8 @@ def load(path: str | Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path} is not a tna_kernels checkpoint (format {doc.get('format')!r})")
     if _sha256(weights) != doc.get("tensors_sha256"):
         raise CheckpointError(f"{weights} does not match the checksum in {path.name}: truncated or corrupted")
-    tensors = load_file(str(weights))
+    try:
+        tensors = load_file(str(weights))  # safetensors: a header + raw bytes, never executes code
+    except Exception as exc:  # safetensors raises its own error type for malformed files
+        raise CheckpointError(f"{weights} is not a valid safetensors file: {exc}") from exc
     return join_tensors(doc["state"], tensors), doc.get("meta", {})
