@@ -19,7 +19,7 @@ PYTEST_OK = rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "$(TRITON_SPEC)" numpy ninja "setuptools>=64" wheel pytest pytest-benchmark expecttest scikit-learn pillow pyyaml safetensors matplotlib tqdm
+	$(PIP) install -q "$(TRITON_SPEC)" numpy ninja "setuptools>=64" wheel pytest pytest-benchmark expecttest scikit-learn pillow pyyaml safetensors matplotlib tqdm nir
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(CSRC)

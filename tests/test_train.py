@@ -153,6 +153,10 @@ def test_cli_end_to_end(tmp_path):
     out = subprocess.run(run + ["export", str(base), "--out", str(tmp_path / "p.safetensors")],
                          capture_output=True, text=True, check=True).stdout
     assert "wrote" in out and (tmp_path / "p.safetensors").is_file()
+    pytest.importorskip("nir")
+    out = subprocess.run(run + ["export", str(base), "--format", "nir", "--out", str(tmp_path / "m.nir")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "NIR graph" in out and (tmp_path / "m.nir").is_file()
     bad = subprocess.run(run + ["train", "--config", str(cfg), "optim.nope=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown config key 'optim.nope'" in bad.stderr
     meta = json.loads(base.read_text())["meta"]

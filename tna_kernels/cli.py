@@ -2,7 +2,7 @@
 
     tna train --config configs/digits_tna.yaml [key=value ...] [--resume auto|PATH]
     tna eval runs/digits_tna/base.json [--split val|test]
-    tna export runs/digits_tna/base.json --format packed [--out model.packed]
+    tna export runs/digits_tna/base.json --format packed|nir [--out FILE]
     tna report runs/digits_tna/base.json
     tna compare runs/digits_baseline runs/digits_tna --out compare.png
     tna info
@@ -49,6 +49,12 @@ def _export(args) -> int:
     from .train.trainer import load_model
 
     model = load_model(args.checkpoint)
+    if args.format == "nir":
+        from .train.nir_export import export_nir
+
+        out = export_nir(model, Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".nir"))
+        print(f"wrote {out} (NIR graph; read it with nir.read)")
+        return 0
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".packed.safetensors")
     info = export_packed(model, out)
     print(f"wrote {out} ({info['file_bytes']:,} bytes; float32 weights would be {info['fp32_bytes']:,} bytes, "
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export the base model")
     x.add_argument("checkpoint")
-    x.add_argument("--format", default="packed", choices=["packed"])
+    x.add_argument("--format", default="packed", choices=["packed", "nir"])
     x.add_argument("--out", default=None)
     x.set_defaults(fn=_export)
 
