@@ -42,7 +42,8 @@ class PackedSpikingVGG(nn.Module):
         self.ops = ops
         self.modules_ = nn.ModuleList(m for kind, m in ops if kind != "pool")
         self.channels = channels
-        self.classifier = model.classifier
+        # A ternary readout is frozen in packed form too (same arithmetic as its eval path).
+        self.classifier = model.classifier.pack() if hasattr(model.classifier, "pack") else model.classifier
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.in_channels, "PackedSpikingVGG")

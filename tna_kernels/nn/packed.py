@@ -50,10 +50,19 @@ class PackedLIFConv2d(nn.Module):
         self.register_buffer("scale", p.scale.detach().clone())
         self.register_buffer("bias", p.bias.detach().clone())
         self.register_buffer("format_version", torch.tensor(FORMAT_VERSION))
+        self._packed: PackedTernary | None = None
+
+    @property
+    def packed(self) -> PackedTernary:
+        """The weight as a :class:`PackedTernary`, built once (it caches backend tile layouts)
+        and rebuilt when the buffers are replaced (``.to()``, ``load_state_dict``)."""
+        p = self._packed
+        if p is None or p.words is not self.words or p.scale is not self.scale or p.bias is not self.bias:
+            p = self._packed = PackedTernary(self.words, self.scale, self.K, self.bias, int(self.format_version))
+        return p
 
     def forward(self, bits: Tensor, T: int) -> Tensor:
-        packed = PackedTernary(self.words, self.scale, self.K, self.bias, int(self.format_version))
-        y = F.spike_ternary_conv2d(bits, packed, self.stride, self.padding, self.dilation)
+        y = F.spike_ternary_conv2d(bits, self.packed, self.stride, self.padding, self.dilation)
         y = y.permute(0, 2, 3, 1)  # channels-last memory: a free view [T·B, H', W', C']
         s = F.lif(y.unflatten(0, (T, y.shape[0] // T)), **self.neuron_kwargs)
         return F.pack_spikes(s.flatten(0, 1), dim=-1)
