@@ -16,9 +16,26 @@ import sys
 from pathlib import Path
 
 
+def _launch_torchrun(args) -> int:
+    """Re-runs this training command under torchrun with ``--nproc`` processes on this machine."""
+    import subprocess
+
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--nproc")
+    del argv[i:i + 2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "--max-restarts", str(args.max_restarts), "-m", "tna_kernels.cli", *argv]
+    if "--resume" not in argv:
+        cmd += ["--resume", "auto"]  # a restarted worker group continues from the last checkpoint
+    return subprocess.call(cmd)
+
+
 def _train(args) -> int:
     from .train import Trainer, load_config
+    from .train.distributed import teardown
 
+    if args.nproc and args.nproc > 1:
+        return _launch_torchrun(args)
     overrides = list(args.overrides)
     if args.limit is not None:
         overrides += [f"train.limit_batches={args.limit}", f"train.limit_eval_batches={args.limit}"]
@@ -28,7 +45,16 @@ def _train(args) -> int:
         overrides.append("data.download=true")
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg)
-    last = trainer.fit(resume=args.resume)
+    try:
+        last = trainer.fit(resume=args.resume)
+    finally:
+        teardown(trainer.dist)
+    if not trainer.dist.main:
+        return 0
+    if last.get("preempted"):
+        print(f"{cfg['name']}: stopped by signal in epoch {last['epoch'] + 1} after batch {last['batch']}; "
+              f"checkpoint written, continue with --resume auto")
+        return 0
     print(f"{cfg['name']}: epoch {last.get('epoch')} val_acc {last.get('val_acc', float('nan')):.4f}"
           + (f" twin_val_acc {last['twin_val_acc']:.4f}" if "twin_val_acc" in last else "")
           + f"; best {trainer.best_acc:.4f}; outputs in {trainer.out}")
@@ -115,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=None, help="cap on batches per epoch (smoke runs)")
     t.add_argument("--out", default=None, help="output root (default: the config's out_dir)")
     t.add_argument("--download", action="store_true", help="fetch the dataset if it is missing")
+    t.add_argument("--nproc", type=int, default=None, help="processes on this machine (runs torchrun)")
+    t.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts of a failed worker group")
     t.set_defaults(fn=_train)
 
     e = sub.add_parser("eval", help="accuracy of a checkpoint's base model")

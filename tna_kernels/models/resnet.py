@@ -17,9 +17,10 @@ LAYOUTS = {  # (stem width, ((width, blocks, stride), ...))
 class BasicBlock(nn.Module):
     """spikes → conv-BN-LIF → conv-BN (+ shortcut conv-BN or identity) → LIF → spikes."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, ternary: bool, method: str, neuron: dict):
+    def __init__(self, c_in: int, c_out: int, stride: int, ternary: bool, method: str, neuron: dict,
+                 bn: bool = True):
         super().__init__()
-        opts = dict(bias=False, ternary=ternary, method=method)
+        opts = dict(bias=not bn, bn=bn, ternary=ternary, method=method)
         self.conv1 = TernaryLIFConv2d(c_in, c_out, 3, stride, 1, **opts, **neuron)
         self.conv2 = TernaryLIFConv2d(c_out, c_out, 3, 1, 1, lif=False, **opts)
         self.shortcut = (TernaryLIFConv2d(c_in, c_out, 1, stride, 0, lif=False, **opts)
@@ -37,25 +38,25 @@ class SpikingResNet(nn.Module):
     def __init__(self, arch: str = "resnet19", in_channels: int = 3, num_classes: int = 10,
                  input_size: int = 32, T: int = 4, ternary: bool = True, first_layer_fp: bool = True,
                  last_layer_fp: bool = False, width_mult: float = 1.0, method: str = "twn",
-                 neuron: dict | None = None):
+                 neuron: dict | None = None, bn: bool = True):
         super().__init__()
         if arch not in LAYOUTS:
             raise ValueError(f"arch must be one of {sorted(LAYOUTS)}, got {arch!r}")
         self.config = dict(name="resnet", arch=arch, in_channels=in_channels, num_classes=num_classes,
                            input_size=input_size, T=T, ternary=ternary, first_layer_fp=first_layer_fp,
                            last_layer_fp=last_layer_fp, width_mult=width_mult, method=method,
-                           neuron=dict(neuron or {}))
+                           neuron=dict(neuron or {}), bn=bn)
         self.T, self.in_channels = T, in_channels
         neuron = dict(neuron or {})
         stem, stages = LAYOUTS[arch]
         width = lambda c: max(1, int(round(c * width_mult)))  # noqa: E731
         c = width(stem)
-        self.stem = TernaryLIFConv2d(in_channels, c, 3, 1, 1, bias=False,
+        self.stem = TernaryLIFConv2d(in_channels, c, 3, 1, 1, bias=not bn, bn=bn,
                                      ternary=ternary and not first_layer_fp, method=method, T=T, **neuron)
         blocks = []
         for w, n, stride in stages:
             for i in range(n):
-                blocks.append(BasicBlock(c, width(w), stride if i == 0 else 1, ternary, method, neuron))
+                blocks.append(BasicBlock(c, width(w), stride if i == 0 else 1, ternary, method, neuron, bn))
                 c = width(w)
         self.blocks = nn.Sequential(*blocks)
         self.pool = SeqToANN(nn.AdaptiveAvgPool2d(1))

@@ -29,18 +29,20 @@ class SpikingVGG(nn.Module):
         width_mult: multiplies every channel count (twin width ablations).
         method: ternariser ("twn" or "absmean").
         neuron: LIF options (tau, v_threshold, v_reset, surrogate, alpha, detach_reset, ...).
+        bn: batch norm after every conv (statistics over T·B); False uses conv biases instead.
     """
 
     def __init__(self, arch="small", in_channels: int = 3, num_classes: int = 10,
                  input_size: int = 32, T: int = 4, ternary: bool = True,
                  first_layer_fp: bool = True, last_layer_fp: bool = False,
-                 width_mult: float = 1.0, method: str = "twn", neuron: dict | None = None):
+                 width_mult: float = 1.0, method: str = "twn", neuron: dict | None = None,
+                 bn: bool = True):
         super().__init__()
         cfg = VGG_CONFIGS[arch] if isinstance(arch, str) else list(arch)
         self.config = dict(name="vgg", arch=arch, in_channels=in_channels, num_classes=num_classes,
                            input_size=input_size, T=T, ternary=ternary, first_layer_fp=first_layer_fp,
                            last_layer_fp=last_layer_fp, width_mult=width_mult, method=method,
-                           neuron=dict(neuron or {}))
+                           neuron=dict(neuron or {}), bn=bn)
         self.T, self.in_channels = T, in_channels
         layers, c, size = [], in_channels, input_size
         for v in cfg:
@@ -50,7 +52,7 @@ class SpikingVGG(nn.Module):
                 continue
             out = max(1, int(round(v * width_mult)))
             first = not any(isinstance(m, TernaryLIFConv2d) for m in layers)
-            layers.append(TernaryLIFConv2d(c, out, 3, padding=1, bias=False,
+            layers.append(TernaryLIFConv2d(c, out, 3, padding=1, bias=not bn, bn=bn,
                                            ternary=ternary and not (first and first_layer_fp),
                                            method=method, T=T if first else None, **(neuron or {})))
             c = out

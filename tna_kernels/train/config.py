@@ -35,6 +35,7 @@ DEFAULTS: dict = {
         "width_mult": 1.0,
         "method": "twn",
         "neuron": {},
+        "bn": True,
     },
     "twin": {  # the second network of tna / dml
         "precision": None,  # None = as the base; "fp" or "ternary"
@@ -77,6 +78,7 @@ DEFAULTS: dict = {
         "limit_eval_batches": None,
         "nan_policy": "stop",  # stop | skip: what a non-finite loss does
         "progress": True,
+        "sync_bn": False,  # SyncBatchNorm across processes (CUDA/NCCL only)
     },
 }
 

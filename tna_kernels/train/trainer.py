@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from .. import functional as F
 from ..data import get_dataset
 from ..models import build_model, make_twin
 from ..nn.spiking import spiking_layers
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import ConfigError
 from .evaluate import evaluate_model, model_input
 from .metrics import MetricsLog
@@ -116,6 +118,13 @@ class Trainer:
         self.cfg = cfg
         seed_everything(cfg["seed"])
         self.device = resolve_device(cfg["device"])
+        self.dist = distributed.setup(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg["data"]["batch_size"] % self.dist.world:
+            raise ConfigError(f"data.batch_size ({cfg['data']['batch_size']}) is the global batch and must be "
+                              f"divisible by the number of processes ({self.dist.world})")
         self.out = Path(cfg["out_dir"]) / cfg["name"]
         d = cfg["data"]
         self.data = data if data is not None else get_dataset(
@@ -143,13 +152,27 @@ class Trainer:
         self.opt_base = make_optimizer(self.base, cfg["optim"])
         self.opt_twin = make_optimizer(self.twin, cfg["optim"]) if self.twin_trainable else None
         self.rates = _RateCollector(self.base) if cfg["loss"]["spike_rate_weight"] > 0 else None
+        self.base_fwd, self.twin_fwd = self._wrap(self.base), self._wrap(self.twin) if self.twin_trainable else self.twin
         self.epoch, self.step, self.best_acc, self.history, self.skipped = 0, 0, -1.0, [], 0
+        self.partial: dict | None = None  # position inside an interrupted epoch (preemption)
+        self._stop_requested = False
+
+    def _wrap(self, model: nn.Module | None) -> nn.Module | None:
+        """DistributedDataParallel around a trained network when several processes run."""
+        if model is None or not self.dist.enabled:
+            return model
+        if self.cfg["train"]["sync_bn"]:
+            if self.device.type != "cuda":
+                raise ConfigError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernel)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     # ---- one step ---------------------------------------------------------------------------
 
     def _loss(self, x, y):
         c, lw = self.cfg, self.cfg["loss"]
-        logits = self.base(x)
+        logits = self.base_fwd(x)
         twin_logits = None
         if self.cfg["mode"] == "baseline":
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=lw["label_smoothing"])
@@ -160,7 +183,7 @@ class Trainer:
                              label_smoothing=lw["label_smoothing"])
         else:
             with torch.set_grad_enabled(self.twin_trainable):
-                twin_logits = self.twin(x)
+                twin_logits = self.twin_fwd(x)
             if c["mode"] == "dml":
                 loss = F.dml_loss(logits, twin_logits, y, kl_weight=lw["dml_weight"],
                                   label_smoothing=lw["label_smoothing"])
@@ -176,22 +199,33 @@ class Trainer:
     def _optimizers(self):
         return [o for o in (self.opt_base, self.opt_twin) if o is not None]
 
-    def train_epoch(self) -> dict:
-        c = self.cfg
+    def train_epoch(self) -> dict | None:
+        """One epoch (or the rest of an interrupted one). Returns its metrics, or None when a stop
+        was requested (SIGTERM/SIGINT): then a mid-epoch checkpoint has been written."""
+        c, d = self.cfg, self.dist
         self.base.train()
         if self.twin is not None:
             self.twin.train(self.twin_trainable)
         self.train_loader.set_epoch(self.epoch)
         spe, total = len(self.train_loader), len(self.train_loader) * c["train"]["epochs"]
         amp = c["train"]["amp"] and self.device.type == "cuda"
-        loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-        batches = self.train_loader
-        if c["train"]["progress"]:
+        done = self.partial or {"batch": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.partial = None
+        loss_sum, correct, seen = done["loss_sum"], done["correct"], done["seen"]
+        start = time.perf_counter() - done["seconds"]
+        lr = lr_at(self.step, total, spe, c["optim"]["lr"], c["schedule"])
+        batches = enumerate(self.train_loader)
+        bar = None
+        if c["train"]["progress"] and d.main:
             from tqdm import tqdm
 
-            batches = tqdm(batches, total=spe, desc=f"epoch {self.epoch + 1}/{c['train']['epochs']}",
-                           leave=False, dynamic_ncols=True)
-        for x, y in batches:
+            bar = tqdm(total=spe, initial=done["batch"], desc=f"epoch {self.epoch + 1}/{c['train']['epochs']}",
+                       leave=False, dynamic_ncols=True)
+        for i, (x, y) in batches:
+            if i < done["batch"]:
+                continue  # resuming inside the epoch: same order and augmentation, already trained
+            if d.enabled:  # every process reads the global batch and trains on its slice
+                x, y = x[d.rank::d.world], y[d.rank::d.world]
             x, y = model_input(x, self.device), y.to(self.device)
             lr = lr_at(self.step, total, spe, c["optim"]["lr"], c["schedule"])
             for opt in self._optimizers():
@@ -200,7 +234,9 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, logits, _ = self._loss(x, y)
-            if not torch.isfinite(loss):
+            finite = bool(distributed.all_reduce_(torch.isfinite(loss.detach()).float().cpu(), d,
+                                                  distributed.dist.ReduceOp.MIN))
+            if not finite:
                 if c["train"]["nan_policy"] == "stop":
                     raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
                                         f"{self.step}; stopping without writing a checkpoint "
@@ -219,10 +255,22 @@ class Trainer:
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-            if c["train"]["progress"]:
-                batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                    img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{d.world * seen / (time.perf_counter() - start):.0f}")
+            stop = torch.tensor([float(self._stop_requested)])
+            if bool(distributed.all_reduce_(stop, d, distributed.dist.ReduceOp.MAX)) and i + 1 < spe:
+                self.partial = {"batch": i + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
+                                "seconds": time.perf_counter() - start}
+                if bar is not None:
+                    bar.close()
+                return None
+        if bar is not None:
+            bar.close()
         seconds = time.perf_counter() - start
+        sums = distributed.all_reduce_(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), d)
+        loss_sum, correct, seen = sums.tolist()
         return {"lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "images_per_s": seen / seconds, "epoch_seconds": seconds}
 
@@ -246,11 +294,15 @@ class Trainer:
         meta = {"config": self.cfg, "model_config": self.base.config,
                 "twin_config": None if self.twin is None else self.twin.config,
                 "epoch": self.epoch, "step": self.step, "best_acc": self.best_acc, "history": self.history,
-                "skipped_steps": self.skipped, "python_random": _jsonable(random.getstate()),
+                "skipped_steps": self.skipped, "partial_epoch": self.partial,
+                "python_random": _jsonable(random.getstate()),
                 "numpy_random": _jsonable(np.random.get_state())}
         return state, meta
 
-    def save(self, tag: str) -> Path:
+    def save(self, tag: str) -> Path | None:
+        """Writes a checkpoint (rank 0 only; the others have identical state)."""
+        if not self.dist.main:
+            return None
         state, meta = self.state()
         return checkpoint.save(self.out / "checkpoints" / tag, state, meta)
 
@@ -274,6 +326,7 @@ class Trainer:
         np.random.set_state(tuple(_tupled(meta["numpy_random"])))
         self.epoch, self.step, self.best_acc = meta["epoch"], meta["step"], meta["best_acc"]
         self.history, self.skipped = meta["history"], meta.get("skipped_steps", 0)
+        self.partial = meta.get("partial_epoch")
 
     def latest_checkpoint(self) -> Path | None:
         p = self.out / "checkpoints" / "last.json"
@@ -281,21 +334,37 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------------
 
+    def request_stop(self, *_args) -> None:
+        """Finish the current step, write a resumable checkpoint and return (SIGTERM/SIGINT)."""
+        self._stop_requested = True
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
     def fit(self, resume: str | Path | None = None, stop_after: int | None = None) -> dict:
         """Trains to ``train.epochs``; ``resume`` = a checkpoint path or "auto" (the run's last
         checkpoint, if any). ``stop_after`` ends this call after that many epochs (a time-sliced
-        job); the base is exported only when the run is complete."""
+        job). On SIGTERM/SIGINT the current step finishes, a checkpoint with the position inside
+        the epoch is written and ``fit`` returns ``{"preempted": True}``; ``--resume auto``
+        continues exactly. The base is exported only when the run is complete."""
         if resume == "auto":
             resume = self.latest_checkpoint()
         if resume:
             self.resume(resume)
-        log = MetricsLog(self.out, tensorboard=True)
+        log = MetricsLog(self.out, tensorboard=True) if self.dist.main else None
         end = self.cfg["train"]["epochs"]
         if stop_after is not None:
             end = min(end, self.epoch + stop_after)
+        previous = self._install_signal_handlers()
         try:
             while self.epoch < end:
-                row = {"epoch": self.epoch + 1, **self.train_epoch()}
+                metrics = self.train_epoch()
+                if metrics is None:
+                    self.save("last")
+                    return {"preempted": True, "epoch": self.epoch, "batch": self.partial["batch"]}
+                row = {"epoch": self.epoch + 1, **metrics}
                 ev = self.evaluate(self.base)
                 row.update(val_loss=ev["loss"], val_acc=ev["acc"])
                 if self.twin is not None:
@@ -303,17 +372,21 @@ class Trainer:
                     row.update(twin_val_loss=tw["loss"], twin_val_acc=tw["acc"])
                 self.epoch += 1
                 self.history.append(row)
-                log.write(row)
+                if log is not None:
+                    log.write(row)
                 improved = row["val_acc"] > self.best_acc
                 self.best_acc = max(self.best_acc, row["val_acc"])
                 self.save("last")
                 if improved:
                     self.save("best")
         finally:
-            log.close()
-        if self.epoch >= self.cfg["train"]["epochs"]:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if log is not None:
+                log.close()
+        if self.epoch >= self.cfg["train"]["epochs"] and self.dist.main:
             self.export_base()
-            log.plot(self.history, self.out / "curves.png", title=self.cfg["name"])
+            MetricsLog.plot(self.history, self.out / "curves.png", title=self.cfg["name"])
         return self.history[-1] if self.history else {}
 
     def export_base(self) -> Path:
