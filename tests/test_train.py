@@ -241,3 +241,16 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     two, _ = checkpoint.load(tmp_path / "two" / "ddp" / "base.json")
     for k, v in one["base"].items():
         torch.testing.assert_close(two["base"][k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_auto_skips_a_damaged_last_checkpoint(tmp_path, capsys):
+    Trainer(tiny_cfg(tmp_path, "mode=baseline", "train.epochs=3")).fit(stop_after=2)
+    folder = tmp_path / "run" / "checkpoints"
+    assert (folder / "previous.json").is_file()
+    data = (folder / "last.safetensors").read_bytes()
+    (folder / "last.safetensors").write_bytes(data[:100])
+    trainer = Trainer(tiny_cfg(tmp_path, "mode=baseline", "train.epochs=3"))
+    assert trainer.latest_checkpoint() == folder / "previous.json"
+    assert "skipping damaged checkpoint" in capsys.readouterr().err
+    trainer.fit(resume="auto")
+    assert trainer.epoch == 3 and [r["epoch"] for r in trainer.history] == [1, 2, 3]

@@ -300,11 +300,16 @@ class Trainer:
         return state, meta
 
     def save(self, tag: str) -> Path | None:
-        """Writes a checkpoint (rank 0 only; the others have identical state)."""
+        """Writes a checkpoint (rank 0 only; the others have identical state). The previous
+        ``last`` is kept as ``previous`` so a checkpoint damaged after writing still has a fallback."""
         if not self.dist.main:
             return None
         state, meta = self.state()
-        return checkpoint.save(self.out / "checkpoints" / tag, state, meta)
+        folder = self.out / "checkpoints"
+        if tag == "last" and (folder / "last.json").is_file():
+            for suffix in (".safetensors", ".json"):  # JSON last: it is the completeness marker
+                (folder / f"last{suffix}").replace(folder / f"previous{suffix}")
+        return checkpoint.save(folder / tag, state, meta)
 
     def resume(self, path: str | Path) -> None:
         state, meta = checkpoint.load(path)
@@ -329,8 +334,20 @@ class Trainer:
         self.partial = meta.get("partial_epoch")
 
     def latest_checkpoint(self) -> Path | None:
-        p = self.out / "checkpoints" / "last.json"
-        return p if p.is_file() else None
+        """The newest checkpoint of this run that loads and verifies (last, then previous); a
+        damaged one is reported on stderr and skipped."""
+        import sys
+
+        for tag in ("last", "previous"):
+            p = self.out / "checkpoints" / f"{tag}.json"
+            if not p.is_file():
+                continue
+            try:
+                checkpoint.load(p)
+                return p
+            except checkpoint.CheckpointError as exc:
+                print(f"warning: skipping damaged checkpoint: {exc}", file=sys.stderr)
+        return None
 
     # ---- the run ----------------------------------------------------------------------------
 
