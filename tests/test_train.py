@@ -254,3 +254,36 @@ def test_resume_auto_skips_a_damaged_last_checkpoint(tmp_path, capsys):
     assert "skipping damaged checkpoint" in capsys.readouterr().err
     trainer.fit(resume="auto")
     assert trainer.epoch == 3 and [r["epoch"] for r in trainer.history] == [1, 2, 3]
+
+
+def test_killed_worker_is_restarted_by_torchrun_and_the_run_completes(tmp_path):
+    import os
+    import signal
+    import time
+
+    cfg = tmp_path / "restart.yaml"
+    cfg.write_text("name: restart\nmode: baseline\ndata: {name: digits, batch_size: 32}\n"
+                   "model: {arch: digits, T: 2}\n"
+                   "train: {epochs: 3, limit_batches: 40, limit_eval_batches: 1, progress: false}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "tna_kernels.cli", "train", "--config", str(cfg),
+                             "--out", str(tmp_path), "--nproc", "2", "--max-restarts", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = tmp_path / "restart" / "checkpoints" / "last.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert first.exists(), "no checkpoint after the first epoch"
+    # SIGKILL one training worker (a grandchild: tna -> torchrun -> workers) in the second epoch
+    def children(pid):
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in out]
+
+    workers = [w for launcher in children(proc.pid) for w in children(launcher)]
+    assert workers, "no worker processes found"
+    os.kill(workers[-1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "restart" in err.lower(), err[-3000:]  # torchrun restarted the worker group
+    state, meta = checkpoint.load(tmp_path / "restart" / "checkpoints" / "last.json")
+    assert meta["epoch"] == 3 and [r["epoch"] for r in meta["history"]] == [1, 2, 3]
+    assert (tmp_path / "restart" / "base.json").is_file()
