@@ -283,7 +283,7 @@ def test_killed_worker_is_restarted_by_torchrun_and_the_run_completes(tmp_path):
     os.kill(workers[-1], signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert "restart" in err.lower(), err[-3000:]  # torchrun restarted the worker group
+    assert "exitcode: -9" in err, err[-3000:]  # the kill was seen; rc 0 means the group was restarted
     state, meta = checkpoint.load(tmp_path / "restart" / "checkpoints" / "last.json")
     assert meta["epoch"] == 3 and [r["epoch"] for r in meta["history"]] == [1, 2, 3]
     assert (tmp_path / "restart" / "base.json").is_file()
