@@ -2,7 +2,7 @@
 
 from .lif import LIF
 from .loss import DMLLoss, KDLoss, TwinLoss
-from .packed import PackedLIFConv2d, or_pool2d, pack
+from .packed import PackedConv2d, PackedLIFConv2d, lif_pack, or_pool2d, pack
 from .spiking import (
     MeanOverTime,
     SeqToANN,
@@ -18,4 +18,4 @@ from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, Te
 __all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
            "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "MeanOverTime", "fold_time",
            "unfold_time", "spiking_layers", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
-           "PackedLIFConv2d", "or_pool2d", "pack"]
+           "PackedConv2d", "PackedLIFConv2d", "lif_pack", "or_pool2d", "pack"]

@@ -32,23 +32,22 @@ def or_pool2d(bits: Tensor, kernel: int = 2) -> Tensor:
     return out
 
 
-class PackedLIFConv2d(nn.Module):
-    """Frozen packed form of a ternary :class:`TernaryLIFConv2d` (BN folded), bits in, bits out.
-
-    ``forward(bits, T)``: ``bits`` int64 ``[T·B, H, W, ceil(C/64)]`` → ``[T·B, H', W', ceil(C'/64)]``.
-    Buffers ``words``, ``scale``, ``bias``, ``format_version`` (checked at load)."""
+class PackedConv2d(nn.Module):
+    """Frozen packed form of a ternary :class:`TernaryLIFConv2d` without its neuron (BN folded):
+    ``current(bits)`` maps packed spikes ``[N, H, W, ceil(C/64)]`` to the float32 pre-neuron
+    current ``[N, H', W', C']`` (channels last), exactly as the layer computes it in eval mode.
+    Buffers ``words``, ``scale``, ``bias``, ``format_version``."""
 
     def __init__(self, layer) -> None:
         super().__init__()
-        if not (layer.ternary and layer.neuron is not None):
-            raise ValueError("PackedLIFConv2d needs a ternary TernaryLIFConv2d with a neuron")
+        if not layer.ternary:
+            raise ValueError("packed layers need a ternary TernaryLIFConv2d (ternary=True)")
         p = layer.folded_packed()
         self.K, self.out_channels = p.K, p.words.shape[0]
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
-        self.neuron_kwargs = dict(layer.neuron.kwargs)
         self.register_buffer("words", p.words.detach().clone())
         self.register_buffer("scale", p.scale.detach().clone())
-        self.register_buffer("bias", p.bias.detach().clone())
+        self.register_buffer("bias", p.bias.detach().clone() if p.bias is not None else None)
         self.register_buffer("format_version", torch.tensor(FORMAT_VERSION))
         self._packed: PackedTernary | None = None
 
@@ -61,15 +60,37 @@ class PackedLIFConv2d(nn.Module):
             p = self._packed = PackedTernary(self.words, self.scale, self.K, self.bias, int(self.format_version))
         return p
 
-    def forward(self, bits: Tensor, T: int) -> Tensor:
+    def current(self, bits: Tensor) -> Tensor:
         y = F.spike_ternary_conv2d(bits, self.packed, self.stride, self.padding, self.dilation)
-        y = y.permute(0, 2, 3, 1)  # channels-last memory: a free view [T·B, H', W', C']
-        s = F.lif(y.unflatten(0, (T, y.shape[0] // T)), **self.neuron_kwargs)
-        return F.pack_spikes(s.flatten(0, 1), dim=-1)
+        return y.permute(0, 2, 3, 1)  # channels-last memory: a free view [N, H', W', C']
+
+    def forward(self, bits: Tensor) -> Tensor:
+        return self.current(bits)
 
     def extra_repr(self) -> str:
         return (f"{self.K}, {self.out_channels}, stride={self.stride}, padding={self.padding}, "
                 f"packed format v{int(self.format_version)}")
+
+
+class PackedLIFConv2d(PackedConv2d):
+    """:class:`PackedConv2d` + the layer's LIF: bits in, bits out.
+
+    ``forward(bits, T)``: ``bits`` int64 ``[T·B, H, W, ceil(C/64)]`` → ``[T·B, H', W', ceil(C'/64)]``."""
+
+    def __init__(self, layer) -> None:
+        if layer.neuron is None:
+            raise ValueError("PackedLIFConv2d needs a ternary TernaryLIFConv2d with a neuron")
+        super().__init__(layer)
+        self.neuron_kwargs = dict(layer.neuron.kwargs)
+
+    def forward(self, bits: Tensor, T: int) -> Tensor:
+        return lif_pack(self.current(bits), T, self.neuron_kwargs)
+
+
+def lif_pack(current: Tensor, T: int, neuron_kwargs: dict) -> Tensor:
+    """LIF over a channels-last current ``[T·B, H, W, C]``, spikes bit-packed along channels."""
+    s = F.lif(current.unflatten(0, (T, current.shape[0] // T)), **neuron_kwargs)
+    return F.pack_spikes(s.flatten(0, 1), dim=-1)
 
 
 def pack(model: nn.Module) -> nn.Module:
