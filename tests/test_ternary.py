@@ -385,7 +385,8 @@ def _float_tol(x, codes, scale):
 @pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (12, 7, 100), (40, 17, 130),
                                    (20, 600, 1000)])  # the last: several K-blocks in the GEMM path
 @pytest.mark.parametrize("bias", [True, False])
-def test_ternary_linear_float32(isa, M, N, K, bias):
+def test_ternary_linear_float32(isa, M, N, K, bias, monkeypatch):
+    monkeypatch.setenv("TNA_GEMM_BLOCK", "200000")  # decoded-weight block: 320 columns at N = 600
     codes, scale, b, p = _packed(N, K, bias)
     x = torch.randn(M, K)
     y = F.ternary_linear(x, p)

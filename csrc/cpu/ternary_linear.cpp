@@ -483,6 +483,13 @@ namespace {
 
 // Direct kernel up to this many rows (float32); above it, decode + torch GEMM (measured crossover).
 constexpr int64_t kDirectMaxM = 12;
+// Decoded-weight block of the GEMM path (floats, 8 MiB; TNA_GEMM_BLOCK overrides): few blocks (=
+// parallel regions, which stall on a busy machine)
+// and small enough to stay in L3 instead of streaming the decoded matrix through DRAM.
+int64_t gemm_block_floats() {
+  const char* env = std::getenv("TNA_GEMM_BLOCK");
+  return env != nullptr && std::atoll(env) > 0 ? std::atoll(env) : 2097152;
+}
 
 // acc[m * ld + n] = sum_k x[m, k] c[n, k] for all m < M and n in [n0, n1) (before scale and bias).
 void direct_scalar(const float* x, int64_t M, int64_t K, const uint64_t* W, int64_t KW, int64_t n0,
@@ -668,7 +675,7 @@ at::Tensor decode(const at::Tensor& pw, int64_t N, int64_t K, at::ScalarType dty
   return d;
 }
 
-// float32 x @ c^T for the GEMM path: the codes are decoded in K-blocks of ~2 MiB (cache-resident)
+// float32 x @ c^T for the GEMM path: the codes are decoded in K-blocks (cache-resident)
 // and accumulated with addmm (few blocks: each is a parallel region), so the decode stays in cache.
 at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, int64_t K) {
 #ifdef TNA_HAVE_X86_KERNELS
@@ -676,7 +683,7 @@ at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, i
   if (isa != Isa::kScalar) {
     const auto* wp = reinterpret_cast<const uint64_t*>(pw.const_data_ptr<int64_t>());
     const int64_t KW = words_for(K);
-    const int64_t kb = std::min(words_for(K) * 64, std::max<int64_t>(64, (524288 / N) / 64 * 64));
+    const int64_t kb = std::min(words_for(K) * 64, std::max<int64_t>(64, (gemm_block_floats() / N) / 64 * 64));
     at::Tensor buf = at::empty({N, kb}, x2.options());
     at::Tensor y;
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
