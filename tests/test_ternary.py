@@ -4,12 +4,11 @@ Conv kernels and modules: tests/test_ternary_conv.py."""
 
 import pytest
 import torch
+from conftest import triton_device
 
 from tna_kernels import functional as F
 from tna_kernels import reference as R
 from tna_kernels.ops.ternary import FORMAT_VERSION, PackedTernary
-
-from conftest import triton_device
 
 AWKWARD_K = (1, 3, 63, 64, 65, 511, 513)
 ISAS = ("scalar", "avx2", "avx512")
@@ -118,7 +117,8 @@ def test_packing_never_modifies_inputs():
 def test_bad_codes_rejected():
     codes = rand_codes(4, 10)
     codes[2, 7] = 2
-    with pytest.raises(RuntimeError, match=r"codes must contain only -1, 0 and \+1.*found 2 at flat index 27"):
+    msg = r"codes must contain only -1, 0 and \+1.*found 2 at flat index 27"
+    with pytest.raises(RuntimeError, match=msg):
         torch.ops.tna.pack_ternary(codes)
     with pytest.raises(RuntimeError, match="codes must be int8"):
         torch.ops.tna.pack_ternary(codes.float())
@@ -331,7 +331,7 @@ def test_spike_linear_leading_dims_and_no_mutation(isa):
     y = F.spike_ternary_linear(bits, p)
     assert y.shape == (4, 3, 10)
     assert torch.equal(y, R.spike_ternary_linear(s, codes, scale, b))
-    for t, t0 in zip((bits, p.words, p.scale, p.bias), before):
+    for t, t0 in zip((bits, p.words, p.scale, p.bias), before, strict=True):
         assert torch.equal(t, t0)
 
 
@@ -355,7 +355,8 @@ def test_spike_linear_auto_choice_is_exact(density, monkeypatch):
     monkeypatch.delenv("TNA_TERNARY_ALGO", raising=False)
     codes, scale, b, p = _packed(150, 600)
     s = rand_spikes(40, 600, density=density)
-    assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
+    y = F.spike_ternary_linear(F.pack_spikes(s), p)
+    assert torch.equal(y, R.spike_ternary_linear(s, codes, scale, b))
 
 
 def test_kmajor_layout_and_cache(isa):
@@ -382,8 +383,8 @@ def _float_tol(x, codes, scale):
     return 4 * x.shape[-1] * torch.finfo(torch.float32).eps * mag + 1e-6
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (12, 7, 100), (40, 17, 130),
-                                   (20, 600, 1000)])  # the last: several K-blocks in the GEMM path
+@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (12, 7, 100),
+                                   (40, 17, 130), (20, 600, 1000)])  # last: several GEMM K-blocks
 @pytest.mark.parametrize("bias", [True, False])
 def test_ternary_linear_float32(isa, M, N, K, bias, monkeypatch):
     monkeypatch.setenv("TNA_GEMM_BLOCK", "200000")  # decoded-weight block: 320 columns at N = 600

@@ -3,14 +3,13 @@
 
 import pytest
 import torch
+from conftest import triton_device
 from torch import nn
 
 from tna_kernels import functional as F
 from tna_kernels import nn as tnn
 from tna_kernels import reference as R
 from tna_kernels.ops.ternary import PackedTernary
-
-from conftest import triton_device
 
 ISAS = ("scalar", "avx2", "avx512")
 
@@ -103,8 +102,8 @@ def test_float_conv_matches_torch(geom):
 def test_float_conv_gradcheck():
     codes, scale, b, p = make(3, 4, (3, 3))
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64, requires_grad=True)
-    for stride, padding, dilation in ((1, 1, 1), (2, 0, 1), ((2, 1), (1, 0), 2)):
-        assert torch.autograd.gradcheck(lambda x: F.ternary_conv2d(x, p, stride, padding, dilation), (x,))
+    for geom in ((1, 1, 1), (2, 0, 1), ((2, 1), (1, 0), 2)):
+        assert torch.autograd.gradcheck(lambda x, geom=geom: F.ternary_conv2d(x, p, *geom), (x,))
 
 
 def test_float_conv_bias_grad_and_opcheck():
@@ -216,7 +215,8 @@ def test_conv_pack_equals_eval_module():
     s = (torch.rand(2, 70, 9, 8) < 0.2).float()
     # The float conv folds the scale into the weights (torch's conv2d speed), so on 0/1 inputs it
     # agrees with the exact spike kernel within float32 rounding.
-    torch.testing.assert_close(packed.forward_spikes(F.pack_spikes(s, dim=1)), packed(s), rtol=1e-5, atol=1e-5)
+    y_spk = packed.forward_spikes(F.pack_spikes(s, dim=1))
+    torch.testing.assert_close(y_spk, packed(s), rtol=1e-5, atol=1e-5)
 
 
 def test_packed_module_state_dict_carries_version():
@@ -229,7 +229,8 @@ def test_packed_module_state_dict_carries_version():
     x = torch.randn(3, 10)
     assert torch.equal(fresh(x), packed(x))
     bad = {**sd, "format_version": torch.tensor(2)}
-    with pytest.raises(RuntimeError, match="format_version: this build reads packed ternary format v1 only, got v2"):
+    msg = "format_version: this build reads packed ternary format v1 only, got v2"
+    with pytest.raises(RuntimeError, match=msg):
         fresh.load_state_dict(bad)
 
 
@@ -262,7 +263,8 @@ def test_random_grid_bit_exact(isa, seed):
     scale, b = torch.rand(N) + 0.1, torch.randn(N)
     p = F.pack_ternary(codes, scale, b)
     s = (torch.rand(M, K, generator=g) < density).float()
-    assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
+    y = F.spike_ternary_linear(F.pack_spikes(s), p)
+    assert torch.equal(y, R.spike_ternary_linear(s, codes, scale, b))
     # conv: channels across word boundaries, odd sizes, random stride/padding/dilation
     C, N, k = r(1, 200), r(1, 70), (r(1, 4), r(1, 4))
     H, W = r(k[0] + 2, 14), r(k[1] + 2, 14)

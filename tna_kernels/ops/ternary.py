@@ -140,7 +140,8 @@ class PackedTernary:
 
 def _check_version(version):
     torch._check(version == FORMAT_VERSION,
-                 lambda: f"version: this build reads packed ternary format v{FORMAT_VERSION} only, got v{version}")
+                 lambda: f"version: this build reads packed ternary format v{FORMAT_VERSION} only, "
+                         f"got v{version}")
 
 
 @torch.library.register_fake("tna::pack_ternary")
@@ -203,7 +204,7 @@ def _spike_ternary_linear_fake(spike_bits, packed_w, scale, bias, K, version, km
 
 def _conv_out(h, w, k, stride, padding, dilation):
     return tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1
-                 for n, kk, s, p, d in zip((h, w), k, stride, padding, dilation))
+                 for n, kk, s, p, d in zip((h, w), k, stride, padding, dilation, strict=True))
 
 
 @torch.library.register_fake("tna::ternary_conv2d")
@@ -223,7 +224,8 @@ def _ternary_conv2d_grad_input_fake(grad_y, packed_w, scale, input_size, stride,
 def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version,
                                kmajor=None):
     _check_version(version)
-    oh, ow = _conv_out(spike_bits.shape[1], spike_bits.shape[2], packed_w.shape[1:3], stride, padding, dilation)
+    oh, ow = _conv_out(spike_bits.shape[1], spike_bits.shape[2], packed_w.shape[1:3], stride, padding,
+                       dilation)
     return torch.empty((spike_bits.shape[0], packed_w.shape[0], oh, ow), dtype=torch.float32,
                        device=spike_bits.device, memory_format=torch.channels_last)
 
