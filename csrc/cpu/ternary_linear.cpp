@@ -1,4 +1,4 @@
-// Ternary linear layers, CPU: bit-packed spikes x ternary (exact popcount GEMM) and float x ternary.
+// Ternary linear layers, CPU: bit-packed spikes x ternary (exact integer GEMM) and float x ternary.
 //
 // Maths (reference.py is the spec): with packed rows P[n], N[n] (format v1, ternary.h) and
 //   spikes:  acc[m, n] = sum_i popcount(S[m, i] & P[n, i]) - popcount(S[m, i] & N[n, i])   (exact)
@@ -7,18 +7,22 @@
 //   grad:    grad_x    = (grad_y * scale) @ c
 // Layout: S [M, KW] int64 words, W [N, 2, KW] (P row then N row), y [M, N] row-major.
 //
-// Spike GEMM: the M x N output is cut into tiles of kTileM x kTileN run by at::parallel_for; a tile
-// is swept with register-blocked micro-kernels (rows of S times rows of W, K innermost). Three
-// instruction sets, chosen at run time (TNA_TERNARY_ISA=scalar|avx2|avx512 forces one):
+// Spike GEMM, two algorithms chosen per call by spike density, ISA and weight size
+// (TNA_TERNARY_ALGO=popcount|event pins one; TNA_TERNARY_ISA=scalar|avx2|avx512 pins the ISA):
+//  popcount: the M x N output is cut into 64 x 64 tiles run by at::parallel_for; a tile is swept
+//   with register-blocked micro-kernels (rows of S times rows of W, K innermost):
 //   avx512  AVX-512 F+BW+VPOPCNTDQ: 8 words per vpopcntq, 4x4 block of zmm accumulators, masked tail.
 //   avx2    Mula nibble-LUT popcount (vpshufb) into byte counters, flushed with vpsadbw every 15
 //           steps. pos - neg = popcount(s & P) + popcount(~(s & N)) - 64 per word, so both planes
 //           feed one unsigned byte counter (2x2 block).
 //   scalar  portable 4x4 block of __builtin_popcountll (hardware POPCNT through a target clone).
-// Float x ternary: small M (<= 8, float32) uses a direct kernel that adds/subtracts x under the
-// P/N bit masks (AVX-512 mask registers, AVX2 expanded masks, or scalar), reading 2 bits per weight;
-// otherwise the codes are decoded to the compute dtype once and the GEMM goes to torch (oneDNN/
-// MKL), which is exact for +-1 weights and as fast as torch fp32 by construction.
+//  event (avx2/avx512, sparse spikes): for every set bit k of a spike row add the K-major int8
+//   code row Wk[k, :] into int16 accumulators held in registers (128 outputs per pass); cost is
+//   proportional to the number of spikes. Wk is built per call or passed in (cached by the caller).
+// Float x ternary: small M (<= 12, float32) uses a direct kernel that adds x under the P/N bit masks
+// (AVX-512 mask registers; AVX2 lane masks from a table, sign flip by xor; or scalar), reading 2
+// bits per weight; otherwise the codes are decoded to float32 in cache-sized K blocks and the GEMM
+// goes to torch (oneDNN/MKL), exact for +-1 weights, within a few % of torch fp32.
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
@@ -689,7 +693,8 @@ at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, i
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
       const int64_t k1 = std::min(K, k0 + kb);
       float* o = buf.mutable_data_ptr<float>();
-      at::parallel_for(0, N, std::max<int64_t>(1, 16384 / kb), [&](int64_t r0, int64_t r1) {
+      // Decoding a block (<= 8 MiB) is ~0.1 ms on one core: inline, no extra parallel region.
+      at::parallel_for(0, N, std::max<int64_t>(1, 2097152 / kb), [&](int64_t r0, int64_t r1) {
         if (isa == Isa::kAvx512) return decode_f32_avx512(wp, KW, k0, k1, r0, r1, o, kb);
         decode_f32_avx2(wp, KW, k0, k1, r0, r1, o, kb);
       });
