@@ -275,3 +275,22 @@ def test_random_grid_bit_exact(isa, seed):
     s = (torch.rand(r(1, 5), C, H, W, generator=g) < density).float()
     y = F.spike_ternary_conv2d(F.pack_spikes(s, dim=1), p, stride, padding, dilation)
     assert torch.equal(y, R.spike_ternary_conv2d(s, codes, scale, b, stride, padding, dilation))
+
+
+def test_packed_module_cache_follows_reloaded_weights():
+    # The event-driven kernels' K-major copy is cached on the module; reloading weights must drop it.
+    a, b = tnn.TernaryLinear(300, 40).pack(), tnn.TernaryLinear(300, 40).pack()
+    s = (torch.rand(8, 300) < 0.1).float()
+    bits = F.pack_spikes(s)
+    ya = a.forward_spikes(bits)
+    a.load_state_dict(b.state_dict())
+    codes = b.packed.codes()
+    expect = R.spike_ternary_linear(s, codes, b.scale, b.bias)
+    assert torch.equal(a.forward_spikes(bits), expect) and not torch.equal(ya, expect)
+    conv_a = tnn.TernaryConv2d(20, 8, 3, padding=1).pack()
+    conv_b = tnn.TernaryConv2d(20, 8, 3, padding=1).pack()
+    sc = (torch.rand(2, 20, 5, 5) < 0.1).float()
+    conv_a.forward_spikes(F.pack_spikes(sc, dim=1))
+    conv_a.load_state_dict(conv_b.state_dict())
+    assert torch.equal(conv_a.forward_spikes(F.pack_spikes(sc, dim=1)),
+                       conv_b.forward_spikes(F.pack_spikes(sc, dim=1)))
