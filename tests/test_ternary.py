@@ -375,6 +375,35 @@ def test_kmajor_layout_and_cache(isa):
         torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, p.bias, 200, 1, km[:, :128])
 
 
+def test_spike_linear_large_k_beyond_int16(monkeypatch):
+    # 40000 active inputs overflow the event kernel's int16 accumulators: auto must use popcount,
+    # forcing the event kernel must be refused.
+    K = 40000
+    codes = torch.ones(3, K, dtype=torch.int8)
+    codes[1] = -1
+    p = F.pack_ternary(codes)
+    bits = F.pack_spikes(torch.ones(2, K))
+    monkeypatch.delenv("TNA_TERNARY_ALGO", raising=False)
+    assert F.spike_ternary_linear(bits, p)[0].tolist() == [40000.0, -40000.0, 40000.0]
+    monkeypatch.setenv("TNA_TERNARY_ALGO", "event")
+    with pytest.raises(RuntimeError, match="K <= 32767"):
+        torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, None, K, 1)
+
+
+def test_linear_ops_accept_non_contiguous_inputs(isa):
+    codes, scale, b, p = _packed(9, 130)
+    x = torch.randn(130, 6).t()  # non-contiguous [6, 130]
+    y = F.ternary_linear(x, p)
+    ref = R.ternary_linear(x.double(), codes, scale, b)
+    assert ((y.double() - ref).abs() <= _float_tol(x, codes, scale)).all()
+    s = rand_spikes(130, 5).t()
+    bits = F.pack_spikes(s)
+    assert torch.equal(F.spike_ternary_linear(bits, p), R.spike_ternary_linear(s, codes, scale, b))
+    words_nc = p.words.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    q = PackedTernary(words_nc, p.scale, p.K, p.bias)
+    assert torch.equal(F.spike_ternary_linear(bits, q), F.spike_ternary_linear(bits, p))
+
+
 # ---- float x ternary linear ----------------------------------------------------------------------
 
 def _float_tol(x, codes, scale):
