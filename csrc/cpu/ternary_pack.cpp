@@ -104,6 +104,24 @@ __attribute__((target("avx2"))) bool pack_f32_planes_avx2(const float* src, int6
   }
   return bad == 0;
 }
+// float32 row, packing along the contiguous axis: `words` full 64-element words, 8 lanes per
+// compare + movemask. Returns false on a value other than 0 and 1.
+__attribute__((target("avx2"))) bool pack_f32_row_avx2(const float* src, int64_t words, uint64_t* out) {
+  const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+  int bad = 0;
+  for (int64_t i = 0; i < words; ++i) {
+    uint64_t w = 0;
+    for (int g = 0; g < 8; ++g) {
+      const __m256 v = _mm256_loadu_ps(src + i * 64 + g * 8);
+      const __m256 is1 = _mm256_cmp_ps(v, one, _CMP_EQ_OQ);
+      const __m256 is0 = _mm256_cmp_ps(v, zero, _CMP_EQ_OQ);
+      bad |= _mm256_movemask_ps(_mm256_or_ps(is0, is1)) ^ 0xff;
+      w |= uint64_t(_mm256_movemask_ps(is1)) << (8 * g);
+    }
+    out[i] = w;
+  }
+  return bad == 0;
+}
 #endif
 
 void record_bad(std::atomic<int64_t>& first, int64_t idx) {
@@ -267,7 +285,18 @@ at::Tensor pack_spikes_cpu(const at::Tensor& spikes, int64_t dim) {
       at::parallel_for(0, A, std::max<int64_t>(1, 32768 / K), [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const scalar_t* row = sp + r * K;
-          for (int64_t i = 0; i < KW; ++i) {
+          int64_t i0 = 0;
+#ifdef TNA_HAVE_PACK_AVX2
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (has_avx2()) {
+              i0 = K / 64;  // full words; the tail word goes through the generic loop
+              if (!pack_f32_row_avx2(reinterpret_cast<const float*>(row), i0, op + r * KW)) {
+                record_bad(bad, r * K);
+              }
+            }
+          }
+#endif
+          for (int64_t i = i0; i < KW; ++i) {
             const int64_t len = std::min<int64_t>(64, K - i * 64);
             uint64_t word = 0;
             bool ok = true;
