@@ -96,7 +96,7 @@ class PackedTernary:
 
     def codes(self) -> Tensor:
         """int8 codes in torch layout: [N, K] (linear) or [N, C, kh, kw] (conv2d)."""
-        c = torch.ops.tna.unpack_ternary(self.words.cpu(), self.K, self.version).to(self.words.device)
+        c = torch.ops.tna.unpack_ternary(self.words, self.K, self.version)
         return c.permute(0, 3, 1, 2).contiguous() if self.is_conv else c
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
