@@ -107,12 +107,17 @@ class PackedTernary:
     def kmajor(self) -> Tensor | None:
         """Backend-private K-major int8 copy of the codes for the CPU event-driven spike kernels
         (``tna::ternary_kmajor``), built once and cached on this object; never serialised. It holds
-        ``K_padded x ceil(N/128)*128`` bytes (about 4x the packed words). None where it cannot be
-        used (non-CPU tensors, the scalar kernels, or more than 32767 inputs)."""
-        if self.words.device.type != "cpu" or self.words.shape[-1] * 64 * (
-                self.words.shape[1] * self.words.shape[2] if self.is_conv else 1) > 32767:
+        ``K_padded x ceil(N/128)*128`` bytes (about 4x the packed words). None where it would not be
+        used (non-CPU tensors, the scalar kernels, more than 32767 inputs, or AVX-512 with a copy
+        over 1 MiB, where popcount wins)."""
+        taps = self.words.shape[1] * self.words.shape[2] if self.is_conv else 1
+        k_pad = self.words.shape[-1] * 64 * taps
+        if self.words.device.type != "cpu" or k_pad > 32767:
             return None
-        if torch.ops.tna.ternary_cpu_isa() == "scalar":
+        isa = torch.ops.tna.ternary_cpu_isa()
+        # Same rule as select_algo in csrc/cpu/ternary_gemm.cpp: AVX2 uses a cached copy of any
+        # size; the AVX-512 popcount kernel beats the event loop once the copy exceeds 1 MiB.
+        if isa == "scalar" or (isa == "avx512" and k_pad * self.out_features > (1 << 20)):
             return None
         if "kmajor" not in self._cache:
             self._cache["kmajor"] = torch.ops.tna.ternary_kmajor(self.words, self.K, self.version)
