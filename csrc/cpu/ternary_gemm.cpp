@@ -22,7 +22,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <cstdlib>
 #include <cstring>
