@@ -28,7 +28,8 @@ DENSITY = 0.15
 
 LINEAR = {"linear 4096->512 M=128": (T * B, 4096, 512), "linear 4096->512 M=4 (GEMV)": (4, 4096, 512)}
 CONV = {"conv 128->128 3x3 @16x16": (T * B, 128, 128, 16), "conv 256->256 3x3 @8x8": (T * B, 256, 256, 8)}
-FLOAT_LINEAR = {"float linear 4096->512 M=128": (T * B, 4096, 512), "float linear 4096->512 M=4": (4, 4096, 512)}
+FLOAT_LINEAR = {"float linear 4096->512 M=128": (T * B, 4096, 512),
+                "float linear 4096->512 M=4": (4, 4096, 512)}
 # First layer (direct encoding): the float image is convolved once per sample, not per timestep.
 FLOAT_CONV = {"float conv 3->128 3x3 @32x32 B=32": (B, 3, 128, 32)}
 
@@ -115,12 +116,14 @@ def test_spike_conv(benchmark, shape, provider):
     elif provider == "dense_codes":
         codes = w.codes().float()
         sc, bb = w.scale.view(1, -1, 1, 1), w.bias.view(1, -1, 1, 1)
-        fn, nbytes = (lambda: NF.conv2d(s, codes, None, 1, 1).mul_(sc).add_(bb)), s.numel() * 4 + w32 + out_bytes
+        fn = lambda: NF.conv2d(s, codes, None, 1, 1).mul_(sc).add_(bb)  # noqa: E731
+        nbytes = s.numel() * 4 + w32 + out_bytes
     elif provider == "tna":
         bits = F.pack_spikes(s, dim=1)
         fn, nbytes = (lambda: F.spike_ternary_conv2d(bits, w, 1, 1)), bits.numel() * 8 + wp + out_bytes
     else:
-        fn, nbytes = (lambda: F.spike_ternary_conv2d(F.pack_spikes(s, dim=1), w, 1, 1)), s.numel() * 4 + wp + out_bytes
+        fn = lambda: F.spike_ternary_conv2d(F.pack_spikes(s, dim=1), w, 1, 1)  # noqa: E731
+        nbytes = s.numel() * 4 + wp + out_bytes
     _info(benchmark, provider, flops, nbytes, w32, wp, DENSITY)
     _run(benchmark, fn, flops)
 

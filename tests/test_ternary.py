@@ -4,12 +4,11 @@ Conv kernels and modules: tests/test_ternary_conv.py."""
 
 import pytest
 import torch
+from conftest import triton_device
 
 from tna_kernels import functional as F
 from tna_kernels import reference as R
 from tna_kernels.ops.ternary import FORMAT_VERSION, PackedTernary
-
-from conftest import triton_device
 
 AWKWARD_K = (1, 3, 63, 64, 65, 511, 513)
 ISAS = ("scalar", "avx2", "avx512")
@@ -118,7 +117,8 @@ def test_packing_never_modifies_inputs():
 def test_bad_codes_rejected():
     codes = rand_codes(4, 10)
     codes[2, 7] = 2
-    with pytest.raises(RuntimeError, match=r"codes must contain only -1, 0 and \+1.*found 2 at flat index 27"):
+    msg = r"codes must contain only -1, 0 and \+1.*found 2 at flat index 27"
+    with pytest.raises(RuntimeError, match=msg):
         torch.ops.tna.pack_ternary(codes)
     with pytest.raises(RuntimeError, match="codes must be int8"):
         torch.ops.tna.pack_ternary(codes.float())
@@ -331,7 +331,7 @@ def test_spike_linear_leading_dims_and_no_mutation(isa):
     y = F.spike_ternary_linear(bits, p)
     assert y.shape == (4, 3, 10)
     assert torch.equal(y, R.spike_ternary_linear(s, codes, scale, b))
-    for t, t0 in zip((bits, p.words, p.scale, p.bias), before):
+    for t, t0 in zip((bits, p.words, p.scale, p.bias), before, strict=True):
         assert torch.equal(t, t0)
 
 
@@ -355,7 +355,8 @@ def test_spike_linear_auto_choice_is_exact(density, monkeypatch):
     monkeypatch.delenv("TNA_TERNARY_ALGO", raising=False)
     codes, scale, b, p = _packed(150, 600)
     s = rand_spikes(40, 600, density=density)
-    assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
+    y = F.spike_ternary_linear(F.pack_spikes(s), p)
+    assert torch.equal(y, R.spike_ternary_linear(s, codes, scale, b))
 
 
 def test_kmajor_layout_and_cache(isa):
@@ -374,6 +375,35 @@ def test_kmajor_layout_and_cache(isa):
         torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, p.bias, 200, 1, km[:, :128])
 
 
+def test_spike_linear_large_k_beyond_int16(monkeypatch):
+    # 40000 active inputs overflow the event kernel's int16 accumulators: auto must use popcount,
+    # forcing the event kernel must be refused.
+    K = 40000
+    codes = torch.ones(3, K, dtype=torch.int8)
+    codes[1] = -1
+    p = F.pack_ternary(codes)
+    bits = F.pack_spikes(torch.ones(2, K))
+    monkeypatch.delenv("TNA_TERNARY_ALGO", raising=False)
+    assert F.spike_ternary_linear(bits, p)[0].tolist() == [40000.0, -40000.0, 40000.0]
+    monkeypatch.setenv("TNA_TERNARY_ALGO", "event")
+    with pytest.raises(RuntimeError, match="K <= 32767"):
+        torch.ops.tna.spike_ternary_linear(bits, p.words, p.scale, None, K, 1)
+
+
+def test_linear_ops_accept_non_contiguous_inputs(isa):
+    codes, scale, b, p = _packed(9, 130)
+    x = torch.randn(130, 6).t()  # non-contiguous [6, 130]
+    y = F.ternary_linear(x, p)
+    ref = R.ternary_linear(x.double(), codes, scale, b)
+    assert ((y.double() - ref).abs() <= _float_tol(x, codes, scale)).all()
+    s = rand_spikes(130, 5).t()
+    bits = F.pack_spikes(s)
+    assert torch.equal(F.spike_ternary_linear(bits, p), R.spike_ternary_linear(s, codes, scale, b))
+    words_nc = p.words.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    q = PackedTernary(words_nc, p.scale, p.K, p.bias)
+    assert torch.equal(F.spike_ternary_linear(bits, q), F.spike_ternary_linear(bits, p))
+
+
 # ---- float x ternary linear ----------------------------------------------------------------------
 
 def _float_tol(x, codes, scale):
@@ -382,10 +412,11 @@ def _float_tol(x, codes, scale):
     return 4 * x.shape[-1] * torch.finfo(torch.float32).eps * mag + 1e-6
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (12, 7, 100), (40, 17, 130),
-                                   (20, 600, 1000)])  # the last: several K-blocks in the GEMM path
+@pytest.mark.parametrize("M,N,K", [(1, 3, 1), (4, 33, 65), (8, 8, 513), (9, 5, 64), (12, 7, 100),
+                                   (40, 17, 130), (20, 600, 1000)])  # last: several GEMM K-blocks
 @pytest.mark.parametrize("bias", [True, False])
-def test_ternary_linear_float32(isa, M, N, K, bias):
+def test_ternary_linear_float32(isa, M, N, K, bias, monkeypatch):
+    monkeypatch.setenv("TNA_GEMM_BLOCK", "200000")  # decoded-weight block: 320 columns at N = 600
     codes, scale, b, p = _packed(N, K, bias)
     x = torch.randn(M, K)
     y = F.ternary_linear(x, p)

@@ -3,14 +3,13 @@
 
 import pytest
 import torch
+from conftest import triton_device
 from torch import nn
 
 from tna_kernels import functional as F
 from tna_kernels import nn as tnn
 from tna_kernels import reference as R
 from tna_kernels.ops.ternary import PackedTernary
-
-from conftest import triton_device
 
 ISAS = ("scalar", "avx2", "avx512")
 
@@ -103,8 +102,8 @@ def test_float_conv_matches_torch(geom):
 def test_float_conv_gradcheck():
     codes, scale, b, p = make(3, 4, (3, 3))
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64, requires_grad=True)
-    for stride, padding, dilation in ((1, 1, 1), (2, 0, 1), ((2, 1), (1, 0), 2)):
-        assert torch.autograd.gradcheck(lambda x: F.ternary_conv2d(x, p, stride, padding, dilation), (x,))
+    for geom in ((1, 1, 1), (2, 0, 1), ((2, 1), (1, 0), 2)):
+        assert torch.autograd.gradcheck(lambda x, geom=geom: F.ternary_conv2d(x, p, *geom), (x,))
 
 
 def test_float_conv_bias_grad_and_opcheck():
@@ -216,7 +215,8 @@ def test_conv_pack_equals_eval_module():
     s = (torch.rand(2, 70, 9, 8) < 0.2).float()
     # The float conv folds the scale into the weights (torch's conv2d speed), so on 0/1 inputs it
     # agrees with the exact spike kernel within float32 rounding.
-    torch.testing.assert_close(packed.forward_spikes(F.pack_spikes(s, dim=1)), packed(s), rtol=1e-5, atol=1e-5)
+    y_spk = packed.forward_spikes(F.pack_spikes(s, dim=1))
+    torch.testing.assert_close(y_spk, packed(s), rtol=1e-5, atol=1e-5)
 
 
 def test_packed_module_state_dict_carries_version():
@@ -229,7 +229,8 @@ def test_packed_module_state_dict_carries_version():
     x = torch.randn(3, 10)
     assert torch.equal(fresh(x), packed(x))
     bad = {**sd, "format_version": torch.tensor(2)}
-    with pytest.raises(RuntimeError, match="format_version: this build reads packed ternary format v1 only, got v2"):
+    msg = "format_version: this build reads packed ternary format v1 only, got v2"
+    with pytest.raises(RuntimeError, match=msg):
         fresh.load_state_dict(bad)
 
 
@@ -262,7 +263,8 @@ def test_random_grid_bit_exact(isa, seed):
     scale, b = torch.rand(N) + 0.1, torch.randn(N)
     p = F.pack_ternary(codes, scale, b)
     s = (torch.rand(M, K, generator=g) < density).float()
-    assert torch.equal(F.spike_ternary_linear(F.pack_spikes(s), p), R.spike_ternary_linear(s, codes, scale, b))
+    y = F.spike_ternary_linear(F.pack_spikes(s), p)
+    assert torch.equal(y, R.spike_ternary_linear(s, codes, scale, b))
     # conv: channels across word boundaries, odd sizes, random stride/padding/dilation
     C, N, k = r(1, 200), r(1, 70), (r(1, 4), r(1, 4))
     H, W = r(k[0] + 2, 14), r(k[1] + 2, 14)
@@ -273,3 +275,22 @@ def test_random_grid_bit_exact(isa, seed):
     s = (torch.rand(r(1, 5), C, H, W, generator=g) < density).float()
     y = F.spike_ternary_conv2d(F.pack_spikes(s, dim=1), p, stride, padding, dilation)
     assert torch.equal(y, R.spike_ternary_conv2d(s, codes, scale, b, stride, padding, dilation))
+
+
+def test_packed_module_cache_follows_reloaded_weights():
+    # The event-driven kernels' K-major copy is cached on the module; reloading weights must drop it.
+    a, b = tnn.TernaryLinear(300, 40).pack(), tnn.TernaryLinear(300, 40).pack()
+    s = (torch.rand(8, 300) < 0.1).float()
+    bits = F.pack_spikes(s)
+    ya = a.forward_spikes(bits)
+    a.load_state_dict(b.state_dict())
+    codes = b.packed.codes()
+    expect = R.spike_ternary_linear(s, codes, b.scale, b.bias)
+    assert torch.equal(a.forward_spikes(bits), expect) and not torch.equal(ya, expect)
+    conv_a = tnn.TernaryConv2d(20, 8, 3, padding=1).pack()
+    conv_b = tnn.TernaryConv2d(20, 8, 3, padding=1).pack()
+    sc = (torch.rand(2, 20, 5, 5) < 0.1).float()
+    conv_a.forward_spikes(F.pack_spikes(sc, dim=1))
+    conv_a.load_state_dict(conv_b.state_dict())
+    assert torch.equal(conv_a.forward_spikes(F.pack_spikes(sc, dim=1)),
+                       conv_b.forward_spikes(F.pack_spikes(sc, dim=1)))

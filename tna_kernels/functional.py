@@ -213,7 +213,8 @@ def pack_ternary(codes: Tensor, scale: Tensor | None = None, bias: Tensor | None
     ``scale`` (``[N]``, default ones) and ``bias`` (``[N]`` or None) are stored as float32. Raises
     on any other code value. The input is never modified."""
     if not isinstance(codes, Tensor) or codes.dtype != torch.int8:
-        raise TypeError(f"codes must be an int8 tensor of -1/0/+1, got {getattr(codes, 'dtype', type(codes))}")
+        got = getattr(codes, "dtype", type(codes))
+        raise TypeError(f"codes must be an int8 tensor of -1/0/+1, got {got}")
     cl = _to_pack_layout(codes, "codes")
     n = codes.shape[0]
     scale = torch.ones(n, device=codes.device) if scale is None else _vector(scale, n, "scale")
@@ -240,7 +241,8 @@ def pack_spikes(spikes: Tensor, dim: int = -1) -> Tensor:
 
 
 def unpack_spikes(bits: Tensor, K: int, dim: int = -1, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Inverse of :func:`pack_spikes`: ``[..., KW] -> [..., K]`` in ``dtype``, unpacked axis moved to ``dim``."""
+    """Inverse of :func:`pack_spikes`: ``[..., KW] -> [..., K]`` in ``dtype``, the unpacked axis
+    moved to ``dim``."""
     if not isinstance(K, int) or K < 1:
         raise ValueError(f"K must be an int >= 1, got {K!r}")
     return torch.ops.tna.unpack_spikes(bits, K).to(dtype).movedim(-1, dim)

@@ -1,4 +1,5 @@
-// Shared pieces of the ternary CPU kernels (ternary_pack.cpp, ternary_linear.cpp, ternary_conv.cpp).
+// Shared pieces of the ternary CPU kernels (ternary_pack.cpp, ternary_gemm.cpp, ternary_linear.cpp,
+// ternary_conv.cpp).
 //
 // Packed format v1 (docs/FORMAT.md is the contract): codes c in {-1, 0, +1} of shape [..., K] pack
 // along the last axis into int64 words [..., 2, KW], KW = ceil(K / 64). Plane 0 is P (bit set <=>
@@ -11,6 +12,14 @@
 
 #include <cstdint>
 #include <vector>
+
+// x86-64 GCC builds compile AVX2 and AVX-512 kernels next to the portable ones (function target
+// attributes) and pick one at run time (select_isa); other targets compile the portable ones only.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TNA_HAVE_X86_KERNELS 1
+#define TNA_AVX2 __attribute__((target("avx2,popcnt,bmi")))
+#define TNA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi")))
+#endif
 
 namespace tna::ternary {
 

@@ -104,6 +104,24 @@ __attribute__((target("avx2"))) bool pack_f32_planes_avx2(const float* src, int6
   }
   return bad == 0;
 }
+// float32 row, packing along the contiguous axis: `words` full 64-element words, 8 lanes per
+// compare + movemask. Returns false on a value other than 0 and 1.
+__attribute__((target("avx2"))) bool pack_f32_row_avx2(const float* src, int64_t words, uint64_t* out) {
+  const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+  int bad = 0;
+  for (int64_t i = 0; i < words; ++i) {
+    uint64_t w = 0;
+    for (int g = 0; g < 8; ++g) {
+      const __m256 v = _mm256_loadu_ps(src + i * 64 + g * 8);
+      const __m256 is1 = _mm256_cmp_ps(v, one, _CMP_EQ_OQ);
+      const __m256 is0 = _mm256_cmp_ps(v, zero, _CMP_EQ_OQ);
+      bad |= _mm256_movemask_ps(_mm256_or_ps(is0, is1)) ^ 0xff;
+      w |= uint64_t(_mm256_movemask_ps(is1)) << (8 * g);
+    }
+    out[i] = w;
+  }
+  return bad == 0;
+}
 #endif
 
 void record_bad(std::atomic<int64_t>& first, int64_t idx) {
@@ -118,7 +136,8 @@ int64_t first_bad_packed_row(const uint64_t* w, int64_t rows, int64_t K) {
   const int64_t KW = words_for(K);
   const uint64_t tail = (K % 64) ? ~((uint64_t(1) << (K % 64)) - 1) : 0;
   std::atomic<int64_t> bad{kNoBad};
-  at::parallel_for(0, rows, 256, [&](int64_t b, int64_t e) {
+  // Small checks run inline: a parallel region costs more than scanning 256 Ki words.
+  at::parallel_for(0, rows, std::max<int64_t>(256, 262144 / KW), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const uint64_t* p = w + r * 2 * KW;
       const uint64_t* n = p + KW;
@@ -266,7 +285,18 @@ at::Tensor pack_spikes_cpu(const at::Tensor& spikes, int64_t dim) {
       at::parallel_for(0, A, std::max<int64_t>(1, 32768 / K), [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const scalar_t* row = sp + r * K;
-          for (int64_t i = 0; i < KW; ++i) {
+          int64_t i0 = 0;
+#ifdef TNA_HAVE_PACK_AVX2
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (has_avx2()) {
+              i0 = K / 64;  // full words; the tail word goes through the generic loop
+              if (!pack_f32_row_avx2(reinterpret_cast<const float*>(row), i0, op + r * KW)) {
+                record_bad(bad, r * K);
+              }
+            }
+          }
+#endif
+          for (int64_t i = i0; i < KW; ++i) {
             const int64_t len = std::min<int64_t>(64, K - i * 64);
             uint64_t word = 0;
             bool ok = true;
@@ -383,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ternarize_cpu(const at::Tensor& w
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ternarize", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     std::vector<double> mean(N);
-    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / R), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) mean[r] = row_abs_sum(xp + r * R, R);
     });
     // Pool the row sums in row order so the per-tensor statistics do not depend on threading.
@@ -399,7 +429,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ternarize_cpu(const at::Tensor& w
     }
     if (twn) {
       std::vector<double> above(N), cnt(N);
-      at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, N, std::max<int64_t>(1, 65536 / R), [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const double delta = 0.7 * mean[r];
           double s = 0, c = 0;
@@ -425,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ternarize_cpu(const at::Tensor& w
       for (int64_t r = 0; r < N; ++r) thr[r] = mean[r] + 1e-5, sc[r] = mean[r];
     }
     int8_t* cp = codes.mutable_data_ptr<int8_t>();
-    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / R), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const double t = thr[r];
         for (int64_t i = 0; i < R; ++i) {
@@ -496,7 +526,7 @@ void scale_bias_(at::Tensor& y, int64_t channel_dim, const at::Tensor& scale,
   const float* sp = sc.const_data_ptr<float>();
   const float* bp = bias.has_value() ? bb.const_data_ptr<float>() : nullptr;
   if (inner == 1) {  // channels last: scale/bias vary along the contiguous axis
-    at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / N), [&](int64_t o0, int64_t o1) {
+    at::parallel_for(0, outer, std::max<int64_t>(1, 262144 / N), [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) {
         float* row = yp + o * N;
         if (bp != nullptr) {
@@ -508,7 +538,7 @@ void scale_bias_(at::Tensor& y, int64_t channel_dim, const at::Tensor& scale,
     });
     return;
   }
-  at::parallel_for(0, outer * N, std::max<int64_t>(1, 16384 / inner), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, outer * N, std::max<int64_t>(1, 262144 / inner), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r % N;
       epilogue_block(yp + r * inner, inner, sp[n], bp ? bp[n] : 0.f, bp != nullptr);

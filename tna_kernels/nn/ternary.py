@@ -76,7 +76,8 @@ class TernaryConv2d(_TernaryMixin, nn.Conv2d):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
                  *, method: str = "twn", per_channel: bool = True, clip: float | None = None):
         if groups != 1:
-            raise ValueError(f"groups must be 1 for TernaryConv2d (the packed kernels are dense), got {groups}")
+            raise ValueError(f"groups must be 1 for TernaryConv2d (the packed kernels are dense), "
+                             f"got {groups}")
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros' for TernaryConv2d, got {padding_mode!r}")
         if isinstance(padding, str):
@@ -176,4 +177,5 @@ class PackedTernaryConv2d(_PackedBase):
     def extra_repr(self) -> str:
         kh, kw = self.words.shape[1:3]
         return (f"{self.K}, {self.words.shape[0]}, kernel_size=({kh}, {kw}), stride={tuple(self.stride)}, "
-                f"padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, bias={self.bias is not None}")
+                f"padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, "
+                f"bias={self.bias is not None}")

@@ -96,7 +96,7 @@ class PackedTernary:
 
     def codes(self) -> Tensor:
         """int8 codes in torch layout: [N, K] (linear) or [N, C, kh, kw] (conv2d)."""
-        c = torch.ops.tna.unpack_ternary(self.words.cpu(), self.K, self.version).to(self.words.device)
+        c = torch.ops.tna.unpack_ternary(self.words, self.K, self.version)
         return c.permute(0, 3, 1, 2).contiguous() if self.is_conv else c
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -107,12 +107,17 @@ class PackedTernary:
     def kmajor(self) -> Tensor | None:
         """Backend-private K-major int8 copy of the codes for the CPU event-driven spike kernels
         (``tna::ternary_kmajor``), built once and cached on this object; never serialised. It holds
-        ``K_padded x ceil(N/128)*128`` bytes (about 4x the packed words). None where it cannot be
-        used (non-CPU tensors, the scalar kernels, or more than 32767 inputs)."""
-        if self.words.device.type != "cpu" or self.words.shape[-1] * 64 * (
-                self.words.shape[1] * self.words.shape[2] if self.is_conv else 1) > 32767:
+        ``K_padded x ceil(N/128)*128`` bytes (about 4x the packed words). None where it would not be
+        used (non-CPU tensors, the scalar kernels, more than 32767 inputs, or AVX-512 with a copy
+        over 1 MiB, where popcount wins)."""
+        taps = self.words.shape[1] * self.words.shape[2] if self.is_conv else 1
+        k_pad = self.words.shape[-1] * 64 * taps
+        if self.words.device.type != "cpu" or k_pad > 32767:
             return None
-        if torch.ops.tna.ternary_cpu_isa() == "scalar":
+        isa = torch.ops.tna.ternary_cpu_isa()
+        # Same rule as select_algo in csrc/cpu/ternary_gemm.cpp: AVX2 uses a cached copy of any
+        # size; the AVX-512 popcount kernel beats the event loop once the copy exceeds 1 MiB.
+        if isa == "scalar" or (isa == "avx512" and k_pad * self.out_features > (1 << 20)):
             return None
         if "kmajor" not in self._cache:
             self._cache["kmajor"] = torch.ops.tna.ternary_kmajor(self.words, self.K, self.version)
@@ -140,7 +145,8 @@ class PackedTernary:
 
 def _check_version(version):
     torch._check(version == FORMAT_VERSION,
-                 lambda: f"version: this build reads packed ternary format v{FORMAT_VERSION} only, got v{version}")
+                 lambda: f"version: this build reads packed ternary format v{FORMAT_VERSION} only, "
+                         f"got v{version}")
 
 
 @torch.library.register_fake("tna::pack_ternary")
@@ -203,7 +209,7 @@ def _spike_ternary_linear_fake(spike_bits, packed_w, scale, bias, K, version, km
 
 def _conv_out(h, w, k, stride, padding, dilation):
     return tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1
-                 for n, kk, s, p, d in zip((h, w), k, stride, padding, dilation))
+                 for n, kk, s, p, d in zip((h, w), k, stride, padding, dilation, strict=True))
 
 
 @torch.library.register_fake("tna::ternary_conv2d")
@@ -223,7 +229,8 @@ def _ternary_conv2d_grad_input_fake(grad_y, packed_w, scale, input_size, stride,
 def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version,
                                kmajor=None):
     _check_version(version)
-    oh, ow = _conv_out(spike_bits.shape[1], spike_bits.shape[2], packed_w.shape[1:3], stride, padding, dilation)
+    oh, ow = _conv_out(spike_bits.shape[1], spike_bits.shape[2], packed_w.shape[1:3], stride, padding,
+                       dilation)
     return torch.empty((spike_bits.shape[0], packed_w.shape[0], oh, ow), dtype=torch.float32,
                        device=spike_bits.device, memory_format=torch.channels_last)
 
