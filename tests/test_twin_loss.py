@@ -391,6 +391,25 @@ def test_opcheck_bwd():
     torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(-2.0), g16, g16))
 
 
+def test_op_level_autograd_registration():
+    """Calling tna::twin_loss_fwd directly differentiates through register_autograd (the same
+    backward op as the functional path)."""
+    a, b, y = _inputs(9, 14, ignore=(2,))
+    A, Bt = _leaf(a), _leaf(b)
+    loss, parts, _, _ = torch.ops.tna.twin_loss_fwd(A, Bt, y, 1.0, 0.5, 0.2, 0, 0.1, -100, True, True)
+    assert not parts.requires_grad
+    (-3.0 * loss).backward()
+    _, _, rga, rgb = _ref(a, b, y, go=-3.0, ce_weight_twin=0.5, mse_weight=0.2, mse_reduction="mean",
+                          label_smoothing=0.1)
+    _close(A.grad, rga)
+    _close(Bt.grad, rgb)
+    A.grad = None
+    loss, *_ = torch.ops.tna.twin_loss_fwd(A, Bt, y, 1.0, 0.5, 0.2, 0, 0.1, -100, True, False)
+    ga, gb = torch.autograd.grad(loss, (A, Bt), allow_unused=True)
+    assert gb is None  # need_grad_twin=False: the twin is treated as detached
+    _close(ga, rga / -3.0)
+
+
 def test_torch_compile_fullgraph():
     a, b, y = _inputs(16, 10, ignore=(1,))
 
