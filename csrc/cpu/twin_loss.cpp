@@ -5,20 +5,21 @@
 // smoothing, wa / wb / lam = the CE(base) / CE(twin) / MSE weights, D = B*C (mse_reduction 0,
 // "mean", torch's F.mse_loss) or D = B (mse_reduction 1, "sum_over_batch", the authors' sum/B).
 //
-// Forward, per row i (one sweep per tensor, float accumulation for bf16/half, double for double):
+// Forward, per row i (float accumulation for float/bf16/half, double for double):
 //   m     = max_j x_ij;  e_ij = exp(x_ij - m);  s = sum_j e_ij;  lse = m + log s
 //   ce_i  = lse - (1 - eps) x_{i,y_i} - eps/C sum_j x_ij          (torch's label smoothing)
 //   d_ij  = a_ij - b_ij;  mse_i = sum_j d_ij^2                     (every row, ignored ones too)
 //   CE_a  = sum_{i in V} ce_i(a) / N, and 0 when N = 0 (all rows ignored: defined, no NaN);
 //   same for CE_b;  MSE = sum_i mse_i / D;   loss = wa CE_a + wb CE_b + lam MSE
 //   parts = (CE_a, CE_b, MSE), unweighted, for logging.
-// Gradient for grad_output = 1 (written in a second sweep of the row while it is still in L1,
-// reusing the e_ij kept in a per-thread scratch row, so exp runs once per element):
+// Three sweeps per row pair, both rows at once, all in L1: (1) the two maxima, (2) e = exp(x - m)
+// kept in a per-thread scratch row, s, sum x, sum d^2, (3) the gradients from the kept e (exp
+// runs once per element). Gradient for grad_output = 1:
 //   dL/da_ij = [i in V] wa/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) + 2 lam/D d_ij
 //   dL/db_ij = [i in V] wb/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) - 2 lam/D d_ij
 // The gradients are new buffers in the logits' dtype (the caller's logits are never written);
-// autograd saves them and backward (tna::twin_loss_bwd) only multiplies them by grad_output. need_grad_base/twin = false
-// skips that tensor's gradient (returned as an empty tensor).
+// autograd saves them (nothing else) and backward (tna::twin_loss_bwd) only multiplies them by
+// grad_output. need_grad_base / need_grad_twin = false skips that gradient (an empty tensor).
 //
 // Layout and order: a serial pass over target validates it (range or ignore_index) and counts N
 // first, so the gradients can be scaled in the same parallel sweep. Rows are split across threads
