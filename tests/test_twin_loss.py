@@ -158,7 +158,8 @@ def test_mse_conventions():
 def test_default_is_the_authors_convention():
     a, b, y = _inputs(16, 10)
     loss = F.twin_loss(a, b, y)
-    expected = tF.cross_entropy(a, y) + tF.cross_entropy(b, y) + 0.005 * tF.mse_loss(a, b, reduction="sum") / 16
+    mse_sum = tF.mse_loss(a, b, reduction="sum")
+    expected = tF.cross_entropy(a, y) + tF.cross_entropy(b, y) + 0.005 * mse_sum / 16
     _close(loss, expected)
 
 
@@ -339,7 +340,8 @@ def test_empty_batch():
     (lambda a, b, y: F.twin_loss(a, b, y.float()), TypeError, "target must hold class indices"),
     (lambda a, b, y: F.twin_loss(a, b, y[:-1]), ValueError, "target must have shape"),
     (lambda a, b, y: F.twin_loss(a, b, y.clone().fill_(10)), RuntimeError, r"target\[0\] = 10"),
-    (lambda a, b, y: F.twin_loss(a, b, y.clone().fill_(-1)), RuntimeError, "target must hold class indices in"),
+    (lambda a, b, y: F.twin_loss(a, b, y.clone().fill_(-1)), RuntimeError,
+     "target must hold class indices in"),
     (lambda a, b, y: F.twin_loss(a, b, y, mse_reduction="sum"), ValueError, "mse_reduction must be one of"),
     (lambda a, b, y: F.twin_loss(a, b, y, label_smoothing=1.5), ValueError, "label_smoothing must be"),
     (lambda a, b, y: F.twin_loss(a, b, y, mse_weight=math.nan), ValueError, "mse_weight must be"),

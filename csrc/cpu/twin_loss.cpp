@@ -310,7 +310,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
   TNA_CHECK_CPU(logits_twin);
   TNA_CHECK_CPU(target);
   TNA_CHECK_FLOATING(logits_base);
-  TORCH_CHECK(logits_base.dim() == 2, "logits_base must be a 2-D [batch, classes] tensor, got shape ",
+  TORCH_CHECK(logits_base.dim() == 2,
+              "logits_base must be a 2-D [batch, classes] tensor, got shape ",
               logits_base.sizes());
   TORCH_CHECK(logits_base.size(1) >= 1, "logits_base must have at least one class, got shape ",
               logits_base.sizes());
@@ -351,7 +352,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
   at::Tensor grad_b = at::empty(need_grad_twin ? a.sizes() : at::IntArrayRef{0}, a.options());
   at::Tensor rows = at::empty({B, 3}, acc_opts);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "twin_loss_fwd_cpu", [&] {
+  const auto dtype = a.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twin_loss_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
@@ -411,7 +413,8 @@ std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss
   TNA_CHECK_CPU(grad_loss);
   TNA_CHECK_CPU(grad_base);
   TNA_CHECK_CPU(grad_twin);
-  TORCH_CHECK(grad_loss.dim() == 0, "grad_loss must be a 0-dim tensor, got shape ", grad_loss.sizes());
+  TORCH_CHECK(grad_loss.dim() == 0, "grad_loss must be a 0-dim tensor, got shape ",
+              grad_loss.sizes());
   TNA_CHECK_FLOATING(grad_base);
   TNA_CHECK_DTYPE(grad_twin, grad_base.scalar_type());
   TNA_CHECK_DTYPE(grad_loss, at::toOpMathType(grad_base.scalar_type()));
@@ -421,7 +424,8 @@ std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss
   at::Tensor out_b = at::empty_like(gb);
   const int64_t na = ga.numel();
   const int64_t nb = gb.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ga.scalar_type(), "twin_loss_bwd_cpu", [&] {
+  const auto dtype = ga.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twin_loss_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t scale = *grad_loss.const_data_ptr<acc_t>();  // CPU memory: a plain read
     const scalar_t* pa = ga.const_data_ptr<scalar_t>();
@@ -430,7 +434,9 @@ std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss
     scalar_t* qb = out_b.mutable_data_ptr<scalar_t>();
     // Both tensors as one index space [0, na + nb).
     at::parallel_for(0, na + nb, 4 * kGrainElems, [&](int64_t begin, int64_t end) {
-      if (begin < na) scale_block<scalar_t, acc_t>(pa + begin, qa + begin, std::min(end, na) - begin, scale);
+      if (begin < na) {
+        scale_block<scalar_t, acc_t>(pa + begin, qa + begin, std::min(end, na) - begin, scale);
+      }
       if (end > na) {
         const int64_t lo = std::max(begin, na) - na;
         scale_block<scalar_t, acc_t>(pb + lo, qb + lo, end - na - lo, scale);

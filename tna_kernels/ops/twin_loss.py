@@ -21,12 +21,15 @@ def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_wei
     torch._check(logits_base.dtype.is_floating_point,
                  lambda: f"logits_base must be a floating-point tensor, got {logits_base.dtype}")
     torch._check(logits_base.dim() == 2,
-                 lambda: f"logits_base must be a 2-D [batch, classes] tensor, got shape {tuple(logits_base.shape)}")
+                 lambda: "logits_base must be a 2-D [batch, classes] tensor, got shape "
+                         f"{tuple(logits_base.shape)}")
     torch._check(logits_twin.dtype == logits_base.dtype,
                  lambda: f"logits_twin must have dtype {logits_base.dtype}, got {logits_twin.dtype}")
     torch._check(logits_twin.shape == logits_base.shape,
-                 lambda: f"logits_twin must have shape {tuple(logits_base.shape)}, got {tuple(logits_twin.shape)}")
-    torch._check(target.dtype == torch.int64, lambda: f"target must have dtype torch.int64, got {target.dtype}")
+                 lambda: f"logits_twin must have shape {tuple(logits_base.shape)}, "
+                         f"got {tuple(logits_twin.shape)}")
+    torch._check(target.dtype == torch.int64,
+                 lambda: f"target must have dtype torch.int64, got {target.dtype}")
     torch._check(target.shape == logits_base.shape[:1],
                  lambda: f"target must have shape {tuple(logits_base.shape[:1])}, got {tuple(target.shape)}")
     torch._check(mse_reduction in (0, 1),
@@ -43,7 +46,8 @@ def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_wei
 
 @torch.library.register_fake("tna::twin_loss_bwd")
 def _twin_loss_bwd_fake(grad_loss, grad_base, grad_twin):
-    torch._check(grad_loss.dim() == 0, lambda: f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
+    torch._check(grad_loss.dim() == 0,
+                 lambda: f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
     torch._check(grad_base.dtype.is_floating_point,
                  lambda: f"grad_base must be a floating-point tensor, got {grad_base.dtype}")
     torch._check(grad_twin.dtype == grad_base.dtype,
