@@ -114,18 +114,27 @@ TNA_VEC_INLINE Lanes<acc_t> load_lanes(const scalar_t* __restrict x) {
   return v;
 }
 
+// The first `rest` (< kLanes) elements of x, the other lanes set to `pad`.
+template <typename scalar_t, typename acc_t>
+TNA_VEC_INLINE Lanes<acc_t> load_tail(const scalar_t* __restrict x, int64_t rest, acc_t pad) {
+  acc_t tmp[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) tmp[k] = k < rest ? static_cast<acc_t>(x[k]) : pad;
+  Lanes<acc_t> v;
+  std::memcpy(&v, tmp, sizeof(v));
+  return v;
+}
+
+// Horizontal max / sum as a pairwise tree (depth 3, a fixed order).
 template <typename acc_t>
 TNA_VEC_INLINE acc_t lanes_max(Lanes<acc_t> v) {
-  acc_t m = v[0];
-  for (int64_t k = 1; k < kLanes; ++k) m = v[k] > m ? v[k] : m;
-  return m;
+  static_assert(kLanes == 8, "the reduction trees are written for 8 lanes");
+  const auto mx = [](acc_t x, acc_t y) { return y > x ? y : x; };
+  return mx(mx(mx(v[0], v[4]), mx(v[1], v[5])), mx(mx(v[2], v[6]), mx(v[3], v[7])));
 }
 
 template <typename acc_t>
 TNA_VEC_INLINE acc_t lanes_sum(Lanes<acc_t> v) {
-  acc_t s = 0;
-  for (int64_t k = 0; k < kLanes; ++k) s += v[k];
-  return s;
+  return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
 typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
@@ -165,14 +174,14 @@ TNA_VEC_INLINE void rows_max(const scalar_t* __restrict a, const scalar_t* __res
     la = va > la ? va : la;
     lb = vb > lb ? vb : lb;
   }
-  acc_t m1 = lanes_max<acc_t>(la), m2 = lanes_max<acc_t>(lb);
-  for (; j < C; ++j) {
-    const acc_t va = static_cast<acc_t>(a[j]), vb = static_cast<acc_t>(b[j]);
-    m1 = va > m1 ? va : m1;
-    m2 = vb > m2 ? vb : m2;
+  if (j < C) {
+    const Lanes<acc_t> va = load_tail<scalar_t, acc_t>(a + j, C - j, kNegInf);
+    const Lanes<acc_t> vb = load_tail<scalar_t, acc_t>(b + j, C - j, kNegInf);
+    la = va > la ? va : la;
+    lb = vb > lb ? vb : lb;
   }
-  *ma = m1;
-  *mb = m2;
+  *ma = lanes_max<acc_t>(la);
+  *mb = lanes_max<acc_t>(lb);
 }
 
 // Sweep 2: e = exp(x - m) for both rows (kept in the scratch rows ea / eb), their sums, the row
@@ -199,16 +208,12 @@ TNA_VEC_INLINE void rows_exp_sums(const scalar_t* __restrict a, const scalar_t* 
   }
   if (j < C) {  // the last C % kLanes columns as one padded vector (not kLanes scalar exps)
     const int64_t rest = C - j;
-    Lanes<acc_t> va = {}, vb = {}, pa, pb;  // va/vb padded with 0 (sums), pa/pb with -inf (exp)
-    for (int64_t k = 0; k < rest; ++k) {
-      va[k] = static_cast<acc_t>(a[j + k]);
-      vb[k] = static_cast<acc_t>(b[j + k]);
-    }
     constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t k = 0; k < kLanes; ++k) {
-      pa[k] = k < rest ? va[k] : kNegInf;
-      pb[k] = k < rest ? vb[k] : kNegInf;
-    }
+    // va / vb padded with 0 (for the sums), pa / pb with -inf (exp gives exactly 0 there)
+    const Lanes<acc_t> va = load_tail<scalar_t, acc_t>(a + j, rest, acc_t(0));
+    const Lanes<acc_t> vb = load_tail<scalar_t, acc_t>(b + j, rest, acc_t(0));
+    const Lanes<acc_t> pa = load_tail<scalar_t, acc_t>(a + j, rest, kNegInf);
+    const Lanes<acc_t> pb = load_tail<scalar_t, acc_t>(b + j, rest, kNegInf);
     const Lanes<acc_t> e1 = exp_nonpos(pa - ma);  // exactly 0 in the padding
     const Lanes<acc_t> e2 = exp_nonpos(pb - mb);
     std::memcpy(ea + j, &e1, rest * sizeof(acc_t));
