@@ -184,6 +184,15 @@ def test_detach(which):
     _close(gb, rgb)
 
 
+@pytest.mark.parametrize("which", ["twin", "base"])
+def test_detach_large_one_sided_backward(which):
+    """One gradient only, large enough that the backward op splits it across threads."""
+    a, b, y = _inputs(1000, 100, ignore=(7,))
+    kw = dict(detach_twin=which == "twin", detach_base=which == "base", mse_weight=0.3)
+    ours = _ours(a, b, y, go=-1.5, **kw)
+    _check_all(ours, _ref(a, b, y, go=-1.5, **kw))
+
+
 def test_frozen_twin_is_logit_matching_to_a_constant():
     a, b, y = _inputs(10, 7)
     A = _leaf(a)
