@@ -158,7 +158,8 @@ def test_mse_conventions():
 def test_default_is_the_authors_convention():
     a, b, y = _inputs(16, 10)
     loss = F.twin_loss(a, b, y)
-    expected = tF.cross_entropy(a, y) + tF.cross_entropy(b, y) + 0.005 * tF.mse_loss(a, b, reduction="sum") / 16
+    mse_sum = tF.mse_loss(a, b, reduction="sum")
+    expected = tF.cross_entropy(a, y) + tF.cross_entropy(b, y) + 0.005 * mse_sum / 16
     _close(loss, expected)
 
 
@@ -181,6 +182,15 @@ def test_detach(which):
     rga, rgb = torch.autograd.grad(ref_loss, (A, Bt), allow_unused=True, materialize_grads=True)
     _close(ga, rga)
     _close(gb, rgb)
+
+
+@pytest.mark.parametrize("which", ["twin", "base"])
+def test_detach_large_one_sided_backward(which):
+    """One gradient only, large enough that the backward op splits it across threads."""
+    a, b, y = _inputs(1000, 100, ignore=(7,))
+    kw = dict(detach_twin=which == "twin", detach_base=which == "base", mse_weight=0.3)
+    ours = _ours(a, b, y, go=-1.5, **kw)
+    _check_all(ours, _ref(a, b, y, go=-1.5, **kw))
 
 
 def test_frozen_twin_is_logit_matching_to_a_constant():
@@ -339,7 +349,8 @@ def test_empty_batch():
     (lambda a, b, y: F.twin_loss(a, b, y.float()), TypeError, "target must hold class indices"),
     (lambda a, b, y: F.twin_loss(a, b, y[:-1]), ValueError, "target must have shape"),
     (lambda a, b, y: F.twin_loss(a, b, y.clone().fill_(10)), RuntimeError, r"target\[0\] = 10"),
-    (lambda a, b, y: F.twin_loss(a, b, y.clone().fill_(-1)), RuntimeError, "target must hold class indices in"),
+    (lambda a, b, y: F.twin_loss(a, b, y.clone().fill_(-1)), RuntimeError,
+     "target must hold class indices in"),
     (lambda a, b, y: F.twin_loss(a, b, y, mse_reduction="sum"), ValueError, "mse_reduction must be one of"),
     (lambda a, b, y: F.twin_loss(a, b, y, label_smoothing=1.5), ValueError, "label_smoothing must be"),
     (lambda a, b, y: F.twin_loss(a, b, y, mse_weight=math.nan), ValueError, "mse_weight must be"),
@@ -389,6 +400,25 @@ def test_opcheck_bwd():
     torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(1.5), g, torch.empty(0)))
     g16 = g.bfloat16()
     torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(-2.0), g16, g16))
+
+
+def test_op_level_autograd_registration():
+    """Calling tna::twin_loss_fwd directly differentiates through register_autograd (the same
+    backward op as the functional path)."""
+    a, b, y = _inputs(9, 14, ignore=(2,))
+    A, Bt = _leaf(a), _leaf(b)
+    loss, parts, _, _ = torch.ops.tna.twin_loss_fwd(A, Bt, y, 1.0, 0.5, 0.2, 0, 0.1, -100, True, True)
+    assert not parts.requires_grad
+    (-3.0 * loss).backward()
+    _, _, rga, rgb = _ref(a, b, y, go=-3.0, ce_weight_twin=0.5, mse_weight=0.2, mse_reduction="mean",
+                          label_smoothing=0.1)
+    _close(A.grad, rga)
+    _close(Bt.grad, rgb)
+    A.grad = None
+    loss, *_ = torch.ops.tna.twin_loss_fwd(A, Bt, y, 1.0, 0.5, 0.2, 0, 0.1, -100, True, False)
+    ga, gb = torch.autograd.grad(loss, (A, Bt), allow_unused=True)
+    assert gb is None  # need_grad_twin=False: the twin is treated as detached
+    _close(ga, rga / -3.0)
 
 
 def test_torch_compile_fullgraph():

@@ -416,9 +416,9 @@ def twin_loss(logits_base: Tensor, logits_twin: Tensor, target: Tensor, *, mse_w
     # A detached input enters the op detached, so autograd cannot route a gradient into it.
     base = logits_base.detach() if detach_base else logits_base
     twin = logits_twin.detach() if detach_twin else logits_twin
-    loss, parts = TwinLossFunction.apply(
-        base, twin, target, ce_weight_base, ce_weight_twin, mse_weight,
-        MSE_REDUCTIONS.index(mse_reduction), label_smoothing, int(ignore_index), need_base, need_twin)
+    hyper = (ce_weight_base, ce_weight_twin, mse_weight, MSE_REDUCTIONS.index(mse_reduction),
+             label_smoothing, int(ignore_index), need_base, need_twin)
+    loss, parts = TwinLossFunction.apply(base, twin, target, hyper)
     return (loss, parts) if return_parts else loss
 
 

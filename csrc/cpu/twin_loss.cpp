@@ -5,20 +5,21 @@
 // smoothing, wa / wb / lam = the CE(base) / CE(twin) / MSE weights, D = B*C (mse_reduction 0,
 // "mean", torch's F.mse_loss) or D = B (mse_reduction 1, "sum_over_batch", the authors' sum/B).
 //
-// Forward, per row i (one sweep per tensor, float accumulation for bf16/half, double for double):
+// Forward, per row i (float accumulation for float/bf16/half, double for double):
 //   m     = max_j x_ij;  e_ij = exp(x_ij - m);  s = sum_j e_ij;  lse = m + log s
 //   ce_i  = lse - (1 - eps) x_{i,y_i} - eps/C sum_j x_ij          (torch's label smoothing)
 //   d_ij  = a_ij - b_ij;  mse_i = sum_j d_ij^2                     (every row, ignored ones too)
 //   CE_a  = sum_{i in V} ce_i(a) / N, and 0 when N = 0 (all rows ignored: defined, no NaN);
 //   same for CE_b;  MSE = sum_i mse_i / D;   loss = wa CE_a + wb CE_b + lam MSE
 //   parts = (CE_a, CE_b, MSE), unweighted, for logging.
-// Gradient for grad_output = 1 (written in a second sweep of the row while it is still in L1,
-// reusing the e_ij kept in a per-thread scratch row, so exp runs once per element):
+// Three sweeps per row pair, both rows at once, all in L1: (1) the two maxima, (2) e = exp(x - m)
+// kept in a per-thread scratch row, s, sum x, sum d^2, (3) the gradients from the kept e (exp
+// runs once per element). Gradient for grad_output = 1:
 //   dL/da_ij = [i in V] wa/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) + 2 lam/D d_ij
 //   dL/db_ij = [i in V] wb/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) - 2 lam/D d_ij
 // The gradients are new buffers in the logits' dtype (the caller's logits are never written);
-// autograd saves them and backward (tna::twin_loss_bwd) only multiplies them by grad_output. need_grad_base/twin = false
-// skips that tensor's gradient (returned as an empty tensor).
+// autograd saves them (nothing else) and backward (tna::twin_loss_bwd) only multiplies them by
+// grad_output. need_grad_base / need_grad_twin = false skips that gradient (an empty tensor).
 //
 // Layout and order: a serial pass over target validates it (range or ignore_index) and counts N
 // first, so the gradients can be scaled in the same parallel sweep. Rows are split across threads
@@ -113,18 +114,27 @@ TNA_VEC_INLINE Lanes<acc_t> load_lanes(const scalar_t* __restrict x) {
   return v;
 }
 
+// The first `rest` (< kLanes) elements of x, the other lanes set to `pad`.
+template <typename scalar_t, typename acc_t>
+TNA_VEC_INLINE Lanes<acc_t> load_tail(const scalar_t* __restrict x, int64_t rest, acc_t pad) {
+  acc_t tmp[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) tmp[k] = k < rest ? static_cast<acc_t>(x[k]) : pad;
+  Lanes<acc_t> v;
+  std::memcpy(&v, tmp, sizeof(v));
+  return v;
+}
+
+// Horizontal max / sum as a pairwise tree (depth 3, a fixed order).
 template <typename acc_t>
 TNA_VEC_INLINE acc_t lanes_max(Lanes<acc_t> v) {
-  acc_t m = v[0];
-  for (int64_t k = 1; k < kLanes; ++k) m = v[k] > m ? v[k] : m;
-  return m;
+  static_assert(kLanes == 8, "the reduction trees are written for 8 lanes");
+  const auto mx = [](acc_t x, acc_t y) { return y > x ? y : x; };
+  return mx(mx(mx(v[0], v[4]), mx(v[1], v[5])), mx(mx(v[2], v[6]), mx(v[3], v[7])));
 }
 
 template <typename acc_t>
 TNA_VEC_INLINE acc_t lanes_sum(Lanes<acc_t> v) {
-  acc_t s = 0;
-  for (int64_t k = 0; k < kLanes; ++k) s += v[k];
-  return s;
+  return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
 typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
@@ -164,14 +174,14 @@ TNA_VEC_INLINE void rows_max(const scalar_t* __restrict a, const scalar_t* __res
     la = va > la ? va : la;
     lb = vb > lb ? vb : lb;
   }
-  acc_t m1 = lanes_max<acc_t>(la), m2 = lanes_max<acc_t>(lb);
-  for (; j < C; ++j) {
-    const acc_t va = static_cast<acc_t>(a[j]), vb = static_cast<acc_t>(b[j]);
-    m1 = va > m1 ? va : m1;
-    m2 = vb > m2 ? vb : m2;
+  if (j < C) {
+    const Lanes<acc_t> va = load_tail<scalar_t, acc_t>(a + j, C - j, kNegInf);
+    const Lanes<acc_t> vb = load_tail<scalar_t, acc_t>(b + j, C - j, kNegInf);
+    la = va > la ? va : la;
+    lb = vb > lb ? vb : lb;
   }
-  *ma = m1;
-  *mb = m2;
+  *ma = lanes_max<acc_t>(la);
+  *mb = lanes_max<acc_t>(lb);
 }
 
 // Sweep 2: e = exp(x - m) for both rows (kept in the scratch rows ea / eb), their sums, the row
@@ -198,16 +208,12 @@ TNA_VEC_INLINE void rows_exp_sums(const scalar_t* __restrict a, const scalar_t* 
   }
   if (j < C) {  // the last C % kLanes columns as one padded vector (not kLanes scalar exps)
     const int64_t rest = C - j;
-    Lanes<acc_t> va = {}, vb = {}, pa, pb;  // va/vb padded with 0 (sums), pa/pb with -inf (exp)
-    for (int64_t k = 0; k < rest; ++k) {
-      va[k] = static_cast<acc_t>(a[j + k]);
-      vb[k] = static_cast<acc_t>(b[j + k]);
-    }
     constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t k = 0; k < kLanes; ++k) {
-      pa[k] = k < rest ? va[k] : kNegInf;
-      pb[k] = k < rest ? vb[k] : kNegInf;
-    }
+    // va / vb padded with 0 (for the sums), pa / pb with -inf (exp gives exactly 0 there)
+    const Lanes<acc_t> va = load_tail<scalar_t, acc_t>(a + j, rest, acc_t(0));
+    const Lanes<acc_t> vb = load_tail<scalar_t, acc_t>(b + j, rest, acc_t(0));
+    const Lanes<acc_t> pa = load_tail<scalar_t, acc_t>(a + j, rest, kNegInf);
+    const Lanes<acc_t> pb = load_tail<scalar_t, acc_t>(b + j, rest, kNegInf);
     const Lanes<acc_t> e1 = exp_nonpos(pa - ma);  // exactly 0 in the padding
     const Lanes<acc_t> e2 = exp_nonpos(pb - mb);
     std::memcpy(ea + j, &e1, rest * sizeof(acc_t));
@@ -309,7 +315,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
   TNA_CHECK_CPU(logits_twin);
   TNA_CHECK_CPU(target);
   TNA_CHECK_FLOATING(logits_base);
-  TORCH_CHECK(logits_base.dim() == 2, "logits_base must be a 2-D [batch, classes] tensor, got shape ",
+  TORCH_CHECK(logits_base.dim() == 2,
+              "logits_base must be a 2-D [batch, classes] tensor, got shape ",
               logits_base.sizes());
   TORCH_CHECK(logits_base.size(1) >= 1, "logits_base must have at least one class, got shape ",
               logits_base.sizes());
@@ -350,7 +357,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
   at::Tensor grad_b = at::empty(need_grad_twin ? a.sizes() : at::IntArrayRef{0}, a.options());
   at::Tensor rows = at::empty({B, 3}, acc_opts);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "twin_loss_fwd_cpu", [&] {
+  const auto dtype = a.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twin_loss_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
@@ -410,7 +418,8 @@ std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss
   TNA_CHECK_CPU(grad_loss);
   TNA_CHECK_CPU(grad_base);
   TNA_CHECK_CPU(grad_twin);
-  TORCH_CHECK(grad_loss.dim() == 0, "grad_loss must be a 0-dim tensor, got shape ", grad_loss.sizes());
+  TORCH_CHECK(grad_loss.dim() == 0, "grad_loss must be a 0-dim tensor, got shape ",
+              grad_loss.sizes());
   TNA_CHECK_FLOATING(grad_base);
   TNA_CHECK_DTYPE(grad_twin, grad_base.scalar_type());
   TNA_CHECK_DTYPE(grad_loss, at::toOpMathType(grad_base.scalar_type()));
@@ -420,7 +429,8 @@ std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss
   at::Tensor out_b = at::empty_like(gb);
   const int64_t na = ga.numel();
   const int64_t nb = gb.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ga.scalar_type(), "twin_loss_bwd_cpu", [&] {
+  const auto dtype = ga.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twin_loss_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t scale = *grad_loss.const_data_ptr<acc_t>();  // CPU memory: a plain read
     const scalar_t* pa = ga.const_data_ptr<scalar_t>();
@@ -429,7 +439,9 @@ std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss
     scalar_t* qb = out_b.mutable_data_ptr<scalar_t>();
     // Both tensors as one index space [0, na + nb).
     at::parallel_for(0, na + nb, 4 * kGrainElems, [&](int64_t begin, int64_t end) {
-      if (begin < na) scale_block<scalar_t, acc_t>(pa + begin, qa + begin, std::min(end, na) - begin, scale);
+      if (begin < na) {
+        scale_block<scalar_t, acc_t>(pa + begin, qa + begin, std::min(end, na) - begin, scale);
+      }
       if (end > na) {
         const int64_t lo = std::max(begin, na) - na;
         scale_block<scalar_t, acc_t>(pb + lo, qb + lo, end - na - lo, scale);

@@ -58,7 +58,8 @@ class KDLoss(nn.Module):
 
 
 class DMLLoss(nn.Module):
-    """Deep mutual learning for both networks: ``CE(a) + CE(b) + kl_weight·(KL(p_b ‖ p_a) + KL(p_a ‖ p_b))``.
+    """Deep mutual learning for both networks:
+    ``CE(a) + CE(b) + kl_weight·(KL(p_b ‖ p_a) + KL(p_a ‖ p_b))``.
     ``forward(logits_a, logits_b, target)``. See :func:`tna_kernels.functional.dml_loss`."""
 
     def __init__(self, kl_weight: float = 1.0, *, label_smoothing: float = 0.0, ignore_index: int = -100):

@@ -6,6 +6,8 @@ backward op only scales them by grad_output (one elementwise pass, no host sync)
 gradient outputs are marked non-differentiable (logging / internal), and double backward is not
 supported (the saved gradients carry no graph)."""
 
+import contextlib
+
 import torch
 
 from .._utils import HAS_TRITON, state_dtype
@@ -19,12 +21,15 @@ def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_wei
     torch._check(logits_base.dtype.is_floating_point,
                  lambda: f"logits_base must be a floating-point tensor, got {logits_base.dtype}")
     torch._check(logits_base.dim() == 2,
-                 lambda: f"logits_base must be a 2-D [batch, classes] tensor, got shape {tuple(logits_base.shape)}")
+                 lambda: "logits_base must be a 2-D [batch, classes] tensor, got shape "
+                         f"{tuple(logits_base.shape)}")
     torch._check(logits_twin.dtype == logits_base.dtype,
                  lambda: f"logits_twin must have dtype {logits_base.dtype}, got {logits_twin.dtype}")
     torch._check(logits_twin.shape == logits_base.shape,
-                 lambda: f"logits_twin must have shape {tuple(logits_base.shape)}, got {tuple(logits_twin.shape)}")
-    torch._check(target.dtype == torch.int64, lambda: f"target must have dtype torch.int64, got {target.dtype}")
+                 lambda: f"logits_twin must have shape {tuple(logits_base.shape)}, "
+                         f"got {tuple(logits_twin.shape)}")
+    torch._check(target.dtype == torch.int64,
+                 lambda: f"target must have dtype torch.int64, got {target.dtype}")
     torch._check(target.shape == logits_base.shape[:1],
                  lambda: f"target must have shape {tuple(logits_base.shape[:1])}, got {tuple(target.shape)}")
     torch._check(mse_reduction in (0, 1),
@@ -41,7 +46,8 @@ def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_wei
 
 @torch.library.register_fake("tna::twin_loss_bwd")
 def _twin_loss_bwd_fake(grad_loss, grad_base, grad_twin):
-    torch._check(grad_loss.dim() == 0, lambda: f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
+    torch._check(grad_loss.dim() == 0,
+                 lambda: f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
     torch._check(grad_base.dtype.is_floating_point,
                  lambda: f"grad_base must be a floating-point tensor, got {grad_base.dtype}")
     torch._check(grad_twin.dtype == grad_base.dtype,
@@ -75,21 +81,33 @@ def _backward(ctx, grad_loss, _grad_parts, _grad_gb, _grad_gt):
 torch.library.register_autograd("tna::twin_loss_fwd", _backward, setup_context=_setup_context)
 
 
+def _below_autograd():
+    """The fwd op's own autograd kernel is not needed inside ``TwinLossFunction.forward`` (grad
+    mode is off there); skipping it saves its Python wrapper (~20 us). Under torch.compile the
+    plain call is traced instead."""
+    if torch.compiler.is_compiling() or not hasattr(torch._C, "_AutoDispatchBelowAutograd"):
+        return contextlib.nullcontext()
+    return torch._C._AutoDispatchBelowAutograd()
+
+
 class TwinLossFunction(torch.autograd.Function):
     """The same autograd as the registration above, as a plain ``autograd.Function`` over the same
     two ops, for ``functional.twin_loss``: it returns only (loss, parts) and skips the generic
-    wrapper of ``register_autograd`` (~40 us of Python per forward+backward, as much as the
-    whole kernel at small sizes). ``torch.compile`` traces it like the op."""
+    wrapper of ``register_autograd`` (~60 us of Python per forward+backward, more than the
+    whole kernel at small sizes). ``torch.compile`` traces it like the op.
+
+    ``apply(logits_base, logits_twin, target, hyper)`` with ``hyper`` the op's scalar arguments
+    ``(ce_weight_base, ce_weight_twin, mse_weight, mse_reduction, label_smoothing, ignore_index,
+    need_grad_base, need_grad_twin)`` as one tuple (``apply`` walks every argument)."""
 
     @staticmethod
-    def forward(ctx, logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
-                mse_reduction, label_smoothing, ignore_index, need_grad_base, need_grad_twin):
-        loss, parts, grad_base, grad_twin = torch.ops.tna.twin_loss_fwd(
-            logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
-            mse_reduction, label_smoothing, ignore_index, need_grad_base, need_grad_twin)
+    def forward(ctx, logits_base, logits_twin, target, hyper):
+        with _below_autograd():
+            loss, parts, grad_base, grad_twin = torch.ops.tna.twin_loss_fwd(
+                logits_base, logits_twin, target, *hyper)
         ctx.mark_non_differentiable(parts)
         ctx.set_materialize_grads(False)
-        ctx.need = (need_grad_base, need_grad_twin)
+        ctx.need = hyper[6:]
         ctx.save_for_backward(grad_base, grad_twin)
         return loss, parts
 
@@ -99,11 +117,12 @@ class TwinLossFunction(torch.autograd.Function):
             raise RuntimeError("tna_kernels twin_loss does not support double backward "
                                "(create_graph=True); use tna_kernels.reference.twin_loss for that")
         if grad_loss is None:
-            return (None,) * 11
+            return None, None, None, None
         grad_base, grad_twin = ctx.saved_tensors
         gb, gt = torch.ops.tna.twin_loss_bwd(grad_loss, grad_base, grad_twin)
         need_base, need_twin = ctx.need
-        return (gb if need_base else None, gt if need_twin else None) + (None,) * 9
+        return gb if need_base else None, gt if need_twin else None, None, None
+
 
 if HAS_TRITON:
     from ..triton import twin_loss as _triton_twin_loss

@@ -111,11 +111,13 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
     if logits_base.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"logits_base must be float32, float16, bfloat16 or float64, got {logits_base.dtype}")
     if logits_base.dim() != 2 or logits_base.shape[1] < 1:
-        raise ValueError(f"logits_base must be a 2-D [batch, classes] tensor, got shape {tuple(logits_base.shape)}")
+        raise ValueError("logits_base must be a 2-D [batch, classes] tensor, got shape "
+                         f"{tuple(logits_base.shape)}")
     if logits_twin.dtype != logits_base.dtype:
         raise TypeError(f"logits_twin must have dtype {logits_base.dtype}, got {logits_twin.dtype}")
     if logits_twin.shape != logits_base.shape:
-        raise ValueError(f"logits_twin must have shape {tuple(logits_base.shape)}, got {tuple(logits_twin.shape)}")
+        raise ValueError(f"logits_twin must have shape {tuple(logits_base.shape)}, "
+                         f"got {tuple(logits_twin.shape)}")
     if target.dtype != torch.int64 or target.shape != logits_base.shape[:1]:
         raise ValueError(f"target must be an int64 tensor of shape {tuple(logits_base.shape[:1])}, "
                          f"got {target.dtype} {tuple(target.shape)}")
