@@ -65,3 +65,18 @@ def test_packed_layer_state_dict_carries_format_version():
         tnn.PackedLIFConv2d(tnn.TernaryLIFConv2d(8, 16, 3, ternary=False))
     with pytest.raises(TypeError, match="packed inference form"):
         tnn.pack(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("arch,width,T", [("resnet_tiny", 1.5, 3), ("resnet20", 1.0, 2)])
+def test_packed_resnet_equals_unpacked(arch, width, T):
+    from tna_kernels.models import SpikingResNet
+
+    torch.manual_seed(5)
+    model = SpikingResNet(arch, T=T, width_mult=width)
+    x = torch.randn(4, 3, 32, 32)
+    trained_like(model, x)
+    packed = model.pack()
+    with torch.no_grad():
+        want, got = model(x), packed(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # pooling may sum in another order
+    assert sum(isinstance(m, tnn.PackedLIFConv2d) for m in packed.modules()) >= 2

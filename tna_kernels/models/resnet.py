@@ -20,7 +20,7 @@ class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, ternary: bool, method: str, neuron: dict,
                  bn: bool = True):
         super().__init__()
-        opts = dict(bias=not bn, bn=bn, ternary=ternary, method=method)
+        opts = dict(bias=not bn, bn=bn, ternary=ternary, method=method, spike_input=True)
         self.conv1 = TernaryLIFConv2d(c_in, c_out, 3, stride, 1, **opts, **neuron)
         self.conv2 = TernaryLIFConv2d(c_out, c_out, 3, 1, 1, lif=False, **opts)
         self.shortcut = (TernaryLIFConv2d(c_in, c_out, 1, stride, 0, lif=False, **opts)
@@ -66,3 +66,10 @@ class SpikingResNet(nn.Module):
         check_input(x, self.in_channels, "SpikingResNet")
         y = self.pool(self.blocks(self.stem(x)))
         return self.classifier(y.flatten(2).mean(0))
+
+    def pack(self):
+        """Frozen inference network passing bit-packed spikes between blocks; its predictions
+        equal this model's in eval mode."""
+        from .packed import PackedSpikingResNet
+
+        return PackedSpikingResNet(self)

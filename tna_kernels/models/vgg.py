@@ -54,7 +54,8 @@ class SpikingVGG(nn.Module):
             first = not any(isinstance(m, TernaryLIFConv2d) for m in layers)
             layers.append(TernaryLIFConv2d(c, out, 3, padding=1, bias=not bn, bn=bn,
                                            ternary=ternary and not (first and first_layer_fp),
-                                           method=method, T=T if first else None, **(neuron or {})))
+                                           method=method, T=T if first else None, spike_input=not first,
+                                           **(neuron or {})))
             c = out
         if size < 1:
             raise ValueError(f"input_size {input_size} is too small for {len(cfg)} layers of {arch!r}")

@@ -130,7 +130,9 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
     ``[T, B, C', H', W']``. Constructor: the ``nn.Conv2d`` arguments, then keyword options
     ``ternary`` (False = full-precision weights, same structure), the ternariser's ``method``,
     ``per_channel``, ``clip``; ``bn`` (+ ``bn_eps``, ``bn_momentum``); ``lif`` (False returns the
-    BN output, e.g. before a residual addition); ``T`` for static inputs; and the neuron options of
+    BN output, e.g. before a residual addition); ``T`` for static inputs; ``spike_input`` (the input
+    is 0/1 spikes: eval without autograd then runs the exact spike × ternary popcount kernel on
+    bit-packed input, the packed model's arithmetic); and the neuron options of
     :func:`tna_kernels.functional.lif` (``tau``, ``v_threshold``, ``v_reset``, ``surrogate``, ...).
     State-dict keys: ``weight`` (latent float weights), ``bias``, ``bn.*``.
     """
@@ -140,12 +142,13 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
                  device=None, dtype=None, *, ternary: bool = True, method: str = "twn",
                  per_channel: bool = True, clip: float | None = None, bn: bool = True,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1, lif: bool = True,
-                 T: int | None = None, **neuron):
+                 T: int | None = None, spike_input: bool = False, **neuron):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype, method=method, per_channel=per_channel,
                          clip=clip)
         norm = nn.BatchNorm2d(out_channels, bn_eps, bn_momentum, device=device, dtype=dtype) if bn else None
         self._init_spiking(ternary, norm, lif, T, neuron)
+        self.spike_input = bool(spike_input)
 
     def _affine(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_channels:
@@ -156,6 +159,10 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
         return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     def _folded_affine(self, x: Tensor) -> Tensor:
+        if self.spike_input:  # the packed model's arithmetic: exact popcount accumulation
+            y = F.spike_ternary_conv2d(F.pack_spikes(x, dim=1), self.folded_packed(), self.stride,
+                                       self.padding, self.dilation)
+            return y
         return F.ternary_conv2d(x, self.folded_packed(), self.stride, self.padding, self.dilation)
 
     def forward(self, x: Tensor, T: int | None = None) -> Tensor:
