@@ -23,7 +23,7 @@ def tables(data: dict, ours: str = "tna") -> str:
              f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; run {data.get('datetime', '?')}", ""]
     for group, rows in groups.items():
         by = {r["extra_info"].get("provider", r["name"]): r for r in rows}
-        base = by.get(ours)
+        base = by.get(ours) or next((v for k, v in by.items() if k.startswith(ours)), None)
         lines += [f"**{group}**", "", "| provider | median ms | min ms | ours is × faster | GB/s | items/s |",
                   "|---|---:|---:|---:|---:|---:|"]
         for prov, r in by.items():

@@ -144,7 +144,8 @@ def test_cli_end_to_end(tmp_path):
     cfg.write_text("name: cli\nmode: tna\ndata: {name: digits, batch_size: 32}\n"
                    "model: {arch: digits, T: 2}\ntrain: {epochs: 1, progress: false}\n")
     run = [sys.executable, "-m", "tna_kernels.cli"]
-    out = subprocess.run(run + ["train", "--config", str(cfg), "--limit", "4", "--out", str(tmp_path)],
+    out = subprocess.run(run + ["train", "--config", str(cfg), "--limit", "4", "--out", str(tmp_path),
+                                "seed=0"],  # overrides may follow the options
                          capture_output=True, text=True, check=True).stdout
     assert "cli: epoch 1" in out
     base = tmp_path / "cli" / "base.json"
