@@ -288,3 +288,28 @@ def test_killed_worker_is_restarted_by_torchrun_and_the_run_completes(tmp_path):
     state, meta = checkpoint.load(tmp_path / "restart" / "checkpoints" / "last.json")
     assert meta["epoch"] == 3 and [r["epoch"] for r in meta["history"]] == [1, 2, 3]
     assert (tmp_path / "restart" / "base.json").is_file()
+
+
+def test_frozen_pretrained_twin_stays_fixed_and_late_matching(tmp_path, teacher_path):
+    cfg = tiny_cfg(tmp_path, "mode=tna", f"twin.pretrained={teacher_path}", "twin.frozen=true",
+                   "twin.precision=fp", "loss.late_matching_epoch=1")
+    trainer = Trainer(cfg)
+    before = params(trainer.twin)
+    assert torch.equal(before["features.0.weight"], load_model(teacher_path).state_dict()["features.0.weight"])
+    trainer.fit()
+    after = trainer.twin.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # frozen: weights and BN stats
+    assert trainer.opt_twin is None
+
+
+def test_spike_rate_regularisation_lowers_firing(tmp_path):
+    from tna_kernels.nn import firing_rates
+
+    x = torch.randn(16, 1, 8, 8)
+    rates = {}
+    for weight in (0.0, 5.0):
+        trainer = Trainer(tiny_cfg(tmp_path / str(weight), "mode=baseline", "train.epochs=2",
+                                   f"loss.spike_rate_weight={weight}"))
+        trainer.fit()
+        rates[weight] = sum(firing_rates(trainer.base.eval(), x).values())
+    assert rates[5.0] < rates[0.0]
