@@ -9,7 +9,6 @@ divided by the batch size.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 

@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from tna_kernels.train import CheckpointError, ConfigError, Trainer, TrainingError, load_config, load_model
-from tna_kernels.train import checkpoint
+from tna_kernels.train import CheckpointError, ConfigError, Trainer, TrainingError, checkpoint, load_config, load_model
 from tna_kernels.train.export import export_packed, load_packed
 
 
@@ -197,7 +196,9 @@ def test_planted_pickle_is_refused_and_never_executed(tmp_path):
     (tmp_path / "ckpt.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         checkpoint.load(tmp_path / "ckpt.json")
-    with pytest.raises(Exception):
+    from safetensors import SafetensorError
+
+    with pytest.raises(SafetensorError):
         load_packed(weights)
     assert not marker.exists()
 

@@ -13,7 +13,6 @@ from tna_kernels import nn as tnn
 from tna_kernels import reference as R
 
 
-
 def triton_device() -> str:
     """Device for Triton-lane tests: the GPU when there is one, else CPU tensors + interpreter."""
     return "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"

@@ -29,7 +29,6 @@ def _load_extension(record: Path = Path(__file__).with_name("_build_config.json"
 
 _load_extension()
 
-from . import ops  # noqa: E402  (fake kernels, autograd, Triton backends)
-from . import functional, nn  # noqa: E402
+from . import functional, nn, ops  # noqa: E402  (ops: fake kernels, autograd, Triton backends)
 
 __all__ = ["functional", "nn", "ops", "__version__"]

@@ -88,8 +88,8 @@ def bar_chart(results: dict[str, list[float]], path: Path, ylabel: str = "valida
     stds = [float(np.std(results[n])) for n in names]
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4))
     ax.bar(names, means, yerr=stds, capsize=4, color="#4C72B0")
-    lo = min(m - s for m, s in zip(means, stds))
-    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.03))
+    lo = min(m - s for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(m + s for m, s in zip(means, stds, strict=True)) + 0.03))
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
