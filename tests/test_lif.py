@@ -326,3 +326,20 @@ def test_backward_when_only_one_output_is_used():
     xb = x.clone().requires_grad_()
     F.lif(xb, v0).backward(gs)
     torch.testing.assert_close(xb.grad, want[2], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("v_reset", [-0.25, None])
+def test_op_without_v0_starts_at_the_reset_value(v_reset):
+    x = draw_input((6, 3000), torch.float32, v_reset=v_reset)
+    hyper = (2.0, True, 1.0, 0.0 if v_reset is None else v_reset, v_reset is None, False, "atan", 2.0)
+    v0 = torch.full((3000,), 0.0 if v_reset is None else v_reset)
+    implicit = torch.ops.tna.lif_fwd(x, None, *hyper, True)
+    explicit = torch.ops.tna.lif_fwd(x, v0, *hyper, True)
+    for a, b in zip(implicit, explicit, strict=True):
+        assert torch.equal(a, b)
+    gs = torch.randn_like(x)
+    no_gv = torch.ops.tna.lif_bwd(gs, None, implicit[2], *hyper)
+    zero_gv = torch.ops.tna.lif_bwd(gs, torch.zeros(3000), implicit[2], *hyper)
+    for a, b in zip(no_gv, zero_gv, strict=True):
+        assert torch.equal(a, b)
+    torch.library.opcheck(torch.ops.tna.lif_fwd.default, (x[:, :10].clone().requires_grad_(), None, *hyper, True))

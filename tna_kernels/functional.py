@@ -89,11 +89,7 @@ def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
         raise ValueError(f"v_threshold must be finite, got {v_threshold!r}")
     _check_device(x_seq)
 
-    acc = state_dtype(x_seq.dtype)
-    if v0 is None:
-        v0 = torch.full(x_seq.shape[1:], 0.0 if v_reset is None else float(v_reset), dtype=acc,
-                        device=x_seq.device)
-    else:
+    if v0 is not None:
         if not isinstance(v0, Tensor) or not v0.dtype.is_floating_point:
             raise TypeError("v0 must be a floating-point torch.Tensor")
         if v0.shape != x_seq.shape[1:]:
@@ -101,9 +97,9 @@ def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
                              f"got {tuple(v0.shape)}")
         if v0.device != x_seq.device:
             raise ValueError(f"v0 is on {v0.device} but x_seq is on {x_seq.device}")
-        v0 = v0.to(acc)
+        v0 = v0.to(state_dtype(x_seq.dtype))
 
-    save_h = torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad)
+    save_h = torch.is_grad_enabled() and (x_seq.requires_grad or (v0 is not None and v0.requires_grad))
     spikes, v_last, _ = torch.ops.tna.lif_fwd(
         x_seq, v0, float(tau), bool(decay_input), float(v_threshold),
         0.0 if v_reset is None else float(v_reset), v_reset is None, bool(detach_reset),

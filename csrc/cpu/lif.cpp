@@ -18,8 +18,10 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -189,19 +191,23 @@ void check_hyper(double tau, double v_threshold, double v_reset, double alpha) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_seq,
-                                                           const at::Tensor& v0, double tau,
+                                                           const std::optional<at::Tensor>& v0,
+                                                           double tau,
                                                            bool decay_input, double v_threshold,
                                                            double v_reset, bool soft_reset,
                                                            bool detach_reset,
                                                            std::string_view surrogate, double alpha,
                                                            bool save_h) {
   TNA_CHECK_CPU(x_seq);
-  TNA_CHECK_CPU(v0);
   TNA_CHECK_FLOATING(x_seq);
   TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1,
               "x_seq must be [T, ...] with at least one time step, got shape ", x_seq.sizes());
-  TNA_CHECK_DTYPE(v0, at::toOpMathType(x_seq.scalar_type()));
-  TNA_CHECK_SHAPE(v0, x_seq.sizes().slice(1));
+  const bool has_v0 = v0.has_value() && v0->defined();
+  if (has_v0) {
+    TNA_CHECK_CPU(*v0);
+    TNA_CHECK_DTYPE(*v0, at::toOpMathType(x_seq.scalar_type()));
+    TNA_CHECK_SHAPE(*v0, x_seq.sizes().slice(1));
+  }
   check_hyper(tau, v_threshold, v_reset, alpha);
   parse_surrogate(std::string(surrogate));
   (void)detach_reset;
@@ -210,7 +216,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
   const int64_t T = x.size(0);
   const int64_t N = T == 0 ? 0 : x.numel() / T;
   at::Tensor spikes = at::empty_like(x);
-  at::Tensor v = v0.contiguous().clone();
+  // Without v0 the membrane starts at the reset value, written by each worker for its own block
+  // (one parallel pass instead of a fill plus a copy).
+  at::Tensor v = has_v0 ? v0->contiguous().clone()
+                        : at::empty(x.sizes().slice(1), x.options().dtype(at::toOpMathType(x.scalar_type())));
+  const double v_init = soft_reset ? 0.0 : v_reset;
   at::Tensor h_seq = at::empty(save_h ? x.sizes() : at::IntArrayRef{0}, v.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
@@ -225,6 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
         dispatch_bool(save_h, [&](auto kSave) {
           at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
             for (int64_t b = begin; b < end; b += kBlock) {
+              if (!has_v0) std::fill_n(vp + b, std::min(kBlock, end - b), acc_t(v_init));
               lif_fwd_block<scalar_t, acc_t, decltype(kDecay)::value, decltype(kSoft)::value,
                             decltype(kSave)::value>(
                   xp + b, sp + b, hp == nullptr ? nullptr : hp + b, vp + b,
@@ -241,13 +252,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
 }
 
 std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
-                                               const at::Tensor& grad_v_last,
+                                               const std::optional<at::Tensor>& grad_v_last,
                                                const at::Tensor& h_seq, double tau,
                                                bool decay_input, double v_threshold,
                                                double v_reset, bool soft_reset, bool detach_reset,
                                                std::string_view surrogate, double alpha) {
   TNA_CHECK_CPU(grad_spikes);
-  TNA_CHECK_CPU(grad_v_last);
   TNA_CHECK_CPU(h_seq);
   TNA_CHECK_FLOATING(grad_spikes);
   TORCH_CHECK(h_seq.dim() >= 1 && h_seq.size(0) >= 1,
@@ -255,8 +265,12 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
               "shape ", h_seq.sizes());
   TNA_CHECK_SHAPE(grad_spikes, h_seq.sizes());
   TNA_CHECK_DTYPE(h_seq, at::toOpMathType(grad_spikes.scalar_type()));
-  TNA_CHECK_DTYPE(grad_v_last, h_seq.scalar_type());
-  TNA_CHECK_SHAPE(grad_v_last, h_seq.sizes().slice(1));
+  const bool has_gv = grad_v_last.has_value() && grad_v_last->defined();
+  if (has_gv) {
+    TNA_CHECK_CPU(*grad_v_last);
+    TNA_CHECK_DTYPE(*grad_v_last, h_seq.scalar_type());
+    TNA_CHECK_SHAPE(*grad_v_last, h_seq.sizes().slice(1));
+  }
   check_hyper(tau, v_threshold, v_reset, alpha);
   const Surrogate sur = parse_surrogate(std::string(surrogate));
 
@@ -265,7 +279,7 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
   const int64_t T = h.size(0);
   const int64_t N = h.numel() / T;
   at::Tensor grad_x = at::empty_like(gs);
-  at::Tensor gv = grad_v_last.contiguous().clone();
+  at::Tensor gv = has_gv ? grad_v_last->contiguous().clone() : at::empty(h.sizes().slice(1), h.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -280,6 +294,7 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
           dispatch_bool(detach_reset, [&](auto kDetach) {
             at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
               for (int64_t b = begin; b < end; b += kBlock) {
+                if (!has_gv) std::fill_n(gvp + b, std::min(kBlock, end - b), acc_t(0));
                 lif_bwd_block<scalar_t, acc_t, decltype(kSur)::value, decltype(kDecay)::value,
                               decltype(kSoft)::value, decltype(kDetach)::value>(
                     gsp + b, hp + b, gxp + b, gvp + b, std::min(kBlock, end - b), T, N,

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 namespace {
 int failures = 0;
@@ -21,12 +22,12 @@ int main() {
   auto fwd = c10::Dispatcher::singleton()
                  .findSchemaOrThrow("tna::lif_fwd", "")
                  .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                     const at::Tensor&, const at::Tensor&, double, bool, double, double, bool,
+                     const at::Tensor&, const std::optional<at::Tensor>&, double, bool, double, double, bool,
                      bool, c10::string_view, double, bool)>();
   auto bwd = c10::Dispatcher::singleton()
                  .findSchemaOrThrow("tna::lif_bwd", "")
                  .typed<std::tuple<at::Tensor, at::Tensor>(
-                     const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool, double,
+                     const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, double, bool, double,
                      double, bool, bool, c10::string_view, double)>();
 
   // One neuron, tau = 2, decay_input, threshold 1, hard reset to 0; x = 1.5, 1.5, 0.2.

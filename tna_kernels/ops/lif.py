@@ -25,12 +25,13 @@ def _lif_fwd_fake(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset,
                   surrogate, alpha, save_h):
     _check_common(x_seq, tau, alpha, surrogate)
     acc = state_dtype(x_seq.dtype)
-    torch._check(v0.dtype == acc, lambda: f"v0 must have dtype {acc}, got {v0.dtype}")
-    torch._check(v0.shape == x_seq.shape[1:],
-                 lambda: f"v0 must have shape {tuple(x_seq.shape[1:])}, got {tuple(v0.shape)}")
+    if v0 is not None:
+        torch._check(v0.dtype == acc, lambda: f"v0 must have dtype {acc}, got {v0.dtype}")
+        torch._check(v0.shape == x_seq.shape[1:],
+                     lambda: f"v0 must have shape {tuple(x_seq.shape[1:])}, got {tuple(v0.shape)}")
     h_shape = x_seq.shape if save_h else (0,)
     return (torch.empty_like(x_seq, memory_format=torch.contiguous_format),
-            torch.empty_like(v0, memory_format=torch.contiguous_format),
+            x_seq.new_empty(x_seq.shape[1:], dtype=acc),
             x_seq.new_empty(h_shape, dtype=acc))
 
 
@@ -42,14 +43,16 @@ def _lif_bwd_fake(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold
                  lambda: f"grad_spikes must have shape {tuple(h_seq.shape)}, got {tuple(grad_spikes.shape)}")
     torch._check(h_seq.dtype == state_dtype(grad_spikes.dtype),
                  lambda: f"h_seq must have dtype {state_dtype(grad_spikes.dtype)}, got {h_seq.dtype}")
-    torch._check(grad_v_last.shape == h_seq.shape[1:],
-                 lambda: f"grad_v_last must have shape {tuple(h_seq.shape[1:])}, got {tuple(grad_v_last.shape)}")
+    if grad_v_last is not None:
+        torch._check(grad_v_last.shape == h_seq.shape[1:],
+                     lambda: f"grad_v_last must have shape {tuple(h_seq.shape[1:])}, got {tuple(grad_v_last.shape)}")
     return (torch.empty_like(grad_spikes, memory_format=torch.contiguous_format),
-            torch.empty_like(grad_v_last, memory_format=torch.contiguous_format))
+            h_seq.new_empty(h_seq.shape[1:]))
 
 
 def _setup_context(ctx, inputs, output):
     ctx.x_dtype = inputs[0].dtype
+    ctx.v0_given = inputs[1] is not None
     (_, _, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
      _save_h) = inputs
     ctx.hyper = (tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha)
@@ -66,10 +69,8 @@ def _backward(ctx, grad_spikes, grad_v_last, _grad_h):
                  lambda: "tna::lif_fwd was called with save_h=False; call it with save_h=True to backpropagate")
     if grad_spikes is None:
         grad_spikes = torch.zeros(h_seq.shape, dtype=ctx.x_dtype, device=h_seq.device)
-    if grad_v_last is None:
-        grad_v_last = torch.zeros_like(h_seq[0])
     grad_x, grad_v0 = torch.ops.tna.lif_bwd(grad_spikes, grad_v_last, h_seq, *ctx.hyper)
-    return grad_x, grad_v0, None, None, None, None, None, None, None, None, None
+    return grad_x, grad_v0 if ctx.v0_given else None, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("tna::lif_fwd", _backward, setup_context=_setup_context)

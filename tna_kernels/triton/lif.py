@@ -114,6 +114,8 @@ def lif_fwd(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detac
     x = x_seq.contiguous()
     T = x.shape[0]
     n = x.numel() // T
+    if v0 is None:  # start at the reset value
+        v0 = torch.full(x.shape[1:], 0.0 if soft_reset else v_reset, dtype=state_dtype(x.dtype), device=x.device)
     spikes = torch.empty_like(x)
     v_last = torch.empty_like(v0, memory_format=torch.contiguous_format)
     h_seq = torch.empty(x.shape if save_h else (0,), dtype=state_dtype(x.dtype), device=x.device)
@@ -135,6 +137,8 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_re
     gs = grad_spikes.contiguous()
     T = gs.shape[0]
     n = gs.numel() // T
+    if grad_v_last is None:
+        grad_v_last = torch.zeros_like(h_seq[0])
     grad_x = torch.empty_like(gs)
     grad_v0 = torch.empty_like(grad_v_last, memory_format=torch.contiguous_format)
     if n:
