@@ -163,3 +163,25 @@ def test_torch_compile_small_model():
         eager = model(x)
         compiled = torch.compile(model)(x)
     torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.parametrize("ternary", [True, False])
+def test_spike_input_is_saved_bit_packed_and_gradients_match(ternary):
+    a = tnn.TernaryLIFConv2d(70, 8, 3, padding=1, stride=2, bias=True, ternary=ternary, spike_input=True)
+    b = tnn.TernaryLIFConv2d(70, 8, 3, padding=1, stride=2, bias=True, ternary=ternary, spike_input=False)
+    b.load_state_dict(a.state_dict())
+    x = (torch.rand(2, 3, 70, 9, 9) < 0.25).float().requires_grad_()
+    xb = x.detach().clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out_a = a(x)
+    out_b = b(xb)
+    assert torch.equal(out_a, out_b)
+    g = torch.randn_like(out_a)
+    out_a.backward(g)
+    out_b.backward(g)
+    for pa, pb in ((a.weight, b.weight), (a.bias, b.bias), (x, xb)):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-5)
+    # no float copy of the [T·B, 70, 9, 9] input is saved, only its bits (int64 [6, 9, 9, 2])
+    assert not any(t.shape == (6, 70, 9, 9) for t in saved)
+    assert any(t.dtype == torch.int64 and t.shape == (6, 9, 9, 2) for t in saved)

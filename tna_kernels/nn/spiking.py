@@ -58,6 +58,33 @@ def _neuron(kwargs: dict) -> LIF:
     return LIF(**kwargs)
 
 
+class _SpikeInputConv2d(torch.autograd.Function):
+    """conv2d of 0/1 spikes that keeps its input for the weight gradient **bit-packed** (1 bit per
+    value, ``pack_spikes`` along channels) instead of float32: 32× less saved memory. Gradients are
+    those of ``nn.functional.conv2d`` (the unpacked input is the same 0/1 tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation):
+        bits = F.pack_spikes(x, dim=1)  # raises if x is not 0/1
+        ctx.save_for_backward(bits, weight)
+        ctx.conf = (x.shape, x.dtype, stride, padding, dilation, bias is not None)
+        return nn.functional.conv2d(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        bits, weight = ctx.saved_tensors
+        shape, dtype, stride, padding, dilation, has_bias = ctx.conf
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = nn.grad.conv2d_input(shape, weight, grad_y, stride, padding, dilation)
+        if ctx.needs_input_grad[1]:
+            x = F.unpack_spikes(bits, shape[1], dim=1, dtype=dtype)
+            grad_w = nn.grad.conv2d_weight(x, weight.shape, grad_y, stride, padding, dilation)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 class _SpikingMixin:
     """Shared forward: affine map on T·B samples → optional BN → optional LIF."""
 
@@ -131,8 +158,9 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
     ``ternary`` (False = full-precision weights, same structure), the ternariser's ``method``,
     ``per_channel``, ``clip``; ``bn`` (+ ``bn_eps``, ``bn_momentum``); ``lif`` (False returns the
     BN output, e.g. before a residual addition); ``T`` for static inputs; ``spike_input`` (the input
-    is 0/1 spikes: eval without autograd then runs the exact spike × ternary popcount kernel on
-    bit-packed input, the packed model's arithmetic); and the neuron options of
+    is 0/1 spikes: training saves it bit-packed for the weight gradient, and eval without autograd
+    runs the exact spike × ternary popcount kernel on bit-packed input, the packed model's
+    arithmetic); and the neuron options of
     :func:`tna_kernels.functional.lif` (``tau``, ``v_threshold``, ``v_reset``, ``surrogate``, ...).
     State-dict keys: ``weight`` (latent float weights), ``bias``, ``bn.*``.
     """
@@ -154,6 +182,9 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
+        if self.spike_input and torch.is_grad_enabled() and self.training:
+            w = self.ternary_weight() if self.ternary else self.weight
+            return _SpikeInputConv2d.apply(x, w, self.bias, self.stride, self.padding, self.dilation)
         if self.ternary:
             return TernaryConv2d.forward(self, x)
         return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
