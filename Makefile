@@ -40,10 +40,10 @@ demo-lif: build
 test: test-cpu test-triton test-cpp
 
 test-cpu: build
-	$(PY) -m pytest -q tests; $(PYTEST_OK)
+	$(PY) -m pytest -q -m "not slow" tests; $(PYTEST_OK)
 
 test-triton: build
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests; $(PYTEST_OK)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "triton and not slow" tests; $(PYTEST_OK)
 
 test-cpp: build
 	mkdir -p build

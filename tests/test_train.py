@@ -258,6 +258,7 @@ def test_resume_auto_skips_a_damaged_last_checkpoint(tmp_path, capsys):
     assert trainer.epoch == 3 and [r["epoch"] for r in trainer.history] == [1, 2, 3]
 
 
+@pytest.mark.slow  # observed once to hang in gloo's re-initialisation after the restart (see docs)
 def test_killed_worker_is_restarted_by_torchrun_and_the_run_completes(tmp_path):
     import os
     import signal
