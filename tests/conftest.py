@@ -30,3 +30,25 @@ def _seed():
 def triton_device() -> str:
     """Device for Triton-lane tests (see tna_kernels._utils.triton_test_device)."""
     return triton_test_device()
+
+
+# Ternary kernel paths, shared by test_ternary.py and test_ternary_conv.py.
+ISAS = ("scalar", "avx2", "avx512")
+
+
+KERNELS = [(i, "popcount") for i in ISAS] + [("avx2", "event"), ("avx512", "event")]
+
+
+@pytest.fixture(params=KERNELS, ids=lambda k: f"{k[0]}-{k[1]}")
+def isa(request, monkeypatch):
+    """Forces one kernel path: instruction set (TNA_TERNARY_ISA) x algorithm (TNA_TERNARY_ALGO,
+    popcount or event-driven); skips the instruction sets this CPU lacks. Forcing never falls back."""
+    isa, algo = request.param
+    monkeypatch.setenv("TNA_TERNARY_ISA", isa)
+    monkeypatch.setenv("TNA_TERNARY_ALGO", algo)
+    try:
+        got = torch.ops.tna.ternary_cpu_isa()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    assert got == isa
+    return request.param

@@ -11,27 +11,6 @@ from tna_kernels import reference as R
 from tna_kernels.ops.ternary import FORMAT_VERSION, PackedTernary
 
 AWKWARD_K = (1, 3, 63, 64, 65, 511, 513)
-ISAS = ("scalar", "avx2", "avx512")
-
-
-KERNELS = [(i, "popcount") for i in ISAS] + [("avx2", "event"), ("avx512", "event")]
-
-
-@pytest.fixture(params=KERNELS, ids=lambda k: f"{k[0]}-{k[1]}")
-def isa(request, monkeypatch):
-    """Forces one kernel path: instruction set (TNA_TERNARY_ISA) x algorithm (TNA_TERNARY_ALGO,
-    popcount or event-driven); skips the instruction sets this CPU lacks. Forcing never falls back."""
-    isa, algo = request.param
-    monkeypatch.setenv("TNA_TERNARY_ISA", isa)
-    monkeypatch.setenv("TNA_TERNARY_ALGO", algo)
-    try:
-        got = torch.ops.tna.ternary_cpu_isa()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    assert got == isa
-    return request.param
-
-
 def rand_codes(*shape, p_zero=0.4):
     u = torch.rand(shape)
     c = torch.where(u < p_zero, 0, torch.where(torch.rand(shape) < 0.5, -1, 1))
