@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton
 PEERS ?= snntorch spikingjelly
 export MAX_JOBS ?= 2
-CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu) csrc/sources.txt setup.py
+CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/autograd/*.cpp csrc/cuda/*.cu) csrc/sources.txt setup.py
 # pytest exits 5 when a lane selects no tests; that is not a failure.
 PYTEST_OK = rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 

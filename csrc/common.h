@@ -18,6 +18,12 @@
 // -ffp-contract=off so float kernels round exactly like the torch reference.)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(TNA_NO_CLONES)
 #define TNA_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+// For kernels that need not round like a torch reference op by op (the twin loss has its own exp):
+// an x86-64-v3 clone (AVX2 + FMA); the file opts into contraction with TNA_ALLOW_FMA.
+#define TNA_MULTIVERSION_FMA __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define TNA_ALLOW_FMA _Pragma("GCC optimize(\"fp-contract=fast\")")
 #else
 #define TNA_MULTIVERSION
+#define TNA_MULTIVERSION_FMA
+#define TNA_ALLOW_FMA
 #endif

@@ -70,4 +70,10 @@ TORCH_LIBRARY(tna, m) {
   // Backward of twin_loss_fwd: (grad_loss * grad_base, grad_loss * grad_twin) in the logits' dtype.
   // grad_loss: 0-dim in the loss dtype; an empty grad_base / grad_twin gives an empty result.
   m.def("twin_loss_bwd(Tensor grad_loss, Tensor grad_base, Tensor grad_twin) -> (Tensor, Tensor)");
+  // The loss with its autograd (csrc/autograd/twin_loss.cpp): (loss, parts) of twin_loss_fwd;
+  // gradients reach the logits that require grad unless detach_base / detach_twin.
+  m.def(
+      "twin_loss(Tensor logits_base, Tensor logits_twin, Tensor target, float ce_weight_base, "
+      "float ce_weight_twin, float mse_weight, int mse_reduction, float label_smoothing, "
+      "int ignore_index, bool detach_base, bool detach_twin) -> (Tensor, Tensor)");
 }

@@ -401,6 +401,24 @@ def test_opcheck_bwd():
     torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(-2.0), g16, g16))
 
 
+@pytest.mark.parametrize("i", range(4))
+def test_opcheck_autograd_op(i):
+    """tna::twin_loss (the C++ autograd op functional.twin_loss calls): schema, fake, autograd
+    registration, AOT dispatch; the detach flags map to need_grad of the fwd samples above."""
+    a, b, y, wa, wb, lam, red, eps, ign, need_a, need_b = list(_opcheck_samples())[i]
+    torch.library.opcheck(torch.ops.tna.twin_loss.default,
+                          (a, b, y, wa, wb, lam, red, eps, ign, not need_a, not need_b))
+
+
+def test_autograd_op_under_inference_mode():
+    a, b, y = _inputs(7, 12)
+    with torch.inference_mode():
+        loss, parts = torch.ops.tna.twin_loss(a, b, y, 1.0, 1.0, 0.005, 1, 0.0, -100, False, False)
+    rl, rp, _, _ = _ref(a, b, y)
+    _close(loss, rl)
+    _close(parts, rp)
+
+
 def test_op_level_autograd_registration():
     """Calling tna::twin_loss_fwd directly differentiates through register_autograd (the same
     backward op as the functional path)."""

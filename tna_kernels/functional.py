@@ -11,7 +11,6 @@ from . import reference as _reference
 from ._utils import HAS_TRITON, state_dtype
 from .ops.ternary import FORMAT_VERSION as TERNARY_FORMAT_VERSION
 from .ops.ternary import PackedTernary, conv_geometry
-from .ops.twin_loss import TwinLossFunction
 from .reference import MSE_REDUCTIONS, SURROGATES, TERNARY_METHODS
 
 __all__ = ["lif", "tau_from_beta", "SURROGATES",
@@ -406,15 +405,9 @@ def twin_loss(logits_base: Tensor, logits_twin: Tensor, target: Tensor, *, mse_w
     label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     if mse_reduction not in MSE_REDUCTIONS:
         raise ValueError(f"mse_reduction must be one of {MSE_REDUCTIONS}, got {mse_reduction!r}")
-    grad_on = torch.is_grad_enabled()
-    need_base = grad_on and logits_base.requires_grad and not detach_base
-    need_twin = grad_on and logits_twin.requires_grad and not detach_twin
-    # A detached input enters the op detached, so autograd cannot route a gradient into it.
-    base = logits_base.detach() if detach_base else logits_base
-    twin = logits_twin.detach() if detach_twin else logits_twin
-    hyper = (ce_weight_base, ce_weight_twin, mse_weight, MSE_REDUCTIONS.index(mse_reduction),
-             label_smoothing, int(ignore_index), need_base, need_twin)
-    loss, parts = TwinLossFunction.apply(base, twin, target, hyper)
+    loss, parts = torch.ops.tna.twin_loss(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin,
+                                          mse_weight, MSE_REDUCTIONS.index(mse_reduction), label_smoothing,
+                                          int(ignore_index), detach_base, detach_twin)
     return (loss, parts) if return_parts else loss
 
 

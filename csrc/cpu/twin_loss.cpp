@@ -12,9 +12,9 @@
 //   CE_a  = sum_{i in V} ce_i(a) / N, and 0 when N = 0 (all rows ignored: defined, no NaN);
 //   same for CE_b;  MSE = sum_i mse_i / D;   loss = wa CE_a + wb CE_b + lam MSE
 //   parts = (CE_a, CE_b, MSE), unweighted, for logging.
-// Three sweeps per row pair, both rows at once, all in L1: (1) the two maxima, (2) e = exp(x - m)
-// kept in a per-thread scratch row, s, sum x, sum d^2, (3) the gradients from the kept e (exp
-// runs once per element). Gradient for grad_output = 1:
+// Sweeps per row pair, all in L1: (1) both rows at once: the two maxima, sum x, sum d^2; (2) per
+// row: e = exp(x - m) kept in a per-thread scratch row, and s; (3) the gradients from the kept e
+// (exp runs once per element). Gradient for grad_output = 1:
 //   dL/da_ij = [i in V] wa/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) + 2 lam/D d_ij
 //   dL/db_ij = [i in V] wb/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) - 2 lam/D d_ij
 // The gradients are new buffers in the logits' dtype (the caller's logits are never written);
@@ -26,7 +26,7 @@
 // with at::parallel_for; each row writes its three partial sums to a [B, 3] buffer that one
 // thread adds in row order, so the result does not depend on the number of threads. In-row sums
 // use 8 independent lanes (fixed order, vectorisable without -ffast-math) and a short polynomial
-// exp (see exp_nonpos), so the row loops vectorise in the AVX2 clone.
+// exp (see exp_nonpos), so the row loops vectorise in the x86-64-v3 (AVX2 + FMA) clone.
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -42,6 +42,8 @@
 
 #include "../common.h"
 
+TNA_ALLOW_FMA  // a * b + c may round once (FMA clone); the kernel is not bit-matched to torch
+
 namespace tna {
 namespace {
 
@@ -55,8 +57,8 @@ constexpr int64_t kGrainElems = 16384;  // elements per thread chunk (rows * C)
 //       dependency chain)
 //   result = p * 2^n, with 2^n built in the exponent bits from t's low mantissa bits, and 0 when
 //       n < -126 (d < ~-87.3: e^d is below the smallest normal float)
-// Measured: relative error < 1.7e-7 on [-87, 0]. Scalar and vector forms compute the same
-// operations, so the tail of a row rounds like its body.
+// Measured: relative error < 1.7e-7 on [-87, 0]. The last vector of a row overlaps the one before
+// (see fresh_lanes), so every column goes through the same vector code.
 constexpr float kExpC[7] = {1.0f, 1.0f, 0.49999991059303284f, 0.16666419804096222f,
                             0.04166822507977486f, 0.008374815806746483f, 0.0013836845755577087f};
 constexpr float kLog2e = 1.44269504088896341f;
@@ -65,29 +67,10 @@ constexpr float kLn2Lo = -2.12194440e-4f;
 constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
 constexpr int32_t kRoundBits = 0x4B400000;
 
-inline float exp_nonpos(float d) {
-  d = d > -88.0f ? d : -88.0f;
-  const float t = d * kLog2e + kRound;
-  const float n = t - kRound;
-  const float r = (d - n * kLn2Hi) - n * kLn2Lo;
-  const float r2 = r * r;
-  const float p = ((1.0f + r) + r2 * (kExpC[2] + kExpC[3] * r)) +
-                  (r2 * r2) * ((kExpC[4] + kExpC[5] * r) + r2 * kExpC[6]);
-  int32_t tb;
-  std::memcpy(&tb, &t, sizeof(tb));
-  int32_t e = tb - kRoundBits + 127;
-  e = e > 0 ? e : 0;
-  const int32_t bits = e << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-inline double exp_nonpos(double x) { return std::exp(x); }
-
 // Lanes of kLanes accumulators, as a GCC/Clang vector type: the float max reduction only
-// vectorises this way (without -ffast-math), and the fixed lane order keeps results identical
-// between the AVX2 and the portable clone.
+// vectorises this way (without -ffast-math), and the fixed lane order keeps results independent
+// of the thread count. (The x86-64-v3 clone fuses a * b + c, so its last bits may differ from the
+// portable clone's.)
 // The helpers that take or return vector types are force-inlined into each clone: an out-of-line
 // copy would be compiled for the portable target and called with the AVX2 clone's vector ABI.
 #define TNA_VEC_INLINE inline __attribute__((always_inline))
@@ -159,106 +142,171 @@ TNA_VEC_INLINE Lanes<double> exp_nonpos(Lanes<double> d) {
   return d;
 }
 
-// Sweep 1: the maxima of both rows.
-template <typename scalar_t, typename acc_t>
-TNA_VEC_INLINE void rows_max(const scalar_t* __restrict a, const scalar_t* __restrict b, int64_t C,
-                             acc_t* ma, acc_t* mb) {
+// Lane k of the last vector of a row of C >= kLanes columns, read at C - kLanes (it overlaps the
+// previous vector): true where the column was not covered yet. A masked overlapping load instead
+// of a padded copy: building a vector from scalar stores stalls store-to-load forwarding, which
+// cost more than the whole row at C = 10.
+template <typename acc_t>
+TNA_VEC_INLINE auto fresh_lanes(int64_t rest) {
+  const Lanes<acc_t> idx = {0, 1, 2, 3, 4, 5, 6, 7};
+  return idx >= static_cast<acc_t>(kLanes - rest);
+}
+
+// Sweep 1 over both rows: the two maxima, the row sums of x (label smoothing) and sum (a - b)^2.
+// out = {max a, max b, sum a, sum b, sum d^2}.
+template <typename acc_t>
+struct StatLanes {
+  Lanes<acc_t> la, lb, xa = {}, xb = {}, sq = {};
+  // ma / mb: the values for the maxima (overlap is harmless: max is idempotent); sa / sb: for the
+  // sums (0 where a lane is not a new column)
+  TNA_VEC_INLINE void add(const Lanes<acc_t>& ma, const Lanes<acc_t>& mb, const Lanes<acc_t>& sa,
+                          const Lanes<acc_t>& sb) {
+    la = ma > la ? ma : la;
+    lb = mb > lb ? mb : lb;
+    xa += sa;
+    xb += sb;
+    const Lanes<acc_t> d = sa - sb;
+    sq += d * d;
+  }
+};
+
+// The row sweeps work on R rows (pairs) at once: R independent dependency chains per loop, and the
+// latency at each sweep boundary (a horizontal max or sum that the next sweep waits for) paid once
+// per R rows. One row at a time, those boundaries cost about as much as the sweeps at C = 100.
+#define TNA_UNROLL _Pragma("GCC unroll 8")
+
+template <int R, typename scalar_t, typename acc_t>
+TNA_VEC_INLINE void rows_stats(const scalar_t* const* a, const scalar_t* const* b, int64_t C,
+                               acc_t (*out)[5]) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  Lanes<acc_t> la = {}, lb = {};
-  la += kNegInf;
-  lb += kNegInf;
+  StatLanes<acc_t> st[R];
+  TNA_UNROLL for (int r = 0; r < R; ++r) {
+    st[r].la = Lanes<acc_t>{} + kNegInf;
+    st[r].lb = st[r].la;
+  }
   int64_t j = 0;
   for (; j + kLanes <= C; j += kLanes) {
-    const Lanes<acc_t> va = load_lanes<scalar_t, acc_t>(a + j);
-    const Lanes<acc_t> vb = load_lanes<scalar_t, acc_t>(b + j);
-    la = va > la ? va : la;
-    lb = vb > lb ? vb : lb;
+    TNA_UNROLL for (int r = 0; r < R; ++r) {
+      const Lanes<acc_t> va = load_lanes<scalar_t, acc_t>(a[r] + j);
+      const Lanes<acc_t> vb = load_lanes<scalar_t, acc_t>(b[r] + j);
+      st[r].add(va, vb, va, vb);
+    }
   }
-  if (j < C) {
-    const Lanes<acc_t> va = load_tail<scalar_t, acc_t>(a + j, C - j, kNegInf);
-    const Lanes<acc_t> vb = load_tail<scalar_t, acc_t>(b + j, C - j, kNegInf);
-    la = va > la ? va : la;
-    lb = vb > lb ? vb : lb;
+  if (j < C && C >= kLanes) {  // the overlapping last vector
+    const auto fresh = fresh_lanes<acc_t>(C - j);
+    const Lanes<acc_t> zero = {};
+    TNA_UNROLL for (int r = 0; r < R; ++r) {
+      const Lanes<acc_t> va = load_lanes<scalar_t, acc_t>(a[r] + C - kLanes);
+      const Lanes<acc_t> vb = load_lanes<scalar_t, acc_t>(b[r] + C - kLanes);
+      st[r].add(va, vb, fresh ? va : zero, fresh ? vb : zero);
+    }
+  } else if (j < C) {  // C < kLanes: one padded vector
+    TNA_UNROLL for (int r = 0; r < R; ++r) {
+      st[r].add(load_tail<scalar_t, acc_t>(a[r], C, kNegInf), load_tail<scalar_t, acc_t>(b[r], C, kNegInf),
+                load_tail<scalar_t, acc_t>(a[r], C, acc_t(0)), load_tail<scalar_t, acc_t>(b[r], C, acc_t(0)));
+    }
   }
-  *ma = lanes_max<acc_t>(la);
-  *mb = lanes_max<acc_t>(lb);
+  TNA_UNROLL for (int r = 0; r < R; ++r) {
+    out[r][0] = lanes_max<acc_t>(st[r].la);
+    out[r][1] = lanes_max<acc_t>(st[r].lb);
+    out[r][2] = lanes_sum<acc_t>(st[r].xa);
+    out[r][3] = lanes_sum<acc_t>(st[r].xb);
+    out[r][4] = lanes_sum<acc_t>(st[r].sq);
+  }
 }
 
-// Sweep 2: e = exp(x - m) for both rows (kept in the scratch rows ea / eb), their sums, the row
-// sums of x (label smoothing) and sum (a - b)^2. out = {s_a, s_b, sum a, sum b, sum d^2}.
-template <typename scalar_t, typename acc_t>
-TNA_VEC_INLINE void rows_exp_sums(const scalar_t* __restrict a, const scalar_t* __restrict b,
-                                  int64_t C, acc_t ma, acc_t mb, acc_t* __restrict ea,
-                                  acc_t* __restrict eb, acc_t* __restrict out) {
-  Lanes<acc_t> sa = {}, sb = {}, xa = {}, xb = {}, sq = {};
+// Sweep 2 over R rows: e = exp(x - m), kept in the scratch rows e, and s = sum e.
+template <int R, typename scalar_t, typename acc_t>
+TNA_VEC_INLINE void rows_exp(const scalar_t* const* x, int64_t C, const acc_t* m, acc_t* const* e,
+                             acc_t* s) {
+  Lanes<acc_t> acc[R] = {};
   int64_t j = 0;
   for (; j + kLanes <= C; j += kLanes) {
-    const Lanes<acc_t> va = load_lanes<scalar_t, acc_t>(a + j);
-    const Lanes<acc_t> vb = load_lanes<scalar_t, acc_t>(b + j);
-    const Lanes<acc_t> e1 = exp_nonpos(va - ma);
-    const Lanes<acc_t> e2 = exp_nonpos(vb - mb);
-    std::memcpy(ea + j, &e1, sizeof(e1));
-    std::memcpy(eb + j, &e2, sizeof(e2));
-    sa += e1;
-    sb += e2;
-    xa += va;
-    xb += vb;
-    const Lanes<acc_t> d = va - vb;
-    sq += d * d;
+    TNA_UNROLL for (int r = 0; r < R; ++r) {
+      const Lanes<acc_t> v = exp_nonpos(load_lanes<scalar_t, acc_t>(x[r] + j) - m[r]);
+      std::memcpy(e[r] + j, &v, sizeof(v));
+      acc[r] += v;
+    }
   }
-  if (j < C) {  // the last C % kLanes columns as one padded vector (not kLanes scalar exps)
-    const int64_t rest = C - j;
+  if (j < C && C >= kLanes) {  // the overlapping last vector: rewrites equal values, sums the new
+    const auto fresh = fresh_lanes<acc_t>(C - j);
+    const Lanes<acc_t> zero = {};
+    TNA_UNROLL for (int r = 0; r < R; ++r) {
+      const Lanes<acc_t> v = exp_nonpos(load_lanes<scalar_t, acc_t>(x[r] + C - kLanes) - m[r]);
+      std::memcpy(e[r] + C - kLanes, &v, sizeof(v));
+      acc[r] += fresh ? v : zero;
+    }
+  } else if (j < C) {  // C < kLanes: padded with -inf, whose exp is exactly 0
     constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-    // va / vb padded with 0 (for the sums), pa / pb with -inf (exp gives exactly 0 there)
-    const Lanes<acc_t> va = load_tail<scalar_t, acc_t>(a + j, rest, acc_t(0));
-    const Lanes<acc_t> vb = load_tail<scalar_t, acc_t>(b + j, rest, acc_t(0));
-    const Lanes<acc_t> pa = load_tail<scalar_t, acc_t>(a + j, rest, kNegInf);
-    const Lanes<acc_t> pb = load_tail<scalar_t, acc_t>(b + j, rest, kNegInf);
-    const Lanes<acc_t> e1 = exp_nonpos(pa - ma);  // exactly 0 in the padding
-    const Lanes<acc_t> e2 = exp_nonpos(pb - mb);
-    std::memcpy(ea + j, &e1, rest * sizeof(acc_t));
-    std::memcpy(eb + j, &e2, rest * sizeof(acc_t));
-    sa += e1;
-    sb += e2;
-    xa += va;
-    xb += vb;
-    const Lanes<acc_t> d = va - vb;
-    sq += d * d;
+    TNA_UNROLL for (int r = 0; r < R; ++r) {
+      const Lanes<acc_t> v = exp_nonpos(load_tail<scalar_t, acc_t>(x[r], C, kNegInf) - m[r]);
+      std::memcpy(e[r], &v, C * sizeof(acc_t));
+      acc[r] += v;
+    }
   }
-  const acc_t r[5] = {lanes_sum<acc_t>(sa), lanes_sum<acc_t>(sb), lanes_sum<acc_t>(xa),
-                      lanes_sum<acc_t>(xb), lanes_sum<acc_t>(sq)};
-  for (int k = 0; k < 5; ++k) out[k] = r[k];
+  TNA_UNROLL for (int r = 0; r < R; ++r) s[r] = lanes_sum<acc_t>(acc[r]);
 }
 
-// Sweep 3: g = p * e + c + k * (a - b), then g[y] gets the one-hot term (y < 0: none). Either
-// output may be null (gradient not needed).
 template <typename scalar_t, typename acc_t>
-TNA_VEC_INLINE void rows_grad(const acc_t* __restrict ea, const acc_t* __restrict eb,
-                              const scalar_t* __restrict a, const scalar_t* __restrict b,
-                              scalar_t* __restrict ga, scalar_t* __restrict gb, int64_t C, acc_t pa,
-                              acc_t ca, acc_t pb, acc_t cb, acc_t k, int64_t y, acc_t hot_a,
-                              acc_t hot_b) {
-  if (ga != nullptr && gb != nullptr) {
-    for (int64_t j = 0; j < C; ++j) {
-      const acc_t d = k * (static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]));
-      ga[j] = static_cast<scalar_t>(pa * ea[j] + ca + d);
-      gb[j] = static_cast<scalar_t>(pb * eb[j] + cb - d);
-    }
-  } else if (ga != nullptr) {
-    for (int64_t j = 0; j < C; ++j) {
-      const acc_t d = k * (static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]));
-      ga[j] = static_cast<scalar_t>(pa * ea[j] + ca + d);
-    }
-  } else if (gb != nullptr) {
-    for (int64_t j = 0; j < C; ++j) {
-      const acc_t d = k * (static_cast<acc_t>(a[j]) - static_cast<acc_t>(b[j]));
-      gb[j] = static_cast<scalar_t>(pb * eb[j] + cb - d);
+TNA_VEC_INLINE void store_lanes(scalar_t* __restrict x, const Lanes<acc_t>& v) {
+  for (int64_t k = 0; k < kLanes; ++k) x[k] = static_cast<scalar_t>(v[k]);
+}
+
+// Sweep 3 on the kLanes columns from j: g = p * e + c +- k * (a - b). Either output may be null.
+template <typename scalar_t, typename acc_t>
+TNA_VEC_INLINE void grad_lanes(int64_t j, const acc_t* __restrict ea, const acc_t* __restrict eb,
+                               const scalar_t* __restrict a, const scalar_t* __restrict b,
+                               scalar_t* __restrict ga, scalar_t* __restrict gb, acc_t pa, acc_t ca,
+                               acc_t pb, acc_t cb, acc_t k) {
+  const Lanes<acc_t> d = k * (load_lanes<scalar_t, acc_t>(a + j) - load_lanes<scalar_t, acc_t>(b + j));
+  Lanes<acc_t> e;
+  if (ga != nullptr) {
+    std::memcpy(&e, ea + j, sizeof(e));
+    store_lanes<scalar_t, acc_t>(ga + j, pa * e + ca + d);
+  }
+  if (gb != nullptr) {
+    std::memcpy(&e, eb + j, sizeof(e));
+    store_lanes<scalar_t, acc_t>(gb + j, pb * e + cb - d);
+  }
+}
+
+// One row pair's sweep-3 operands: g = p * e + c +- k (a - b), plus hot at column y (y < 0: none).
+template <typename scalar_t, typename acc_t>
+struct GradRow {
+  const acc_t *ea, *eb;
+  const scalar_t *a, *b;
+  scalar_t *ga, *gb;  // either may be null (gradient not needed)
+  acc_t pa, ca, pb, cb, hot_a, hot_b;
+  int64_t y;
+};
+
+// Sweep 3 over R row pairs, then each g[y] gets its one-hot term.
+template <int R, typename scalar_t, typename acc_t>
+TNA_VEC_INLINE void rows_grad(const GradRow<scalar_t, acc_t>* g, int64_t C, acc_t k) {
+  int64_t j = 0;
+  for (; j + kLanes <= C; j += kLanes) {
+    TNA_UNROLL for (int r = 0; r < R; ++r) {
+      const auto& q = g[r];
+      grad_lanes<scalar_t, acc_t>(j, q.ea, q.eb, q.a, q.b, q.ga, q.gb, q.pa, q.ca, q.pb, q.cb, k);
     }
   }
-  if (y >= 0) {
-    const acc_t d = k * (static_cast<acc_t>(a[y]) - static_cast<acc_t>(b[y]));
-    if (ga != nullptr) ga[y] = static_cast<scalar_t>(pa * ea[y] + ca + d + hot_a);
-    if (gb != nullptr) gb[y] = static_cast<scalar_t>(pb * eb[y] + cb - d + hot_b);
+  TNA_UNROLL for (int r = 0; r < R; ++r) {
+    const auto& q = g[r];
+    if (j < C && C >= kLanes) {  // the overlapping last vector rewrites equal values
+      grad_lanes<scalar_t, acc_t>(C - kLanes, q.ea, q.eb, q.a, q.b, q.ga, q.gb, q.pa, q.ca, q.pb, q.cb, k);
+    } else {  // C < kLanes
+      for (int64_t jj = j; jj < C; ++jj) {
+        const acc_t d = k * (static_cast<acc_t>(q.a[jj]) - static_cast<acc_t>(q.b[jj]));
+        if (q.ga != nullptr) q.ga[jj] = static_cast<scalar_t>(q.pa * q.ea[jj] + q.ca + d);
+        if (q.gb != nullptr) q.gb[jj] = static_cast<scalar_t>(q.pb * q.eb[jj] + q.cb - d);
+      }
+    }
+    if (q.y >= 0) {
+      const int64_t y = q.y;
+      const acc_t d = k * (static_cast<acc_t>(q.a[y]) - static_cast<acc_t>(q.b[y]));
+      if (q.ga != nullptr) q.ga[y] = static_cast<scalar_t>(q.pa * q.ea[y] + q.ca + d + q.hot_a);
+      if (q.gb != nullptr) q.gb[y] = static_cast<scalar_t>(q.pb * q.eb[y] + q.cb - d + q.hot_b);
+    }
   }
 }
 
@@ -268,43 +316,62 @@ struct RowParams {
   acc_t eps, smooth, wa, wb, k_mse;  // wa / wb: CE weights already divided by N
 };
 
-// Rows [begin, end): the three sweeps of each row (one clone dispatch per chunk of rows, the
-// sweeps inlined). ea / eb: scratch rows of C accumulators each.
-template <typename scalar_t, typename acc_t>
-TNA_MULTIVERSION void twin_rows(const scalar_t* __restrict ap, const scalar_t* __restrict bp,
-                                const int64_t* __restrict yp, scalar_t* gap, scalar_t* gbp,
-                                acc_t* __restrict rp, acc_t* __restrict ea, acc_t* __restrict eb,
-                                int64_t begin, int64_t end, const RowParams<acc_t>& prm) {
+// Rows i .. i + R - 1: the three sweeps, R row pairs at a time. scratch: 2R rows of C accumulators.
+template <int R, typename scalar_t, typename acc_t>
+TNA_VEC_INLINE void twin_group(const scalar_t* ap, const scalar_t* bp, const int64_t* yp, scalar_t* gap,
+                               scalar_t* gbp, acc_t* rp, acc_t* scratch, int64_t i,
+                               const RowParams<acc_t>& prm) {
   const int64_t C = prm.C;
-  const acc_t eps = prm.eps, smooth = prm.smooth, wa = prm.wa, wb = prm.wb, k_mse = prm.k_mse;
-  for (int64_t i = begin; i < end; ++i) {
-    const scalar_t* ar = ap + i * C;
-    const scalar_t* br = bp + i * C;
-    const int64_t t = yp[i];
-    const bool valid = t != prm.ignore_index;
-    acc_t ma, mb, sums[5];
-    rows_max<scalar_t, acc_t>(ar, br, C, &ma, &mb);
-    rows_exp_sums<scalar_t, acc_t>(ar, br, C, ma, mb, ea, eb, sums);
-    const acc_t sa = sums[0], sb = sums[1];
-    acc_t* r = rp + 3 * i;
-    if (valid) {
-      const acc_t xa = static_cast<acc_t>(ar[t]);
-      const acc_t xb = static_cast<acc_t>(br[t]);
-      r[0] = ma + std::log(sa) - (acc_t(1) - eps) * xa - smooth * sums[2];
-      r[1] = mb + std::log(sb) - (acc_t(1) - eps) * xb - smooth * sums[3];
-    } else {
-      r[0] = r[1] = acc_t(0);
-    }
-    r[2] = sums[4];
-    if (gap != nullptr || gbp != nullptr) {
-      const acc_t w1 = valid ? wa : acc_t(0);
-      const acc_t w2 = valid ? wb : acc_t(0);
-      rows_grad<scalar_t, acc_t>(ea, eb, ar, br, gap == nullptr ? nullptr : gap + i * C,
-                                 gbp == nullptr ? nullptr : gbp + i * C, C, w1 / sa,
-                                 -w1 * smooth, w2 / sb, -w2 * smooth, k_mse, valid ? t : -1,
-                                 -w1 * (acc_t(1) - eps), -w2 * (acc_t(1) - eps));
-    }
+  const acc_t eps = prm.eps, smooth = prm.smooth;
+  const scalar_t* x[2 * R];  // the R rows of a, then the R rows of b
+  acc_t* e[2 * R];
+  TNA_UNROLL for (int r = 0; r < R; ++r) {
+    x[r] = ap + (i + r) * C;
+    x[R + r] = bp + (i + r) * C;
+    e[r] = scratch + r * C;
+    e[R + r] = scratch + (R + r) * C;
   }
+  acc_t st[R][5], m[2 * R], s[2 * R];
+  rows_stats<R, scalar_t, acc_t>(x, x + R, C, st);
+  TNA_UNROLL for (int r = 0; r < R; ++r) {
+    m[r] = st[r][0];
+    m[R + r] = st[r][1];
+  }
+  rows_exp<2 * R, scalar_t, acc_t>(x, C, m, e, s);
+  GradRow<scalar_t, acc_t> g[R];
+  TNA_UNROLL for (int r = 0; r < R; ++r) {
+    const int64_t t = yp[i + r];
+    const bool valid = t != prm.ignore_index;
+    acc_t* out = rp + 3 * (i + r);
+    if (valid) {
+      out[0] = m[r] + std::log(s[r]) - (acc_t(1) - eps) * static_cast<acc_t>(x[r][t]) - smooth * st[r][2];
+      out[1] = m[R + r] + std::log(s[R + r]) - (acc_t(1) - eps) * static_cast<acc_t>(x[R + r][t]) -
+               smooth * st[r][3];
+    } else {
+      out[0] = out[1] = acc_t(0);
+    }
+    out[2] = st[r][4];
+    const acc_t w1 = valid ? prm.wa : acc_t(0);
+    const acc_t w2 = valid ? prm.wb : acc_t(0);
+    g[r] = {e[r], e[R + r], x[r], x[R + r], gap == nullptr ? nullptr : gap + (i + r) * C,
+            gbp == nullptr ? nullptr : gbp + (i + r) * C, w1 / s[r], -w1 * smooth, w2 / s[R + r],
+            -w2 * smooth, -w1 * (acc_t(1) - eps), -w2 * (acc_t(1) - eps), valid ? t : -1};
+  }
+  if (gap != nullptr || gbp != nullptr) rows_grad<R, scalar_t, acc_t>(g, C, prm.k_mse);
+}
+
+constexpr int kGroup = 2;  // row pairs per group (see rows_stats)
+
+// Rows [begin, end) in groups of kGroup, the rest one by one (one clone dispatch per chunk of rows,
+// the sweeps inlined). scratch: 2 kGroup rows of C accumulators.
+template <typename scalar_t, typename acc_t>
+TNA_MULTIVERSION_FMA void twin_rows(const scalar_t* __restrict ap, const scalar_t* __restrict bp,
+                                    const int64_t* __restrict yp, scalar_t* gap, scalar_t* gbp,
+                                    acc_t* __restrict rp, acc_t* __restrict scratch, int64_t begin,
+                                    int64_t end, const RowParams<acc_t>& prm) {
+  int64_t i = begin;
+  for (; i + kGroup <= end; i += kGroup) twin_group<kGroup>(ap, bp, yp, gap, gbp, rp, scratch, i, prm);
+  for (; i < end; ++i) twin_group<1>(ap, bp, yp, gap, gbp, rp, scratch, i, prm);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
@@ -377,10 +444,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
     const RowParams<acc_t> prm{C, ignore_index, eps, smooth, wa, wb, k_mse};
 
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> scratch(2 * C);
-      acc_t* ea = scratch.data();
-      acc_t* eb = scratch.data() + C;
-      twin_rows<scalar_t, acc_t>(ap, bp, yp, gap, gbp, rp, ea, eb, begin, end, prm);
+      std::vector<acc_t> scratch(2 * kGroup * C);
+      twin_rows<scalar_t, acc_t>(ap, bp, yp, gap, gbp, rp, scratch.data(), begin, end, prm);
     });
 
     acc_t ce_a = 0, ce_b = 0, sq = 0;

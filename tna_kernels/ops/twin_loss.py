@@ -4,9 +4,12 @@ The forward op returns the loss, its three unweighted parts and both logit gradi
 grad_output = 1 (computed in the same fused pass). Autograd saves those two gradients and the
 backward op only scales them by grad_output (one elementwise pass, no host sync). ``parts`` and the
 gradient outputs are marked non-differentiable (logging / internal), and double backward is not
-supported (the saved gradients carry no graph)."""
+supported (the saved gradients carry no graph).
 
-import contextlib
+tna::twin_loss is what ``functional.twin_loss`` calls: the same autograd written in C++
+(csrc/autograd/twin_loss.cpp), one dispatcher call per forward and per backward instead of ~60 us
+of Python autograd.Function glue. The ``register_autograd`` of the fwd op below stays for direct callers of the
+fwd op."""
 
 import torch
 
@@ -81,47 +84,12 @@ def _backward(ctx, grad_loss, _grad_parts, _grad_gb, _grad_gt):
 torch.library.register_autograd("tna::twin_loss_fwd", _backward, setup_context=_setup_context)
 
 
-def _below_autograd():
-    """The fwd op's own autograd kernel is not needed inside ``TwinLossFunction.forward`` (grad
-    mode is off there); skipping it saves its Python wrapper (~20 us). Under torch.compile the
-    plain call is traced instead."""
-    if torch.compiler.is_compiling() or not hasattr(torch._C, "_AutoDispatchBelowAutograd"):
-        return contextlib.nullcontext()
-    return torch._C._AutoDispatchBelowAutograd()
-
-
-class TwinLossFunction(torch.autograd.Function):
-    """The same autograd as the registration above, as a plain ``autograd.Function`` over the same
-    two ops, for ``functional.twin_loss``: it returns only (loss, parts) and skips the generic
-    wrapper of ``register_autograd`` (~60 us of Python per forward+backward, more than the
-    whole kernel at small sizes). ``torch.compile`` traces it like the op.
-
-    ``apply(logits_base, logits_twin, target, hyper)`` with ``hyper`` the op's scalar arguments
-    ``(ce_weight_base, ce_weight_twin, mse_weight, mse_reduction, label_smoothing, ignore_index,
-    need_grad_base, need_grad_twin)`` as one tuple (``apply`` walks every argument)."""
-
-    @staticmethod
-    def forward(ctx, logits_base, logits_twin, target, hyper):
-        with _below_autograd():
-            loss, parts, grad_base, grad_twin = torch.ops.tna.twin_loss_fwd(
-                logits_base, logits_twin, target, *hyper)
-        ctx.mark_non_differentiable(parts)
-        ctx.set_materialize_grads(False)
-        ctx.need = hyper[6:]
-        ctx.save_for_backward(grad_base, grad_twin)
-        return loss, parts
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_parts):
-        if torch.is_grad_enabled():  # create_graph=True: the saved gradients carry no graph
-            raise RuntimeError("tna_kernels twin_loss does not support double backward "
-                               "(create_graph=True); use tna_kernels.reference.twin_loss for that")
-        if grad_loss is None:
-            return None, None, None, None
-        grad_base, grad_twin = ctx.saved_tensors
-        gb, gt = torch.ops.tna.twin_loss_bwd(grad_loss, grad_base, grad_twin)
-        need_base, need_twin = ctx.need
-        return gb if need_base else None, gt if need_twin else None, None, None
+@torch.library.register_fake("tna::twin_loss")
+def _twin_loss_fake(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
+                    mse_reduction, label_smoothing, ignore_index, detach_base, detach_twin):
+    loss, parts, _, _ = _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin,
+                                            mse_weight, mse_reduction, label_smoothing, ignore_index, False, False)
+    return loss, parts
 
 
 if HAS_TRITON:
