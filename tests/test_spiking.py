@@ -165,6 +165,29 @@ def test_torch_compile_small_model():
     torch.testing.assert_close(compiled, eager)
 
 
+def test_torch_compile_training_step_matches_eager():
+    """Train mode under torch.compile (fullgraph: no graph break in the STE, the spike-input conv's
+    autograd.Function or the LIF ops): two SGD steps give the eager latent-weight gradients, updates
+    and batch-norm statistics."""
+    torch.manual_seed(0)
+    eager = SpikingVGG("digits", in_channels=1, input_size=8, T=2, first_layer_fp=False).train()
+    twin = SpikingVGG("digits", in_channels=1, input_size=8, T=2, first_layer_fp=False).train()
+    twin.load_state_dict(eager.state_dict())
+    runs = [(eager, torch.optim.SGD(eager.parameters(), lr=0.5)),
+            (torch.compile(twin, fullgraph=True), torch.optim.SGD(twin.parameters(), lr=0.5))]
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    for _ in range(2):
+        before = {n: p.detach().clone() for n, p in twin.named_parameters()}
+        for model, opt in runs:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        for (name, p), q in zip(eager.named_parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
+            assert not torch.equal(q, before[name]), f"{name} did not move"
+        torch.testing.assert_close(twin.state_dict(), eager.state_dict())
+
+
 @pytest.mark.parametrize("ternary", [True, False])
 def test_spike_input_is_saved_bit_packed_and_gradients_match(ternary):
     a = tnn.TernaryLIFConv2d(70, 8, 3, padding=1, stride=2, bias=True, ternary=ternary, spike_input=True)

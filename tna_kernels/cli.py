@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export the base model")
     x.add_argument("checkpoint")
-    x.add_argument("--format", default="packed", choices=["packed", "nir"])
+    x.add_argument("--format", default="packed", choices=["packed", "nir"],
+                   help="packed: 2-bit packed safetensors; nir: NIR graph of a spiking VGG or ResNet (needs nir)")
     x.add_argument("--out", default=None)
     x.set_defaults(fn=_export)
 
