@@ -18,6 +18,11 @@ TORCH_LIBRARY(tna, m) {
       "lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h_seq, float tau, bool decay_input, "
       "float v_threshold, float v_reset, bool soft_reset, bool detach_reset, str surrogate, "
       "float alpha) -> (Tensor, Tensor)");
+  // Inference LIF with packed output: x_seq [T, ..., C] float32 channels last (membrane from the
+  // reset value) -> spikes bit-packed along C, int64 [T, ..., ceil(C/64)] (the pack_spikes layout).
+  m.def(
+      "lif_pack(Tensor x_seq, float tau, bool decay_input, float v_threshold, float v_reset, "
+      "bool soft_reset) -> Tensor");
 
   // Ternary weights. Packed format v1 (csrc/cpu/ternary.h, docs/FORMAT.md): codes [..., K] int8 in
   // {-1, 0, +1} -> int64 words [..., 2, KW], KW = ceil(K/64), planes P (+1) and N (-1) along K,
@@ -50,6 +55,12 @@ TORCH_LIBRARY(tna, m) {
   m.def(
       "spike_ternary_conv2d(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int C, "
       "int[2] stride, int[2] padding, int[2] dilation, int version, Tensor? kmajor=None) -> Tensor");
+  // spike_ternary_conv2d with the LIF of lif_pack in its epilogue: spike_bits [T*B, H, W, CW]
+  // (time-major) -> packed spikes [T*B, OH, OW, ceil(N/64)]; the float current exists only per tile.
+  m.def(
+      "spike_ternary_conv2d_lif(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int C, "
+      "int[2] stride, int[2] padding, int[2] dilation, int version, int T, float tau, bool decay_input, "
+      "float v_threshold, float v_reset, bool soft_reset, Tensor? kmajor=None) -> Tensor");
   // Backend-private K-major int8 copy of packed weights [K_padded, ceil(N/128)*128] (never serialised).
   m.def("ternary_kmajor(Tensor packed_w, int K, int version) -> Tensor");
   // Popcount kernel instruction set the CPU ops use now: "avx512" | "avx2" | "scalar" (the best

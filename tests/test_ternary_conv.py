@@ -274,3 +274,56 @@ def test_packed_module_cache_follows_reloaded_weights():
     conv_a.load_state_dict(conv_b.state_dict())
     assert torch.equal(conv_a.forward_spikes(F.pack_spikes(sc, dim=1)),
                        conv_b.forward_spikes(F.pack_spikes(sc, dim=1)))
+
+
+# ------------------------------------------------- conv with the LIF in its epilogue (packed out)
+
+@pytest.mark.parametrize("geom", GEOMS[:4], ids=str)
+@pytest.mark.parametrize("T", [1, 3])
+def test_spike_conv_lif_equals_conv_then_lif_pack(isa, geom, T):
+    B, C, H, W, N, k, stride, padding, dilation = geom
+    N = N + 64  # output channels across a word boundary
+    codes, scale, b, p = make(N, C, k)
+    s = (torch.rand(T * B, C, H, W) < 0.25).float()
+    bits = F.pack_spikes(s, dim=1)
+    neuron = dict(tau=2.0, v_threshold=0.5, v_reset=0.0)
+    out = F.spike_ternary_conv2d_lif(bits, p, T, stride, padding, dilation, **neuron)
+    y = F.spike_ternary_conv2d(bits, p, stride, padding, dilation).permute(0, 2, 3, 1)
+    want = F.lif_pack(y.unflatten(0, (T, B)), **neuron).flatten(0, 1)
+    assert out.shape == want.shape == (T * B, y.shape[1], y.shape[2], (N + 63) // 64)
+    assert torch.equal(out, want)
+    spikes = F.unpack_spikes(out, N)
+    assert 0 < spikes.mean() < 1  # the comparison is not between all-zero tensors
+
+
+@pytest.mark.parametrize("neuron", [dict(v_reset=None, v_threshold=0.3), dict(beta=0.5)], ids=str)
+def test_spike_conv_lif_neuron_variants_and_no_mutation(neuron):
+    codes, scale, b, p = make(70, 20, (3, 3))
+    bits = F.pack_spikes((torch.rand(8, 20, 5, 6) < 0.3).float(), dim=1)
+    before = bits.clone()
+    out = F.spike_ternary_conv2d_lif(bits, p, 4, 1, 1, **neuron)
+    y = F.spike_ternary_conv2d(bits, p, 1, 1).permute(0, 2, 3, 1)
+    assert torch.equal(out, F.lif_pack(y.unflatten(0, (4, 2)), **neuron).flatten(0, 1))
+    assert torch.equal(bits, before)
+
+
+def test_spike_conv_lif_opcheck():
+    codes, scale, b, p = make(9, 70, (3, 3))
+    bits = F.pack_spikes((torch.rand(4, 70, 5, 5) < 0.2).float(), dim=1)
+    torch.library.opcheck(torch.ops.tna.spike_ternary_conv2d_lif.default,
+                          (bits, p.words, p.scale, p.bias, 70, [1, 1], [1, 1], [1, 1], 1, 2, 2.0, True, 1.0,
+                           0.0, False))
+
+
+def test_spike_conv_lif_bad_input():
+    codes, scale, b, p = make(9, 70, (3, 3))
+    bits = F.pack_spikes((torch.rand(6, 70, 5, 5) < 0.2).float(), dim=1)
+    with pytest.raises(ValueError, match="T must be an int >= 1 that divides"):
+        F.spike_ternary_conv2d_lif(bits, p, 4)
+    with pytest.raises(RuntimeError, match="T must be >= 1 and divide"):
+        torch.ops.tna.spike_ternary_conv2d_lif(bits, p.words, p.scale, p.bias, 70, [1, 1], [1, 1], [1, 1], 1,
+                                               4, 2.0, True, 1.0, 0.0, False)
+    with pytest.raises(ValueError, match="tau must be"):
+        F.spike_ternary_conv2d_lif(bits, p, 3, tau=-1.0)
+    with pytest.raises(TypeError, match="spike_bits must be int64"):
+        F.spike_ternary_conv2d_lif(bits.float(), p, 3)

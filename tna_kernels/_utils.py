@@ -31,7 +31,9 @@ def kernel_keys(qualname: str) -> set[str]:
     """Dispatch keys that hold a real kernel (not a fallback) for ``qualname``, e.g. ``tna::lif_fwd``.
     The one place that reads the dispatcher's private table."""
     table = torch._C._dispatch_dump_table(qualname)
-    return {line.split(":")[0] for line in table.splitlines() if line.rstrip().endswith("[kernel]")}
+    # "[default backend kernel]": a CompositeExplicitAutograd C++ kernel serving that backend
+    return {line.split(":")[0] for line in table.splitlines()
+            if line.rstrip().endswith(("[kernel]", "[default backend kernel]"))}
 
 
 def is_composite(qualname: str) -> bool:

@@ -16,7 +16,8 @@ from .reference import MSE_REDUCTIONS, SURROGATES, TERNARY_METHODS
 __all__ = ["lif", "tau_from_beta", "SURROGATES",
            "TERNARY_FORMAT_VERSION", "PackedTernary", "ternarize", "ternary_ste", "quantize_pack",
            "pack_ternary", "unpack_ternary", "pack_spikes", "unpack_spikes", "ternary_linear",
-           "spike_ternary_linear", "ternary_conv2d", "spike_ternary_conv2d",
+           "spike_ternary_linear", "ternary_conv2d", "spike_ternary_conv2d", "lif_pack",
+           "spike_ternary_conv2d_lif",
            "twin_loss", "kd_loss", "dml_loss", "MSE_REDUCTIONS"]
 
 
@@ -30,6 +31,27 @@ def tau_from_beta(beta: float) -> float:
 def _check_device(x: Tensor) -> None:
     if x.device.type == "cuda" and not HAS_TRITON:
         raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
+
+
+def _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta) -> tuple[float, bool]:
+    """Validates the neuron arguments of :func:`lif`; returns the effective ``(tau, decay_input)``."""
+    if beta is not None:
+        if tau is not None or decay_input:
+            raise ValueError("beta replaces tau and decay_input: pass either beta or tau/decay_input")
+        tau, decay_input = tau_from_beta(beta), False
+    tau = 2.0 if tau is None else tau
+    decay_input = True if decay_input is None else decay_input
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    if v_reset is not None and not math.isfinite(v_reset):
+        raise ValueError(f"v_reset must be a finite number or None, got {v_reset!r}")
+    if not math.isfinite(v_threshold):
+        raise ValueError(f"v_threshold must be finite, got {v_threshold!r}")
+    return float(tau), bool(decay_input)
 
 
 def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
@@ -70,22 +92,7 @@ def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
         raise TypeError(f"x_seq must be a floating-point tensor, got {x_seq.dtype}")
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
         raise ValueError(f"x_seq must be [T, ...] with T >= 1 time steps, got shape {tuple(x_seq.shape)}")
-    if beta is not None:
-        if tau is not None or decay_input:
-            raise ValueError("beta replaces tau and decay_input: pass either beta or tau/decay_input")
-        tau, decay_input = tau_from_beta(beta), False
-    tau = 2.0 if tau is None else tau
-    decay_input = True if decay_input is None else decay_input
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    if v_reset is not None and not math.isfinite(v_reset):
-        raise ValueError(f"v_reset must be a finite number or None, got {v_reset!r}")
-    if not math.isfinite(v_threshold):
-        raise ValueError(f"v_threshold must be finite, got {v_threshold!r}")
+    tau, decay_input = _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta)
     _check_device(x_seq)
 
     if v0 is not None:
@@ -310,6 +317,51 @@ def spike_ternary_conv2d(spike_bits: Tensor, weight: PackedTernary, stride=1, pa
     s, p, d = conv_geometry(stride, padding, dilation)
     return torch.ops.tna.spike_ternary_conv2d(spike_bits, weight.words, weight.scale, weight.bias,
                                               weight.K, s, p, d, weight.version, weight.kmajor())
+
+
+def _lif_pack_args(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta) -> tuple:
+    tau, decay_input = _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta)
+    return tau, decay_input, float(v_threshold), 0.0 if v_reset is None else float(v_reset), v_reset is None
+
+
+def lif_pack(x_seq: Tensor, *, tau: float | None = None, decay_input: bool | None = None,
+             v_threshold: float = 1.0, v_reset: float | None = 0.0, detach_reset: bool = False,
+             surrogate: str = "atan", alpha: float = 2.0, beta: float | None = None) -> Tensor:
+    """Inference LIF with bit-packed output: ``x_seq`` float32 ``[T, ..., C]`` (channels last) →
+    int64 ``[T, ..., ceil(C/64)]``, equal to ``pack_spikes(lif(x_seq, ...), dim=-1)`` without the
+    float spike tensor. Neuron arguments as in :func:`lif` (the membrane starts at the reset value);
+    ``detach_reset``, ``surrogate`` and ``alpha`` only shape gradients, so they are accepted (a
+    layer's ``neuron.kwargs`` can be passed as is) and have no effect here. No autograd."""
+    if not isinstance(x_seq, Tensor) or x_seq.dtype != torch.float32:
+        raise TypeError(f"x_seq must be a float32 torch.Tensor, got {getattr(x_seq, 'dtype', type(x_seq))}")
+    if x_seq.dim() < 2 or x_seq.shape[0] < 1:
+        raise ValueError(f"x_seq must be [T, ..., C] with T >= 1, got shape {tuple(x_seq.shape)}")
+    _check_device(x_seq)
+    return torch.ops.tna.lif_pack(x_seq, *_lif_pack_args(tau, decay_input, v_threshold, v_reset, surrogate,
+                                                         alpha, beta))
+
+
+def spike_ternary_conv2d_lif(spike_bits: Tensor, weight: PackedTernary, T: int, stride=1, padding=0,
+                             dilation=1, *, tau: float | None = None, decay_input: bool | None = None,
+                             v_threshold: float = 1.0, v_reset: float | None = 0.0,
+                             detach_reset: bool = False, surrogate: str = "atan", alpha: float = 2.0,
+                             beta: float | None = None) -> Tensor:
+    """:func:`spike_ternary_conv2d` followed by :func:`lif_pack` in one kernel (the LIF runs in the
+    GEMM's epilogue, tile by tile): packed spikes ``[T·B, H, W, CW]`` (time-major) → packed spikes
+    ``[T·B, OH, OW, ceil(N/64)]``. Bit-identical to the two-step composition. No autograd."""
+    _check_packed(weight, conv=True)
+    if not isinstance(spike_bits, Tensor) or spike_bits.dtype != torch.int64:
+        raise TypeError(f"spike_bits must be int64 packed spikes (pack_spikes(s, dim=1)), got "
+                        f"{getattr(spike_bits, 'dtype', type(spike_bits))}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1 or spike_bits.dim() < 1 \
+            or spike_bits.shape[0] % T:
+        raise ValueError(f"T must be an int >= 1 that divides spike_bits.shape[0] (T·B, time-major), got T={T!r} "
+                         f"for shape {tuple(spike_bits.shape)}")
+    _check_device(spike_bits)
+    s, p, d = conv_geometry(stride, padding, dilation)
+    return torch.ops.tna.spike_ternary_conv2d_lif(
+        spike_bits, weight.words, weight.scale, weight.bias, weight.K, s, p, d, weight.version, T,
+        *_lif_pack_args(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta), weight.kmajor())
 
 
 def _check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf) -> float:

@@ -49,9 +49,9 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     print(f"GPU         {gpu}")
     print()
-    print(f"{'op':<28}{'CPU':<11}{'CUDA':<11}fake")
+    print(f"{'op':<28}{'CPU':<11}{'CUDA':<18}fake")
     for name, cpu, cuda, fake in op_table():
-        print(f"{name:<28}{cpu:<11}{cuda:<11}{fake}")
+        print(f"{name:<28}{cpu:<11}{cuda:<18}{fake}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "../common.h"
+#include "lif_step.h"
 
 #if defined(__x86_64__)
 #include <emmintrin.h>
@@ -110,15 +111,11 @@ TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, scalar_t* __re
     for (int64_t i = 0; i < n; ++i) {
       const acc_t xi = static_cast<acc_t>(xt[i]);
       const acc_t vi = v[i];
-      const acc_t h = kDecayInput ? vi + (xi - (vi - vr)) / tau : vi - (vi - vr) / tau + xi;
+      const acc_t h = lif_charge<kDecayInput>(xi, vi, vr, tau);
       const bool fire = h >= v_th;
       s_buf[i] = static_cast<scalar_t>(fire ? acc_t(1) : acc_t(0));
       h_buf[i] = h;
-      if constexpr (kSoft) {
-        v[i] = fire ? h - v_th : h;
-      } else {
-        v[i] = fire ? v_reset : h;
-      }
+      v[i] = lif_reset<kSoft>(h, fire, v_th, v_reset);
     }
     store_out(s + t * stride, s_buf, n, stream);
     if constexpr (kSaveH) store_out(h_out + t * stride, h_buf, n, stream);

@@ -12,7 +12,8 @@
 // runs the same micro-kernels as the linear layer (ternary_linear.cpp): popcount, or for sparse
 // spikes the event-driven loop over set bits (chosen by input density). T timesteps are
 // folded into B by the caller. The output is [B, N, OH, OW] in channels-last memory (the GEMM's
-// row-major [B*OH*OW, N]), so no transpose pass is needed.
+// row-major [B*OH*OW, N]), so no transpose pass is needed. spike_ternary_conv2d_lif runs the
+// same GEMM tile by tile with the LIF (lif_pack.cpp) as its epilogue and returns packed spikes.
 // Float input: decoded codes * scale -> at::conv2d (oneDNN) with the bias: the same computation
 // as torch's conv2d on the dequantised weight; backward w.r.t. the input is the transposed
 // convolution of grad_y * scale with the codes.
@@ -25,10 +26,15 @@
 #include <vector>
 
 #include "../common.h"
+#include "lif_pack.h"
 #include "ternary.h"
 
 namespace tna::ternary {
 namespace {
+
+using tna::LifPackParams;
+using tna::check_lif_pack_params;
+using tna::lif_pack_rows;
 
 struct ConvGeom {
   int64_t N, kh, kw, CW, C;
@@ -142,12 +148,55 @@ at::Tensor ternary_conv2d_grad_input_cpu(const at::Tensor& grad_y, const at::Ten
   return gx.to(grad_y.scalar_type());
 }
 
-at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
-                                    const at::Tensor& scale, const std::optional<at::Tensor>& bias,
-                                    int64_t C, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    at::IntArrayRef dilation, int64_t version,
-                                    const std::optional<at::Tensor>& kmajor) {
-  const ConvGeom g = check_conv_weight(packed_w, C, scale, bias, stride, padding, dilation, version);
+// What both spike conv ops share: checked geometry, the regrouped weight, the chosen micro-kernel,
+// the im2col gather of one output pixel and the GEMM of a tile of gathered pixels.
+struct SpikeConv {
+  ConvGeom g;
+  int64_t B, H, Wd, OH, OW, KW;
+  int64_t sh, sw, ph, pw, dh, dw;
+  at::Tensor S, scale, bias, wk;
+  std::vector<uint64_t> wbuf;
+  Isa isa;
+  Algo algo;
+
+  // The KW words of output pixel (oh, ow) of image b: per tap, the CW words of its input pixel
+  // (zero words for padding).
+  void gather(uint64_t* dst, int64_t b, int64_t oh, int64_t ow) const {
+    const auto* sp = reinterpret_cast<const uint64_t*>(S.const_data_ptr<int64_t>());
+    const int64_t CW = g.CW;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * sh - ph + i * dh;
+      for (int64_t j = 0; j < g.kw; ++j, dst += CW) {
+        const int64_t iw = ow * sw - pw + j * dw;
+        if (ih < 0 || ih >= H || iw < 0 || iw >= Wd) {
+          std::memset(dst, 0, CW * sizeof(uint64_t));
+        } else {
+          std::memcpy(dst, sp + ((b * H + ih) * Wd + iw) * CW, CW * sizeof(uint64_t));
+        }
+      }
+    }
+  }
+
+  // out[r * ldo + n] for the mc gathered rows of col (KW words each), every output channel n.
+  void gemm(const uint64_t* col, int64_t mc, float* out, int64_t ldo) const {
+    const float* scp = scale.const_data_ptr<float>();
+    const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+    if (algo == Algo::kEvent) {
+      event_gemm_rows(isa, col, KW, mc, wk.const_data_ptr<int8_t>(), wk.size(1), KW, g.N, scp, bp,
+                      out, ldo);
+    } else {
+      spike_gemm_tile(isa, col, KW, mc, wbuf.data(), KW, 0, g.N, scp, bp, out, ldo);
+    }
+  }
+};
+
+SpikeConv plan_spike_conv(const at::Tensor& spike_bits, const at::Tensor& packed_w,
+                          const at::Tensor& scale, const std::optional<at::Tensor>& bias, int64_t C,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                          int64_t version, const std::optional<at::Tensor>& kmajor) {
+  SpikeConv c;
+  c.g = check_conv_weight(packed_w, C, scale, bias, stride, padding, dilation, version);
+  const ConvGeom& g = c.g;
   TNA_CHECK_CPU(spike_bits);
   TORCH_CHECK(spike_bits.scalar_type() == at::kLong,
               "spike_bits must be int64 packed spike words (pack_spikes along channels), got ",
@@ -155,35 +204,43 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
   TORCH_CHECK(spike_bits.dim() == 4 && spike_bits.size(3) == g.CW,
               "spike_bits must have shape [B, H, W, ", g.CW, "] (channels packed last, C = ", C,
               "), got ", spike_bits.sizes());
-  const int64_t B = spike_bits.size(0), H = spike_bits.size(1), Wd = spike_bits.size(2);
-  const int64_t OH = out_size(H, g.kh, stride[0], padding[0], dilation[0]);
-  const int64_t OW = out_size(Wd, g.kw, stride[1], padding[1], dilation[1]);
-  TORCH_CHECK(OH >= 1 && OW >= 1, "the input ", H, "x", Wd, " is too small for kernel ", g.kh, "x",
-              g.kw, " with this padding/dilation (output would be ", OH, "x", OW, ")");
-  const at::Tensor S = spike_bits.contiguous();
+  c.B = spike_bits.size(0), c.H = spike_bits.size(1), c.Wd = spike_bits.size(2);
+  c.OH = out_size(c.H, g.kh, stride[0], padding[0], dilation[0]);
+  c.OW = out_size(c.Wd, g.kw, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(c.OH >= 1 && c.OW >= 1, "the input ", c.H, "x", c.Wd, " is too small for kernel ", g.kh,
+              "x", g.kw, " with this padding/dilation (output would be ", c.OH, "x", c.OW, ")");
+  c.sh = stride[0], c.sw = stride[1], c.ph = padding[0], c.pw = padding[1], c.dh = dilation[0],
+  c.dw = dilation[1];
+  c.S = spike_bits.contiguous();
   const at::Tensor Wc = packed_w.contiguous();
-  const int64_t taps = g.kh * g.kw, CW = g.CW, KW = taps * CW, N = g.N;
-  check_packed_rows(Wc, N * taps, C, "packed_w");
+  const int64_t taps = g.kh * g.kw;
+  c.KW = taps * g.CW;
+  check_packed_rows(Wc, g.N * taps, C, "packed_w");
+  c.wbuf = regroup_taps(reinterpret_cast<const uint64_t*>(Wc.const_data_ptr<int64_t>()), g.N, taps, g.CW);
+  c.scale = scale.contiguous();
+  if (bias.has_value()) c.bias = bias->contiguous();
+  c.isa = select_isa();
+  if (kmajor.has_value()) check_kmajor(*kmajor, c.KW, g.N);
+  const auto* sp = reinterpret_cast<const uint64_t*>(c.S.const_data_ptr<int64_t>());
+  c.algo = select_algo(c.isa, c.KW, g.N, spike_density(sp, c.S.numel(), c.B * c.H * c.Wd * C),
+                       kmajor.has_value());
+  if (c.algo == Algo::kEvent) c.wk = kmajor.has_value() ? *kmajor : kmajor_codes(c.wbuf.data(), g.N, c.KW);
+  return c;
+}
 
-  const std::vector<uint64_t> wbuf =
-      regroup_taps(reinterpret_cast<const uint64_t*>(Wc.const_data_ptr<int64_t>()), N, taps, CW);
-
-  at::Tensor y = at::empty({B, N, OH, OW}, S.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-  const int64_t M = B * OH * OW;
+at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
+                                    const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                    int64_t C, at::IntArrayRef stride, at::IntArrayRef padding,
+                                    at::IntArrayRef dilation, int64_t version,
+                                    const std::optional<at::Tensor>& kmajor) {
+  const SpikeConv c =
+      plan_spike_conv(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version, kmajor);
+  const int64_t N = c.g.N, OH = c.OH, OW = c.OW, KW = c.KW;
+  at::Tensor y = at::empty({c.B, N, OH, OW},
+                           c.S.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t M = c.B * OH * OW;
   if (M == 0 || N == 0) return y;
-  const Isa isa = select_isa();
-  const auto* sp = reinterpret_cast<const uint64_t*>(S.const_data_ptr<int64_t>());
-  const float* scp = scale.contiguous().const_data_ptr<float>();
-  const at::Tensor bb = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const float* bp = bias.has_value() ? bb.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();  // channels-last: row m = (b, oh, ow), N floats
-  if (kmajor.has_value()) check_kmajor(*kmajor, KW, N);
-  const Algo algo =
-      select_algo(isa, KW, N, spike_density(sp, S.numel(), B * H * Wd * C), kmajor.has_value());
-  const at::Tensor wk = algo != Algo::kEvent ? at::Tensor()
-                        : kmajor.has_value() ? *kmajor
-                                             : kmajor_codes(wbuf.data(), N, KW);
-  const int64_t ldk = wk.defined() ? wk.size(1) : 0;
   const int64_t tm = 64;
   const int64_t tiles = (M + tm - 1) / tm;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -191,29 +248,57 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t m0 = t * tm, mc = std::min(tm, M - m0);
       for (int64_t r = 0; r < mc; ++r) {
-        const int64_t m = m0 + r, ow = m % OW, oh = (m / OW) % OH, b = m / (OW * OH);
-        uint64_t* dst = col.data() + r * KW;
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t ih = oh * stride[0] - padding[0] + i * dilation[0];
-          for (int64_t j = 0; j < g.kw; ++j, dst += CW) {
-            const int64_t iw = ow * stride[1] - padding[1] + j * dilation[1];
-            if (ih < 0 || ih >= H || iw < 0 || iw >= Wd) {
-              std::memset(dst, 0, CW * sizeof(uint64_t));
-            } else {
-              std::memcpy(dst, sp + ((b * H + ih) * Wd + iw) * CW, CW * sizeof(uint64_t));
-            }
-          }
-        }
+        const int64_t m = m0 + r;
+        c.gather(col.data() + r * KW, m / (OW * OH), (m / OW) % OH, m % OW);
       }
-      if (algo == Algo::kEvent) {
-        event_gemm_rows(isa, col.data(), KW, mc, wk.const_data_ptr<int8_t>(), ldk, KW, N, scp, bp,
-                        yp + m0 * N, N);
-      } else {
-        spike_gemm_tile(isa, col.data(), KW, mc, wbuf.data(), KW, 0, N, scp, bp, yp + m0 * N, N);
-      }
+      c.gemm(col.data(), mc, yp + m0 * N, N);
     }
   });
   return y;
+}
+
+// The conv + LIF of packed inference. Output pixels are tiled by position p = (b, oh, ow) of one
+// time step; a tile gathers the same positions at all T steps (rows t * tp + i), runs one GEMM
+// into a per-thread float tile, and the LIF epilogue walks each position through time and writes
+// its spikes packed along channels. The float current never leaves the tile (L2).
+at::Tensor spike_ternary_conv2d_lif_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
+                                        const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                        int64_t C, at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation, int64_t version, int64_t T,
+                                        double tau, bool decay_input, double v_threshold,
+                                        double v_reset, bool soft_reset,
+                                        const std::optional<at::Tensor>& kmajor) {
+  const LifPackParams lif{static_cast<float>(tau), static_cast<float>(v_threshold),
+                          static_cast<float>(v_reset), decay_input, soft_reset};
+  check_lif_pack_params(lif);
+  const SpikeConv c =
+      plan_spike_conv(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version, kmajor);
+  TORCH_CHECK(T >= 1 && c.B % T == 0, "T must be >= 1 and divide the leading dimension of spike_bits (",
+              c.B, " = T * batch, time-major), got T = ", T);
+  const int64_t N = c.g.N, NW = words_for(N), OH = c.OH, OW = c.OW, KW = c.KW;
+  const int64_t P = c.B / T * OH * OW;  // output positions per time step
+  at::Tensor out = at::empty({c.B, OH, OW, NW}, c.S.options());
+  if (P == 0) return out;
+  auto* op = reinterpret_cast<uint64_t*>(out.mutable_data_ptr<int64_t>());
+  const int64_t tp = std::max<int64_t>(1, 64 / T);  // positions per tile: ~64 GEMM rows
+  const int64_t tiles = (P + tp - 1) / tp;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint64_t> col(static_cast<size_t>(T * tp * KW));
+    std::vector<float> cur(static_cast<size_t>(T * tp * N));
+    std::vector<float> v(static_cast<size_t>(N));
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t p0 = tile * tp, pc = std::min(tp, P - p0);
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t i = 0; i < pc; ++i) {
+          const int64_t p = p0 + i;
+          c.gather(col.data() + (t * pc + i) * KW, t * (c.B / T) + p / (OW * OH), (p / OW) % OH, p % OW);
+        }
+      }
+      c.gemm(col.data(), T * pc, cur.data(), N);
+      lif_pack_rows(cur.data(), pc * N, pc, N, T, lif, op + p0 * NW, P * NW, v.data());
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -222,6 +307,7 @@ TORCH_LIBRARY_IMPL(tna, CPU, m) {
   m.impl("ternary_conv2d", &ternary_conv2d_cpu);
   m.impl("ternary_conv2d_grad_input", &ternary_conv2d_grad_input_cpu);
   m.impl("spike_ternary_conv2d", &spike_ternary_conv2d_cpu);
+  m.impl("spike_ternary_conv2d_lif", &spike_ternary_conv2d_lif_cpu);
   m.impl("ternary_kmajor", &ternary_kmajor_cpu);
 }
 

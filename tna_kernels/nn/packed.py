@@ -1,11 +1,13 @@
 """Packed inference: spiking layers that pass **bit-packed spikes** between them.
 
 A ternary spiking conv runs as one spike × ternary GEMM over all T·B samples (exact integer
-accumulation via popcount, eval-mode batch norm folded into the per-channel scale and bias), its
-LIF runs on the channels-last output, and the spikes are bit-packed along channels for the next
-layer: between layers there is 1 bit per spike instead of 4 bytes. Max-pooling binary spikes is a
-bitwise OR of the packed words. The arithmetic equals :class:`TernaryLIFConv2d` in eval mode, so
-a packed network reproduces the unpacked network's spikes exactly.
+accumulation via popcount, eval-mode batch norm folded into the per-channel scale and bias) with
+the LIF in its epilogue: each tile of output pixels goes through time and leaves as spikes
+bit-packed along channels for the next layer (``functional.spike_ternary_conv2d_lif``).
+Between layers there is 1 bit per spike instead of 4 bytes; the float current stays in the tile.
+Max-pooling binary spikes is a bitwise OR of the packed words. The arithmetic equals
+:class:`TernaryLIFConv2d` in eval mode, so a packed network reproduces the unpacked network's
+spikes exactly.
 """
 
 from __future__ import annotations
@@ -84,13 +86,14 @@ class PackedLIFConv2d(PackedConv2d):
         self.neuron_kwargs = dict(layer.neuron.kwargs)
 
     def forward(self, bits: Tensor, T: int) -> Tensor:
-        return lif_pack(self.current(bits), T, self.neuron_kwargs)
+        return F.spike_ternary_conv2d_lif(bits, self.packed, T, self.stride, self.padding, self.dilation,
+                                          **self.neuron_kwargs)
 
 
 def lif_pack(current: Tensor, T: int, neuron_kwargs: dict) -> Tensor:
-    """LIF over a channels-last current ``[T·B, H, W, C]``, spikes bit-packed along channels."""
-    s = F.lif(current.unflatten(0, (T, current.shape[0] // T)), **neuron_kwargs)
-    return F.pack_spikes(s.flatten(0, 1), dim=-1)
+    """LIF over a channels-last current ``[T·B, H, W, C]``, spikes bit-packed along channels
+    (``functional.lif_pack``: no float spike tensor)."""
+    return F.lif_pack(current.unflatten(0, (T, current.shape[0] // T)), **neuron_kwargs).flatten(0, 1)
 
 
 def pack(model: nn.Module) -> nn.Module:

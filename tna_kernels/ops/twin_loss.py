@@ -99,3 +99,4 @@ if HAS_TRITON:
     torch.library.register_kernel("tna::twin_loss_bwd", "cuda", _triton_twin_loss.twin_loss_bwd)
     CUDA_BACKENDS["twin_loss_fwd"] = "triton"
     CUDA_BACKENDS["twin_loss_bwd"] = "torch"  # one fused elementwise multiply per tensor
+    CUDA_BACKENDS["twin_loss"] = "triton (C++ glue)"  # C++ autograd over the two above

@@ -1,0 +1,98 @@
+// tna::lif_pack: LIF over [T, ..., C] channels-last currents, spikes written bit-packed along
+// channels ([T, ..., ceil(C/64)] int64, the pack_spikes layout) without a float spike tensor.
+// Inference only (no surrogate, no saved state). The same row routine is the epilogue of the
+// fused spike x ternary conv (ternary_conv.cpp, spike_ternary_conv2d_lif).
+#include "lif_pack.h"
+
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../common.h"
+#include "lif_step.h"
+
+namespace tna {
+namespace {
+
+template <bool kDecayInput, bool kSoft>
+TNA_MULTIVERSION void lif_pack_rows_impl(const float* __restrict x, int64_t x_step, int64_t rows,
+                                         int64_t N, int64_t T, float tau, float v_th,
+                                         float v_reset, uint64_t* __restrict out, int64_t out_step,
+                                         float* __restrict v) {
+  const float vr = kSoft ? 0.0f : v_reset;
+  const int64_t NW = (N + 63) / 64;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill_n(v, N, vr);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* __restrict xr = x + t * x_step + r * N;
+      uint64_t* __restrict o = out + t * out_step + r * NW;
+      for (int64_t w = 0; w < NW; ++w) {
+        const int64_t n0 = 64 * w, n1 = std::min(N, n0 + 64);
+        uint64_t bits = 0;
+        for (int64_t n = n0; n < n1; ++n) {
+          const float h = lif_charge<kDecayInput>(xr[n], v[n], vr, tau);
+          const bool fire = h >= v_th;
+          v[n] = lif_reset<kSoft>(h, fire, v_th, v_reset);
+          bits |= static_cast<uint64_t>(fire) << (n - n0);
+        }
+        o[w] = bits;
+      }
+    }
+  }
+}
+
+at::Tensor lif_pack_cpu(const at::Tensor& x_seq, double tau, bool decay_input, double v_threshold,
+                        double v_reset, bool soft_reset) {
+  TNA_CHECK_CPU(x_seq);
+  TNA_CHECK_DTYPE(x_seq, at::kFloat);
+  TORCH_CHECK(x_seq.dim() >= 2 && x_seq.size(0) >= 1 && x_seq.size(-1) >= 1,
+              "x_seq must be [T, ..., C] (channels last) with T >= 1 and C >= 1, got shape ",
+              x_seq.sizes());
+  const LifPackParams p{static_cast<float>(tau), static_cast<float>(v_threshold),
+                        static_cast<float>(v_reset), decay_input, soft_reset};
+  check_lif_pack_params(p);
+  const at::Tensor x = x_seq.contiguous();
+  const int64_t T = x.size(0), N = x.size(-1), NW = (N + 63) / 64;
+  const int64_t rows = x.numel() / (T * N);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = NW;
+  at::Tensor out = at::empty(shape, x.options().dtype(at::kLong));
+  if (rows == 0) return out;
+  const float* xp = x.const_data_ptr<float>();
+  auto* op = reinterpret_cast<uint64_t*>(out.mutable_data_ptr<int64_t>());
+  const int64_t grain = std::max<int64_t>(1, 16384 / (T * N));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> v(N);
+    lif_pack_rows(xp + begin * N, rows * N, end - begin, N, T, p, op + begin * NW, rows * NW,
+                  v.data());
+  });
+  return out;
+}
+
+}  // namespace
+
+void check_lif_pack_params(const LifPackParams& p) {
+  TORCH_CHECK(std::isfinite(p.tau) && p.tau > 0, "tau must be a finite number > 0, got ", p.tau);
+  TORCH_CHECK(std::isfinite(p.v_threshold), "v_threshold must be finite, got ", p.v_threshold);
+  TORCH_CHECK(std::isfinite(p.v_reset), "v_reset must be finite, got ", p.v_reset);
+}
+
+void lif_pack_rows(const float* x, int64_t x_step, int64_t rows, int64_t N, int64_t T,
+                   const LifPackParams& p, uint64_t* out, int64_t out_step, float* v) {
+  const auto run = [&](auto impl) {
+    impl(x, x_step, rows, N, T, p.tau, p.v_threshold, p.v_reset, out, out_step, v);
+  };
+  if (p.decay_input) {
+    p.soft_reset ? run(lif_pack_rows_impl<true, true>) : run(lif_pack_rows_impl<true, false>);
+  } else {
+    p.soft_reset ? run(lif_pack_rows_impl<false, true>) : run(lif_pack_rows_impl<false, false>);
+  }
+}
+
+TORCH_LIBRARY_IMPL(tna, CPU, m) { m.impl("lif_pack", &lif_pack_cpu); }
+
+}  // namespace tna
