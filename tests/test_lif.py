@@ -115,6 +115,26 @@ def test_non_contiguous_input(view):
     assert torch.equal(x, before)
 
 
+@pytest.mark.parametrize("soft", [False, True])
+def test_input_repeated_over_time_is_read_in_place(soft):
+    """x.expand(T, ...) (stride 0 along T, a static first-layer current): read without a T-fold
+    copy; spikes, final membrane and gradients equal those of the materialised input."""
+    v_reset = None if soft else 0.0
+    base = draw_input((3, 7, 11), torch.float32)
+    a = base.clone().requires_grad_()
+    b = base.clone().requires_grad_()
+    x_rep = a.unsqueeze(0).expand(5, *base.shape)
+    assert x_rep.stride(0) == 0
+    s1, v1 = F.lif(x_rep, v_reset=v_reset, return_v=True)
+    s2, v2 = F.lif(b.unsqueeze(0).expand(5, *base.shape).contiguous(), v_reset=v_reset, return_v=True)
+    assert s1.is_contiguous() and torch.equal(s1, s2) and torch.equal(v1, v2)
+    assert 0 < s1.mean() < 1
+    g = torch.randn_like(s1)
+    (s1 * g).sum().backward()
+    (s2 * g).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+
+
 def test_backward_saves_one_tensor_and_inference_saves_none():
     x = draw_input((8, 64), torch.float32).requires_grad_()
     saved = []

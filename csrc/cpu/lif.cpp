@@ -99,15 +99,16 @@ inline void store_out(T* __restrict dst, const T* __restrict src, int64_t n, boo
 }
 
 template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft, bool kSaveH>
-TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, scalar_t* __restrict s,
-                                    acc_t* __restrict h_out, acc_t* __restrict v, int64_t n,
-                                    int64_t T, int64_t stride, acc_t tau, acc_t v_th,
+TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, int64_t x_stride,
+                                    scalar_t* __restrict s, acc_t* __restrict h_out,
+                                    acc_t* __restrict v, int64_t n, int64_t T, int64_t stride,
+                                    acc_t tau, acc_t v_th,
                                     acc_t v_reset, bool stream) {
   const acc_t vr = kSoft ? acc_t(0) : v_reset;
   alignas(64) scalar_t s_buf[kBlock];
   alignas(64) acc_t h_buf[kBlock];
   for (int64_t t = 0; t < T; ++t) {
-    const scalar_t* __restrict xt = x + t * stride;
+    const scalar_t* __restrict xt = x + t * x_stride;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t xi = static_cast<acc_t>(xt[i]);
       const acc_t vi = v[i];
@@ -209,10 +210,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
   parse_surrogate(std::string(surrogate));
   (void)detach_reset;
 
-  const at::Tensor x = x_seq.contiguous();
+  // A static input repeated over time (x.expand(T, ...), stride 0 along T, e.g. a first layer's
+  // current) is read in place: no T-fold copy.
+  const bool repeated = x_seq.size(0) > 1 && x_seq.stride(0) == 0 && x_seq[0].is_contiguous();
+  const at::Tensor x = repeated ? x_seq : x_seq.contiguous();
   const int64_t T = x.size(0);
   const int64_t N = T == 0 ? 0 : x.numel() / T;
-  at::Tensor spikes = at::empty_like(x);
+  const int64_t x_stride = repeated ? 0 : N;
+  at::Tensor spikes = at::empty(x.sizes(), x.options());
   // Without v0 the membrane starts at the reset value, written by each worker for its own block
   // (one parallel pass instead of a fill plus a copy).
   at::Tensor v = has_v0 ? v0->contiguous().clone()
@@ -235,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
               if (!has_v0) std::fill_n(vp + b, std::min(kBlock, end - b), acc_t(v_init));
               lif_fwd_block<scalar_t, acc_t, decltype(kDecay)::value, decltype(kSoft)::value,
                             decltype(kSave)::value>(
-                  xp + b, sp + b, hp == nullptr ? nullptr : hp + b, vp + b,
+                  xp + b, x_stride, sp + b, hp == nullptr ? nullptr : hp + b, vp + b,
                   std::min(kBlock, end - b), T, N, acc_t(tau), acc_t(v_threshold),
                   acc_t(v_reset), stream);
             }
