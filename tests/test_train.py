@@ -284,7 +284,7 @@ def _finish(proc, timeout, why="hung?"):
 DIST_ENV = {**os.environ, "TNA_DIST_TIMEOUT": "20"}
 
 WORKER = """
-import os, sys, time, torch
+import os, time, torch
 from torch.distributed.distributed_c10d import _get_default_store
 from tna_kernels.train import distributed
 info = distributed.setup(torch.device("cpu"))
@@ -295,7 +295,7 @@ if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
     store.set("left_by_the_first_group", "1")
     distributed.all_reduce_(torch.ones(1), info)  # the key is written before rank 1 fails
     if info.rank == 1:
-        sys.exit(3)  # torchrun stops rank 0 and starts a new group
+        os._exit(3)  # a crash (no gloo teardown); torchrun stops rank 0 and starts a new group
     time.sleep(60)
 distributed.teardown(info)
 """
