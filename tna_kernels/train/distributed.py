@@ -51,12 +51,13 @@ def _restart_store(timeout: timedelta) -> dist.Store | None:
     """The store for this worker group, keyed by torchrun's restart count on one machine.
 
     torchrun's c10d rendezvous (``--standalone``) hands the workers one TCPStore that its agent
-    keeps for the whole job, and torch's ``env://`` init no longer separates restarts in it. A
-    restarted group then reads the dead group's gloo peer addresses from it and, depending
-    on which process writes first, connects to a dead port ("Connection refused") or both new
-    workers wait for each other until the timeout. A per-restart prefix keeps each group's keys
-    apart. The restart count is only the same for every worker when one agent runs them all (one
-    machine); otherwise (None) torch's default applies."""
+    keeps for the whole job, and torch's ``env://`` init does not separate restarts in it (torch
+    2.13). A restarted group then reads the dead group's gloo peer addresses and, depending on
+    which worker reads first and on the port numbers, connects to a dead port ("Connection
+    refused") or both new workers wait for each other until the timeout. A per-restart prefix
+    keeps each group's keys apart. The restart count is only the same for every worker when one
+    agent runs them all (one machine); across machines (None: torch's default) restarts need
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun, which gives each group a fresh store."""
     env = os.environ
     if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("LOCAL_WORLD_SIZE") != env.get("WORLD_SIZE"):
         return None
