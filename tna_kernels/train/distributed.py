@@ -42,8 +42,28 @@ def setup(device: torch.device) -> DistInfo:
         # A bounded wait: a process group that cannot form fails (and torchrun can restart it)
         # instead of hanging for torch's default 30 minutes.
         timeout = timedelta(seconds=float(os.environ.get("TNA_DIST_TIMEOUT", "300")))
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=_restart_store(timeout),
+                                rank=info.rank, world_size=world, timeout=timeout)
     return info
+
+
+def _restart_store(timeout: timedelta) -> dist.Store | None:
+    """The store for this worker group, keyed by torchrun's restart count on one machine.
+
+    torchrun's c10d rendezvous (``--standalone``) hands the workers one TCPStore that its agent
+    keeps for the whole job, and torch's ``env://`` init does not separate restarts in it (torch
+    2.13). A restarted group then reads the dead group's gloo peer addresses and, depending on
+    which worker reads first and on the port numbers, connects to a dead port ("Connection
+    refused") or both new workers wait for each other until the timeout. A per-restart prefix
+    keeps each group's keys apart. The restart count is only the same for every worker when one
+    agent runs them all (one machine); across machines (None: torch's default) restarts need
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun, which gives each group a fresh store."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("LOCAL_WORLD_SIZE") != env.get("WORLD_SIZE"):
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]), is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"tna/restart_{env['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def all_reduce_(t: torch.Tensor, info: DistInfo, op=dist.ReduceOp.SUM) -> torch.Tensor:
