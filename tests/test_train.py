@@ -235,8 +235,9 @@ def test_two_process_ddp_matches_one_process(tmp_path):
                    "model: {arch: digits, T: 2, bn: false}\noptim: {lr: 0.05}\n"
                    "train: {epochs: 1, limit_batches: 4, limit_eval_batches: 1, progress: false}\n")
     run = [sys.executable, "-m", "tna_kernels.cli", "train", "--config", str(cfg)]
-    subprocess.run(run + ["--out", str(tmp_path / "one")], check=True, capture_output=True)
-    out = subprocess.run(run + ["--out", str(tmp_path / "two"), "--nproc", "2"], capture_output=True, text=True)
+    subprocess.run(run + ["--out", str(tmp_path / "one")], check=True, capture_output=True, timeout=300)
+    out = subprocess.run(run + ["--out", str(tmp_path / "two"), "--nproc", "2"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TNA_DIST_TIMEOUT": "60"})
     assert out.returncode == 0, out.stderr[-2000:]
     one, _ = checkpoint.load(tmp_path / "one" / "ddp" / "base.json")
     two, _ = checkpoint.load(tmp_path / "two" / "ddp" / "base.json")
