@@ -224,6 +224,34 @@ def test_grad_output_not_one(go):
     _close(ours[3], go * gb1)
 
 
+def test_retain_graph_backward_twice_accumulates():
+    """grad_output = 1 hands back the saved gradients without a copy; with retain_graph they stay
+    saved, so a second backward sees them unchanged and .grad accumulates to exactly twice."""
+    a, b, y = _inputs(12, 30, ignore=(3,))
+    A, Bt = _leaf(a), _leaf(b)
+    loss = F.twin_loss(A, Bt, y, mse_weight=0.1)
+    loss.backward(retain_graph=True)
+    first = A.grad.clone(), Bt.grad.clone()
+    loss.backward()
+    assert torch.equal(A.grad, 2 * first[0]) and torch.equal(Bt.grad, 2 * first[1])
+    _, _, rga, rgb = _ref(a, b, y, mse_weight=0.1)
+    _close(first[0], rga)
+    _close(first[1], rgb)
+
+
+def test_changing_a_returned_gradient_in_place_is_caught_with_retain_graph():
+    a, b, y = _inputs(6, 10)
+    A, Bt = _leaf(a), _leaf(b)
+    loss = F.twin_loss(A, Bt, y)
+    ga, _ = torch.autograd.grad(loss, (A, Bt), retain_graph=True)
+    expected = ga.clone()
+    ga.mul_(3.0)  # the tensor the saved gradient lives in: its version counter moves
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss, (A, Bt))
+    ga2, _ = torch.autograd.grad(F.twin_loss(A, Bt, y), (A, Bt))
+    assert torch.equal(ga2, expected)
+
+
 def test_double_backward_raises():
     a, b, y = _inputs(4, 5)
     A = _leaf(a)

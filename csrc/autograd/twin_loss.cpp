@@ -3,7 +3,7 @@
 // The forward runs tna::twin_loss_fwd (CPU kernel or the CUDA/Triton one, whichever the logits'
 // device selects) below autograd, which returns the loss, its parts and both logit gradients for
 // grad_output = 1; the node saves those two gradients and its backward is tna::twin_loss_bwd (a
-// scale by grad_output). The same autograd written in Python (autograd.Function) cost ~60 us of
+// scale by grad_output), or on CPU with grad_output = 1 the saved gradients themselves. The same autograd written in Python (autograd.Function) cost ~60 us of
 // interpreter time per forward+backward, more than the whole kernel at B = 1024, C = 100.
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -38,6 +38,13 @@ std::tuple<at::Tensor, at::Tensor> call_bwd(const at::Tensor& g, const at::Tenso
   return op.call(g, ga, gb);
 }
 
+// A CPU tensor with real data (not a fake / functional / traced one, whose value is unknown).
+bool is_plain_cpu(const at::Tensor& t) {
+  constexpr c10::DispatchKeySet kTraced({c10::DispatchKey::Python, c10::DispatchKey::Functionalize,
+                                         c10::DispatchKey::PythonTLSSnapshot});
+  return t.is_cpu() && !t.key_set().has_any(kTraced);
+}
+
 class TwinLossNode : public torch::autograd::Function<TwinLossNode> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
@@ -63,7 +70,17 @@ class TwinLossNode : public torch::autograd::Function<TwinLossNode> {
     variable_list out(11);
     if (!grads[0].defined()) return out;  // only the parts were used: nothing flows back
     const auto saved = ctx->get_saved_variables();
-    auto [grad_a, grad_b] = call_bwd(grads[0], saved[0], saved[1]);
+    at::Tensor grad_a, grad_b;
+    if (is_plain_cpu(grads[0]) && grads[0].item<double>() == 1.0) {
+      // loss.backward(): the saved gradients are the answer. Returned as they are, no copy: once
+      // the engine releases this node's saved tensors (no retain_graph), AccumulateGrad adopts
+      // them; with retain_graph it copies them, and an in-place change to a returned gradient is
+      // caught by the saved tensors' version counter.
+      grad_a = saved[0];
+      grad_b = saved[1];
+    } else {
+      std::tie(grad_a, grad_b) = call_bwd(grads[0], saved[0], saved[1]);
+    }
     if (ctx->saved_data["need_a"].toBool()) out[0] = grad_a;
     if (ctx->saved_data["need_b"].toBool()) out[1] = grad_b;
     return out;
