@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
+from .._utils import chunks
 from ..ops.ternary import PackedTernary
 from .bn_lif import uses_batch_stats
 from .lif import LIF
@@ -86,6 +87,42 @@ class _SpikeInputConv2d(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None
+
+
+class _SpikeMaxPool2d(torch.autograd.Function):
+    """max_pool2d of 0/1 spikes that keeps its input for backward **bit-packed** (1 bit per value)
+    instead of the float input and the int64 indices. Backward unpacks slices of samples and reruns
+    torch's max-pool on them, so the gradient goes to the element ``nn.MaxPool2d`` picks."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+        bits = F.pack_spikes(x.reshape(x.shape[0], -1))  # [N, ceil(rest/64)]; raises if x is not 0/1
+        ctx.save_for_backward(bits)
+        ctx.conf = (x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode)
+        return nn.functional.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (bits,) = ctx.saved_tensors
+        shape, dtype, *pool = ctx.conf
+        grad_x = grad_y.new_empty(shape)
+        per_sample = shape[1:].numel()
+        for sl in chunks(shape[0], per_sample):
+            x = F.unpack_spikes(bits[sl], per_sample, dtype=dtype).view(-1, *shape[1:])
+            idx = torch.ops.aten.max_pool2d_with_indices(x, *pool)[1]
+            grad_x[sl] = torch.ops.aten.max_pool2d_with_indices_backward(grad_y[sl], x, *pool, idx)
+        return grad_x, None, None, None, None, None
+
+
+class SpikeMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` for 0/1 spike inputs: with autograd it saves its input bit-packed (1 bit per
+    value) instead of the float input and the int64 indices (48 bits per input value for 2×2
+    windows); outputs and gradients are ``nn.MaxPool2d``'s. Raises on values other than 0 and 1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.return_indices or not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return _SpikeMaxPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
 class _SpikingMixin:
