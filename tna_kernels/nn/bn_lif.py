@@ -49,20 +49,42 @@ class _BNLIF(torch.autograd.Function):
         # the forward's op on the same input: the same BN output and batch statistics, bit for bit
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
         y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
-        grad_y = g_t.new_empty(x.shape.numel()) if static else torch.empty_like(g_t)
+        # each slice of y is read (for h) before its gradient overwrites it: y's buffer becomes grad_y
         for sl in chunks(y_t.shape[1], T):
             h = torch.ops.tna.lif_fwd(y_t[:, sl], None, *hyper, True)[2]
             g = torch.ops.tna.lif_bwd(g_t[:, sl], None, h, *hyper)[0]
             if static:  # the static input fed every step: its gradient is the sum over steps
-                grad_y[sl] = g.sum(0)
+                y.view(-1)[sl] = g.sum(0)
             else:
-                grad_y[:, sl] = g
-        del y, y_t
-        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
-                bias is not None and ctx.needs_input_grad[2]]
-        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            grad_y.view(x.shape), x, weight, None, None, mean, invstd, True, eps, mask)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
+                y_t[:, sl] = g
+            del h, g
+        grad_x, grad_w, grad_b = _batch_norm_backward_(y, x, weight, mean, invstd)
+        return (grad_x if ctx.needs_input_grad[0] else None, grad_w if ctx.needs_input_grad[1] else None,
+                grad_b if ctx.needs_input_grad[2] else None, None, None, None, None, None, None, None)
+
+
+def _batch_norm_backward_(g: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor):
+    """Gradients of batch norm with batch statistics, ``grad_x`` written over ``g`` (temporaries are
+    slices, not tensors of the input's size). torch's formula, in its order of operations:
+    ``grad_x = (g − mean(g) − (x − mean)·k)·invstd·γ`` with ``k = invstd²·mean(g·(x − mean))``,
+    ``grad_γ = invstd·Σ g·(x − mean)``, ``grad_β = Σ g`` per channel."""
+    dims, per_channel = [0, *range(2, x.dim())], (1, -1) + (1,) * (x.dim() - 2)
+    n = x.numel() // x.shape[1]
+    slices = chunks(x.shape[0], x[0].numel())
+
+    def centred(sl: slice) -> Tensor:
+        return x[sl] - mean.view(per_channel)
+
+    sum_g = g.sum(dims, dtype=torch.float32)
+    dot = sum((g[sl] * centred(sl)).sum(dims, dtype=torch.float32) for sl in slices)  # Σ g·(x − mean)
+    k = (dot * invstd * invstd / n).view(per_channel)
+    a = (invstd if weight is None else invstd * weight.float()).view(per_channel)
+    mean_g = (sum_g / n).view(per_channel)
+    for sl in slices:
+        g[sl].sub_(mean_g).sub_(centred(sl).mul_(k)).mul_(a)
+    if weight is None:
+        return g, None, None
+    return g, (dot * invstd).to(weight.dtype), sum_g.to(weight.dtype)
 
 
 def _time_major(y: Tensor, T: int, static: bool) -> Tensor:
