@@ -3,9 +3,11 @@
 Unfused, ``nn.BatchNorm`` saves its input and the LIF saves its pre-spike membrane ``h``: two
 float tensors per layer, ``h`` T times the BN input for a static first layer. This function saves
 only the BN input. Its backward recomputes the BN output from it with the same op (same input,
-same arithmetic: bit-identical output and batch statistics), reruns the LIF forward for ``h`` of
-this one layer (freed at once), then runs the LIF and batch-norm backward ops. Spikes, running
-statistics and gradients are those of ``nn.BatchNorm`` + :func:`tna_kernels.functional.lif`.
+same arithmetic: bit-identical output and batch statistics), reruns the LIF forward for ``h``
+slice by slice (only a slice of ``h`` is ever alive), then runs the LIF and batch-norm backward
+ops. Spikes and running statistics are those of ``nn.BatchNorm`` +
+:func:`tna_kernels.functional.lif`, gradients too up to float32 rounding. The price is compute:
+the batch-norm and LIF forwards run again in backward.
 """
 
 from __future__ import annotations
@@ -58,33 +60,11 @@ class _BNLIF(torch.autograd.Function):
             else:
                 y_t[:, sl] = g
             del h, g
-        grad_x, grad_w, grad_b = _batch_norm_backward_(y, x, weight, mean, invstd)
-        return (grad_x if ctx.needs_input_grad[0] else None, grad_w if ctx.needs_input_grad[1] else None,
-                grad_b if ctx.needs_input_grad[2] else None, None, None, None, None, None, None, None)
-
-
-def _batch_norm_backward_(g: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor):
-    """Gradients of batch norm with batch statistics, ``grad_x`` written over ``g`` (temporaries are
-    slices, not tensors of the input's size). torch's formula, in its order of operations:
-    ``grad_x = (g − mean(g) − (x − mean)·k)·invstd·γ`` with ``k = invstd²·mean(g·(x − mean))``,
-    ``grad_γ = invstd·Σ g·(x − mean)``, ``grad_β = Σ g`` per channel."""
-    dims, per_channel = [0, *range(2, x.dim())], (1, -1) + (1,) * (x.dim() - 2)
-    n = x.numel() // x.shape[1]
-    slices = chunks(x.shape[0], x[0].numel())
-
-    def centred(sl: slice) -> Tensor:
-        return x[sl] - mean.view(per_channel)
-
-    sum_g = g.sum(dims, dtype=torch.float32)
-    dot = sum((g[sl] * centred(sl)).sum(dims, dtype=torch.float32) for sl in slices)  # Σ g·(x − mean)
-    k = (dot * invstd * invstd / n).view(per_channel)
-    a = (invstd if weight is None else invstd * weight.float()).view(per_channel)
-    mean_g = (sum_g / n).view(per_channel)
-    for sl in slices:
-        g[sl].sub_(mean_g).sub_(centred(sl).mul_(k)).mul_(a)
-    if weight is None:
-        return g, None, None
-    return g, (dot * invstd).to(weight.dtype), sum_g.to(weight.dtype)
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+                bias is not None and ctx.needs_input_grad[2]]
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            y, x, weight, None, None, mean, invstd, True, eps, mask)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
 
 def _time_major(y: Tensor, T: int, static: bool) -> Tensor:

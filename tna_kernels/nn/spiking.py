@@ -110,7 +110,7 @@ class _SpikeMaxPool2d(torch.autograd.Function):
         for sl in chunks(shape[0], per_sample):
             x = F.unpack_spikes(bits[sl], per_sample, dtype=dtype).view(-1, *shape[1:])
             idx = torch.ops.aten.max_pool2d_with_indices(x, *pool)[1]
-            grad_x[sl] = torch.ops.aten.max_pool2d_with_indices_backward(grad_y[sl], x, *pool, idx)
+            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(grad_y[sl], x, *pool, idx, grad_input=grad_x[sl])
         return grad_x, None, None, None, None, None
 
 
