@@ -58,9 +58,13 @@ def test_layer_equals_unfused_bn_and_lif(neuron, static, ternary, chunk):
         assert a.bn.num_batches_tracked == b.bn.num_batches_tracked == step + 1
 
 
-@pytest.mark.parametrize("bn_kwargs", [dict(affine=False), dict(momentum=None), dict(track_running_stats=False)])
+@pytest.mark.parametrize("bn_kwargs", [dict(affine=False), dict(momentum=None), dict(track_running_stats=False),
+                                       dict(channels_last=True)],
+                         ids=["no_affine", "cumulative_average", "no_running_stats", "channels_last_input"])
 def test_batch_norm_variants(bn_kwargs):
     T, x = 2, torch.randn(6, 5, 3, 3)
+    if bn_kwargs.pop("channels_last", False):
+        x = x.contiguous(memory_format=torch.channels_last)
     a, b = nn.BatchNorm2d(5, **bn_kwargs), nn.BatchNorm2d(5, **bn_kwargs)
     neuron = tnn.LIF(v_threshold=0.3)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()

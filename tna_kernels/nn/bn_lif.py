@@ -50,6 +50,7 @@ class _BNLIF(torch.autograd.Function):
         eps, T, static, hyper = ctx.conf
         # the forward's op on the same input: the same BN output and batch statistics, bit for bit
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        y = y.contiguous()  # a copy only for other layouts (channels-last): the slices below write through views
         y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
         # each slice of y is read (for h) before its gradient overwrites it: y's buffer becomes grad_y
         for sl in chunks(y_t.shape[1], T):
