@@ -4,11 +4,18 @@ from SpikingJelly layers. Each build runs in a fresh subprocess; the figure is t
 process's peak RSS during the step (after the model, the batch and one warm-up step exist),
 divided by the batch size.
 
-    python benchmarks/train_memory.py [--batch 32]
+    python benchmarks/train_memory.py [--batch 32] [--fixed-mmap-threshold]
+
+With glibc's default (dynamic) mmap threshold, tensors below the largest one freed so far come from
+the heap, whose freed holes stay resident; as the measured step's tensors are twice the warm-up's,
+they rarely fit those holes, and the figure swings between runs with the address-space layout.
+``--fixed-mmap-threshold`` keeps the threshold at 128 KiB (``MALLOC_MMAP_THRESHOLD_``): freed
+tensors leave the RSS and the figure is the step's own peak (repeated runs agree within 0.01 MiB).
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -34,17 +41,20 @@ print(json.dumps({"provider": provider, "kib_per_image": (after - before) / batc
 """
 
 
-def measure(provider: str, batch: int) -> float:
+def measure(provider: str, batch: int, env: dict | None = None) -> float:
     out = subprocess.run([sys.executable, "-c", CHILD, provider, str(batch)], capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["kib_per_image"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--fixed-mmap-threshold", action="store_true",
+                    help="glibc: mmap every allocation >= 128 KiB (no dynamic threshold, no heap holes)")
     args = ap.parse_args()
-    rows = {p: measure(p, args.batch) for p in ("tna", "spikingjelly")}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if args.fixed_mmap_threshold else None
+    rows = {p: measure(p, args.batch, env) for p in ("tna", "spikingjelly")}
     for p, kib in rows.items():
         print(f"{p:<14} {kib / 1024:.2f} MiB per image (peak RSS growth of a training step)")
     print(f"tna / spikingjelly = {rows['tna'] / rows['spikingjelly']:.2f}")

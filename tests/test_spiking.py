@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import tna_kernels._utils
 from tna_kernels import functional as F
 from tna_kernels import nn as tnn
 from tna_kernels.models import SpikingResNet, SpikingVGG, build_model, make_twin
@@ -208,3 +209,27 @@ def test_spike_input_is_saved_bit_packed_and_gradients_match(ternary):
     # no float copy of the [T·B, 70, 9, 9] input is saved, only its bits (int64 [6, 9, 9, 2])
     assert not any(t.shape == (6, 70, 9, 9) for t in saved)
     assert any(t.dtype == torch.int64 and t.shape == (6, 9, 9, 2) for t in saved)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 9), (2, 2, 4, 8, 8)])  # sample size not / a multiple of 64
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, None, 0, False), (3, 2, 1, True), (2, 1, 0, False)])
+def test_spike_max_pool_saves_bits_and_routes_gradients_like_max_pool(shape, kernel, stride, padding, ceil_mode,
+                                                                     monkeypatch):
+    monkeypatch.setattr(tna_kernels._utils, "CHUNK_ELEMS", 700)  # backward in slices of 2-3 samples
+    x = (torch.rand(shape) < 0.3).float()  # windows with no spike, one and several
+    a = tnn.SeqToANN(tnn.SpikeMaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode))
+    b = tnn.SeqToANN(nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = a(xa)
+    want = b(xb)
+    assert torch.equal(out, want)
+    g = torch.randn_like(out)
+    out.backward(g)
+    want.backward(g)
+    assert torch.equal(xa.grad, xb.grad)
+    per_sample = x[0, 0].numel()  # one bit per value, rows of 64 per sample
+    assert [(t.dtype, tuple(t.shape)) for t in saved] == [(torch.int64, (shape[0] * shape[1], -(-per_sample // 64)))]
+    with pytest.raises(RuntimeError, match="only 0 and 1"):
+        a(torch.full((1, 1, 1, 2, 2), 0.5, requires_grad=True))

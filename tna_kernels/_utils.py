@@ -44,3 +44,14 @@ def is_composite(qualname: str) -> bool:
 def has_fake(qualname: str) -> bool:
     entry = torch._library.simple_registry.singleton.find(qualname)
     return entry.fake_impl.kernel is not None
+
+
+# Elements per slice when a training backward rebuilds activations piece by piece: bounds the
+# transient memory to a few MiB whatever the batch (4 MiB in float32).
+CHUNK_ELEMS = 1 << 20
+
+
+def chunks(n: int, per_item: int = 1) -> list[slice]:
+    """Slices covering ``range(n)`` with at most ``CHUNK_ELEMS`` elements each (``per_item`` per index)."""
+    step = max(1, CHUNK_ELEMS // max(1, per_item))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]

@@ -92,7 +92,7 @@ def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
         raise TypeError(f"x_seq must be a floating-point tensor, got {x_seq.dtype}")
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
         raise ValueError(f"x_seq must be [T, ...] with T >= 1 time steps, got shape {tuple(x_seq.shape)}")
-    tau, decay_input = _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta)
+    hyper = _lif_hyper(tau, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, beta)
     _check_device(x_seq)
 
     if v0 is not None:
@@ -106,11 +106,17 @@ def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
         v0 = v0.to(state_dtype(x_seq.dtype))
 
     save_h = torch.is_grad_enabled() and (x_seq.requires_grad or (v0 is not None and v0.requires_grad))
-    spikes, v_last, _ = torch.ops.tna.lif_fwd(
-        x_seq, v0, float(tau), bool(decay_input), float(v_threshold),
-        0.0 if v_reset is None else float(v_reset), v_reset is None, bool(detach_reset),
-        surrogate, float(alpha), save_h)
+    spikes, v_last, _ = torch.ops.tna.lif_fwd(x_seq, v0, *hyper, save_h)
     return (spikes, v_last) if return_v else spikes
+
+
+def _lif_hyper(tau=None, decay_input=None, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate="atan",
+               alpha=2.0, beta=None) -> tuple:
+    """Validates the neuron arguments of :func:`lif`; returns them as ``tna::lif_fwd`` and
+    ``tna::lif_bwd`` take them (after the input tensors)."""
+    tau, decay_input = _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta)
+    return (tau, decay_input, float(v_threshold), 0.0 if v_reset is None else float(v_reset), v_reset is None,
+            bool(detach_reset), surrogate, float(alpha))
 
 
 # ---- Ternary weights (packed format v1: tna_kernels.ops.ternary, docs/FORMAT.md) ----------------

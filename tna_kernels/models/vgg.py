@@ -2,7 +2,7 @@
 
 from torch import Tensor, nn
 
-from ..nn.spiking import SeqToANN, TernaryLIFConv2d
+from ..nn.spiking import SeqToANN, SpikeMaxPool2d, TernaryLIFConv2d
 from .common import check_input, readout
 
 # Channel lists; "M" = 2×2 max-pool (keeps spikes binary, so the next layer's input stays 0/1).
@@ -47,7 +47,7 @@ class SpikingVGG(nn.Module):
         layers, c, size = [], in_channels, input_size
         for v in cfg:
             if v == "M":
-                layers.append(SeqToANN(nn.MaxPool2d(2)))
+                layers.append(SeqToANN(SpikeMaxPool2d(2)))
                 size //= 2
                 continue
             out = max(1, int(round(v * width_mult)))

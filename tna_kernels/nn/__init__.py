@@ -6,6 +6,7 @@ from .packed import PackedConv2d, PackedLIFConv2d, lif_pack, or_pool2d, pack
 from .spiking import (
     MeanOverTime,
     SeqToANN,
+    SpikeMaxPool2d,
     TernaryLIFConv2d,
     TernaryLIFLinear,
     firing_rates,
@@ -16,6 +17,6 @@ from .spiking import (
 from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, TernaryLinear
 
 __all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
-           "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "MeanOverTime", "fold_time",
+           "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "SpikeMaxPool2d", "MeanOverTime", "fold_time",
            "unfold_time", "spiking_layers", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
            "PackedConv2d", "PackedLIFConv2d", "lif_pack", "or_pool2d", "pack"]

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
+from .bn_lif import bn_lif
 
 
 class LIF(nn.Module):
@@ -27,7 +28,16 @@ class LIF(nn.Module):
         # Validate once at construction so a bad config fails before training starts.
         F.lif(torch.zeros(1, 1), **self.kwargs)
 
-    def forward(self, x_seq: Tensor, v0: Tensor | None = None):
+    def forward(self, x_seq: Tensor, v0: Tensor | None = None, *, bn: nn.Module | None = None,
+                T: int | None = None, static: bool = False):
+        """``bn``: a batch norm using batch statistics (training) to apply first, fused with the
+        neuron so that backward keeps only its input (:func:`tna_kernels.nn.bn_lif.bn_lif`);
+        ``x_seq`` is then the BN input ``[T·B, C, ...]`` (or a static ``[B, C, ...]`` with
+        ``static``) and ``T`` the number of steps. Forward hooks see that input and the spikes."""
+        if bn is not None:
+            if v0 is not None or T is None:
+                raise ValueError("with bn, pass T and no v0 (the membrane starts at the reset value)")
+            return bn_lif(x_seq, bn, self, T, static)
         return F.lif(x_seq, v0, return_v=self.return_v, **self.kwargs)
 
     def extra_repr(self) -> str:

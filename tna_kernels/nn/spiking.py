@@ -4,7 +4,9 @@
 Conv/linear and batch norm do not depend on the membrane, so they run once on all T·B samples
 (time folded into the batch: batch-norm statistics are taken over T·B, as in SNN practice); only
 the LIF is sequential in time, inside its fused kernel. A static image ``[B, C, H, W]`` (direct
-encoding) is convolved once and the same current is fed to the neuron at every step.
+encoding) is convolved once and the same current is fed to the neuron at every step. In training
+(batch statistics) BN and LIF run as one autograd function that keeps only the BN input for
+backward, not also the membrane (:mod:`tna_kernels.nn.bn_lif`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
+from .._utils import chunks
 from ..ops.ternary import PackedTernary
+from .bn_lif import uses_batch_stats
 from .lif import LIF
 from .ternary import TernaryConv2d, TernaryLinear, _use_packed_path
 
@@ -85,6 +89,42 @@ class _SpikeInputConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
+class _SpikeMaxPool2d(torch.autograd.Function):
+    """max_pool2d of 0/1 spikes that keeps its input for backward **bit-packed** (1 bit per value)
+    instead of the float input and the int64 indices. Backward unpacks slices of samples and reruns
+    torch's max-pool on them, so the gradient goes to the element ``nn.MaxPool2d`` picks."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+        bits = F.pack_spikes(x.reshape(x.shape[0], -1))  # [N, ceil(rest/64)]; raises if x is not 0/1
+        ctx.save_for_backward(bits)
+        ctx.conf = (x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode)
+        return nn.functional.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (bits,) = ctx.saved_tensors
+        shape, dtype, *pool = ctx.conf
+        grad_x = grad_y.new_empty(shape)
+        per_sample = shape[1:].numel()
+        for sl in chunks(shape[0], per_sample):
+            x = F.unpack_spikes(bits[sl], per_sample, dtype=dtype).view(-1, *shape[1:])
+            idx = torch.ops.aten.max_pool2d_with_indices(x, *pool)[1]
+            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(grad_y[sl], x, *pool, idx, grad_input=grad_x[sl])
+        return grad_x, None, None, None, None, None
+
+
+class SpikeMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` for 0/1 spike inputs: with autograd it saves its input bit-packed (1 bit per
+    value) instead of the float input and the int64 indices (48 bits per input value for 2×2
+    windows); outputs and gradients are ``nn.MaxPool2d``'s. Raises on values other than 0 and 1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.return_indices or not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return _SpikeMaxPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+
 class _SpikingMixin:
     """Shared forward: affine map on T·B samples → optional BN → optional LIF."""
 
@@ -128,20 +168,27 @@ class _SpikingMixin:
     def _forward_spiking(self, x: Tensor, T: int | None, sample_dims: int) -> Tensor:
         """``sample_dims`` = rank of one sample (3 for C×H×W, 1 for features)."""
         if x.dim() == sample_dims + 2:
-            T_ = x.shape[0]
-            y = unfold_time(self._pre_neuron(fold_time(x)), T_)
+            T_, static, x = x.shape[0], False, fold_time(x)
         elif x.dim() == sample_dims + 1:
-            T_ = T if T is not None else self.T
+            T_, static = (T if T is not None else self.T), True
             if T_ is None:
                 raise ValueError(f"{type(self).__name__} got a static input of shape {tuple(x.shape)}; "
                                  "pass T (forward(x, T=...) or the T constructor argument) or a "
                                  "[T, B, ...] sequence")
-            y = self._pre_neuron(x)
-            y = y.unsqueeze(0).expand(T_, *y.shape)
         else:
             raise ValueError(f"{type(self).__name__} expects [T, B, ...] with {sample_dims} sample dims "
                              f"(or a static [B, ...]), got shape {tuple(x.shape)}")
+        if self._fused_bn_lif():  # through the neuron module, so its forward hooks still see the spikes
+            return self.neuron(self._affine(x), bn=self.bn, T=T_, static=static)
+        y = self._pre_neuron(x)
+        y = y.unsqueeze(0).expand(T_, *y.shape) if static else unfold_time(y, T_)
         return y if self.neuron is None else self.neuron(y)
+
+    def _fused_bn_lif(self) -> bool:
+        """Training with batch statistics: BN + LIF in one autograd function that saves only the BN
+        input (not also the LIF membrane)."""
+        return (self.bn is not None and self.neuron is not None and torch.is_grad_enabled()
+                and uses_batch_stats(self.bn))
 
     def _bn(self, y: Tensor) -> Tensor:
         return y if self.bn is None else self.bn(y)

@@ -1,0 +1,112 @@
+"""Batch norm with batch statistics + LIF as one autograd function, for training.
+
+Unfused, ``nn.BatchNorm`` saves its input and the LIF saves its pre-spike membrane ``h``: two
+float tensors per layer, ``h`` T times the BN input for a static first layer. This function saves
+only the BN input. Its backward recomputes the BN output from it with the same op (same input,
+same arithmetic: bit-identical output and batch statistics), reruns the LIF forward for ``h``
+slice by slice (only a slice of ``h`` is ever alive), then runs the LIF and batch-norm backward
+ops. Spikes and running statistics are those of ``nn.BatchNorm`` +
+:func:`tna_kernels.functional.lif`, gradients too up to float32 rounding. The price is compute:
+the batch-norm and LIF forwards run again in backward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as F
+from .._utils import chunks
+
+if TYPE_CHECKING:  # lif.py calls this module
+    from .lif import LIF
+
+
+class _BNLIF(torch.autograd.Function):
+    """``x [N, C, ...]`` → BN with batch statistics (updating the running ones when given) → LIF
+    over ``[T, N/T, C, ...]``, or over ``N`` samples repeated T times when ``static``. The LIF runs
+    on slices of neurons (it is elementwise across them), so no ``[T, ...]`` copy of a static input
+    and, in backward, only a slice of the membrane exist at a time."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, T, static, hyper):
+        y = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)[0]
+        y_t = _time_major(y, T, static)
+        if static:  # slices: the kernel would copy the whole expanded [T, ...] input
+            spikes = y.new_empty(y_t.shape)
+            for sl in chunks(y_t.shape[1], T):
+                spikes[:, sl] = torch.ops.tna.lif_fwd(y_t[:, sl], None, *hyper, False)[0]
+        else:
+            spikes = torch.ops.tna.lif_fwd(y_t, None, *hyper, False)[0]
+        ctx.save_for_backward(x, weight, bias)
+        ctx.conf = (eps, T, static, hyper)
+        return spikes.view(T, -1, *x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        x, weight, bias = ctx.saved_tensors
+        eps, T, static, hyper = ctx.conf
+        # the forward's op on the same input: the same BN output and batch statistics, bit for bit
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        y = y.contiguous()  # a copy only for other layouts (channels-last): the slices below write through views
+        y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
+        # each slice of y is read (for h) before its gradient overwrites it: y's buffer becomes grad_y
+        for sl in chunks(y_t.shape[1], T):
+            h = torch.ops.tna.lif_fwd(y_t[:, sl], None, *hyper, True)[2]
+            g = torch.ops.tna.lif_bwd(g_t[:, sl], None, h, *hyper)[0]
+            if static:  # the static input fed every step: its gradient is the sum over steps
+                y.view(-1)[sl] = g.sum(0)
+            else:
+                y_t[:, sl] = g
+            del h, g
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+                bias is not None and ctx.needs_input_grad[2]]
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            y, x, weight, None, None, mean, invstd, True, eps, mask)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
+
+
+def _time_major(y: Tensor, T: int, static: bool) -> Tensor:
+    """The neuron input as ``[T, neurons]`` (a view: a static input is expanded, not copied)."""
+    flat = y.reshape(-1)
+    return flat.expand(T, -1) if static else flat.view(T, -1)
+
+
+def uses_batch_stats(bn: nn.Module) -> bool:
+    """Whether ``bn`` normalises with the batch's statistics (train mode, or no running stats)."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def bn_lif(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, neuron: LIF, T: int, static: bool = False) -> Tensor:
+    """``neuron(bn(x))`` for a batch norm in batch-statistics mode (:func:`uses_batch_stats`),
+    saving only ``x`` for backward.
+
+    Args:
+        x: the BN input ``[T·B, C, ...]`` (time folded into the batch), or ``[B, C, ...]`` with
+            ``static``: a static input whose BN output feeds the neuron at each of the T steps.
+        bn: an ``nn.BatchNorm1d/2d/3d``; its running statistics and ``num_batches_tracked`` are
+            updated as its own forward would.
+        neuron: the :class:`LIF` (stateless: the membrane starts at the reset value).
+
+    Returns spikes ``[T, B, C, ...]``.
+    """
+    if not uses_batch_stats(bn):
+        raise ValueError("bn must use batch statistics (train mode or track_running_stats=False); "
+                         "in eval mode call neuron(bn(x))")
+    if neuron.return_v:
+        raise ValueError("neuron must not return its membrane (return_v=False)")
+    if not static and x.shape[0] % T:
+        raise ValueError(f"x has {x.shape[0]} samples, not a multiple of T={T} (x must be [T·B, C, ...])")
+    bn._check_input_dim(x)
+    # The bookkeeping of nn.BatchNorm's forward: momentum None = cumulative average.
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    running = bn.training and bn.track_running_stats
+    return _BNLIF.apply(x, bn.weight, bn.bias, bn.running_mean if running else None,
+                        bn.running_var if running else None, momentum, bn.eps, T, static,
+                        F._lif_hyper(**neuron.kwargs))
