@@ -12,6 +12,7 @@ from torch import nn
 
 from tna_kernels import functional as F
 from tna_kernels.models import SpikingVGG, make_twin
+from tna_kernels.nn import set_recompute
 
 from ._harness import run
 
@@ -123,13 +124,16 @@ def _step_fn(base, twin, fused_loss):
     return step
 
 
-@pytest.mark.parametrize("provider", ["tna", "spikingjelly", "snntorch"])
+@pytest.mark.parametrize("provider", ["tna", "tna_no_recompute", "spikingjelly", "snntorch"])
 def test_tna_train_step(benchmark, provider):
     benchmark.group = f"TNA training step, spiking VGG 64-128-256-256, T={T}, batch {B}"
     torch.manual_seed(0)
-    if provider == "tna":
+    if provider.startswith("tna"):  # tna_no_recompute: set_recompute(False), more memory, no recompute
         base = SpikingVGG(ARCH, T=T)
-        step = _step_fn(base, make_twin(base, 1), fused_loss=True)
+        twin = make_twin(base, 1)
+        for net in (base, twin):
+            set_recompute(net, provider == "tna")
+        step = _step_fn(base, twin, fused_loss=True)
     elif provider == "spikingjelly":
         pytest.importorskip("spikingjelly")
         step = _step_fn(spikingjelly_vgg(), spikingjelly_vgg(), fused_loss=False)

@@ -137,3 +137,27 @@ def test_spike_input_layer_saves_only_packed_input_bn_input_and_weights(T):
     want = [(torch.int64, (T * 2, 6, 6, 1)), (torch.float32, (16, 8, 3, 3)), (torch.float32, (T * 2, 16, 6, 6)),
             (torch.float32, (16,)), (torch.float32, (16,))]
     assert sorted((str(t.dtype), tuple(t.shape)) for t in saved) == sorted((str(d), s) for d, s in want)
+
+
+def test_set_recompute_false_saves_more_and_gives_the_same_step():
+    """recompute=False (set_recompute) runs the unfused BN + LIF and plain max-pool: same spikes and
+    gradients, more saved tensors."""
+    from tna_kernels.models import SpikingVGG
+    from tna_kernels.nn import set_recompute
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    grads, saved = {}, {}
+    for flag in (True, False):
+        torch.manual_seed(1)
+        net = set_recompute(SpikingVGG("small", T=2), flag)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=sizes: s.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        grads[flag] = [p.grad.clone() for p in net.parameters()]
+        saved[flag] = sum(sizes)
+    for a, b in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert saved[True] < saved[False] / 2

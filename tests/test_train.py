@@ -370,3 +370,12 @@ def test_spike_rate_regularisation_lowers_firing(tmp_path):
         trainer.fit()
         rates[weight] = sum(firing_rates(trainer.base.eval(), x).values())
     assert rates[5.0] < rates[0.0]
+
+
+def test_recompute_switch_reaches_every_spiking_layer(tmp_path):
+    from tna_kernels.nn.spiking import _SpikingMixin
+
+    for flag in (True, False):
+        trainer = Trainer(tiny_cfg(tmp_path / str(flag), "mode=tna", f"train.recompute={str(flag).lower()}"))
+        layers = [m for net in (trainer.base, trainer.twin) for m in net.modules() if isinstance(m, _SpikingMixin)]
+        assert layers and all(m.recompute is flag for m in layers)

@@ -11,6 +11,7 @@ from .spiking import (
     TernaryLIFLinear,
     firing_rates,
     fold_time,
+    set_recompute,
     spiking_layers,
     unfold_time,
 )
@@ -18,5 +19,5 @@ from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, Te
 
 __all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
            "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "SpikeMaxPool2d", "MeanOverTime", "fold_time",
-           "unfold_time", "spiking_layers", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
+           "unfold_time", "spiking_layers", "set_recompute", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
            "PackedConv2d", "PackedLIFConv2d", "lif_pack", "or_pool2d", "pack"]

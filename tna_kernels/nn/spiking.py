@@ -117,10 +117,14 @@ class _SpikeMaxPool2d(torch.autograd.Function):
 class SpikeMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` for 0/1 spike inputs: with autograd it saves its input bit-packed (1 bit per
     value) instead of the float input and the int64 indices (48 bits per input value for 2×2
-    windows); outputs and gradients are ``nn.MaxPool2d``'s. Raises on values other than 0 and 1."""
+    windows); outputs and gradients are ``nn.MaxPool2d``'s. Raises on values other than 0 and 1.
+    ``recompute = False`` (attribute, or :func:`set_recompute`) runs plain ``nn.MaxPool2d``: more
+    memory, no max-pool rerun in backward."""
+
+    recompute = True
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.return_indices or not (torch.is_grad_enabled() and x.requires_grad):
+        if self.return_indices or not self.recompute or not (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
         return _SpikeMaxPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
@@ -129,8 +133,9 @@ class _SpikingMixin:
     """Shared forward: affine map on T·B samples → optional BN → optional LIF."""
 
     def _init_spiking(self, ternary: bool, bn: nn.Module | None, lif: bool, T: int | None,
-                      neuron: dict) -> None:
+                      neuron: dict, recompute: bool = True) -> None:
         self.ternary = bool(ternary)
+        self.recompute = bool(recompute)
         self.bn = bn
         self.neuron = _neuron(neuron) if lif else None
         if T is not None and (not isinstance(T, int) or T < 1):
@@ -187,7 +192,7 @@ class _SpikingMixin:
     def _fused_bn_lif(self) -> bool:
         """Training with batch statistics: BN + LIF in one autograd function that saves only the BN
         input (not also the LIF membrane)."""
-        return (self.bn is not None and self.neuron is not None and torch.is_grad_enabled()
+        return (self.recompute and self.bn is not None and self.neuron is not None and torch.is_grad_enabled()
                 and uses_batch_stats(self.bn))
 
     def _bn(self, y: Tensor) -> Tensor:
@@ -207,7 +212,9 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
     BN output, e.g. before a residual addition); ``T`` for static inputs; ``spike_input`` (the input
     is 0/1 spikes: training saves it bit-packed for the weight gradient, and eval without autograd
     runs the exact spike × ternary popcount kernel on bit-packed input, the packed model's
-    arithmetic); and the neuron options of
+    arithmetic); ``recompute`` (default True: in training, save only the BN input and recompute BN
+    and the membrane in backward, :mod:`tna_kernels.nn.bn_lif`; False saves them, faster, more
+    memory; see :func:`set_recompute`); and the neuron options of
     :func:`tna_kernels.functional.lif` (``tau``, ``v_threshold``, ``v_reset``, ``surrogate``, ...).
     State-dict keys: ``weight`` (latent float weights), ``bias``, ``bn.*``.
     """
@@ -217,12 +224,12 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
                  device=None, dtype=None, *, ternary: bool = True, method: str = "twn",
                  per_channel: bool = True, clip: float | None = None, bn: bool = True,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1, lif: bool = True,
-                 T: int | None = None, spike_input: bool = False, **neuron):
+                 T: int | None = None, spike_input: bool = False, recompute: bool = True, **neuron):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype, method=method, per_channel=per_channel,
                          clip=clip)
         norm = nn.BatchNorm2d(out_channels, bn_eps, bn_momentum, device=device, dtype=dtype) if bn else None
-        self._init_spiking(ternary, norm, lif, T, neuron)
+        self._init_spiking(ternary, norm, lif, T, neuron, recompute)
         self.spike_input = bool(spike_input)
 
     def _affine(self, x: Tensor) -> Tensor:
@@ -260,11 +267,12 @@ class TernaryLIFLinear(_SpikingMixin, TernaryLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype=None, *, ternary: bool = True, method: str = "twn", per_channel: bool = True,
                  clip: float | None = None, bn: bool = True, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, lif: bool = True, T: int | None = None, **neuron):
+                 bn_momentum: float = 0.1, lif: bool = True, T: int | None = None, recompute: bool = True,
+                 **neuron):
         super().__init__(in_features, out_features, bias, device, dtype, method=method,
                          per_channel=per_channel, clip=clip)
         norm = nn.BatchNorm1d(out_features, bn_eps, bn_momentum, device=device, dtype=dtype) if bn else None
-        self._init_spiking(ternary, norm, lif, T, neuron)
+        self._init_spiking(ternary, norm, lif, T, neuron, recompute)
 
     def _affine(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
@@ -281,6 +289,17 @@ class TernaryLIFLinear(_SpikingMixin, TernaryLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._spiking_repr()
+
+
+def set_recompute(model: nn.Module, enabled: bool) -> nn.Module:
+    """Training memory vs speed for every spiking layer and spike max-pool in ``model``: ``True``
+    (the default) keeps only the BN input per layer and bit-packed pool inputs, recomputing BN, the
+    LIF membrane and max-pool in backward (~1/6 of SpikingJelly's training memory here, ~10–17 %
+    slower steps on CPU); ``False`` saves those tensors instead. Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, (_SpikingMixin, SpikeMaxPool2d)):
+            m.recompute = bool(enabled)
+    return model
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -79,6 +79,7 @@ DEFAULTS: dict = {
         "nan_policy": "stop",  # stop | skip: what a non-finite loss does
         "progress": True,
         "sync_bn": False,  # SyncBatchNorm across processes (CUDA/NCCL only)
+        "recompute": True,  # recompute BN, LIF membrane and max-pool in backward (less memory, slower)
     },
 }
 

@@ -21,7 +21,7 @@ from torch import nn
 from .. import functional as F
 from ..data import get_dataset
 from ..models import build_model, make_twin
-from ..nn.spiking import spiking_layers
+from ..nn.spiking import set_recompute, spiking_layers
 from . import checkpoint, distributed
 from .config import ConfigError
 from .evaluate import evaluate_model, model_input
@@ -146,6 +146,9 @@ class Trainer:
         if mode == "kd":
             self.teacher = load_model(cfg["loss"]["teacher"], self.device).eval()
             self.teacher.requires_grad_(False)
+        for model in (self.base, self.twin):
+            if model is not None:
+                set_recompute(model, cfg["train"]["recompute"])
         self.twin_trainable = self.twin is not None and not t["frozen"]
         if self.twin is not None and t["frozen"]:
             self.twin.requires_grad_(False)
