@@ -549,3 +549,19 @@ def test_triton_ternarize_agrees_with_cpu(method, per_channel, shape):
     assert torch.equal(codes.cpu(), c2) and torch.equal(words.cpu(), w2)
     torch.testing.assert_close(scale.cpu(), s2, rtol=1e-6, atol=0)
 
+
+
+def test_float_path_uses_a_cached_float_copy_and_matches_the_op():
+    """float32 CPU input with more than 12 rows: torch's GEMM on PackedTernary.float_codes() (built
+    once), the op's arithmetic (exact sums, then * scale + bias)."""
+    codes, scale, b, p = _packed(33, 200)
+    x = torch.randn(40, 200)
+    y = F.ternary_linear(x, p)
+    assert p.float_codes() is p.float_codes()
+    op = torch.ops.tna.ternary_linear(x, p.words, p.scale, p.bias, p.version)
+    torch.testing.assert_close(y, op, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, R.ternary_linear(x.double(), codes, scale, b).float(), rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_()
+    F.ternary_linear(xg, p).sum().backward()
+    torch.testing.assert_close(xg.grad, (scale[:, None] * codes.float()).sum(0).expand(40, 200), rtol=1e-5,
+                               atol=1e-5)

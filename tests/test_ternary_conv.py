@@ -327,3 +327,11 @@ def test_spike_conv_lif_bad_input():
         F.spike_ternary_conv2d_lif(bits, p, 3, tau=-1.0)
     with pytest.raises(TypeError, match="spike_bits must be int64"):
         F.spike_ternary_conv2d_lif(bits.float(), p, 3)
+
+
+def test_float_conv_uses_a_cached_dequantized_weight_and_equals_the_op():
+    codes, scale, b, p = make(6, 5, (3, 3))
+    x = torch.randn(2, 5, 7, 7)
+    y = F.ternary_conv2d(x, p, 1, 1)
+    assert p.dequantized() is p.dequantized()
+    assert torch.equal(y, torch.ops.tna.ternary_conv2d(x, p.words, p.scale, p.bias, [1, 1], [1, 1], [1, 1], 1))

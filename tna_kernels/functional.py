@@ -268,16 +268,34 @@ def _check_packed(weight, conv: bool) -> None:
                          "input (and bias) only; train latent weights with ternary_ste")
 
 
+_DIRECT_MAX_ROWS = 12  # kDirectMaxM in csrc/cpu/ternary_linear.cpp
+
+
+def _use_dequantized(x: Tensor, weight: PackedTernary) -> bool:
+    """float32 on CPU, eager: torch's GEMM / conv on the weight's cached float copy
+    (:meth:`PackedTernary.float_codes` / :meth:`PackedTernary.dequantized`), the same maths as the
+    tna op, which decodes on every call. Weights only used with spike inputs never build it."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.words.device.type == "cpu"
+            and not torch.compiler.is_compiling())
+
+
 def ternary_linear(x: Tensor, weight: PackedTernary) -> Tensor:
     """Float activations ``x [..., K]`` times a packed ternary weight: ``(x @ codes.T) * scale + bias``.
 
-    Differentiable w.r.t. ``x`` (``grad_x = (grad_y * scale) @ codes``); returns x's dtype."""
+    Differentiable w.r.t. ``x`` (``grad_x = (grad_y * scale) @ codes``); returns x's dtype. float32
+    on CPU with more than 12 rows runs torch's GEMM on ``weight.float_codes()`` (cached on the
+    weight, 4 bytes per weight); otherwise the ``tna::ternary_linear`` op."""
     _check_packed(weight, conv=False)
     if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
     if x.dim() < 1 or x.shape[-1] != weight.K:
         raise ValueError(f"x must have shape [..., {weight.K}] (in_features), got {tuple(x.shape)}")
     _check_device(x)
+    if _use_dequantized(x, weight) and x.numel() > _DIRECT_MAX_ROWS * weight.K:
+        # the op's arithmetic (exact sums on 0/1 inputs, then * scale + bias: two roundings) on
+        # torch's GEMM; up to _DIRECT_MAX_ROWS rows the op's own GEMV kernel is faster
+        y = torch.matmul(x, weight.float_codes().T) * weight.scale
+        return y if weight.bias is None else y + weight.bias
     return torch.ops.tna.ternary_linear(x, weight.words, weight.scale, weight.bias, weight.version)
 
 
@@ -298,7 +316,9 @@ def spike_ternary_linear(spike_bits: Tensor, weight: PackedTernary) -> Tensor:
 
 def ternary_conv2d(x: Tensor, weight: PackedTernary, stride=1, padding=0, dilation=1) -> Tensor:
     """conv2d (groups = 1) of float ``x [B, C, H, W]`` with a packed ternary weight, times scale,
-    plus bias. Differentiable w.r.t. ``x``; returns x's dtype ``[B, N, OH, OW]``."""
+    plus bias. Differentiable w.r.t. ``x``; returns x's dtype ``[B, N, OH, OW]``. float32 on CPU
+    runs torch's conv on ``weight.dequantized()`` (cached on the weight); otherwise the
+    ``tna::ternary_conv2d`` op."""
     _check_packed(weight, conv=True)
     if not isinstance(x, Tensor) or not x.dtype.is_floating_point or x.dim() != 4:
         raise TypeError(f"x must be a floating-point [B, C, H, W] tensor, got "
@@ -307,6 +327,8 @@ def ternary_conv2d(x: Tensor, weight: PackedTernary, stride=1, padding=0, dilati
         raise ValueError(f"x has {x.shape[1]} channels but the weight expects {weight.K}")
     _check_device(x)
     s, p, d = conv_geometry(stride, padding, dilation)
+    if _use_dequantized(x, weight):
+        return torch.nn.functional.conv2d(x, weight.dequantized(), weight.bias, s, p, d)
     return torch.ops.tna.ternary_conv2d(x, weight.words, weight.scale, weight.bias, s, p, d, weight.version)
 
 
