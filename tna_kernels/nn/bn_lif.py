@@ -26,20 +26,15 @@ if TYPE_CHECKING:  # lif.py calls this module
 
 class _BNLIF(torch.autograd.Function):
     """``x [N, C, ...]`` → BN with batch statistics (updating the running ones when given) → LIF
-    over ``[T, N/T, C, ...]``, or over ``N`` samples repeated T times when ``static``. The LIF runs
-    on slices of neurons (it is elementwise across them), so no ``[T, ...]`` copy of a static input
-    and, in backward, only a slice of the membrane exist at a time."""
+    over ``[T, N/T, C, ...]``, or over ``N`` samples repeated T times when ``static`` (the LIF kernel
+    reads that stride-0 sequence in place). Backward runs the LIF on slices of neurons (it is
+    elementwise across them), so only a slice of the membrane exists at a time."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, T, static, hyper):
         y = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)[0]
-        y_t = _time_major(y, T, static)
-        if static:  # slices: the kernel would copy the whole expanded [T, ...] input
-            spikes = y.new_empty(y_t.shape)
-            for sl in chunks(y_t.shape[1], T):
-                spikes[:, sl] = torch.ops.tna.lif_fwd(y_t[:, sl], None, *hyper, False)[0]
-        else:
-            spikes = torch.ops.tna.lif_fwd(y_t, None, *hyper, False)[0]
+        # static: y_t is y expanded over T (stride 0), which the kernel reads in place
+        spikes = torch.ops.tna.lif_fwd(_time_major(y, T, static), None, *hyper, False)[0]
         ctx.save_for_backward(x, weight, bias)
         ctx.conf = (eps, T, static, hyper)
         return spikes.view(T, -1, *x.shape[1:])
