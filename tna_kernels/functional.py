@@ -83,8 +83,9 @@ def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
     Returns:
         spikes ``[T, ...]`` (0/1, dtype of ``x_seq``), or ``(spikes, v_last)`` with ``return_v``.
 
-    Backward saves one ``[T, ...]`` tensor (the pre-spike membrane); under ``torch.no_grad`` or
-    when nothing requires grad it saves nothing.
+    Backward keeps one ``[T, ...]`` tensor: on the CPU ``x_seq`` itself (no copy when it is
+    contiguous; the membrane is recomputed in cache during backward), on CUDA the pre-spike
+    membrane. Under ``torch.no_grad`` or when nothing requires grad it keeps nothing.
     """
     if not isinstance(x_seq, Tensor):
         raise TypeError(f"x_seq must be a torch.Tensor, got {type(x_seq).__name__}")
@@ -105,7 +106,10 @@ def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
             raise ValueError(f"v0 is on {v0.device} but x_seq is on {x_seq.device}")
         v0 = v0.to(state_dtype(x_seq.dtype))
 
-    save_h = torch.is_grad_enabled() and (x_seq.requires_grad or (v0 is not None and v0.requires_grad))
+    # On the CPU backward recomputes the membrane from x_seq (one fewer [T, ...] write); on CUDA
+    # the forward saves it.
+    needs_grad = torch.is_grad_enabled() and (x_seq.requires_grad or (v0 is not None and v0.requires_grad))
+    save_h = needs_grad and x_seq.device.type != "cpu"
     spikes, v_last, _ = torch.ops.tna.lif_fwd(x_seq, v0, *hyper, save_h)
     return (spikes, v_last) if return_v else spikes
 

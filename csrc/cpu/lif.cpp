@@ -9,9 +9,12 @@
 //   dv/dh = (1 - s) + (vr - h) * sg   (hard)  |  1 - v_th * sg   (soft); detach_reset drops sg
 //   gh = grad_s[t] * sg + gv * dv/dh;   grad_x[t] = gh / tau (decay_input) or gh;   gv = gh - gh / tau
 // Layout: x_seq [T, N] made contiguous; parallel over blocks of neurons, the time loop runs inside
-// each block so the membrane stays in L1; large outputs are written with non-temporal stores.
-// Saved for backward: h_seq only, in the compute dtype
-// (float for half/bf16), so the spike recomputed in backward is the forward's, bit for bit.
+// each block so the membrane stays in L1; large outputs are written with non-temporal stores into
+// huge-page buffers (output_alloc.h).
+// Backward either reads h_seq saved by the forward (lif_bwd; the compute dtype, float for
+// half/bf16) or recomputes it from x_seq and v0 a block at a time into an L1/L2 buffer
+// (lif_bwd_recompute, what autograd uses on the CPU): the same charge and reset code in the same
+// order, so h and the spikes are the forward's bit for bit.
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -21,12 +24,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
 
 #include "../common.h"
 #include "lif_step.h"
+#include "output_alloc.h"
 
 #if defined(__x86_64__)
 #include <emmintrin.h>
@@ -74,6 +79,12 @@ constexpr int64_t kGrain = 4 * kBlock;
 // Outputs larger than this bypass the caches (non-temporal stores): they cannot stay cached anyway,
 // and streaming saves the read-for-ownership of every written line (~1.6x less traffic here).
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
+// The recompute backward holds h for T steps of a block: blocks shrink with T to keep that buffer
+// within 64 KiB (L2), down to 64 neurons.
+constexpr int64_t kRecomputeFloats = 16384;
+inline int64_t recompute_block(int64_t T) {
+  return std::clamp<int64_t>(kRecomputeFloats / T, 64, kBlock);
+}
 
 // Copies n elements computed into an L1 buffer to their destination, with non-temporal stores
 // when `stream` (x86-64 SSE2, present on every x86-64 CPU), else plain stores.
@@ -123,6 +134,21 @@ TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, int64_t x_stri
   }
 }
 
+// dL/dh[t] of one neuron from the spike's gradient gs and the carry gv = dL/dv[t].
+template <typename acc_t, Surrogate S, bool kSoft, bool kDetach>
+inline __attribute__((always_inline)) acc_t lif_grad_h(acc_t gs, acc_t h, acc_t gv, acc_t v_th,
+                                                       acc_t vr, acc_t alpha) {
+  const acc_t sg = surrogate_grad<S>(h - v_th, alpha);
+  const acc_t s = h >= v_th ? acc_t(1) : acc_t(0);
+  acc_t dv_dh;
+  if constexpr (kSoft) {
+    dv_dh = kDetach ? acc_t(1) : acc_t(1) - v_th * sg;
+  } else {
+    dv_dh = kDetach ? acc_t(1) - s : (acc_t(1) - s) + (vr - h) * sg;
+  }
+  return gs * sg + gv * dv_dh;
+}
+
 template <typename scalar_t, typename acc_t, Surrogate S, bool kDecayInput, bool kSoft,
           bool kDetach>
 TNA_MULTIVERSION void lif_bwd_block(const scalar_t* __restrict gs, const acc_t* __restrict h,
@@ -135,20 +161,86 @@ TNA_MULTIVERSION void lif_bwd_block(const scalar_t* __restrict gs, const acc_t* 
     const scalar_t* __restrict gst = gs + t * stride;
     const acc_t* __restrict ht = h + t * stride;
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t hi = ht[i];
-      const acc_t sg = surrogate_grad<S>(hi - v_th, alpha);
-      const acc_t s = hi >= v_th ? acc_t(1) : acc_t(0);
-      acc_t dv_dh;
-      if constexpr (kSoft) {
-        dv_dh = kDetach ? acc_t(1) : acc_t(1) - v_th * sg;
-      } else {
-        dv_dh = kDetach ? acc_t(1) - s : (acc_t(1) - s) + (vr - hi) * sg;
-      }
-      const acc_t gh = static_cast<acc_t>(gst[i]) * sg + gv[i] * dv_dh;
+      const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(static_cast<acc_t>(gst[i]), ht[i],
+                                                            gv[i], v_th, vr, alpha);
       gx_buf[i] = static_cast<scalar_t>(kDecayInput ? gh / tau : gh);
       gv[i] = gh - gh / tau;
     }
     store_out(gx + t * stride, gx_buf, n, stream);
+  }
+}
+
+// Recompute variant over a worker's n neurons, block by block: a forward pass refills the membrane
+// buffer (the forward's lif_charge / lif_reset, in the same order, so h is the forward's bit for
+// bit) and the backward pass reads it instead of a saved h_seq. The forward of block j+1 runs in the
+// backward loop of block j (its step k beside their step T-1-k): each loop then streams x,
+// grad_spikes and grad_x together instead of reading x alone and then the rest (measured ~10 %).
+// scratch holds two [T, nb] buffers; gv_last / gv_out (nullable) are the carry's start and end.
+template <typename scalar_t, typename acc_t, Surrogate S, bool kDecayInput, bool kSoft,
+          bool kDetach>
+TNA_MULTIVERSION void lif_bwd_recompute_range(const scalar_t* __restrict x, int64_t x_stride,
+                                              const acc_t* __restrict v0, acc_t v_init,
+                                              const scalar_t* __restrict gs,
+                                              const acc_t* __restrict gv_last,
+                                              scalar_t* __restrict gx, acc_t* __restrict gv_out,
+                                              acc_t* __restrict scratch, int64_t n_total,
+                                              int64_t nb, int64_t T, int64_t stride, acc_t tau,
+                                              acc_t v_th, acc_t v_reset, acc_t alpha, bool stream) {
+  const acc_t vr = kSoft ? acc_t(0) : v_reset;
+  alignas(64) acc_t v[kBlock];
+  alignas(64) acc_t gv_local[kBlock];
+  alignas(64) scalar_t gx_buf[kBlock];
+  acc_t* cur = scratch;
+  acc_t* nxt = scratch + T * nb;
+  int64_t b = 0, n = std::min(nb, n_total);
+  for (int64_t i = 0; i < n; ++i) v[i] = v0 == nullptr ? v_init : v0[i];
+  for (int64_t t = 0; t < T; ++t) {
+    const scalar_t* __restrict xt = x + t * x_stride;
+    acc_t* __restrict ht = cur + t * n;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t h = lif_charge<kDecayInput>(static_cast<acc_t>(xt[i]), v[i], vr, tau);
+      ht[i] = h;
+      v[i] = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
+    }
+  }
+  while (n > 0) {
+    const int64_t b2 = b + n, n2 = std::min(nb, n_total - b2);  // the next block (n2 <= 0: none)
+    const int64_t m = std::min(n, n2);
+    acc_t* __restrict gv = gv_out == nullptr ? gv_local : gv_out + b;
+    for (int64_t i = 0; i < n; ++i) gv[i] = gv_last == nullptr ? acc_t(0) : gv_last[b + i];
+    for (int64_t i = 0; i < n2; ++i) v[i] = v0 == nullptr ? v_init : v0[b2 + i];
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = T - 1 - k;
+      const scalar_t* __restrict gst = gs + t * stride + b;
+      const acc_t* __restrict ht = cur + t * n;
+      const scalar_t* __restrict xn = x + k * x_stride + b2;
+      acc_t* __restrict hn = nxt + k * std::max<int64_t>(n2, 0);
+      int64_t i = 0;
+      for (; i < m; ++i) {
+        const acc_t h = lif_charge<kDecayInput>(static_cast<acc_t>(xn[i]), v[i], vr, tau);
+        hn[i] = h;
+        v[i] = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
+        const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(static_cast<acc_t>(gst[i]), ht[i],
+                                                              gv[i], v_th, vr, alpha);
+        gx_buf[i] = static_cast<scalar_t>(kDecayInput ? gh / tau : gh);
+        gv[i] = gh - gh / tau;
+      }
+      for (int64_t j = i; j < n; ++j) {
+        const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(static_cast<acc_t>(gst[j]), ht[j],
+                                                              gv[j], v_th, vr, alpha);
+        gx_buf[j] = static_cast<scalar_t>(kDecayInput ? gh / tau : gh);
+        gv[j] = gh - gh / tau;
+      }
+      for (int64_t j = i; j < n2; ++j) {
+        const acc_t h = lif_charge<kDecayInput>(static_cast<acc_t>(xn[j]), v[j], vr, tau);
+        hn[j] = h;
+        v[j] = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
+      }
+      store_out(gx + t * stride + b, gx_buf, n, stream);
+    }
+    std::swap(cur, nxt);
+    b = b2;
+    n = n2;
   }
 }
 
@@ -181,6 +273,21 @@ void dispatch_surrogate(Surrogate s, F&& f) {
   }
 }
 
+// x_seq as [T, N] with a step stride. A static input repeated over time (x.expand(T, ...), stride 0
+// along T, e.g. a first layer's current) is read in place: no T-fold copy.
+struct TimeMajor {
+  at::Tensor data;
+  int64_t T, N, stride;
+};
+
+TimeMajor time_major(const at::Tensor& x_seq) {
+  const bool repeated = x_seq.size(0) > 1 && x_seq.stride(0) == 0 && x_seq[0].is_contiguous();
+  at::Tensor x = repeated ? x_seq : x_seq.contiguous();
+  const int64_t T = x.size(0);
+  const int64_t N = x_seq[0].numel();
+  return {std::move(x), T, N, repeated ? 0 : N};
+}
+
 void check_hyper(double tau, double v_threshold, double v_reset, double alpha) {
   TORCH_CHECK(std::isfinite(tau) && tau > 0, "tau must be a finite number > 0, got ", tau);
   TORCH_CHECK(std::isfinite(v_threshold), "v_threshold must be finite, got ", v_threshold);
@@ -210,20 +317,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
   parse_surrogate(std::string(surrogate));
   (void)detach_reset;
 
-  // A static input repeated over time (x.expand(T, ...), stride 0 along T, e.g. a first layer's
-  // current) is read in place: no T-fold copy.
-  const bool repeated = x_seq.size(0) > 1 && x_seq.stride(0) == 0 && x_seq[0].is_contiguous();
-  const at::Tensor x = repeated ? x_seq : x_seq.contiguous();
-  const int64_t T = x.size(0);
-  const int64_t N = T == 0 ? 0 : x.numel() / T;
-  const int64_t x_stride = repeated ? 0 : N;
-  at::Tensor spikes = at::empty(x.sizes(), x.options());
+  const TimeMajor xt = time_major(x_seq);
+  const at::Tensor& x = xt.data;
+  const int64_t T = xt.T, N = xt.N, x_stride = xt.stride;
+  at::Tensor spikes = empty_output(x.sizes(), x.options());
   // Without v0 the membrane starts at the reset value, written by each worker for its own block
   // (one parallel pass instead of a fill plus a copy).
   at::Tensor v = has_v0 ? v0->contiguous().clone()
-                        : at::empty(x.sizes().slice(1), x.options().dtype(at::toOpMathType(x.scalar_type())));
+                        : empty_output(x.sizes().slice(1), x.options().dtype(at::toOpMathType(x.scalar_type())));
   const double v_init = soft_reset ? 0.0 : v_reset;
-  at::Tensor h_seq = at::empty(save_h ? x.sizes() : at::IntArrayRef{0}, v.options());
+  at::Tensor h_seq = empty_output(save_h ? x.sizes() : at::IntArrayRef{0}, v.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -231,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
     scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
     acc_t* hp = save_h ? h_seq.mutable_data_ptr<acc_t>() : nullptr;
     acc_t* vp = v.mutable_data_ptr<acc_t>();
-    const bool stream = x.numel() * int64_t(sizeof(acc_t)) >= kStreamBytes;
+    const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
     dispatch_bool(decay_input, [&](auto kDecay) {
       dispatch_bool(soft_reset, [&](auto kSoft) {
         dispatch_bool(save_h, [&](auto kSave) {
@@ -280,8 +383,8 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
   const at::Tensor h = h_seq.contiguous();
   const int64_t T = h.size(0);
   const int64_t N = h.numel() / T;
-  at::Tensor grad_x = at::empty_like(gs);
-  at::Tensor gv = has_gv ? grad_v_last->contiguous().clone() : at::empty(h.sizes().slice(1), h.options());
+  at::Tensor grad_x = empty_output(gs.sizes(), gs.options());
+  at::Tensor gv = has_gv ? grad_v_last->contiguous().clone() : empty_output(h.sizes().slice(1), h.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -312,11 +415,84 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
   return {grad_x, gv};
 }
 
+std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
+    const at::Tensor& x_seq, const std::optional<at::Tensor>& v0, double tau, bool decay_input,
+    double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
+    std::string_view surrogate, double alpha) {
+  TNA_CHECK_CPU(grad_spikes);
+  TNA_CHECK_CPU(x_seq);
+  TNA_CHECK_FLOATING(x_seq);
+  TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1,
+              "x_seq must be [T, ...] with at least one time step, got shape ", x_seq.sizes());
+  TNA_CHECK_SHAPE(grad_spikes, x_seq.sizes());
+  TNA_CHECK_DTYPE(grad_spikes, x_seq.scalar_type());
+  const at::ScalarType state = at::toOpMathType(x_seq.scalar_type());
+  const bool has_v0 = v0.has_value() && v0->defined();
+  if (has_v0) {
+    TNA_CHECK_CPU(*v0);
+    TNA_CHECK_DTYPE(*v0, state);
+    TNA_CHECK_SHAPE(*v0, x_seq.sizes().slice(1));
+  }
+  const bool has_gv = grad_v_last.has_value() && grad_v_last->defined();
+  if (has_gv) {
+    TNA_CHECK_CPU(*grad_v_last);
+    TNA_CHECK_DTYPE(*grad_v_last, state);
+    TNA_CHECK_SHAPE(*grad_v_last, x_seq.sizes().slice(1));
+  }
+  check_hyper(tau, v_threshold, v_reset, alpha);
+  const Surrogate sur = parse_surrogate(std::string(surrogate));
+
+  const TimeMajor xt = time_major(x_seq);
+  const int64_t T = xt.T, N = xt.N, x_stride = xt.stride;
+  const at::Tensor gs = grad_spikes.contiguous();
+  const at::Tensor v0c = has_v0 ? v0->contiguous() : at::Tensor();
+  const at::Tensor gvl = has_gv ? grad_v_last->contiguous() : at::Tensor();
+  at::Tensor grad_x = empty_output(gs.sizes(), gs.options());
+  // Without v0 the initial membrane is a constant: no gradient to return, the carry stays local.
+  at::Tensor grad_v0 = at::empty(has_v0 ? x_seq.sizes().slice(1) : at::IntArrayRef{0},
+                                 gs.options().dtype(state));
+  const int64_t nb = recompute_block(T);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "lif_bwd_recompute_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = xt.data.const_data_ptr<scalar_t>();
+    const acc_t* v0p = has_v0 ? v0c.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* gvlp = has_gv ? gvl.const_data_ptr<acc_t>() : nullptr;
+    const scalar_t* gsp = gs.const_data_ptr<scalar_t>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    acc_t* gvp = has_v0 ? grad_v0.mutable_data_ptr<acc_t>() : nullptr;
+    const acc_t v_init = acc_t(soft_reset ? 0.0 : v_reset);
+    const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
+    dispatch_surrogate(sur, [&](auto kSur) {
+      dispatch_bool(decay_input, [&](auto kDecay) {
+        dispatch_bool(soft_reset, [&](auto kSoft) {
+          dispatch_bool(detach_reset, [&](auto kDetach) {
+            at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+              std::unique_ptr<acc_t[]> scratch(new acc_t[2 * T * nb]);
+              auto at_begin = [begin](auto* p) { return p == nullptr ? nullptr : p + begin; };
+              lif_bwd_recompute_range<scalar_t, acc_t, decltype(kSur)::value,
+                                      decltype(kDecay)::value, decltype(kSoft)::value,
+                                      decltype(kDetach)::value>(
+                  xp + begin, x_stride, at_begin(v0p), v_init, gsp + begin, at_begin(gvlp),
+                  gxp + begin, at_begin(gvp), scratch.get(), end - begin, nb, T, N, acc_t(tau),
+                  acc_t(v_threshold), acc_t(v_reset), acc_t(alpha), stream);
+              fence_streams(stream);
+            });
+          });
+        });
+      });
+    });
+  });
+  return {grad_x, grad_v0};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tna, CPU, m) {
   m.impl("lif_fwd", &lif_fwd_cpu);
   m.impl("lif_bwd", &lif_bwd_cpu);
+  m.impl("lif_bwd_recompute", &lif_bwd_recompute_cpu);
 }
 
 }  // namespace tna

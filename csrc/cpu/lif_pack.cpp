@@ -14,6 +14,7 @@
 
 #include "../common.h"
 #include "lif_step.h"
+#include "output_alloc.h"
 
 namespace tna {
 namespace {
@@ -60,7 +61,7 @@ at::Tensor lif_pack_cpu(const at::Tensor& x_seq, double tau, bool decay_input, d
   const int64_t rows = x.numel() / (T * N);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = NW;
-  at::Tensor out = at::empty(shape, x.options().dtype(at::kLong));
+  at::Tensor out = empty_output(shape, x.options().dtype(at::kLong));
   if (rows == 0) return out;
   const float* xp = x.const_data_ptr<float>();
   auto* op = reinterpret_cast<uint64_t*>(out.mutable_data_ptr<int64_t>());

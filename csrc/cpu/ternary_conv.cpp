@@ -27,6 +27,7 @@
 
 #include "../common.h"
 #include "lif_pack.h"
+#include "output_alloc.h"
 #include "ternary.h"
 
 namespace tna::ternary {
@@ -236,8 +237,8 @@ at::Tensor spike_ternary_conv2d_cpu(const at::Tensor& spike_bits, const at::Tens
   const SpikeConv c =
       plan_spike_conv(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version, kmajor);
   const int64_t N = c.g.N, OH = c.OH, OW = c.OW, KW = c.KW;
-  at::Tensor y = at::empty({c.B, N, OH, OW},
-                           c.S.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = empty_output({c.B, N, OH, OW}, c.S.options().dtype(at::kFloat),
+                              at::MemoryFormat::ChannelsLast);
   const int64_t M = c.B * OH * OW;
   if (M == 0 || N == 0) return y;
   float* yp = y.mutable_data_ptr<float>();  // channels-last: row m = (b, oh, ow), N floats
@@ -277,7 +278,7 @@ at::Tensor spike_ternary_conv2d_lif_cpu(const at::Tensor& spike_bits, const at::
               c.B, " = T * batch, time-major), got T = ", T);
   const int64_t N = c.g.N, NW = words_for(N), OH = c.OH, OW = c.OW, KW = c.KW;
   const int64_t P = c.B / T * OH * OW;  // output positions per time step
-  at::Tensor out = at::empty({c.B, OH, OW, NW}, c.S.options());
+  at::Tensor out = empty_output({c.B, OH, OW, NW}, c.S.options());
   if (P == 0) return out;
   auto* op = reinterpret_cast<uint64_t*>(out.mutable_data_ptr<int64_t>());
   const int64_t tp = std::max<int64_t>(1, 64 / T);  // positions per tile: ~64 GEMM rows

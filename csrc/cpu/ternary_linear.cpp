@@ -26,6 +26,7 @@
 #include <string>
 
 #include "../common.h"
+#include "output_alloc.h"
 #include "ternary.h"
 
 namespace tna::ternary {
@@ -296,7 +297,7 @@ at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tens
   check_packed_rows(Wt, N, K, "packed_w");
   const Isa isa = select_isa();
   const int64_t M = S.numel() / KW;
-  at::Tensor y = at::empty(out_shape(S.sizes(), N), S.options().dtype(at::kFloat));
+  at::Tensor y = empty_output(out_shape(S.sizes(), N), S.options().dtype(at::kFloat));
   if (M == 0 || N == 0) return y;
   const auto* sp = reinterpret_cast<const uint64_t*>(S.const_data_ptr<int64_t>());
   const auto* wp = reinterpret_cast<const uint64_t*>(Wt.const_data_ptr<int64_t>());

@@ -1,7 +1,12 @@
-"""tna::lif_fwd / tna::lif_bwd: fake kernels, autograd, and the Triton backend on CUDA.
+"""tna::lif_fwd / tna::lif_bwd / tna::lif_bwd_recompute: fake kernels, autograd, and the Triton
+backend on CUDA.
 
-Forward and backward are separate ops; autograd joins them and saves one tensor, the pre-spike
-membrane ``h_seq`` (state dtype). With ``save_h=False`` (inference) nothing is saved."""
+Forward and backward are separate ops joined by autograd, which saves one ``[T, ...]`` tensor:
+- when the forward wrote the pre-spike membrane (``save_h=True``, what ``functional.lif`` asks for
+  on CUDA), ``h_seq`` (state dtype), and backward is ``lif_bwd``;
+- otherwise the input ``x_seq`` itself (plus ``v0``), and backward is ``lif_bwd_recompute``, which
+  recomputes the membrane in cache. ``functional.lif`` does this on the CPU: the forward writes no
+  ``h_seq``, 4 of the 24 bytes per neuron-step a forward + backward moves."""
 
 import torch
 
@@ -50,26 +55,47 @@ def _lif_bwd_fake(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold
             h_seq.new_empty(h_seq.shape[1:]))
 
 
+@torch.library.register_fake("tna::lif_bwd_recompute")
+def _lif_bwd_recompute_fake(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input, v_threshold, v_reset,
+                            soft_reset, detach_reset, surrogate, alpha):
+    _check_common(x_seq, tau, alpha, surrogate)
+    acc = state_dtype(x_seq.dtype)
+    torch._check(grad_spikes.shape == x_seq.shape,
+                 lambda: f"grad_spikes must have shape {tuple(x_seq.shape)}, got {tuple(grad_spikes.shape)}")
+    torch._check(grad_spikes.dtype == x_seq.dtype,
+                 lambda: f"grad_spikes must have dtype {x_seq.dtype}, got {grad_spikes.dtype}")
+    for name, t in (("v0", v0), ("grad_v_last", grad_v_last)):
+        if t is not None:
+            torch._check(t.shape == x_seq.shape[1:],
+                         lambda: f"{name} must have shape {tuple(x_seq.shape[1:])}, got {tuple(t.shape)}")
+            torch._check(t.dtype == acc, lambda: f"{name} must have dtype {acc}, got {t.dtype}")
+    return (torch.empty_like(grad_spikes, memory_format=torch.contiguous_format),
+            x_seq.new_empty(x_seq.shape[1:] if v0 is not None else (0,), dtype=acc))
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.x_dtype = inputs[0].dtype
-    ctx.v0_given = inputs[1] is not None
-    (_, _, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-     _save_h) = inputs
-    ctx.hyper = (tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha)
-    ctx.save_for_backward(output[2])
+    x_seq, v0 = inputs[0], inputs[1]
+    ctx.x_dtype = x_seq.dtype
+    ctx.v0_given = v0 is not None
+    ctx.hyper = tuple(inputs[2:10])  # tau .. alpha
+    h_seq = output[2]
+    ctx.recompute = h_seq.numel() == 0
+    # Either the membrane the forward wrote, or what recomputing it needs: the input and v0.
+    ctx.save_for_backward(*((x_seq, v0) if ctx.recompute else (h_seq,)))
     # h_seq is a saved intermediate, not a result to differentiate; and unused outputs must not
     # be materialised as zero tensors ([T, ...] of zeros for h_seq cost as much as the kernel).
-    ctx.mark_non_differentiable(output[2])
+    ctx.mark_non_differentiable(h_seq)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_spikes, grad_v_last, _grad_h):
-    (h_seq,) = ctx.saved_tensors
-    torch._check(h_seq.numel() > 0,
-                 lambda: "tna::lif_fwd was called with save_h=False; call it with save_h=True to backpropagate")
+    saved = ctx.saved_tensors
     if grad_spikes is None:
-        grad_spikes = torch.zeros(h_seq.shape, dtype=ctx.x_dtype, device=h_seq.device)
-    grad_x, grad_v0 = torch.ops.tna.lif_bwd(grad_spikes, grad_v_last, h_seq, *ctx.hyper)
+        grad_spikes = torch.zeros(saved[0].shape, dtype=ctx.x_dtype, device=saved[0].device)
+    if ctx.recompute:
+        grad_x, grad_v0 = torch.ops.tna.lif_bwd_recompute(grad_spikes, grad_v_last, *saved, *ctx.hyper)
+    else:
+        grad_x, grad_v0 = torch.ops.tna.lif_bwd(grad_spikes, grad_v_last, saved[0], *ctx.hyper)
     return grad_x, grad_v0 if ctx.v0_given else None, None, None, None, None, None, None, None, None, None
 
 
@@ -80,4 +106,6 @@ if HAS_TRITON:
 
     torch.library.register_kernel("tna::lif_fwd", "cuda", _triton_lif.lif_fwd)
     torch.library.register_kernel("tna::lif_bwd", "cuda", _triton_lif.lif_bwd)
+    torch.library.register_kernel("tna::lif_bwd_recompute", "cuda", _triton_lif.lif_bwd_recompute)
     CUDA_BACKENDS["lif_fwd"] = CUDA_BACKENDS["lif_bwd"] = "triton"
+    CUDA_BACKENDS["lif_bwd_recompute"] = "triton (unfused)"

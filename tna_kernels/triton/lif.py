@@ -149,3 +149,13 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_re
     else:
         grad_v0.copy_(grad_v_last)
     return grad_x, grad_v0
+
+
+def lif_bwd_recompute(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input, v_threshold, v_reset,
+                      soft_reset, detach_reset, surrogate, alpha):
+    """tna::lif_bwd_recompute on CUDA: the Triton forward writes h_seq, then the Triton backward
+    (unfused; autograd saves h_seq on CUDA, so this path serves direct calls)."""
+    hyper = (tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha)
+    h_seq = lif_fwd(x_seq, v0, *hyper, True)[2]
+    grad_x, grad_v0 = lif_bwd(grad_spikes, grad_v_last, h_seq, *hyper)
+    return grad_x, grad_v0 if v0 is not None else grad_v0.new_empty((0,))
