@@ -145,7 +145,8 @@ def test_backward_saves_one_tensor_and_inference_saves_none():
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         s = F.lif(x, surrogate="sigmoid")
-    assert len(saved) == 1 and saved[0].shape == x.shape  # only h_seq
+    # only one [T, ...] tensor: on the CPU the input itself (backward recomputes the membrane)
+    assert len(saved) == 1 and saved[0].shape == x.shape
     s.sum().backward()
     assert x.grad is not None
     with torch.no_grad():
@@ -215,6 +216,79 @@ def test_opcheck_lif_bwd():
     for sur, detach in [("atan", False), ("triangle", True)]:
         args = (torch.randn(4, 7), torch.randn(7), h, 2.0, True, 1.0, 0.0, False, detach, sur, 2.0)
         torch.library.opcheck(torch.ops.tna.lif_bwd.default, args)
+
+
+HYPER = (2.0, True, 1.0, 0.0, False, False, "atan", 2.0)
+
+
+def _hyper(surrogate="atan", soft=False, detach=False, decay_input=True, tau=2.0, v_reset=-0.25):
+    return (tau, decay_input, 1.0, 0.0 if soft else v_reset, soft, detach, surrogate, 2.0)
+
+
+# (T, N): one block, several blocks per worker with a short last block, T large enough to shrink
+# the recompute block (T * block <= 16 Ki floats), and one over the streaming-store threshold.
+@pytest.mark.parametrize("T,N", [(1, 5), (3, 1025), (4, 5000), (64, 700), (17, 2100), (4, 600_000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_recompute_backward_equals_backward_from_saved_membrane(T, N, dtype):
+    """lif_bwd_recompute (what autograd uses on the CPU) must give exactly what lif_bwd gives on
+    the membrane the forward saved: same spikes, so the same surrogate and reset terms."""
+    acc = state_dtype(dtype)
+    x = (torch.randn(T, N, dtype=torch.float64) * 1.5 + 0.6).to(dtype)
+    gs = torch.randn(T, N, dtype=torch.float64).to(dtype)
+    for surrogate, soft, detach in [("atan", False, False), ("sigmoid", True, False),
+                                    ("triangle", False, True)]:
+        hyper = _hyper(surrogate, soft, detach)
+        for v0, gv in [(None, None), ((torch.rand(N, dtype=torch.float64) * 0.8).to(acc),
+                                      torch.randn(N, dtype=torch.float64).to(acc))]:
+            h = torch.ops.tna.lif_fwd(x, v0, *hyper, True)[2]
+            gx_want, gv0_want = torch.ops.tna.lif_bwd(gs, gv, h, *hyper)
+            gx, gv0 = torch.ops.tna.lif_bwd_recompute(gs, gv, x, v0, *hyper)
+            assert torch.equal(gx, gx_want), (surrogate, soft, detach, v0 is None)
+            if v0 is None:
+                assert gv0.numel() == 0  # a constant start has no gradient to return
+            else:
+                assert torch.equal(gv0, gv0_want)
+
+
+@pytest.mark.parametrize("view", ["expanded", "transpose"])
+def test_recompute_backward_reads_strided_input(view):
+    base = draw_input((3, 40, 33), torch.float32)
+    x = base[:1].expand(5, 40, 33) if view == "expanded" else base.transpose(1, 2)
+    gs = torch.randn(x.shape)
+    got = torch.ops.tna.lif_bwd_recompute(gs, None, x, None, *HYPER)[0]
+    want = torch.ops.tna.lif_bwd_recompute(gs, None, x.contiguous(), None, *HYPER)[0]
+    assert torch.equal(got, want)
+
+
+def test_in_place_edit_of_the_input_after_forward_is_caught():
+    """The CPU backward reads x_seq again: editing it in place before backward must raise (autograd's
+    version counter), never give silently wrong gradients."""
+    x = draw_input((4, 64), torch.float32).requires_grad_()
+    y = x * 1.0
+    s = F.lif(y)
+    with torch.no_grad():
+        y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        s.sum().backward()
+
+
+def test_opcheck_lif_bwd_recompute():
+    x = draw_input((4, 7), torch.float32)
+    for sur, detach, v0 in [("atan", False, None), ("triangle", True, torch.rand(7))]:
+        args = (torch.randn(4, 7), torch.randn(7), x, v0, 2.0, True, 1.0, 0.0, False, detach, sur, 2.0)
+        torch.library.opcheck(torch.ops.tna.lif_bwd_recompute.default, args)
+
+
+def test_recompute_errors_name_the_argument():
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="grad_spikes must have shape"):
+        torch.ops.tna.lif_bwd_recompute(torch.randn(3, 5), None, x, None, *HYPER)
+    with pytest.raises(RuntimeError, match="grad_spikes must have dtype"):
+        torch.ops.tna.lif_bwd_recompute(x.double(), None, x, None, *HYPER)
+    with pytest.raises(RuntimeError, match="v0 must have shape"):
+        torch.ops.tna.lif_bwd_recompute(x, None, x, torch.zeros(5), *HYPER)
+    with pytest.raises(RuntimeError, match="grad_v_last must have dtype"):
+        torch.ops.tna.lif_bwd_recompute(x, torch.zeros(4, dtype=torch.float64), x, None, *HYPER)
 
 
 def test_torch_compile_fullgraph():

@@ -144,7 +144,8 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options,
   return at::empty(sizes, options.memory_format(memory_format));
 }
 
-TORCH_LIBRARY_IMPL(tna, CompositeExplicitAutograd, m) {
+// Queries without tensors: one kernel for every backend (as ternary_cpu_isa).
+TORCH_LIBRARY_FRAGMENT(tna, m) {
   m.impl("output_cache_bytes", &output_cache_bytes);
   m.impl("release_output_cache", &release_output_cache);
 }
