@@ -250,14 +250,24 @@ def test_recompute_backward_equals_backward_from_saved_membrane(T, N, dtype):
                 assert torch.equal(gv0, gv0_want)
 
 
-@pytest.mark.parametrize("view", ["expanded", "transpose"])
-def test_recompute_backward_reads_strided_input(view):
+@pytest.mark.parametrize("view", ["expanded", "transpose", "neuron_slice"])
+def test_lif_ops_read_strided_input(view):
+    """Rows read in place (a step-0 expand, a slice of neurons: each step contiguous) or copied
+    (a transpose) give what the contiguous tensor gives, forward and recompute backward."""
     base = draw_input((3, 40, 33), torch.float32)
-    x = base[:1].expand(5, 40, 33) if view == "expanded" else base.transpose(1, 2)
-    gs = torch.randn(x.shape)
+    if view == "expanded":
+        x = base[:1].expand(5, 40, 33)
+    elif view == "transpose":
+        x = base.transpose(1, 2)
+    else:
+        x = base.reshape(3, -1)[:, 100:1100]
+    gs_base = torch.randn(3 if view != "expanded" else 5, 2000)
+    gs = gs_base[:, 500:500 + x[0].numel()].reshape(x.shape) if view == "neuron_slice" else torch.randn(x.shape)
     got = torch.ops.tna.lif_bwd_recompute(gs, None, x, None, *HYPER)[0]
-    want = torch.ops.tna.lif_bwd_recompute(gs, None, x.contiguous(), None, *HYPER)[0]
+    want = torch.ops.tna.lif_bwd_recompute(gs.contiguous(), None, x.contiguous(), None, *HYPER)[0]
     assert torch.equal(got, want)
+    assert torch.equal(torch.ops.tna.lif_fwd(x, None, *HYPER, True)[2],
+                       torch.ops.tna.lif_fwd(x.contiguous(), None, *HYPER, True)[2])
 
 
 def test_in_place_edit_of_the_input_after_forward_is_caught():

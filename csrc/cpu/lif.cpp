@@ -183,7 +183,7 @@ template <typename scalar_t, typename acc_t, Surrogate S, bool kDecayInput, bool
           bool kDetach>
 TNA_MULTIVERSION void lif_bwd_recompute_range(const scalar_t* __restrict x, int64_t x_stride,
                                               const acc_t* __restrict v0, acc_t v_init,
-                                              const scalar_t* __restrict gs,
+                                              const scalar_t* __restrict gs, int64_t gs_stride,
                                               const acc_t* __restrict gv_last,
                                               scalar_t* __restrict gx, acc_t* __restrict gv_out,
                                               acc_t* __restrict scratch, int64_t n_total,
@@ -215,7 +215,7 @@ TNA_MULTIVERSION void lif_bwd_recompute_range(const scalar_t* __restrict x, int6
     for (int64_t i = 0; i < n2; ++i) v[i] = v0 == nullptr ? v_init : v0[b2 + i];
     for (int64_t k = 0; k < T; ++k) {
       const int64_t t = T - 1 - k;
-      const scalar_t* __restrict gst = gs + t * stride + b;
+      const scalar_t* __restrict gst = gs + t * gs_stride + b;
       const acc_t* __restrict ht = cur + t * n;
       const scalar_t* __restrict xn = x + k * x_stride + b2;
       acc_t* __restrict hn = nxt + k * std::max<int64_t>(n2, 0);
@@ -279,19 +279,20 @@ void dispatch_surrogate(Surrogate s, F&& f) {
   }
 }
 
-// x_seq as [T, N] with a step stride. A static input repeated over time (x.expand(T, ...), stride 0
-// along T, e.g. a first layer's current) is read in place: no T-fold copy.
+// A [T, ...] input as T rows of N elements and the step between rows. When every time step is
+// contiguous the tensor is read in place whatever that step: a static input repeated over time
+// (x.expand(T, ...), step 0, e.g. a first layer's current) or a slice of neurons of a larger
+// [T, N'] tensor (batch norm + LIF's backward). Anything else is copied once.
 struct TimeMajor {
   at::Tensor data;
   int64_t T, N, stride;
 };
 
 TimeMajor time_major(const at::Tensor& x_seq) {
-  const bool repeated = x_seq.size(0) > 1 && x_seq.stride(0) == 0 && x_seq[0].is_contiguous();
-  at::Tensor x = repeated ? x_seq : x_seq.contiguous();
-  const int64_t T = x.size(0);
-  const int64_t N = x_seq[0].numel();
-  return {std::move(x), T, N, repeated ? 0 : N};
+  const int64_t T = x_seq.size(0), N = x_seq[0].numel();
+  if (x_seq.is_contiguous()) return {x_seq, T, N, N};
+  if (T > 1 && x_seq[0].is_contiguous()) return {x_seq, T, N, x_seq.stride(0)};
+  return {x_seq.contiguous(), T, N, N};
 }
 
 void check_hyper(double tau, double v_threshold, double v_reset, double alpha) {
@@ -450,11 +451,12 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
   const Surrogate sur = parse_surrogate(std::string(surrogate));
 
   const TimeMajor xt = time_major(x_seq);
+  const TimeMajor gt = time_major(grad_spikes);
   const int64_t T = xt.T, N = xt.N, x_stride = xt.stride;
-  const at::Tensor gs = grad_spikes.contiguous();
+  const at::Tensor& gs = gt.data;
   const at::Tensor v0c = has_v0 ? v0->contiguous() : at::Tensor();
   const at::Tensor gvl = has_gv ? grad_v_last->contiguous() : at::Tensor();
-  at::Tensor grad_x = empty_output(gs.sizes(), gs.options());
+  at::Tensor grad_x = empty_output(x_seq.sizes(), gs.options());
   // Without v0 the initial membrane is a constant: no gradient to return, the carry stays local.
   at::Tensor grad_v0 = at::empty(has_v0 ? x_seq.sizes().slice(1) : at::IntArrayRef{0},
                                  gs.options().dtype(state));
@@ -480,7 +482,7 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
               lif_bwd_recompute_range<scalar_t, acc_t, decltype(kSur)::value,
                                       decltype(kDecay)::value, decltype(kSoft)::value,
                                       decltype(kDetach)::value>(
-                  xp + begin, x_stride, at_begin(v0p), v_init, gsp + begin, at_begin(gvlp),
+                  xp + begin, x_stride, at_begin(v0p), v_init, gsp + begin, gt.stride, at_begin(gvlp),
                   gxp + begin, at_begin(gvp), scratch.get(), end - begin, nb, T, N, acc_t(tau),
                   acc_t(v_threshold), acc_t(v_reset), acc_t(alpha), stream);
               fence_streams(stream);
