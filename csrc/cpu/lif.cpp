@@ -110,15 +110,19 @@ inline void store_out(T* __restrict dst, const T* __restrict src, int64_t n, boo
   std::memcpy(dst, src, n * sizeof(T));
 }
 
+// The membrane runs in an L1 buffer from v0 (or v_init when null) and is stored to v_out once.
 template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft, bool kSaveH>
 TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, int64_t x_stride,
+                                    const acc_t* __restrict v0, acc_t v_init,
                                     scalar_t* __restrict s, acc_t* __restrict h_out,
-                                    acc_t* __restrict v, int64_t n, int64_t T, int64_t stride,
+                                    acc_t* __restrict v_out, int64_t n, int64_t T, int64_t stride,
                                     acc_t tau, acc_t v_th,
                                     acc_t v_reset, bool stream) {
   const acc_t vr = kSoft ? acc_t(0) : v_reset;
+  alignas(64) acc_t v[kBlock];
   alignas(64) scalar_t s_buf[kBlock];
   alignas(64) acc_t h_buf[kBlock];
+  for (int64_t i = 0; i < n; ++i) v[i] = v0 == nullptr ? v_init : v0[i];
   for (int64_t t = 0; t < T; ++t) {
     const scalar_t* __restrict xt = x + t * x_stride;
     for (int64_t i = 0; i < n; ++i) {
@@ -133,6 +137,7 @@ TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, int64_t x_stri
     store_out(s + t * stride, s_buf, n, stream);
     if constexpr (kSaveH) store_out(h_out + t * stride, h_buf, n, stream);
   }
+  store_out(v_out, v, n, stream);
 }
 
 // dL/dh[t] of one neuron from the spike's gradient gs and the carry gv = dL/dv[t].
@@ -328,10 +333,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
   const at::Tensor& x = xt.data;
   const int64_t T = xt.T, N = xt.N, x_stride = xt.stride;
   at::Tensor spikes = empty_output(x.sizes(), x.options());
-  // Without v0 the membrane starts at the reset value, written by each worker for its own block
-  // (one parallel pass instead of a fill plus a copy).
-  at::Tensor v = has_v0 ? v0->contiguous().clone()
-                        : empty_output(x.sizes().slice(1), x.options().dtype(at::toOpMathType(x.scalar_type())));
+  // Without v0 the membrane starts at the reset value inside each worker's blocks.
+  const at::Tensor v0c = has_v0 ? v0->contiguous() : at::Tensor();
+  at::Tensor v = empty_output(x.sizes().slice(1), x.options().dtype(at::toOpMathType(x.scalar_type())));
   const double v_init = soft_reset ? 0.0 : v_reset;
   at::Tensor h_seq = empty_output(save_h ? x.sizes() : at::IntArrayRef{0}, v.options());
 
@@ -341,16 +345,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
     scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
     acc_t* hp = save_h ? h_seq.mutable_data_ptr<acc_t>() : nullptr;
     acc_t* vp = v.mutable_data_ptr<acc_t>();
+    const acc_t* v0p = has_v0 ? v0c.const_data_ptr<acc_t>() : nullptr;
     const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
     dispatch_bool(decay_input, [&](auto kDecay) {
       dispatch_bool(soft_reset, [&](auto kSoft) {
         dispatch_bool(save_h, [&](auto kSave) {
           at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
             for (int64_t b = begin; b < end; b += kBlock) {
-              if (!has_v0) std::fill_n(vp + b, std::min(kBlock, end - b), acc_t(v_init));
               lif_fwd_block<scalar_t, acc_t, decltype(kDecay)::value, decltype(kSoft)::value,
                             decltype(kSave)::value>(
-                  xp + b, x_stride, sp + b, hp == nullptr ? nullptr : hp + b, vp + b,
+                  xp + b, x_stride, v0p == nullptr ? nullptr : v0p + b, acc_t(v_init), sp + b,
+                  hp == nullptr ? nullptr : hp + b, vp + b,
                   std::min(kBlock, end - b), T, N, acc_t(tau), acc_t(v_threshold),
                   acc_t(v_reset), stream);
             }
