@@ -386,6 +386,23 @@ def test_triton_matches_reference(surrogate, v_reset, detach_reset, decay_input)
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("with_v0", [False, True])
+def test_triton_recompute_backward_matches_cpu(with_v0):
+    from tna_kernels.triton import lif as tl_lif
+
+    dev = triton_device()
+    x, v0, gs, gv = make_case((3, 140), torch.float32, -0.25, True)
+    v0 = v0 if with_v0 else None
+    hyper = _hyper("sigmoid")
+    gx, gv0 = tl_lif.lif_bwd_recompute(gs.to(dev), gv.to(dev), x.to(dev),
+                                       None if v0 is None else v0.to(dev), *hyper)
+    want_gx, want_gv0 = torch.ops.tna.lif_bwd_recompute(gs, gv, x, v0, *hyper)
+    torch.testing.assert_close(gx.cpu(), want_gx, **TOL[torch.float32])
+    assert gv0.shape == want_gv0.shape
+    torch.testing.assert_close(gv0.cpu(), want_gv0, **TOL[torch.float32])
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_low_precision(dtype):
     from tna_kernels.triton import lif as tl_lif
