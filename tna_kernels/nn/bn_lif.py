@@ -47,15 +47,15 @@ class _BNLIF(torch.autograd.Function):
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
         y = y.contiguous()  # a copy only for other layouts (channels-last): the slices below write through views
         y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
-        # each slice of y is read (the LIF recomputes its membrane from it, in place) before its
-        # gradient overwrites it: y's buffer becomes grad_y
+        # each slice of y is read (for h) before its gradient overwrites it: y's buffer becomes grad_y
         for sl in chunks(y_t.shape[1], T):
-            g = torch.ops.tna.lif_bwd_recompute(g_t[:, sl], None, y_t[:, sl], None, *hyper)[0]
+            h = torch.ops.tna.lif_fwd(y_t[:, sl], None, *hyper, True)[2]
+            g = torch.ops.tna.lif_bwd(g_t[:, sl], None, h, *hyper)[0]
             if static:  # the static input fed every step: its gradient is the sum over steps
                 y.view(-1)[sl] = g.sum(0)
             else:
                 y_t[:, sl] = g
-            del g
+            del h, g
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
