@@ -26,10 +26,6 @@ TORCH_LIBRARY(tna, m) {
       "lif_bwd_recompute(Tensor grad_spikes, Tensor? grad_v_last, Tensor x_seq, Tensor? v0, "
       "float tau, bool decay_input, float v_threshold, float v_reset, bool soft_reset, "
       "bool detach_reset, str surrogate, float alpha) -> (Tensor, Tensor)");
-  // CPU outputs of 32 MiB and more come from huge pages and a cache of freed blocks
-  // (csrc/cpu/output_alloc.h): the bytes it holds, and releasing them (returns the bytes freed).
-  m.def("output_cache_bytes() -> int");
-  m.def("release_output_cache() -> int");
   // Inference LIF with packed output: x_seq [T, ..., C] float32 channels last (membrane from the
   // reset value) -> spikes bit-packed along C, int64 [T, ..., ceil(C/64)] (the pack_spikes layout).
   m.def(

@@ -31,19 +31,4 @@ _load_extension()
 
 from . import functional, nn, ops  # noqa: E402  (ops: fake kernels, autograd, Triton backends)
 
-
-def output_cache_bytes() -> int:
-    """Bytes held by the cache of freed large CPU outputs. Outputs of 32 MiB and more (glibc maps
-    those fresh on every allocation, and first-touch page faults dominated the LIF's time) come
-    from 2 MiB-aligned huge pages; freed ones are kept for the next output of the same size, at
-    most ``TNA_OUTPUT_CACHE_MB`` (default 1024; 0 disables the cache, ``TNA_HUGEPAGES=0`` the
-    huge-page buffers)."""
-    return torch.ops.tna.output_cache_bytes()
-
-
-def release_output_cache() -> int:
-    """Frees the cached blocks (see :func:`output_cache_bytes`); returns the bytes released."""
-    return torch.ops.tna.release_output_cache()
-
-
-__all__ = ["functional", "nn", "ops", "output_cache_bytes", "release_output_cache", "__version__"]
+__all__ = ["functional", "nn", "ops", "__version__"]
