@@ -98,3 +98,13 @@ def test_lif_fwd_bwd(benchmark, device, T, provider):
     slow = provider in ("reference", "snntorch", "spikingjelly")
     run(benchmark, fn, provider=provider, nbytes=nbytes, rounds=3 if slow else 10,
         shape=list(SHAPES[T]), device=device)
+
+
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid", "fast_sigmoid", "triangle", "rectangle"])
+def test_lif_surrogates_cpu(benchmark, surrogate):
+    """Ours only, T = 4: what each surrogate's backward arithmetic costs on top of the memory traffic."""
+    shape = SHAPES[4]
+    benchmark.group = f"lif fwd+bwd cpu T=4 by surrogate {list(shape)} fp32"
+    x = (torch.randn(shape) * 1.5 + 0.6).requires_grad_()
+    fn = _fwd_bwd(lambda x: F.lif(x, tau=2.0, surrogate=surrogate), x, torch.randn(shape))
+    run(benchmark, fn, provider=surrogate, rounds=10, shape=list(shape), device="cpu")

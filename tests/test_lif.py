@@ -250,6 +250,20 @@ def test_recompute_backward_equals_backward_from_saved_membrane(T, N, dtype):
                 assert torch.equal(gv0, gv0_want)
 
 
+def test_sigmoid_surrogate_over_the_whole_float_range():
+    """The float32 sigmoid surrogate uses a vectorised exp (csrc/cpu/fast_exp.h, clamped to
+    [-88, 88]): gradients match the reference from tiny to huge arguments, never inf or nan."""
+    h = torch.cat([torch.linspace(-60, 60, 4001), torch.tensor([-1e30, -500.0, 500.0, 1e30])])
+    x = h.reshape(1, -1)  # v0 = v_reset = 0, T = 1, decay_input=False: h = x
+    kw = dict(tau=2.0, decay_input=False, surrogate="sigmoid", alpha=4.0)
+    xa = x.clone().requires_grad_()
+    F.lif(xa, **kw).sum().backward()
+    xb = x.clone().requires_grad_()
+    reference.lif(xb, torch.zeros(x.shape[1:]), **kw)[0].sum().backward()
+    assert torch.isfinite(xa.grad).all()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("view", ["expanded", "transpose", "neuron_slice"])
 def test_lif_ops_read_strided_input(view):
     """Rows read in place (a step-0 expand, a slice of neurons: each step contiguous) or copied

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "fast_exp.h"
 
 TNA_ALLOW_FMA  // a * b + c may round once (FMA clone); the kernel is not bit-matched to torch
 
@@ -50,22 +51,11 @@ namespace {
 constexpr int64_t kLanes = 8;
 constexpr int64_t kGrainElems = 16384;  // elements per thread chunk (rows * C)
 
-// exp(d) for d <= 0 (every argument here is x - max(x)), in few vector instructions:
-//   d <- max(d, -88);  t = d log2(e) + 1.5*2^23;  n = t - 1.5*2^23  (= round(d log2 e))
-//   r = d - n ln2 (Cody-Waite: ln2 in two parts, |r| <= ln2/2)
-//   p = degree-6 polynomial fit of e^r (c0 = c1 = 1), evaluated in Estrin's scheme (a short
-//       dependency chain)
-//   result = p * 2^n, with 2^n built in the exponent bits from t's low mantissa bits, and 0 when
-//       n < -126 (d < ~-87.3: e^d is below the smallest normal float)
-// Measured: relative error < 1.7e-7 on [-87, 0]. The last vector of a row overlaps the one before
-// (see fresh_lanes), so every column goes through the same vector code.
-constexpr float kExpC[7] = {1.0f, 1.0f, 0.49999991059303284f, 0.16666419804096222f,
-                            0.04166822507977486f, 0.008374815806746483f, 0.0013836845755577087f};
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693359375f;  // few mantissa bits: n * kLn2Hi is exact
-constexpr float kLn2Lo = -2.12194440e-4f;
-constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-constexpr int32_t kRoundBits = 0x4B400000;
+// exp(d) for d <= 0 (every argument here is x - max(x)): fast_exp.h's operations on vector lanes
+// (no upper clamp needed). The last vector of a row overlaps the one before (see fresh_lanes), so
+// every column goes through the same vector code.
+using fast_exp::kC, fast_exp::kLog2e, fast_exp::kLn2Hi, fast_exp::kLn2Lo, fast_exp::kRound,
+    fast_exp::kRoundBits;
 
 // Lanes of kLanes accumulators, as a GCC/Clang vector type: the float max reduction only
 // vectorises this way (without -ffast-math), and the fixed lane order keeps results independent
@@ -130,8 +120,8 @@ TNA_VEC_INLINE Lanes<float> exp_nonpos(Lanes<float> d) {
   const Lanes<float> n = t - kRound;
   const Lanes<float> r = (d - n * kLn2Hi) - n * kLn2Lo;
   const Lanes<float> r2 = r * r;
-  const Lanes<float> p = ((1.0f + r) + r2 * (kExpC[2] + kExpC[3] * r)) +
-                         (r2 * r2) * ((kExpC[4] + kExpC[5] * r) + r2 * kExpC[6]);
+  const Lanes<float> p = ((1.0f + r) + r2 * (kC[2] + kC[3] * r)) +
+                         (r2 * r2) * ((kC[4] + kC[5] * r) + r2 * kC[6]);
   IntLanes e = (IntLanes)t - kRoundBits + 127;
   e = e > 0 ? e : 0;
   return p * (Lanes<float>)(e << 23);
