@@ -211,6 +211,30 @@ def test_spike_input_is_saved_bit_packed_and_gradients_match(ternary):
     assert any(t.dtype == torch.int64 and t.shape == (6, 9, 9, 2) for t in saved)
 
 
+@pytest.mark.parametrize("ternary", [True, False])
+def test_spike_input_layer_trains_under_cpu_bf16_autocast(ternary):
+    """The forward's conv runs in bf16 under autocast; its backward must too (it used to mix a bf16
+    gradient with float32 weights and fail), giving float32 gradients close to the float32 run's."""
+    torch.manual_seed(0)
+    a = tnn.TernaryLIFConv2d(16, 8, 3, padding=1, bias=True, ternary=ternary, spike_input=True)
+    b = tnn.TernaryLIFConv2d(16, 8, 3, padding=1, bias=True, ternary=ternary, spike_input=True)
+    b.load_state_dict(a.state_dict())
+    x = (torch.rand(2, 3, 16, 6, 6) < 0.3).float()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(2, 3, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = a._affine(xa.flatten(0, 1))
+    assert out.dtype == torch.bfloat16
+    out.float().backward(g.flatten(0, 1))
+    b._affine(xb.flatten(0, 1)).backward(g.flatten(0, 1))
+    for pa, pb in ((a.weight, b.weight), (a.bias, b.bias), (xa, xb)):
+        assert pa.grad.dtype == torch.float32
+        assert (pa.grad - pb.grad).norm() <= 1e-2 * pb.grad.norm()  # bf16 rounding, not a wrong sum
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the whole layer: conv, BN, LIF
+        a(xa).float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in a.parameters())
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7, 9), (2, 2, 4, 8, 8)])  # sample size not / a multiple of 64
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, None, 0, False), (3, 2, 1, True), (2, 1, 0, False)])
 def test_spike_max_pool_saves_bits_and_routes_gradients_like_max_pool(shape, kernel, stride, padding, ceil_mode,

@@ -79,11 +79,15 @@ class _SpikeInputConv2d(torch.autograd.Function):
         bits, weight = ctx.saved_tensors
         shape, dtype, stride, padding, dilation, has_bias = ctx.conf
         grad_x = grad_w = grad_b = None
+        # Under autocast the forward's conv ran in grad_y's dtype (e.g. bf16): so do its gradients
+        # (the 0/1 input is exact in any float dtype); without autocast this casts nothing.
+        w = weight.to(grad_y.dtype)
         if ctx.needs_input_grad[0]:
-            grad_x = nn.grad.conv2d_input(shape, weight, grad_y, stride, padding, dilation)
+            grad_x = nn.grad.conv2d_input(shape, w, grad_y, stride, padding, dilation).to(dtype)
         if ctx.needs_input_grad[1]:
-            x = F.unpack_spikes(bits, shape[1], dim=1, dtype=dtype)
-            grad_w = nn.grad.conv2d_weight(x, weight.shape, grad_y, stride, padding, dilation)
+            x = F.unpack_spikes(bits, shape[1], dim=1, dtype=grad_y.dtype)
+            grad_w = nn.grad.conv2d_weight(x, weight.shape, grad_y, stride, padding,
+                                           dilation).to(weight.dtype)
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None
