@@ -162,6 +162,25 @@ inline __attribute__((always_inline)) acc_t lif_grad_h(acc_t gs, acc_t h, acc_t 
   return gs * sg + gv * dv_dh;
 }
 
+// One neuron's backward step at t: returns dL/dx[t] and moves the carry gv to dL/dv[t-1].
+template <typename acc_t, Surrogate S, bool kDecayInput, bool kSoft, bool kDetach>
+inline __attribute__((always_inline)) acc_t lif_grad_x(acc_t gs, acc_t h, acc_t& gv, acc_t v_th,
+                                                       acc_t vr, acc_t alpha, acc_t inv_tau) {
+  const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(gs, h, gv, v_th, vr, alpha);
+  const acc_t gq = gh * inv_tau;
+  gv = gh - gq;
+  return kDecayInput ? gq : gh;
+}
+
+// One neuron's forward step: returns h[t] and moves the membrane v on (the forward's arithmetic).
+template <bool kDecayInput, bool kSoft, typename acc_t>
+inline __attribute__((always_inline)) acc_t lif_h(acc_t x, acc_t& v, acc_t vr, acc_t tau, acc_t v_th,
+                                                  acc_t v_reset) {
+  const acc_t h = lif_charge<kDecayInput>(x, v, vr, tau);
+  v = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
+  return h;
+}
+
 template <typename scalar_t, typename acc_t, Surrogate S, bool kDecayInput, bool kSoft,
           bool kDetach>
 TNA_MULTIVERSION void lif_bwd_block(const scalar_t* __restrict gs, const acc_t* __restrict h,
@@ -175,11 +194,8 @@ TNA_MULTIVERSION void lif_bwd_block(const scalar_t* __restrict gs, const acc_t* 
     const scalar_t* __restrict gst = gs + t * stride;
     const acc_t* __restrict ht = h + t * stride;
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(static_cast<acc_t>(gst[i]), ht[i],
-                                                            gv[i], v_th, vr, alpha);
-      const acc_t gq = gh * inv_tau;
-      gx_buf[i] = static_cast<scalar_t>(kDecayInput ? gq : gh);
-      gv[i] = gh - gq;
+      gx_buf[i] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+          static_cast<acc_t>(gst[i]), ht[i], gv[i], v_th, vr, alpha, inv_tau));
     }
     store_out(gx + t * stride, gx_buf, n, stream);
   }
@@ -214,9 +230,7 @@ TNA_MULTIVERSION void lif_bwd_recompute_range(const scalar_t* __restrict x, int6
     const scalar_t* __restrict xt = x + t * x_stride;
     acc_t* __restrict ht = cur + t * n;
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t h = lif_charge<kDecayInput>(static_cast<acc_t>(xt[i]), v[i], vr, tau);
-      ht[i] = h;
-      v[i] = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
+      ht[i] = lif_h<kDecayInput, kSoft>(static_cast<acc_t>(xt[i]), v[i], vr, tau, v_th, v_reset);
     }
   }
   while (n > 0) {
@@ -231,28 +245,19 @@ TNA_MULTIVERSION void lif_bwd_recompute_range(const scalar_t* __restrict x, int6
       const acc_t* __restrict ht = cur + t * n;
       const scalar_t* __restrict xn = x + k * x_stride + b2;
       acc_t* __restrict hn = nxt + k * std::max<int64_t>(n2, 0);
+      // both blocks, then whichever is longer alone
       int64_t i = 0;
       for (; i < m; ++i) {
-        const acc_t h = lif_charge<kDecayInput>(static_cast<acc_t>(xn[i]), v[i], vr, tau);
-        hn[i] = h;
-        v[i] = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
-        const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(static_cast<acc_t>(gst[i]), ht[i],
-                                                              gv[i], v_th, vr, alpha);
-        const acc_t gq = gh * inv_tau;
-        gx_buf[i] = static_cast<scalar_t>(kDecayInput ? gq : gh);
-        gv[i] = gh - gq;
+        hn[i] = lif_h<kDecayInput, kSoft>(static_cast<acc_t>(xn[i]), v[i], vr, tau, v_th, v_reset);
+        gx_buf[i] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+            static_cast<acc_t>(gst[i]), ht[i], gv[i], v_th, vr, alpha, inv_tau));
       }
       for (int64_t j = i; j < n; ++j) {
-        const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(static_cast<acc_t>(gst[j]), ht[j],
-                                                              gv[j], v_th, vr, alpha);
-        const acc_t gq = gh * inv_tau;
-        gx_buf[j] = static_cast<scalar_t>(kDecayInput ? gq : gh);
-        gv[j] = gh - gq;
+        gx_buf[j] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+            static_cast<acc_t>(gst[j]), ht[j], gv[j], v_th, vr, alpha, inv_tau));
       }
       for (int64_t j = i; j < n2; ++j) {
-        const acc_t h = lif_charge<kDecayInput>(static_cast<acc_t>(xn[j]), v[j], vr, tau);
-        hn[j] = h;
-        v[j] = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
+        hn[j] = lif_h<kDecayInput, kSoft>(static_cast<acc_t>(xn[j]), v[j], vr, tau, v_th, v_reset);
       }
       store_out(gx + t * stride + b, gx_buf, n, stream);
     }
