@@ -10,8 +10,12 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#define TNA_HUGE_PAGE_OUTPUTS 1
+#endif
 
 namespace tna {
+#if defined(TNA_HUGE_PAGE_OUTPUTS)
 namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
@@ -37,9 +41,7 @@ struct HugePageAllocator final : c10::Allocator {
     void* p = nullptr;
     TORCH_CHECK(posix_memalign(&p, kHugePage, bytes) == 0 && p != nullptr,
                 "tna_kernels: out of memory allocating ", n, " bytes");
-#if defined(MADV_HUGEPAGE)
     madvise(p, bytes, MADV_HUGEPAGE);  // advice only: where THP is off the buffer still works
-#endif
     return {p, p, &free_huge, c10::Device(c10::DeviceType::CPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &free_huge; }
@@ -51,10 +53,11 @@ struct HugePageAllocator final : c10::Allocator {
 HugePageAllocator huge_page_allocator;
 
 }  // namespace
+#endif
 
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options,
                         at::MemoryFormat memory_format) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#if defined(TNA_HUGE_PAGE_OUTPUTS)
   const size_t bytes = size_t(c10::multiply_integers(sizes)) * options.dtype().itemsize();
   if (bytes >= kHugeMinBytes && options.device().is_cpu() && huge_pages_enabled()) {
     return at::detail::empty_generic(sizes, &huge_page_allocator,

@@ -8,7 +8,8 @@
 // kernel zeroing the pages. Smaller outputs (glibc's heap reuses those), other platforms, and
 // TNA_HUGEPAGES=0 in the environment get at::empty. Freed blocks are not kept: a cache of them
 // (tried) held memory a training step's peak then counted (train_memory: 0.32x instead of 0.16x
-// SpikingJelly's), for no gain where freed memory is reused anyway.
+// SpikingJelly's), for no gain where freed memory is reused anyway. These buffers bypass c10's CPU
+// allocator, so torch.profiler's memory accounting does not see them.
 #pragma once
 #include <ATen/ATen.h>
 
