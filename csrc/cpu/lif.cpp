@@ -9,9 +9,9 @@
 //   dv/dh = (1 - s) + (vr - h) * sg   (hard)  |  1 - v_th * sg   (soft); detach_reset drops sg
 //   gh = grad_s[t] * sg + gv * dv/dh;   grad_x[t] = gh / tau (decay_input) or gh;   gv = gh - gh / tau
 //   (computed as gh * (1 / tau): one divide fewer per element, within an ulp of the reference)
-// Layout: x_seq [T, N] made contiguous; parallel over blocks of neurons, the time loop runs inside
-// each block so the membrane stays in L1; large outputs are written with non-temporal stores into
-// huge-page buffers (output_alloc.h).
+// Layout: x_seq as T rows of N (read in place when each step is contiguous, see time_major);
+// parallel over blocks of neurons, the time loop runs inside each block so the membrane stays in
+// L1; large outputs are written with non-temporal stores into huge-page buffers (output_alloc.h).
 // Backward either reads h_seq saved by the forward (lif_bwd; the compute dtype, float for
 // half/bf16) or recomputes it from x_seq and v0 a block at a time into an L1/L2 buffer
 // (lif_bwd_recompute, what autograd uses on the CPU): the same charge and reset code in the same
