@@ -226,7 +226,8 @@ def _hyper(surrogate="atan", soft=False, detach=False, decay_input=True, tau=2.0
 
 
 # (T, N): one block, several blocks per worker with a short last block, T large enough to shrink
-# the recompute block (T * block <= 16 Ki floats), and one over the streaming-store threshold.
+# the recompute block (T * block <= 16 Ki floats, at most 512 neurons), and one over the
+# streaming-store threshold.
 @pytest.mark.parametrize("T,N", [(1, 5), (3, 1025), (4, 5000), (64, 700), (17, 2100), (4, 600_000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_recompute_backward_equals_backward_from_saved_membrane(T, N, dtype):
