@@ -1,7 +1,8 @@
 # Entry points. Each target bootstraps .venv on a fresh machine (torch CPU build by default).
 #   make demo    the main job: ternary SNN on the embedded digits, with and without TNA (+ fp32)
 #   make test    the whole test suite: C++ CPU lane, Triton lane under TRITON_INTERPRET=1, ctest
-#   make bench   speed comparisons (pytest-benchmark) against the reference and peers
+#   make bench   speed comparisons (pytest-benchmark) against the reference and peers, then
+#                the LIF's paired-round ratios (benchmarks/lif_paired.py)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -56,6 +57,8 @@ bench: build
 	$(PIP) install -q loguru
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json=build/bench.json; $(PYTEST_OK)
 	$(PY) benchmarks/report.py build/bench.json
+	$(PY) benchmarks/lif_paired.py --T 4 --json build/lif_paired_T4.json
+	$(PY) benchmarks/lif_paired.py --T 16 --json build/lif_paired_T16.json
 
 clean:
 	rm -rf build tna_kernels/_C*.so tna_kernels/_build_config.json $(VENV)
