@@ -88,8 +88,8 @@ constexpr int64_t kGrain = 4 * kBlock;
 // stores when streaming), between the arithmetic: a whole 4 KiB row in one burst stalls on the
 // write-combining buffers. On [4, 4.2M] float32: forward 4.2-4.7 -> 3.4-3.9 ms, saved-h backward
 // 6.6-6.8 -> 5.6-6.2 ms; the recompute backward, longer arithmetic per element, is unchanged.
-// (A standalone C++ loop storing its spikes straight from registers takes 2.2-2.7 ms and a
-// non-temporal copy of the same bytes 1.8-2.1 ms: the forward is not yet at its floor.)
+// (A standalone C++ loop storing its spikes straight from registers runs near the speed of a
+// non-temporal copy of the same bytes, 1.8-2.7 vs 1.6-2.1 ms: the forward is not at its floor.)
 constexpr int64_t kChunkBytes = 512;
 // Outputs larger than this bypass the caches (non-temporal stores): they cannot stay cached anyway,
 // and streaming saves the read-for-ownership of every written line (~1.6x less traffic here).
