@@ -54,7 +54,7 @@ def main(argv=None):
         except pytest.skip.Exception as e:
             print(f"{p}: left out ({e})")
     for fn in fns.values():  # warm-up: lazy imports, and first-touch allocations until freed
-        for _ in range(3):     # gradients and outputs are reused (the first 2 calls fault pages)
+        for _ in range(5):     # gradients and outputs are reused (the first 2-4 calls fault pages)
             fn()
 
     names = list(fns)
