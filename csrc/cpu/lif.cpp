@@ -131,7 +131,7 @@ inline void store_out(T* __restrict dst, const T* __restrict src, int64_t n, boo
 // 1024 neurons) far apart ([T, N], N in the millions), and the hardware prefetchers restart on
 // each; a backward step's arithmetic is long enough to hide the next step's loads, so each line
 // of a row prefetches the same line of the rows the next step reads (standalone at T = 4 on a
-// CIFAR activation: recompute backward 9.1-9.4 -> 6.5-6.9 ms, saved-h backward 7.3 -> 5.8-6.3).
+// CIFAR activation: recompute backward 9.1-9.4 -> 6.7-6.9 ms, saved-h backward 7.3 -> 5.8-6.1).
 // The forward, a few instructions per element, gained nothing from it at any distance.
 template <typename T>
 inline __attribute__((always_inline)) void prefetch_next(const T* row, int64_t i, int64_t n) {
