@@ -80,14 +80,17 @@ inline acc_t surrogate_grad(acc_t x, acc_t alpha) {
   }
 }
 
-// Neurons per inner block: long enough runs per time step for the prefetchers, short enough that
-// the membrane carry (4 KiB) and the T slices in flight stay in L1/L2.
-constexpr int64_t kBlock = 1024;
-constexpr int64_t kGrain = 4 * kBlock;
+// Neurons per inner block: short enough that a step's working set (membrane, carry, output buffer,
+// the rows in flight and their prefetched successors) stays in the 32 KiB L1. At [4, 4.2M]
+// float32, 512 against 1024: forward 0.79-0.88 vs 0.83-0.92x the time of a same-size copy, saved-h
+// backward 5.4-6.5 vs 6.3-7.5 ms, recompute backward (two h buffers more) 1.44-1.71 vs 1.66-2.09x.
+constexpr int64_t kBlock = 512;
+constexpr int64_t kGrain = 4096;
 // Results are computed into an L1 buffer and copied out a chunk at a time (with non-temporal
 // stores when streaming), between the arithmetic: a whole 4 KiB row in one burst stalls on the
-// write-combining buffers. On [4, 4.2M] float32: forward 4.2-4.7 -> 3.4-3.9 ms, saved-h backward
-// 6.6-6.8 -> 5.6-6.2 ms; the recompute backward, longer arithmetic per element, is unchanged.
+// write-combining buffers. On [4, 4.2M] float32, 1024-neuron blocks: forward 4.2-4.7 -> 3.4-3.9
+// ms, saved-h backward 6.6-6.8 -> 5.6-6.2 ms; the recompute backward, longer arithmetic per
+// element, is unchanged.
 // (A standalone C++ loop storing its spikes straight from registers runs near the speed of a
 // non-temporal copy of the same bytes, 1.8-2.7 vs 1.6-2.1 ms: the forward is not at its floor.)
 constexpr int64_t kChunkBytes = 512;
@@ -95,13 +98,10 @@ constexpr int64_t kChunkBytes = 512;
 // and streaming saves the read-for-ownership of every written line (~1.6x less traffic here).
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
 // The recompute backward holds h for T steps of a block: blocks shrink with T to keep that buffer
-// within 64 KiB (L2), down to 64 neurons. At most 512 neurons, so that a step's working set (both
-// h buffers, membrane, carry, gradient buffer, the rows in flight and their prefetched successors)
-// stays within L1: at T = 4, 1024-neuron blocks took 1.9-2.1x a same-size copy, 512 1.5-1.7x.
+// within 64 KiB (L2), down to 64 neurons.
 constexpr int64_t kRecomputeFloats = 16384;
-constexpr int64_t kRecomputeMaxBlock = 512;
 inline int64_t recompute_block(int64_t T) {
-  return std::clamp<int64_t>(kRecomputeFloats / T, 64, kRecomputeMaxBlock);
+  return std::clamp<int64_t>(kRecomputeFloats / T, 64, kBlock);
 }
 
 // Copies n elements computed into an L1 buffer to their destination, with non-temporal stores
@@ -127,11 +127,12 @@ inline void store_out(T* __restrict dst, const T* __restrict src, int64_t n, boo
   std::memcpy(dst, src, n * sizeof(T));
 }
 
-// Software stream a step ahead for the backward loops: a block's rows are short runs (4 KiB at
-// 1024 neurons) far apart ([T, N], N in the millions), and the hardware prefetchers restart on
+// Software stream a step ahead for the backward loops: a block's rows are short runs (2 KiB at
+// 512 float32 neurons) far apart ([T, N], N in the millions), and the hardware prefetchers restart on
 // each; a backward step's arithmetic is long enough to hide the next step's loads, so each line
 // of a row prefetches the same line of the rows the next step reads (standalone at T = 4 on a
-// CIFAR activation: recompute backward 9.1-9.4 -> 6.7-6.9 ms, saved-h backward 7.3 -> 5.8-6.1).
+// CIFAR activation, 1024-neuron blocks: recompute backward 9.1-9.4 -> 6.7-6.9 ms, saved-h
+// backward 7.3 -> 5.8-6.1).
 // The forward, a few instructions per element, gained nothing from it at any distance.
 template <typename T>
 inline __attribute__((always_inline)) void prefetch_next(const T* row, int64_t i, int64_t n) {
@@ -266,9 +267,9 @@ TNA_MULTIVERSION void lif_bwd_recompute_range(const scalar_t* __restrict x, int6
   constexpr int64_t kChunk = kChunkBytes / int64_t(sizeof(scalar_t));
   const acc_t vr = kSoft ? acc_t(0) : v_reset;
   const acc_t inv_tau = acc_t(1) / tau;  // gradients need not round like the reference: no divide
-  alignas(64) acc_t v[kRecomputeMaxBlock];
-  alignas(64) acc_t gv_local[kRecomputeMaxBlock];
-  alignas(64) scalar_t gx_buf[kRecomputeMaxBlock];
+  alignas(64) acc_t v[kBlock];
+  alignas(64) acc_t gv_local[kBlock];
+  alignas(64) scalar_t gx_buf[kBlock];
   acc_t* cur = scratch;
   acc_t* nxt = scratch + T * nb;
   int64_t b = 0, n = std::min(nb, n_total);
