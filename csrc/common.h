@@ -22,6 +22,9 @@
 // an x86-64-v3 clone (AVX2 + FMA); the file opts into contraction with TNA_ALLOW_FMA.
 #define TNA_MULTIVERSION_FMA __attribute__((target_clones("arch=x86-64-v3", "default")))
 #define TNA_ALLOW_FMA _Pragma("GCC optimize(\"fp-contract=fast\")")
+// Kernels that need an AVX2-only instruction (a 32-byte non-temporal store) in their AVX2 form,
+// which target_clones cannot give (one body serves both clones), dispatch by hand on this.
+#define TNA_AVX2_DISPATCH 1
 #else
 #define TNA_MULTIVERSION
 #define TNA_MULTIVERSION_FMA

@@ -87,12 +87,65 @@ def test_matches_reference(dtype, surrogate, v_reset, detach_reset, decay_input)
     assert_lif_close(got, want, dtype)
 
 
+# The last three stream their stores; float32 runs the tile kernels (csrc/cpu/lif_tiles.h) on AVX2
+# CPUs where T is short enough, with the block kernels for the last N % 64 neurons.
 @pytest.mark.parametrize("shape", [(1, 4100), (64, 700), (3, 2, 3, 17, 19), (4, 9001), (2, 1),
-                                   (2, 1_048_579)])  # the last one takes the streaming-store path
+                                   (12, 4104), (2, 1_048_579), (2, 1_048_600), (4, 1_048_576)])
 def test_sizes_spanning_threads_and_blocks(shape):
     x, v0, gs, gv = make_case(shape, torch.float32, 0.0, True, tau=1.7)
     got, want = run_both(x, v0, gs, gv, tau=1.7)
     assert_lif_close(got, want, torch.float32)
+
+
+_TILES_VS_BLOCKS = r"""
+import sys, torch
+torch.manual_seed(0)
+ops, out = torch.ops.tna, {}
+import tna_kernels  # noqa: F401  (registers the ops)
+SURROGATES = ["atan", "sigmoid", "fast_sigmoid", "triangle", "rectangle"]
+# (T, N): tiles and a tail, one tile, a tail only, T = 7 (the longest tile backward), T = 16 (tile
+# forward, block backward), streamed rows with and without a tail
+shapes = [(4, 64 * 3 + 5), (5, 64), (1, 63), (7, 200), (16, 130), (3, 1 << 20), (2, (1 << 20) + 24)]
+for T, N in shapes:
+    x = torch.randn(T, N, dtype=torch.float64).mul(1.5).add(0.6).float()
+    gs = torch.randn(T, N)
+    v0, gv = torch.rand(N) * 0.8, torch.randn(N)
+    combos = [(s, soft, det, dec) for s in SURROGATES for soft in (False, True)
+              for det in (False, True) for dec in (True, False)]
+    if N > 100_000:
+        combos = combos[::7]
+    for sur, soft, det, dec in combos:
+        hyper = (1.7, dec, 1.0, 0.0 if soft else -0.25, soft, det, sur, 2.5)
+        for v0_, gv_ in ((None, None), (v0, gv)):
+            key = (T, N, sur, soft, det, dec, v0_ is None)
+            out[key + ("fwd",)] = ops.lif_fwd(x, v0_, *hyper, True)
+            out[key + ("bwd",)] = ops.lif_bwd_recompute(gs, gv_, x, v0_, *hyper)
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_tile_kernels_give_the_block_kernels_bits(tmp_path):
+    """Float32 on AVX2 CPUs takes the tile kernels (csrc/cpu/lif_tiles.h) for short sequences;
+    TNA_LIF_TILES=0 sends everything through the block kernels. Both paths run the same step code
+    (csrc/cpu/lif_step.h) on vectors or single lanes, so every output must agree bit for bit: spikes,
+    membranes, saved h, gradients, over every surrogate, reset mode, detach and decay_input."""
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for tiles in ("1", "0"):
+        path = tmp_path / f"tiles_{tiles}.pt"
+        env = {**os.environ, "TNA_LIF_TILES": tiles}
+        run = subprocess.run([sys.executable, "-c", _TILES_VS_BLOCKS, str(path)], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results.append(torch.load(path))
+    tiles, blocks = results
+    assert tiles.keys() == blocks.keys()
+    for key, got in tiles.items():
+        for a, b in zip(got, blocks[key], strict=True):
+            assert torch.equal(a, b), key
 
 
 def test_streaming_path_bfloat16_odd_rows():

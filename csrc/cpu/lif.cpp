@@ -12,6 +12,8 @@
 // Layout: x_seq as T rows of N (read in place when each step is contiguous, see time_major);
 // parallel over blocks of neurons, the time loop runs inside each block so the membrane stays in
 // L1; large outputs are written with non-temporal stores into huge-page buffers (output_alloc.h).
+// Float32 on AVX2 CPUs, up to 16 steps forward and 7 backward: the tile kernels of lif_tiles.h
+// instead, each neuron's state in registers over all steps (the same step code, so the same bits).
 // Backward either reads h_seq saved by the forward (lif_bwd; the compute dtype, float for
 // half/bf16) or recomputes it from x_seq and v0 a block at a time into an L1/L2 buffer
 // (lif_bwd_recompute, what autograd uses on the CPU): the same charge and reset code in the same
@@ -25,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +36,7 @@
 #include "../common.h"
 #include "fast_exp.h"
 #include "lif_step.h"
+#include "lif_tiles.h"
 #include "output_alloc.h"
 
 #if defined(__x86_64__)
@@ -42,8 +46,6 @@
 namespace tna {
 namespace {
 
-enum class Surrogate { kATan, kSigmoid, kFastSigmoid, kTriangle, kRectangle };
-
 Surrogate parse_surrogate(const std::string& name) {
   if (name == "atan") return Surrogate::kATan;
   if (name == "sigmoid") return Surrogate::kSigmoid;
@@ -52,32 +54,6 @@ Surrogate parse_surrogate(const std::string& name) {
   if (name == "rectangle") return Surrogate::kRectangle;
   TORCH_CHECK(false, "surrogate must be one of 'atan', 'sigmoid', 'fast_sigmoid', 'triangle', "
               "'rectangle'; got '", name, "'");
-}
-
-// d spike / d h evaluated at x = h - v_th, sharpness alpha (formulas documented in reference.py).
-template <Surrogate S, typename acc_t>
-inline acc_t surrogate_grad(acc_t x, acc_t alpha) {
-  if constexpr (S == Surrogate::kATan) {
-    const acc_t u = acc_t(M_PI / 2) * alpha * x;
-    return alpha / (acc_t(2) * (acc_t(1) + u * u));
-  } else if constexpr (S == Surrogate::kSigmoid) {
-    acc_t e;
-    if constexpr (std::is_same_v<acc_t, float>) {
-      e = fast_exp::exp(-alpha * x);  // vectorises; within 2e-7 of std::exp
-    } else {
-      e = std::exp(-alpha * x);
-    }
-    const acc_t sg = acc_t(1) / (acc_t(1) + e);
-    return alpha * sg * (acc_t(1) - sg);
-  } else if constexpr (S == Surrogate::kFastSigmoid) {
-    const acc_t d = acc_t(1) + alpha * std::abs(x);
-    return acc_t(1) / (d * d);
-  } else if constexpr (S == Surrogate::kTriangle) {
-    const acc_t r = acc_t(1) - alpha * std::abs(x);
-    return r > acc_t(0) ? alpha * r : acc_t(0);
-  } else {
-    return std::abs(x) < acc_t(0.5) / alpha ? alpha : acc_t(0);
-  }
 }
 
 // Neurons per inner block: short enough that a step's working set (membrane, carry, output buffer,
@@ -176,40 +152,6 @@ TNA_MULTIVERSION void lif_fwd_block(const scalar_t* __restrict x, int64_t x_stri
   store_out(v_out, v, n, stream);
 }
 
-// dL/dh[t] of one neuron from the spike's gradient gs and the carry gv = dL/dv[t].
-template <typename acc_t, Surrogate S, bool kSoft, bool kDetach>
-inline __attribute__((always_inline)) acc_t lif_grad_h(acc_t gs, acc_t h, acc_t gv, acc_t v_th,
-                                                       acc_t vr, acc_t alpha) {
-  const acc_t sg = surrogate_grad<S>(h - v_th, alpha);
-  const acc_t s = h >= v_th ? acc_t(1) : acc_t(0);
-  acc_t dv_dh;
-  if constexpr (kSoft) {
-    dv_dh = kDetach ? acc_t(1) : acc_t(1) - v_th * sg;
-  } else {
-    dv_dh = kDetach ? acc_t(1) - s : (acc_t(1) - s) + (vr - h) * sg;
-  }
-  return gs * sg + gv * dv_dh;
-}
-
-// One neuron's backward step at t: returns dL/dx[t] and moves the carry gv to dL/dv[t-1].
-template <typename acc_t, Surrogate S, bool kDecayInput, bool kSoft, bool kDetach>
-inline __attribute__((always_inline)) acc_t lif_grad_x(acc_t gs, acc_t h, acc_t& gv, acc_t v_th,
-                                                       acc_t vr, acc_t alpha, acc_t inv_tau) {
-  const acc_t gh = lif_grad_h<acc_t, S, kSoft, kDetach>(gs, h, gv, v_th, vr, alpha);
-  const acc_t gq = gh * inv_tau;
-  gv = gh - gq;
-  return kDecayInput ? gq : gh;
-}
-
-// One neuron's forward step: returns h[t] and moves the membrane v on (the forward's arithmetic).
-template <bool kDecayInput, bool kSoft, typename acc_t>
-inline __attribute__((always_inline)) acc_t lif_h(acc_t x, acc_t& v, acc_t vr, acc_t tau, acc_t v_th,
-                                                  acc_t v_reset) {
-  const acc_t h = lif_charge<kDecayInput>(x, v, vr, tau);
-  v = lif_reset<kSoft>(h, h >= v_th, v_th, v_reset);
-  return h;
-}
-
 template <typename scalar_t, typename acc_t, Surrogate S, bool kDecayInput, bool kSoft,
           bool kDetach>
 TNA_MULTIVERSION void lif_bwd_block(const scalar_t* __restrict gs, const acc_t* __restrict h,
@@ -236,12 +178,12 @@ TNA_MULTIVERSION void lif_bwd_block(const scalar_t* __restrict gs, const acc_t* 
         for (int64_t u = i; u < i + kLine; u += 64 / int64_t(sizeof(acc_t))) prefetch_next(pf_h, u);
         #pragma GCC ivdep  // distinct buffers; without it GCC re-checks aliasing every line
         for (int64_t u = i; u < i + kLine; ++u) {
-          gx_buf[u] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+          gx_buf[u] = static_cast<scalar_t>(lif_grad_x<S, kDecayInput, kSoft, kDetach>(
               static_cast<acc_t>(gst[u]), ht[u], gv[u], v_th, vr, alpha, inv_tau));
         }
       }
       for (; i < e; ++i) {
-        gx_buf[i] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+        gx_buf[i] = static_cast<scalar_t>(lif_grad_x<S, kDecayInput, kSoft, kDetach>(
             static_cast<acc_t>(gst[i]), ht[i], gv[i], v_th, vr, alpha, inv_tau));
       }
       store_out(gx + t * stride + c, gx_buf + c, e - c, stream);
@@ -313,20 +255,20 @@ TNA_MULTIVERSION void lif_bwd_recompute_range(const scalar_t* __restrict x, int6
           #pragma GCC ivdep  // distinct buffers; without it GCC re-checks aliasing every line
           for (int64_t u = i; u < i + kLine; ++u) {
             hn[u] = lif_h<kDecayInput, kSoft>(static_cast<acc_t>(xn[u]), v[u], vr, tau, v_th, v_reset);
-            gx_buf[u] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+            gx_buf[u] = static_cast<scalar_t>(lif_grad_x<S, kDecayInput, kSoft, kDetach>(
                 static_cast<acc_t>(gst[u]), ht[u], gv[u], v_th, vr, alpha, inv_tau));
           }
         }
         for (; i < e; ++i) {
           hn[i] = lif_h<kDecayInput, kSoft>(static_cast<acc_t>(xn[i]), v[i], vr, tau, v_th, v_reset);
-          gx_buf[i] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+          gx_buf[i] = static_cast<scalar_t>(lif_grad_x<S, kDecayInput, kSoft, kDetach>(
               static_cast<acc_t>(gst[i]), ht[i], gv[i], v_th, vr, alpha, inv_tau));
         }
         store_out(gxt + c, gx_buf + c, e - c, stream);
       }
       const int64_t i = std::max<int64_t>(m, 0);
       for (int64_t j = i; j < n; ++j) {
-        gx_buf[j] = static_cast<scalar_t>(lif_grad_x<acc_t, S, kDecayInput, kSoft, kDetach>(
+        gx_buf[j] = static_cast<scalar_t>(lif_grad_x<S, kDecayInput, kSoft, kDetach>(
             static_cast<acc_t>(gst[j]), ht[j], gv[j], v_th, vr, alpha, inv_tau));
       }
       for (int64_t j = i; j < n2; ++j) {
@@ -367,6 +309,36 @@ void dispatch_surrogate(Surrogate s, F&& f) {
     case Surrogate::kRectangle:
       return f(std::integral_constant<Surrogate, Surrogate::kRectangle>{});
   }
+}
+
+template <typename T>
+inline T* offset_or_null(T* p, int64_t k) {
+  return p == nullptr ? nullptr : p + k;
+}
+
+// The tile kernels (lif_tiles.h, AVX2 CPUs) take float32 sequences up to max_T steps; when they
+// stream, every output row must start 32-byte aligned (rows of N floats from aligned buffers:
+// N % 8 == 0).
+bool use_tiles(at::ScalarType dtype, int64_t T, int64_t max_T, int64_t N, bool stream,
+               std::initializer_list<const void*> outputs) {
+  if (!lif_tiles_enabled() || dtype != at::kFloat || T > max_T) return false;
+  if (!stream) return true;
+  if (N % 8 != 0) return false;
+  return std::all_of(outputs.begin(), outputs.end(),
+                     [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 32 == 0; });
+}
+
+// Workers take whole tiles: tiles(b, e) runs the tile kernel on [b, e), and the last worker runs
+// tail(b, N) on the N % kTile neurons left over.
+template <typename Tiles, typename Tail>
+void parallel_tiles(int64_t N, const Tiles& tiles, const Tail& tail, bool stream) {
+  const int64_t n_tiles = N / kTile;
+  at::parallel_for(0, n_tiles + (N % kTile != 0), kGrain / kTile, [&](int64_t tb, int64_t te) {
+    const int64_t e = std::min(te, n_tiles) * kTile;
+    if (e > tb * kTile) tiles(tb * kTile, e);
+    if (te > n_tiles) tail(n_tiles * kTile, N);
+    fence_streams(stream);
+  });
 }
 
 // A [T, ...] input as T rows of N elements and the step between rows. When every time step is
@@ -432,18 +404,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
     acc_t* vp = v.mutable_data_ptr<acc_t>();
     const acc_t* v0p = has_v0 ? v0c.const_data_ptr<acc_t>() : nullptr;
     const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
+    [[maybe_unused]] const bool tiles = use_tiles(x.scalar_type(), T, kTileFwdMaxT, N, stream, {sp, hp, vp});
     dispatch_bool(decay_input, [&](auto kDecay) {
       dispatch_bool(soft_reset, [&](auto kSoft) {
         dispatch_bool(save_h, [&](auto kSave) {
-          at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+          constexpr bool kD = decltype(kDecay)::value, kS = decltype(kSoft)::value,
+                         kH = decltype(kSave)::value;
+          auto blocks = [&](int64_t begin, int64_t end) {
             for (int64_t b = begin; b < end; b += kBlock) {
-              lif_fwd_block<scalar_t, acc_t, decltype(kDecay)::value, decltype(kSoft)::value,
-                            decltype(kSave)::value>(
-                  xp + b, x_stride, v0p == nullptr ? nullptr : v0p + b, acc_t(v_init), sp + b,
-                  hp == nullptr ? nullptr : hp + b, vp + b,
-                  std::min(kBlock, end - b), T, N, acc_t(tau), acc_t(v_threshold),
-                  acc_t(v_reset), stream);
+              lif_fwd_block<scalar_t, acc_t, kD, kS, kH>(
+                  xp + b, x_stride, offset_or_null(v0p, b), acc_t(v_init), sp + b,
+                  offset_or_null(hp, b), vp + b, std::min(kBlock, end - b), T, N, acc_t(tau),
+                  acc_t(v_threshold), acc_t(v_reset), stream);
             }
+          };
+#if defined(TNA_AVX2_DISPATCH)
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (tiles) {
+              auto tile_range = [&](int64_t b, int64_t e) {
+                lif_fwd_tiles<kD, kS, kH>(xp + b, x_stride, offset_or_null(v0p, b), float(v_init),
+                                          sp + b, offset_or_null(hp, b), vp + b, e - b, T, N,
+                                          float(tau), float(v_threshold), float(v_reset), stream);
+              };
+              return parallel_tiles(N, tile_range, blocks, stream);
+            }
+          }
+#endif
+          at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+            blocks(begin, end);
             fence_streams(stream);
           });
         });
@@ -563,19 +551,39 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
     acc_t* gvp = has_v0 ? grad_v0.mutable_data_ptr<acc_t>() : nullptr;
     const acc_t v_init = acc_t(soft_reset ? 0.0 : v_reset);
     const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
+    [[maybe_unused]] const bool tiles = use_tiles(gs.scalar_type(), T, kTileBwdMaxT, N, stream, {gxp});
     dispatch_surrogate(sur, [&](auto kSur) {
       dispatch_bool(decay_input, [&](auto kDecay) {
         dispatch_bool(soft_reset, [&](auto kSoft) {
           dispatch_bool(detach_reset, [&](auto kDetach) {
-            at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+            constexpr Surrogate kS = decltype(kSur)::value;
+            constexpr bool kD = decltype(kDecay)::value, kR = decltype(kSoft)::value,
+                           kDt = decltype(kDetach)::value;
+            // neurons [begin, end) with blocks of nb (one block when called on a tile kernel's tail)
+            auto blocks = [&](int64_t begin, int64_t end, int64_t nb) {
               std::unique_ptr<acc_t[]> scratch(new acc_t[2 * T * nb]);
-              auto at_begin = [begin](auto* p) { return p == nullptr ? nullptr : p + begin; };
-              lif_bwd_recompute_range<scalar_t, acc_t, decltype(kSur)::value,
-                                      decltype(kDecay)::value, decltype(kSoft)::value,
-                                      decltype(kDetach)::value>(
-                  xp + begin, x_stride, at_begin(v0p), v_init, gsp + begin, gt.stride, at_begin(gvlp),
-                  gxp + begin, at_begin(gvp), scratch.get(), end - begin, nb, T, N, acc_t(tau),
-                  acc_t(v_threshold), acc_t(v_reset), acc_t(alpha), stream);
+              lif_bwd_recompute_range<scalar_t, acc_t, kS, kD, kR, kDt>(
+                  xp + begin, x_stride, offset_or_null(v0p, begin), v_init, gsp + begin, gt.stride,
+                  offset_or_null(gvlp, begin), gxp + begin, offset_or_null(gvp, begin),
+                  scratch.get(), end - begin, nb, T, N, acc_t(tau), acc_t(v_threshold),
+                  acc_t(v_reset), acc_t(alpha), stream);
+            };
+#if defined(TNA_AVX2_DISPATCH)
+            if constexpr (std::is_same_v<scalar_t, float>) {
+              if (tiles) {
+                auto tile_range = [&](int64_t b, int64_t e) {
+                  lif_bwd_recompute_tiles<kS, kD, kR, kDt>(
+                      xp + b, x_stride, offset_or_null(v0p, b), v_init, gsp + b, gt.stride,
+                      offset_or_null(gvlp, b), gxp + b, offset_or_null(gvp, b), e - b, T, N,
+                      float(tau), float(v_threshold), float(v_reset), float(alpha), stream);
+                };
+                auto tail = [&](int64_t b, int64_t e) { blocks(b, e, kTile); };
+                return parallel_tiles(N, tile_range, tail, stream);
+              }
+            }
+#endif
+            at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+              blocks(begin, end, nb);
               fence_streams(stream);
             });
           });
