@@ -3,9 +3,9 @@
 Unfused, ``nn.BatchNorm`` saves its input and the LIF saves its pre-spike membrane ``h``: two
 float tensors per layer, ``h`` T times the BN input for a static first layer. This function saves
 only the BN input. Its backward recomputes the BN output from it with the same op (same input,
-same arithmetic: bit-identical output and batch statistics), reruns the LIF forward for ``h``
-slice by slice (only a slice of ``h`` is ever alive), then runs the LIF and batch-norm backward
-ops. Spikes and running statistics are those of ``nn.BatchNorm`` +
+same arithmetic: bit-identical output and batch statistics), runs the LIF backward on it slice by
+slice (``lif_bwd_recompute``: the membrane is recomputed in cache, never stored), then the
+batch-norm backward op. Spikes and running statistics are those of ``nn.BatchNorm`` +
 :func:`tna_kernels.functional.lif`, gradients too up to float32 rounding. The price is compute:
 the batch-norm and LIF forwards run again in backward.
 """
@@ -28,7 +28,7 @@ class _BNLIF(torch.autograd.Function):
     """``x [N, C, ...]`` → BN with batch statistics (updating the running ones when given) → LIF
     over ``[T, N/T, C, ...]``, or over ``N`` samples repeated T times when ``static`` (the LIF kernel
     reads that stride-0 sequence in place). Backward runs the LIF on slices of neurons (it is
-    elementwise across them), so only a slice of the membrane exists at a time."""
+    elementwise across them), so only a slice of the LIF's gradient exists at a time."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, T, static, hyper):
@@ -47,15 +47,15 @@ class _BNLIF(torch.autograd.Function):
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
         y = y.contiguous()  # a copy only for other layouts (channels-last): the slices below write through views
         y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
-        # each slice of y is read (for h) before its gradient overwrites it: y's buffer becomes grad_y
+        # each slice of y is read before its gradient overwrites it: y's buffer becomes grad_y
         for sl in chunks(y_t.shape[1], T):
-            h = torch.ops.tna.lif_fwd(y_t[:, sl], None, *hyper, True)[2]
-            g = torch.ops.tna.lif_bwd(g_t[:, sl], None, h, *hyper)[0]
+            # the membrane is recomputed in cache from y: the same bits as the forward's
+            g = torch.ops.tna.lif_bwd_recompute(g_t[:, sl], None, y_t[:, sl], None, *hyper)[0]
             if static:  # the static input fed every step: its gradient is the sum over steps
                 y.view(-1)[sl] = g.sum(0)
             else:
                 y_t[:, sl] = g
-            del h, g
+            del g
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
