@@ -74,6 +74,17 @@ TORCH_LIBRARY(tna, m) {
   // Popcount kernel instruction set the CPU ops use now: "avx512" | "avx2" | "scalar" (the best
   // supported, or TNA_TERNARY_ISA when set).
   m.def("ternary_cpu_isa() -> str");
+  // Max-pooling of 0/1 spikes keeping the input bit-packed (SpikeMaxPool2d in training):
+  // x [N, C, H, W] floating, values 0 or 1 only -> (y = max_pool2d(x) [N, C, OH, OW], bits =
+  // pack_spikes(x.reshape(N, -1)) int64 [N, ceil(C*H*W/64)]). The backward takes grad_y and bits
+  // and returns grad_x [input_size], each output's gradient at the element max_pool2d's indices
+  // pick (the window's first spike, else its first element).
+  m.def(
+      "spike_max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "spike_max_pool2d_backward(Tensor grad_y, Tensor bits, int[4] input_size, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
   // Fused twin loss: wa CE(logits_base) + wb CE(logits_twin) + lam MSE(logits_base, logits_twin),
   // loss and both logit gradients in one fused pass (formulas in csrc/cpu/twin_loss.cpp).
   // logits_*: [B, C] floating, same dtype; target: [B] int64, a class or ignore_index.

@@ -181,6 +181,22 @@ def unpack_spikes(bits: Tensor, k: int) -> Tensor:
     return _unpack_bits(bits, k).to(torch.uint8)
 
 
+def spike_max_pool2d(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> tuple[Tensor, Tensor]:
+    """Max-pool of 0/1 spikes [N, C, H, W] and the input bit-packed per sample (pack_spikes layout)."""
+    y = torch.nn.functional.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return y, pack_spikes(x.reshape(x.shape[0], -1))
+
+
+def spike_max_pool2d_backward(grad_y: Tensor, bits: Tensor, input_size, kernel_size, stride, padding,
+                              dilation, ceil_mode: bool) -> Tensor:
+    """max_pool2d's gradient on the input unpacked from ``bits``: each output's gradient goes to the
+    element max_pool2d's indices pick."""
+    n, c, h, w = input_size
+    x = unpack_spikes(bits, c * h * w).to(grad_y.dtype).view(n, c, h, w).requires_grad_()
+    y = torch.nn.functional.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return torch.autograd.grad(y, x, grad_y)[0]
+
+
 def _epilogue(acc: Tensor, scale: Tensor, bias: Tensor | None, channel_dim: int) -> Tensor:
     """float32(acc) * scale, then + bias: two float32 roundings, the kernels' exact order."""
     shape = [1] * acc.dim()

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from .. import functional as F
-from .._utils import chunks
 from ..ops.ternary import PackedTernary
 from .bn_lif import uses_batch_stats
 from .lif import LIF
@@ -95,27 +95,26 @@ class _SpikeInputConv2d(torch.autograd.Function):
 
 class _SpikeMaxPool2d(torch.autograd.Function):
     """max_pool2d of 0/1 spikes that keeps its input for backward **bit-packed** (1 bit per value)
-    instead of the float input and the int64 indices. Backward unpacks slices of samples and reruns
-    torch's max-pool on them, so the gradient goes to the element ``nn.MaxPool2d`` picks."""
+    instead of the float input and the int64 indices (``tna::spike_max_pool2d``: pooling and
+    packing in one pass). Backward reads the bits (``tna::spike_max_pool2d_backward``) and sends
+    each gradient to the element ``nn.MaxPool2d`` picks."""
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
-        bits = F.pack_spikes(x.reshape(x.shape[0], -1))  # [N, ceil(rest/64)]; raises if x is not 0/1
+        x4 = x if x.dim() == 4 else x.unsqueeze(0)  # nn.MaxPool2d also takes [C, H, W]
+        pool = tuple(list(_pair(v)) for v in (kernel_size, stride or kernel_size, padding, dilation))
+        y, bits = torch.ops.tna.spike_max_pool2d(x4, *pool, ceil_mode)  # raises if x is not 0/1
         ctx.save_for_backward(bits)
-        ctx.conf = (x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode)
-        return nn.functional.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+        ctx.conf = (x.shape, list(x4.shape), pool, ceil_mode)
+        return y if x.dim() == 4 else y.squeeze(0)
 
     @staticmethod
     def backward(ctx, grad_y):
         (bits,) = ctx.saved_tensors
-        shape, dtype, *pool = ctx.conf
-        grad_x = grad_y.new_empty(shape)
-        per_sample = shape[1:].numel()
-        for sl in chunks(shape[0], per_sample):
-            x = F.unpack_spikes(bits[sl], per_sample, dtype=dtype).view(-1, *shape[1:])
-            idx = torch.ops.aten.max_pool2d_with_indices(x, *pool)[1]
-            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(grad_y[sl], x, *pool, idx, grad_input=grad_x[sl])
-        return grad_x, None, None, None, None, None
+        shape, shape4, pool, ceil_mode = ctx.conf
+        grad_y4 = grad_y if grad_y.dim() == 4 else grad_y.unsqueeze(0)
+        grad_x = torch.ops.tna.spike_max_pool2d_backward(grad_y4, bits, shape4, *pool, ceil_mode)
+        return grad_x.view(shape), None, None, None, None, None
 
 
 class SpikeMaxPool2d(nn.MaxPool2d):

@@ -5,6 +5,6 @@ op modules register Triton launchers), so ``tna_kernels.info`` never guesses."""
 
 CUDA_BACKENDS: dict[str, str] = {}
 
-from . import lif, lif_pack, ternary, twin_loss  # noqa: E402  (each registers its ops on import)
+from . import lif, lif_pack, spike_pool, ternary, twin_loss  # noqa: E402  (each registers its ops on import)
 
-__all__ = ["CUDA_BACKENDS", "lif", "lif_pack", "ternary", "twin_loss"]
+__all__ = ["CUDA_BACKENDS", "lif", "lif_pack", "spike_pool", "ternary", "twin_loss"]

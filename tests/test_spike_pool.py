@@ -1,0 +1,127 @@
+"""tna::spike_max_pool2d / tna::spike_max_pool2d_backward against the pure-torch reference
+(nn.functional.max_pool2d and its gradient on the unpacked input), bit for bit."""
+
+import itertools
+
+import pytest
+import torch
+
+from tna_kernels import reference as R
+
+OPS = torch.ops.tna
+
+# (kernel, stride, padding, dilation): the spiking VGG's 2x2 pools (the fast path when H and W are
+# even), overlapping and strided windows, padding, dilation, rectangular kernels
+GEOMETRIES = [((2, 2), (2, 2), (0, 0), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
+              ((2, 2), (1, 1), (0, 0), (1, 1)), ((3, 3), (3, 3), (0, 0), (1, 1)),
+              ((2, 3), (2, 1), (1, 0), (1, 1)), ((3, 3), (1, 1), (1, 1), (2, 2)),
+              ((1, 1), (2, 2), (0, 0), (1, 1))]
+SHAPES = [(2, 3, 8, 8), (3, 2, 7, 9), (1, 5, 4, 16), (2, 70, 6, 6)]  # odd sizes; rows not / of 64 bits
+
+
+def spikes(shape, p=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < p).float()  # windows with no spike, one and several
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_forward_and_backward_equal_max_pool(shape, geometry, ceil_mode):
+    x = spikes(shape)
+    try:
+        y_ref, bits_ref = R.spike_max_pool2d(x, *geometry, ceil_mode)
+    except RuntimeError:
+        pytest.skip("torch rejects this geometry for this size")
+    y, bits = OPS.spike_max_pool2d(x, *geometry, ceil_mode)
+    assert torch.equal(y, y_ref) and torch.equal(bits, bits_ref)
+    g = torch.randn(y.shape)
+    want = R.spike_max_pool2d_backward(g, bits, list(shape), *geometry, ceil_mode)
+    got = OPS.spike_max_pool2d_backward(g, bits, list(shape), *geometry, ceil_mode)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("geometry", GEOMETRIES[:2], ids=str)
+def test_other_dtypes(dtype, geometry):
+    x = spikes((2, 4, 10, 12)).to(dtype)
+    y, bits = OPS.spike_max_pool2d(x, *geometry, False)
+    y_ref, bits_ref = R.spike_max_pool2d(x, *geometry, False)
+    assert y.dtype == dtype and torch.equal(y, y_ref) and torch.equal(bits, bits_ref)
+    g = torch.randn(y.shape).to(dtype)
+    got = OPS.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry, False)
+    assert got.dtype == dtype
+    assert torch.equal(got, R.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry, False))
+
+
+def test_all_zero_and_all_one_windows_route_to_the_first_element():
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 2:, 2:] = 1  # bottom-right window full of spikes, the others empty
+    y, bits = OPS.spike_max_pool2d(x, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    g = torch.arange(1.0, 5.0).view(1, 1, 2, 2)
+    got = OPS.spike_max_pool2d_backward(g, bits, [1, 1, 4, 4], (2, 2), (2, 2), (0, 0), (1, 1), False)
+    want = torch.zeros(1, 1, 4, 4)
+    for i, j in itertools.product(range(2), range(2)):
+        want[0, 0, 2 * i, 2 * j] = g[0, 0, i, j]
+    assert torch.equal(y, torch.tensor([[[[0.0, 0.0], [0.0, 1.0]]]])) and torch.equal(got, want)
+
+
+def test_large_input_on_two_threads():
+    x = spikes((64, 32, 32, 32), p=0.1, seed=1)
+    geometry = GEOMETRIES[0]
+    y, bits = OPS.spike_max_pool2d(x, *geometry, False)
+    assert torch.equal(y, torch.nn.functional.max_pool2d(x, 2))
+    g = torch.randn(y.shape)
+    want = R.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry, False)
+    assert torch.equal(OPS.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry, False), want)
+
+
+def test_opcheck():
+    x = spikes((2, 3, 6, 6))
+    geometry = GEOMETRIES[1]
+    torch.library.opcheck(OPS.spike_max_pool2d.default, (x, *geometry, True))
+    y, bits = OPS.spike_max_pool2d(x, *geometry, True)
+    torch.library.opcheck(OPS.spike_max_pool2d_backward.default,
+                          (torch.randn(y.shape), bits, list(x.shape), *geometry, True))
+
+
+def test_bad_input_is_named_and_inputs_are_left_alone():
+    x = spikes((1, 2, 4, 4))
+    kept = x.clone()
+    geometry = GEOMETRIES[0]
+    with pytest.raises(RuntimeError, match="only 0 and 1"):
+        OPS.spike_max_pool2d(torch.full((1, 1, 2, 2), 0.5), *geometry, False)
+    with pytest.raises(RuntimeError, match=r"x must be \[N, C, H, W\]"):
+        OPS.spike_max_pool2d(x[0], *geometry, False)
+    with pytest.raises(RuntimeError, match="padding must be at most half the kernel size"):
+        OPS.spike_max_pool2d(x, (2, 2), (2, 2), (2, 2), (1, 1), False)
+    with pytest.raises(RuntimeError, match="stride values must be >= 1"):
+        OPS.spike_max_pool2d(x, (2, 2), (0, 2), (0, 0), (1, 1), False)
+    with pytest.raises(RuntimeError, match="too small"):
+        OPS.spike_max_pool2d(x, (5, 5), (1, 1), (0, 0), (1, 1), False)
+    y, bits = OPS.spike_max_pool2d(x, *geometry, False)
+    g = torch.randn(y.shape)
+    with pytest.raises(RuntimeError, match="grad_y must have shape"):
+        OPS.spike_max_pool2d_backward(g[:, :1], bits, list(x.shape), *geometry, False)
+    with pytest.raises(RuntimeError, match="bits must have shape"):
+        OPS.spike_max_pool2d_backward(g, bits[:, :0], list(x.shape), *geometry, False)
+    with pytest.raises(RuntimeError, match="bits must be int64"):
+        OPS.spike_max_pool2d_backward(g, bits.int(), list(x.shape), *geometry, False)
+    assert torch.equal(x, kept)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=str)
+def test_composed_cuda_path_equals_the_cpu_kernels(geometry, monkeypatch):
+    """The CUDA backend (pack_spikes + max_pool2d; unpack + max_pool2d_with_indices per slice of
+    samples) run on CPU tensors gives the C++ kernels' results."""
+    import tna_kernels._utils
+    from tna_kernels.ops.spike_pool import _spike_max_pool2d_backward_composed, _spike_max_pool2d_composed
+
+    monkeypatch.setattr(tna_kernels._utils, "CHUNK_ELEMS", 700)  # slices of a few samples
+    x = spikes((5, 3, 9, 10))
+    y, bits = OPS.spike_max_pool2d(x, *geometry, True)
+    y2, bits2 = _spike_max_pool2d_composed(x, *geometry, True)
+    assert torch.equal(y, y2) and torch.equal(bits, bits2)
+    g = torch.randn(y.shape)
+    assert torch.equal(_spike_max_pool2d_backward_composed(g, bits, list(x.shape), *geometry, True),
+                       OPS.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry, True))
