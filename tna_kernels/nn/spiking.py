@@ -96,7 +96,7 @@ class _SpikeInputConv2d(torch.autograd.Function):
 class _SpikeMaxPool2d(torch.autograd.Function):
     """max_pool2d of 0/1 spikes that keeps its input for backward **bit-packed** (1 bit per value)
     instead of the float input and the int64 indices (``tna::spike_max_pool2d``: pooling and
-    packing in one pass). Backward reads the bits (``tna::spike_max_pool2d_backward``) and sends
+    packing in one op). Backward reads the bits (``tna::spike_max_pool2d_backward``) and sends
     each gradient to the element ``nn.MaxPool2d`` picks."""
 
     @staticmethod
