@@ -1,70 +1,68 @@
-"""Builds tna_kernels._C: the C++ CPU kernels always; CUDA sources only when torch is a CUDA build
-and a CUDA toolkit is found (never gated on a visible GPU).
+"""Builds tna_kernels._C, the native core: C++ kernels on raw pointers behind a small pybind11
+module. No torch header or library is used, so `pip install .` works with build isolation and one
+build serves any torch (>= 2.6) installed beside it.
 
-Knobs (environment): DEBUG=1 (-O0 -g), TNA_SKIP_CUDA_BUILD=1, TNA_FORCE_CUDA=1 (fail if CUDA cannot
-be built), MAX_JOBS (parallel compile jobs).
+Needs a C++20 compiler and pybind11 (listed in pyproject.toml's build-system requires).
+Knobs (environment): DEBUG=1 (-O0 -g), MAX_JOBS (parallel compile jobs, default: CPU count).
 """
 
-import json
+import importlib.util
 import os
 import sys
-from glob import glob
 from pathlib import Path
 
-import torch
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent
 
 
-def kernel_sources() -> list[str]:
-    """The C++ source list shared with CMakeLists.txt, so the two builds cannot drift."""
-    lines = (ROOT / "csrc" / "sources.txt").read_text().splitlines()
+def listed(name: str) -> list[str]:
+    """A source list shared with CMakeLists.txt (csrc/<name>), so the two builds cannot drift."""
+    lines = (ROOT / "csrc" / name).read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
-def with_cuda() -> bool:
-    if os.getenv("TNA_SKIP_CUDA_BUILD") == "1":
-        return False
-    want = torch.version.cuda is not None and CUDA_HOME is not None
-    if os.getenv("TNA_FORCE_CUDA") == "1" and not want:
-        raise RuntimeError("TNA_FORCE_CUDA=1 but torch is a CPU build or no CUDA toolkit was found")
-    return want
+def source_hash() -> str:
+    spec = importlib.util.spec_from_file_location("_source_hash", ROOT / "tna_kernels" / "_source_hash.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_hash(ROOT / "csrc")
 
 
-def extensions():
+def native_core() -> Pybind11Extension:
     opt = ["-O0", "-g"] if os.getenv("DEBUG") == "1" else ["-O3"]
     # -ffp-contract=off: no FMA contraction, so float kernels round like the torch reference.
     # -fno-trapping-math: lets GCC if-convert the threshold selects and vectorise the time loops.
-    cxx = opt + ["-std=c++20", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
-    # at::parallel_for is inline in the ATen headers: without -fopenmp (_OPENMP undefined) it runs
-    # the whole range on the calling thread. The runtime is the libgomp torch already loaded.
+    cxx = opt + ["-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
     link = []
     if sys.platform.startswith("linux"):
+        # libgomp.so.1: at run time the copy torch loaded (same soname), so one thread pool.
         cxx.append("-fopenmp")
         link.append("-fopenmp")
-    sources = kernel_sources() + ["csrc/python_module.cpp"]
-    args, macros, cls = {"cxx": cxx}, [], CppExtension
-    if with_cuda():
-        cls = CUDAExtension
-        sources += sorted(glob("csrc/cuda/*.cu"))
-        args["nvcc"] = opt + ["-lineinfo", "-std=c++20"]
-        macros.append(("TNA_WITH_CUDA", "1"))
-    return [cls("tna_kernels._C", sources, extra_compile_args=args, extra_link_args=link,
-                define_macros=macros)]
+    return Pybind11Extension(
+        "tna_kernels._C", listed("sources.txt") + listed("bindings.txt"), cxx_std=20,
+        include_dirs=[str(ROOT / "csrc")], extra_compile_args=cxx, extra_link_args=link,
+        define_macros=[("TNA_SOURCE_HASH", f'"{source_hash()}"')],
+        # headers and lists too: any change rebuilds (the source hash changes with them)
+        depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.suffix in (".h", ".txt")),
+    )
 
 
-def write_build_config():
-    """Records the torch this build is for; tna_kernels/__init__.py compares it at import."""
-    config = {"torch": torch.__version__, "cuda": bool(with_cuda()), "torch_cuda": torch.version.cuda}
-    (ROOT / "tna_kernels" / "_build_config.json").write_text(json.dumps(config) + "\n")
+def legacy_core():
+    """Transitional: families not yet moved to the native core, built against libtorch."""
+    sources = listed("sources_legacy.txt")
+    if not sources:
+        return []
+    from torch.utils.cpp_extension import CppExtension
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
+    return [CppExtension("tna_kernels._C_legacy", sources + ["csrc/python_module.cpp"],
+                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
 
 
-write_build_config()
+ParallelCompile("MAX_JOBS").install()
 setup(
     packages=find_packages(include=("tna_kernels", "tna_kernels.*")),
-    package_data={"tna_kernels": ["_build_config.json"]},
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    ext_modules=[native_core()] + legacy_core(),
+    cmdclass={"build_ext": build_ext},
 )

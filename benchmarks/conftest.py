@@ -1,5 +1,6 @@
 import ctypes
 import ctypes.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,13 +26,18 @@ def _keep_freed_memory() -> None:
 _keep_freed_memory()
 
 
+BENCH_DIR = Path(__file__).resolve().parent
+
+
 def pytest_collection_modifyitems(config, items):
-    """Benchmarks run only with --benchmark-only, so a plain `pytest` stays a quick test run."""
+    """Benchmarks run only with --benchmark-only, so a plain `pytest` from the root is the test
+    suite. This hook sees the whole session's items: it marks only those collected from here."""
     if config.getoption("benchmark_only", False):
         return
     skip = pytest.mark.skip(reason="benchmark: run with --benchmark-only (make bench)")
     for item in items:
-        item.add_marker(skip)
+        if BENCH_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

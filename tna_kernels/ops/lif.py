@@ -13,6 +13,33 @@ import torch
 from .._utils import HAS_TRITON, state_dtype
 from ..reference import SURROGATES
 from . import CUDA_BACKENDS
+from ._native import LIB
+
+
+# The tna:: schemas of this family (the only place they are written).
+# Multi-step LIF (SpikingJelly dynamics). x_seq: [T, *] floating; v0: [*] in the state dtype
+# (float32 for half/bf16 x, else x's dtype), or None = start at the reset value (v_reset, or 0
+# for soft reset). Returns spikes [T, *] (x dtype), v_last [*]
+# (state dtype) and h_seq, the pre-spike membrane [T, *] in the state dtype when save_h, else
+# an empty tensor. detach_reset/surrogate/alpha only shape the backward; they are validated here.
+LIB.define(
+    "lif_fwd(Tensor x_seq, Tensor? v0, float tau, bool decay_input, float v_threshold, float v_reset, "
+    "bool soft_reset, bool detach_reset, str surrogate, float alpha, bool save_h) -> (Tensor, Tensor, "
+    "Tensor)")
+# Backward through time from the saved h_seq (grad_v_last None = zero). Returns
+# (grad_x_seq [T, *], grad_v0 [*]).
+LIB.define(
+    "lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h_seq, float tau, bool decay_input, float "
+    "v_threshold, float v_reset, bool soft_reset, bool detach_reset, str surrogate, float alpha) -> "
+    "(Tensor, Tensor)")
+# The same backward without a saved h_seq: recomputes the membrane from the forward's inputs
+# (x_seq, v0) block by block in cache; equal to lif_bwd on lif_fwd's h_seq. A forward + backward
+# moves 20 B per neuron-step instead of 24 (no h_seq written; x_seq read in its own dtype).
+# grad_v0 is [*] when v0 is given, else an empty tensor (a constant start has no gradient).
+LIB.define(
+    "lif_bwd_recompute(Tensor grad_spikes, Tensor? grad_v_last, Tensor x_seq, Tensor? v0, float tau, bool"
+    " decay_input, float v_threshold, float v_reset, bool soft_reset, bool detach_reset, str surrogate, "
+    "float alpha) -> (Tensor, Tensor)")
 
 
 def _check_common(x_like, tau, alpha, surrogate):

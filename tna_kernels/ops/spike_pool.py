@@ -7,6 +7,21 @@ import torch
 
 from .._utils import chunks
 from . import CUDA_BACKENDS
+from ._native import LIB
+
+
+# The tna:: schemas of this family (the only place they are written).
+# Max-pooling of 0/1 spikes keeping the input bit-packed (SpikeMaxPool2d in training):
+# x [N, C, H, W] floating, values 0 or 1 only -> (y = max_pool2d(x) [N, C, OH, OW], bits =
+# pack_spikes(x.reshape(N, -1)) int64 [N, ceil(C*H*W/64)]). The backward takes grad_y and bits
+# and returns grad_x [input_size], each output's gradient at the element max_pool2d's indices
+# pick (the window's first spike, else its first element).
+LIB.define(
+    "spike_max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool "
+    "ceil_mode) -> (Tensor, Tensor)")
+LIB.define(
+    "spike_max_pool2d_backward(Tensor grad_y, Tensor bits, int[4] input_size, int[2] kernel_size, int[2] "
+    "stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor")
 
 
 def _pooled(size, k, s, p, d, ceil_mode):

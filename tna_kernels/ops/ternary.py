@@ -32,6 +32,52 @@ from torch import Tensor
 from .._utils import HAS_TRITON
 from ..reference import TERNARY_FORMAT_VERSION
 from . import CUDA_BACKENDS
+from ._native import LIB
+
+# The tna:: schemas of this family (the only place they are written).
+# Ternary weights. Packed format v1 (csrc/cpu/ternary.h, docs/FORMAT.md): codes [..., K] int8 in
+# {-1, 0, +1} -> int64 words [..., 2, KW], KW = ceil(K/64), planes P (+1) and N (-1) along K,
+# little-endian bits, zero padding; spikes {0, 1} [..., K] -> [..., KW]. Every op that reads
+# packed words takes the format `version` and rejects any other. scale: float32 [N]; bias:
+# float32 [N] or None. Spike ops return float32; float ops return x's dtype.
+LIB.define("pack_ternary(Tensor codes) -> Tensor")
+LIB.define("unpack_ternary(Tensor packed, int K, int version) -> Tensor")
+LIB.define("pack_spikes(Tensor spikes, int dim=-1) -> Tensor")
+LIB.define("unpack_spikes(Tensor bits, int K) -> Tensor")
+# Ternariser ("twn" | "absmean"), dim 0 = output channel: (codes int8 like w, scale float32 [N],
+# packed words of the codes along w's last axis, or an empty tensor when pack is false).
+LIB.define("ternarize(Tensor w, str method, bool per_channel, bool pack) -> (Tensor, Tensor, Tensor)")
+# x [..., K] floating, packed_w [N, 2, KW] -> [..., N]; grad_input: grad_y [..., N] -> [..., K].
+LIB.define("ternary_linear(Tensor x, Tensor packed_w, Tensor scale, Tensor? bias, int version) -> Tensor")
+LIB.define("ternary_linear_grad_input(Tensor grad_y, Tensor packed_w, Tensor scale, int K, int version) -> Tensor")
+# spike_bits [..., KW] int64 -> [..., N] float32, exact integer accumulation. kmajor: optional
+# cached ternary_kmajor(packed_w) for the event-driven (sparse) kernel; built per call if absent.
+LIB.define(
+    "spike_ternary_linear(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int K, int "
+    "version, Tensor? kmajor=None) -> Tensor")
+# Conv2d, groups = 1: packed_w [N, kh, kw, 2, CW] (codes [N, kh, kw, C] packed along C);
+# x [B, C, H, W]; spike_bits [B, H, W, CW] (spikes packed along channels) -> [B, N, OH, OW].
+LIB.define(
+    "ternary_conv2d(Tensor x, Tensor packed_w, Tensor scale, Tensor? bias, int[2] stride, int[2] padding,"
+    " int[2] dilation, int version) -> Tensor")
+LIB.define(
+    "ternary_conv2d_grad_input(Tensor grad_y, Tensor packed_w, Tensor scale, int[4] input_size, int[2] "
+    "stride, int[2] padding, int[2] dilation, int version) -> Tensor")
+LIB.define(
+    "spike_ternary_conv2d(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int C, int[2] "
+    "stride, int[2] padding, int[2] dilation, int version, Tensor? kmajor=None) -> Tensor")
+# spike_ternary_conv2d with the LIF of lif_pack in its epilogue: spike_bits [T*B, H, W, CW]
+# (time-major) -> packed spikes [T*B, OH, OW, ceil(N/64)]; the float current exists only per tile.
+LIB.define(
+    "spike_ternary_conv2d_lif(Tensor spike_bits, Tensor packed_w, Tensor scale, Tensor? bias, int C, "
+    "int[2] stride, int[2] padding, int[2] dilation, int version, int T, float tau, bool decay_input, "
+    "float v_threshold, float v_reset, bool soft_reset, Tensor? kmajor=None) -> Tensor")
+# Backend-private K-major int8 copy of packed weights [K_padded, ceil(N/128)*128] (never serialised).
+LIB.define("ternary_kmajor(Tensor packed_w, int K, int version) -> Tensor")
+# Popcount kernel instruction set the CPU ops use now: "avx512" | "avx2" | "scalar" (the best
+# supported, or TNA_TERNARY_ISA when set).
+LIB.define("ternary_cpu_isa() -> str")
+
 
 FORMAT_VERSION = TERNARY_FORMAT_VERSION
 
@@ -314,3 +360,30 @@ if HAS_TRITON:
     for _name in ("ternary_conv2d", "ternary_conv2d_grad_input", "ternary_linear_grad_input",
                   "unpack_spikes"):
         CUDA_BACKENDS[_name] = "triton+torch" if _name != "unpack_spikes" else "torch"
+
+
+# ---- spike_ternary_conv2d_lif: the conv with tna::lif_pack's LIF as its epilogue ----
+
+@torch.library.register_fake("tna::spike_ternary_conv2d_lif")
+def _spike_ternary_conv2d_lif_fake(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version,
+                                   T, tau, decay_input, v_threshold, v_reset, soft_reset, kmajor=None):
+    _check_version(version)
+    oh, ow = _conv_out(spike_bits.shape[1], spike_bits.shape[2], packed_w.shape[1:3], stride, padding,
+                       dilation)
+    return spike_bits.new_empty((spike_bits.shape[0], oh, ow, (packed_w.shape[0] + 63) // 64))
+
+
+def _spike_ternary_conv2d_lif_composed(spike_bits, packed_w, scale, bias, C, stride, padding, dilation,
+                                       version, T, tau, decay_input, v_threshold, v_reset, soft_reset,
+                                       kmajor=None):
+    y = torch.ops.tna.spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, dilation,
+                                           version, kmajor)
+    y = y.permute(0, 2, 3, 1)  # channels last
+    return torch.ops.tna.lif_pack(y.unflatten(0, (T, y.shape[0] // T)), tau, decay_input, v_threshold,
+                                  v_reset, soft_reset).flatten(0, 1)
+
+
+if HAS_TRITON:
+    # CUDA tensors: the Triton conv, LIF and packing kernels in sequence (not fused yet on GPU).
+    torch.library.register_kernel("tna::spike_ternary_conv2d_lif", "cuda", _spike_ternary_conv2d_lif_composed)
+    CUDA_BACKENDS["spike_ternary_conv2d_lif"] = "triton (unfused)"

@@ -15,6 +15,30 @@ import torch
 
 from .._utils import HAS_TRITON, state_dtype
 from . import CUDA_BACKENDS
+from ._native import LIB
+
+
+# The tna:: schemas of this family (the only place they are written).
+# Fused twin loss: wa CE(logits_base) + wb CE(logits_twin) + lam MSE(logits_base, logits_twin),
+# loss and both logit gradients in one fused pass (formulas in csrc/cpu/twin_loss.cpp).
+# logits_*: [B, C] floating, same dtype; target: [B] int64, a class or ignore_index.
+# mse_reduction: 0 = mean over B*C elements (F.mse_loss), 1 = sum over classes / B.
+# Returns loss (0-dim) and parts [3] = (CE_base, CE_twin, MSE), unweighted, both float32 for
+# half/bf16 logits (else the logits' dtype); grad_base / grad_twin: dL/dlogits for
+# grad_output = 1 in the logits' dtype, or empty tensors where need_grad_* is false.
+LIB.define(
+    "twin_loss_fwd(Tensor logits_base, Tensor logits_twin, Tensor target, float ce_weight_base, float "
+    "ce_weight_twin, float mse_weight, int mse_reduction, float label_smoothing, int ignore_index, bool "
+    "need_grad_base, bool need_grad_twin) -> (Tensor, Tensor, Tensor, Tensor)")
+# Backward of twin_loss_fwd: (grad_loss * grad_base, grad_loss * grad_twin) in the logits' dtype.
+# grad_loss: 0-dim in the loss dtype; an empty grad_base / grad_twin gives an empty result.
+LIB.define("twin_loss_bwd(Tensor grad_loss, Tensor grad_base, Tensor grad_twin) -> (Tensor, Tensor)")
+# The loss with its autograd (csrc/autograd/twin_loss.cpp): (loss, parts) of twin_loss_fwd;
+# gradients reach the logits that require grad unless detach_base / detach_twin.
+LIB.define(
+    "twin_loss(Tensor logits_base, Tensor logits_twin, Tensor target, float ce_weight_base, float "
+    "ce_weight_twin, float mse_weight, int mse_reduction, float label_smoothing, int ignore_index, bool "
+    "detach_base, bool detach_twin) -> (Tensor, Tensor)")
 
 
 @torch.library.register_fake("tna::twin_loss_fwd")

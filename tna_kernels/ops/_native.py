@@ -1,0 +1,78 @@
+"""What every op family needs to define its tna:: ops from Python and run them on the native core.
+
+* ``LIB``: the one ``torch.library.Library("tna", "FRAGMENT")`` every family defines its ops in
+  (``define``) and registers CPU kernels on (``LIB.impl(name, fn, "CPU")``).
+* ``C``: the native core module (``tna_kernels._C``); its functions take tensors as
+  ``data_ptr()`` integers (``ptr``), dtypes as codes (``dtype_code``) and the thread count
+  (``threads()``, torch's intra-op count, so the C++ never oversubscribes torch's pool).
+* ``empty_output``: the allocation of large CPU outputs (huge pages; see its docstring).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+from .. import _C as C
+
+LIB = torch.library.Library("tna", "FRAGMENT")
+
+_DTYPE_CODES = {getattr(torch, name): code for name, code in C.DTYPES.items()}
+
+
+def dtype_code(t: Tensor | torch.dtype) -> int:
+    """The native core's code for a tensor's (or a dtype's) dtype."""
+    dtype = t if isinstance(t, torch.dtype) else t.dtype
+    try:
+        return _DTYPE_CODES[dtype]
+    except KeyError:
+        raise TypeError(f"dtype {dtype} is not supported by the tna_kernels CPU kernels") from None
+
+
+def ptr(t: Tensor | None) -> int:
+    """Address of a tensor's first element for the native core; 0 for None (an absent optional)."""
+    return 0 if t is None else t.data_ptr()
+
+
+threads = torch.get_num_threads
+
+
+# Outputs of 32 MiB or more: glibc maps such blocks fresh from the kernel and unmaps them on free,
+# so every call pays first-touch page faults (~1.2 us per 4 KiB page on the VMs this is developed
+# on: ~20 ms for a 64 MiB output against ~1.4 ms of stores). A 2 MiB-aligned range advised with
+# MADV_HUGEPAGE before its first touch faults once per 2 MiB instead. The buffer comes from torch's
+# own allocator (2 MiB larger, to align), so the result is an ordinary, resizable CPU tensor that
+# torch's memory accounting sees. TNA_HUGEPAGES=0 turns this off.
+HUGE_PAGE = 2 << 20
+HUGE_MIN_BYTES = 32 << 20
+HUGE_PAGES = os.environ.get("TNA_HUGEPAGES", "1") != "0" and C.HUGE_PAGES_SUPPORTED
+
+
+def _contiguous_strides(shape, memory_format) -> list[int]:
+    if memory_format == torch.channels_last:
+        n, c, h, w = shape
+        return [h * w * c, 1, w * c, c]
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.append(acc)
+        acc *= max(size, 1)
+    return strides[::-1]
+
+
+def empty_output(shape, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:
+    """``torch.empty(shape, dtype=dtype, memory_format=memory_format)`` on the CPU; from 32 MiB up,
+    on transparent huge pages (see above)."""
+    itemsize = dtype.itemsize
+    nbytes = math.prod(shape) * itemsize
+    if nbytes < HUGE_MIN_BYTES or not HUGE_PAGES:
+        return torch.empty(shape, dtype=dtype, memory_format=memory_format)
+    span = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+    storage = torch.empty(span + HUGE_PAGE, dtype=torch.uint8).untyped_storage()
+    offset = -storage.data_ptr() % HUGE_PAGE
+    C.advise_huge_pages(storage.data_ptr() + offset, span)
+    out = torch.empty(0, dtype=dtype)
+    return out.set_(storage, offset // itemsize, tuple(shape), _contiguous_strides(shape, memory_format))
+
