@@ -57,7 +57,7 @@ def legacy_core():
     from torch.utils.cpp_extension import CppExtension
     cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
     return [CppExtension("tna_kernels._C_legacy", sources + ["csrc/python_module.cpp"],
-                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
+                         extra_compile_args=cxx, extra_link_args=["-fopenmp"])]
 
 
 ParallelCompile("MAX_JOBS").install()

@@ -1,5 +1,6 @@
 // tna_kernels._C: the pybind11 module. Each family registers its bindings block
 // (csrc/bindings/<family>.cpp, TNA_BINDINGS); this file adds what every family shares.
+#include <atomic>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -34,6 +35,15 @@ bool advise_huge_pages(uintptr_t p, int64_t n) {
 #endif
 }
 
+// How many chunks tna::parallel_for runs [0, n) in with this thread count (tests check that the
+// kernels honour torch.get_num_threads()).
+int parallel_chunks(int64_t n, int64_t grain, int threads) {
+  ThreadsScope scope(threads);
+  std::atomic<int> chunks{0};
+  parallel_for(0, n, grain, [&](int64_t, int64_t) { chunks.fetch_add(1); });
+  return chunks.load();
+}
+
 }  // namespace
 
 int register_bindings(const char* family, BindFn fn) {
@@ -64,6 +74,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("HUGE_PAGES_SUPPORTED") = false;
 #endif
   m.def("advise_huge_pages", &tna::advise_huge_pages, py::arg("ptr"), py::arg("nbytes"));
+  m.def("parallel_chunks", &tna::parallel_chunks, py::arg("n"), py::arg("grain"), py::arg("threads"),
+        py::call_guard<py::gil_scoped_release>());
   py::list families;
   for (auto& [family, bind] : tna::registry()) {
     bind(m);

@@ -1,8 +1,9 @@
 """Package-level behaviour: loading the extension, the info report, the CPU/Triton backends."""
 
-import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,13 +12,70 @@ import tna_kernels
 from tna_kernels import info
 
 
-def test_mismatched_build_names_both_torch_versions(tmp_path):
-    record = tmp_path / "_build_config.json"
-    record.write_text(json.dumps({"torch": "1.0.0"}))
-    with pytest.raises(ImportError) as err:
-        tna_kernels._load_extension(record)
-    assert "built for torch 1.0.0" in str(err.value)
-    assert torch.__version__ in str(err.value) and "Rebuild" in str(err.value)
+def _package_copy(tmp_path, *, with_csrc: bool, native: bytes | None) -> tuple:
+    """A copy of the package (Python files) in tmp_path, optionally with csrc/ beside it (a source
+    checkout) and a _C module file with the given bytes (None: the built one)."""
+    import shutil
+
+    src = Path(tna_kernels.__file__).parent
+    dst = tmp_path / "tna_kernels"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "_C*.so", "_C_legacy*"))
+    for legacy in src.glob("_C_legacy*.so"):  # transitional families
+        shutil.copy(legacy, dst)
+    built = next(src.glob("_C.*.so"))
+    if native is None:
+        shutil.copy(built, dst / built.name)
+    elif native:
+        (dst / built.name).write_bytes(native)
+    if with_csrc:
+        shutil.copytree(src.parent / "csrc", tmp_path / "csrc")
+    return dst, built.name
+
+
+def _import_error(tmp_path) -> str:
+    out = subprocess.run([sys.executable, "-c", "import tna_kernels"], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert out.returncode != 0, "import should have failed"
+    return out.stderr.strip().splitlines()[-1]
+
+
+def test_missing_native_core_says_missing_and_how_to_build(tmp_path):
+    _package_copy(tmp_path, with_csrc=True, native=b"")
+    msg = _import_error(tmp_path)
+    assert "tna_kernels._C is missing" in msg and f"pip install -e {tmp_path}" in msg
+
+
+def test_broken_native_core_says_broken_and_why(tmp_path):
+    _package_copy(tmp_path, with_csrc=False, native=b"not an ELF file")
+    msg = _import_error(tmp_path)
+    assert "tna_kernels._C is broken" in msg and "pip install --force-reinstall" in msg
+    assert "invalid ELF header" in msg or "file too short" in msg
+
+
+def test_native_core_older_than_its_sources_is_stale(tmp_path):
+    _package_copy(tmp_path, with_csrc=True, native=None)
+    core = tmp_path / "csrc" / "core.cpp"
+    core.write_text(core.read_text() + "\n// edited after the build\n")
+    msg = _import_error(tmp_path)
+    assert "tna_kernels._C is stale" in msg and "other sources" in msg and "pip install -e" in msg
+
+
+def test_native_core_with_another_interface_is_stale(monkeypatch):
+    from tna_kernels import _loader
+
+    monkeypatch.setattr(_loader, "INTERFACE_VERSION", _loader.INTERFACE_VERSION + 1)
+    with pytest.raises(ImportError, match="tna_kernels._C is stale: it exposes binding interface"):
+        _loader.load_native()
+
+
+def test_native_core_links_no_torch_library():
+    """One build for every torch: _C's dynamic section names no libtorch / libc10."""
+    so = Path(tna_kernels._C.__file__)
+    out = subprocess.run(["readelf", "-d", str(so)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("readelf not available")
+    needed = [ln for ln in out.stdout.splitlines() if "NEEDED" in ln]
+    assert needed and not any("libtorch" in ln or "libc10" in ln for ln in needed), needed
 
 
 def test_info_lists_every_op_with_cpu_kernel_and_fake():

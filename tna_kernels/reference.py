@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ._utils import state_dtype
-
-SURROGATES = ("atan", "sigmoid", "fast_sigmoid", "triangle", "rectangle")
+from .formats import FORMAT_VERSION as TERNARY_FORMAT_VERSION
+from .formats import MSE_REDUCTIONS, SURROGATES, TERNARY_METHODS
 
 
 def surrogate_grad(x: Tensor, name: str, alpha: float) -> Tensor:
@@ -78,12 +78,8 @@ def lif(x_seq: Tensor, v0: Tensor, *, tau: float = 2.0, decay_input: bool = True
 
 
 # ---- Ternary weights --------------------------------------------------------------------------
-# Packed format v1 (docs/FORMAT.md): codes [..., K] in {-1, 0, +1} -> int64 words [..., 2, KW],
-# KW = ceil(K / 64); plane 0 = P (code +1), plane 1 = N (code -1); element k is bit k % 64 of word
-# k // 64; bits k >= K are zero. Spikes [..., K] in {0, 1} -> [..., KW] the same way.
+# The packed format (pack_ternary / pack_spikes below) is specified in docs/FORMAT.md.
 
-TERNARY_FORMAT_VERSION = 1
-TERNARY_METHODS = ("twn", "absmean")
 ABSMEAN_EPS = 1e-5
 
 
@@ -252,8 +248,6 @@ def spike_ternary_conv2d(spikes: Tensor, codes: Tensor, scale: Tensor, bias: Ten
 #   detach_base / detach_twin treat that tensor as a constant (no gradient at all into it).
 # Arithmetic runs in float32 for half / bf16 logits (float64 stays float64).
 # ---------------------------------------------------------------------------------------------
-
-MSE_REDUCTIONS = ("mean", "sum_over_batch")
 
 
 def _ce_mean(logits: Tensor, target: Tensor, label_smoothing: float, ignore_index: int) -> Tensor:

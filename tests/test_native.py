@@ -1,0 +1,50 @@
+"""The native core itself (tna_kernels._C): threads, the OpenMP runtime, dtype codes, allocation."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tna_kernels.ops import _native
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_loops_use_torchs_thread_count(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        expected = threads if _native.C.OPENMP else 1
+        assert _native.C.parallel_chunks(1000, 1, _native.threads()) == expected
+        assert _native.C.parallel_chunks(1000, 600, _native.threads()) == min(expected, 2)  # grain bounds it
+        assert _native.C.parallel_chunks(10, 100, threads) == 1  # shorter than one grain: the caller runs it
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_one_openmp_runtime_in_the_process():
+    """_C links libgomp.so.1 by soname, so it shares the copy torch loaded: one pool, no oversubscription."""
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    gomp = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(gomp) <= 1, gomp
+
+
+def test_dtype_codes_cover_every_kernel_dtype_and_are_distinct():
+    codes = [_native.dtype_code(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                                              torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64,
+                                              torch.bool)]
+    assert len(set(codes)) == len(codes)
+    with pytest.raises(TypeError, match="complex64"):
+        _native.dtype_code(torch.complex64)
+
+
+def test_empty_output_shapes_strides_and_formats():
+    small = _native.empty_output((3, 5), torch.float32)
+    assert small.shape == (3, 5) and small.is_contiguous()
+    big = _native.empty_output((2, 1 << 22), torch.float32)
+    assert big.shape == (2, 1 << 22) and big.is_contiguous() and big.dtype == torch.float32
+    cl = _native.empty_output((8, 64, 128, 128), torch.float32, memory_format=torch.channels_last)
+    assert cl.shape == (8, 64, 128, 128) and cl.is_contiguous(memory_format=torch.channels_last)
+    if _native.HUGE_PAGES:
+        assert big.data_ptr() % _native.HUGE_PAGE == 0 and cl.data_ptr() % _native.HUGE_PAGE == 0
