@@ -1,5 +1,6 @@
 import ctypes
 import ctypes.util
+import os
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,10 @@ import tna_kernels  # noqa: F401
 
 
 def _keep_freed_memory() -> None:
-    """Large tensors come from mmap and go back to the OS on free, so every fresh output pays
-    page faults plus zeroing (~10 ms per 64 MB here), which would swamp the kernels being compared.
-    Raise glibc's mmap and trim thresholds so freed blocks are reused, as jemalloc/tcmalloc do;
-    it applies to every provider alike."""
+    """A tuned setting, off by default (headline figures use the default allocator, as a user's
+    code runs): with TNA_BENCH_TUNED_MALLOC=1, raise glibc's mmap and trim thresholds so freed large
+    blocks are reused instead of paying page faults and zeroing on every fresh output (~10 ms per
+    64 MB here), as jemalloc/tcmalloc do; it applies to every provider alike."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
         return
@@ -23,7 +24,16 @@ def _keep_freed_memory() -> None:
         libc.mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
-_keep_freed_memory()
+TUNED_MALLOC = os.environ.get("TNA_BENCH_TUNED_MALLOC") == "1"
+if TUNED_MALLOC:
+    _keep_freed_memory()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Versions and the kernels' instruction set, so every table says what it was taken on."""
+    machine_info["torch"] = torch.__version__
+    machine_info["tna_ternary_isa"] = torch.ops.tna.ternary_cpu_isa()
+    machine_info["tuned_malloc"] = TUNED_MALLOC
 
 
 BENCH_DIR = Path(__file__).resolve().parent
