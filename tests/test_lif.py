@@ -532,3 +532,76 @@ def test_op_without_v0_starts_at_the_reset_value(v_reset):
     for a, b in zip(no_gv, zero_gv, strict=True):
         assert torch.equal(a, b)
     torch.library.opcheck(torch.ops.tna.lif_fwd.default, (x[:, :10].clone().requires_grad_(), None, *hyper, True))
+
+
+# ---- opcheck of every op of the family on small CPU samples (schema, fake kernel, autograd) ------
+
+@pytest.mark.parametrize("save_h", [True, False])
+@pytest.mark.parametrize("with_v0", [True, False])
+@pytest.mark.parametrize("soft", [False, True])
+def test_opcheck_lif_fwd_every_variant(save_h, with_v0, soft):
+    x = draw_input((4, 3, 5), torch.float32, v_reset=None if soft else 0.0)
+    v0 = torch.rand(3, 5).requires_grad_() if with_v0 else None
+    args = (x.clone().requires_grad_(), v0, 2.0, True, 1.0, 0.0, soft, False, "sigmoid", 2.0, save_h)
+    torch.library.opcheck(torch.ops.tna.lif_fwd.default, args)
+
+
+@pytest.mark.parametrize("view", ["expanded", "neuron_slice"])
+def test_opcheck_lif_fwd_strided_input(view):
+    """Inputs the CPU kernel reads in place (each step contiguous, any step between them)."""
+    base = draw_input((3, 40), torch.float32)
+    x = base[:1].expand(4, 40) if view == "expanded" else base[:, 5:25]
+    torch.library.opcheck(torch.ops.tna.lif_fwd.default, (x, None, *HYPER, False))
+    torch.library.opcheck(torch.ops.tna.lif_bwd_recompute.default,
+                          (torch.randn(x.shape), None, x, None, *HYPER))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("with_gv", [True, False])
+def test_opcheck_lif_bwd_every_variant(dtype, with_gv):
+    acc = state_dtype(dtype)
+    x = draw_input((4, 7), dtype)
+    h = torch.ops.tna.lif_fwd(x, None, *HYPER, True)[2]
+    gv = torch.randn(7, dtype=acc) if with_gv else None
+    for hyper in (HYPER, _hyper("rectangle", soft=True, detach=True, decay_input=False)):
+        torch.library.opcheck(torch.ops.tna.lif_bwd.default, (torch.randn(4, 7).to(dtype), gv, h, *hyper))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("with_v0", [True, False])
+def test_opcheck_lif_bwd_recompute_every_variant(dtype, with_v0):
+    acc = state_dtype(dtype)
+    x = draw_input((4, 7), dtype)
+    v0 = torch.rand(7, dtype=acc) if with_v0 else None
+    for gv in (None, torch.randn(7, dtype=acc)):
+        args = (torch.randn(4, 7).to(dtype), gv, x, v0, *_hyper("fast_sigmoid"))
+        torch.library.opcheck(torch.ops.tna.lif_bwd_recompute.default, args)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_opcheck_lif_pack(soft):
+    x = torch.randn(3, 2, 5, 70)
+    torch.library.opcheck(torch.ops.tna.lif_pack.default, (x, 1.5, not soft, 0.8, -0.5, soft))
+    torch.library.opcheck(torch.ops.tna.lif_pack.default, (x.transpose(1, 2), 2.0, True, 1.0, 0.0, soft))
+
+
+def test_native_core_surrogate_order_is_the_reference_one():
+    """The C++ kernels take the surrogate by index: their list must be reference.SURROGATES."""
+    from tna_kernels import _C
+
+    assert tuple(_C.LIF_SURROGATES) == tuple(reference.SURROGATES)
+
+
+def test_cpu_kernel_checks_tensor_arguments():
+    x = torch.randn(3, 4)
+    h = torch.ops.tna.lif_fwd(x, None, *HYPER, True)[2]
+    with pytest.raises(RuntimeError, match="h_seq must have dtype"):
+        torch.ops.tna.lif_bwd(x, None, h.double(), *HYPER)
+    with pytest.raises(RuntimeError, match="grad_v_last must have shape"):
+        torch.ops.tna.lif_bwd(x, torch.zeros(5), h, *HYPER)
+    with pytest.raises(RuntimeError, match="x_seq must be a floating-point"):
+        torch.ops.tna.lif_fwd(x.int(), None, *HYPER, False)
+    with pytest.raises(RuntimeError, match="tau must be a finite number > 0"):
+        torch.ops.tna.lif_fwd(x, None, float("inf"), *HYPER[1:], False)
+    with pytest.raises(RuntimeError, match="x_seq must be \\[T, ..., C\\]"):
+        torch.ops.tna.lif_pack(torch.randn(2, 0), 2.0, True, 1.0, 0.0, False)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from . import reference as _reference
-from ._utils import HAS_TRITON, state_dtype
+from ._utils import HAS_TRITON
 from .ops.ternary import FORMAT_VERSION as TERNARY_FORMAT_VERSION
 from .ops.ternary import PackedTernary, conv_geometry
 from .reference import MSE_REDUCTIONS, SURROGATES, TERNARY_METHODS
@@ -21,106 +21,12 @@ __all__ = ["lif", "tau_from_beta", "SURROGATES",
            "twin_loss", "kd_loss", "dml_loss", "MSE_REDUCTIONS"]
 
 
-def tau_from_beta(beta: float) -> float:
-    """Time constant whose LIF decay ``1 - 1/tau`` equals the decay factor ``beta`` (0 <= beta < 1)."""
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
-        raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
-    return 1.0 / (1.0 - beta)
+from .ops.lif import _lif_hyper, lif, tau_from_beta  # noqa: E402, F401  (the LIF family lives in ops/lif.py)
 
 
 def _check_device(x: Tensor) -> None:
     if x.device.type == "cuda" and not HAS_TRITON:
         raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
-
-
-def _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta) -> tuple[float, bool]:
-    """Validates the neuron arguments of :func:`lif`; returns the effective ``(tau, decay_input)``."""
-    if beta is not None:
-        if tau is not None or decay_input:
-            raise ValueError("beta replaces tau and decay_input: pass either beta or tau/decay_input")
-        tau, decay_input = tau_from_beta(beta), False
-    tau = 2.0 if tau is None else tau
-    decay_input = True if decay_input is None else decay_input
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    if v_reset is not None and not math.isfinite(v_reset):
-        raise ValueError(f"v_reset must be a finite number or None, got {v_reset!r}")
-    if not math.isfinite(v_threshold):
-        raise ValueError(f"v_threshold must be finite, got {v_threshold!r}")
-    return float(tau), bool(decay_input)
-
-
-def lif(x_seq: Tensor, v0: Tensor | None = None, *, tau: float | None = None,
-        decay_input: bool | None = None, v_threshold: float = 1.0, v_reset: float | None = 0.0,
-        detach_reset: bool = False, surrogate: str = "atan", alpha: float = 2.0,
-        beta: float | None = None, return_v: bool = False):
-    """Fused multi-step leaky integrate-and-fire neuron (SpikingJelly ``LIFNode`` dynamics).
-
-    Args:
-        x_seq: input current ``[T, ...]`` (any trailing shape, any strides), float32/float64/
-            float16/bfloat16. Half and bf16 are stored as given; the membrane runs in float32.
-        v0: initial membrane ``[...]`` (= ``x_seq.shape[1:]``). Default: ``v_reset`` (hard reset)
-            or 0 (soft reset). Pass the ``v`` returned by a previous call to stream in chunks of time.
-        tau: membrane time constant (> 0), default 2.0. Charge: ``h = v + (x - (v - v_reset)) / tau``
-            with ``decay_input``, else ``h = v - (v - v_reset) / tau + x``.
-        decay_input: whether the input is divided by ``tau`` (default True).
-        v_threshold: firing threshold: ``s = 1[h >= v_threshold]``.
-        v_reset: hard-reset value (a float: ``v = v_reset`` after a spike) or ``None`` for the soft
-            (subtract) reset ``v = h - v_threshold``.
-        detach_reset: stop the gradient through the spike used in the reset.
-        surrogate: one of ``"atan"``, ``"sigmoid"``, ``"fast_sigmoid"``, ``"triangle"``,
-            ``"rectangle"`` (formulas in ``tna_kernels.reference.surrogate_grad``).
-        alpha: surrogate sharpness (> 0).
-        beta: decay-factor parameterisation, the paper's ``u[t] = beta*u[t-1]*(1 - s[t-1]) + I[t]``
-            (with ``v_reset=0.0``): sets ``tau = 1/(1 - beta)`` and ``decay_input=False``. Cannot be
-            combined with ``tau`` or ``decay_input=True``.
-        return_v: also return the final membrane (state dtype: float32 for half/bf16 input).
-
-    Returns:
-        spikes ``[T, ...]`` (0/1, dtype of ``x_seq``), or ``(spikes, v_last)`` with ``return_v``.
-
-    Backward keeps one ``[T, ...]`` tensor: on the CPU ``x_seq`` itself (no copy when it is
-    contiguous; the membrane is recomputed in cache during backward), on CUDA the pre-spike
-    membrane. Under ``torch.no_grad`` or when nothing requires grad it keeps nothing.
-    """
-    if not isinstance(x_seq, Tensor):
-        raise TypeError(f"x_seq must be a torch.Tensor, got {type(x_seq).__name__}")
-    if not x_seq.dtype.is_floating_point:
-        raise TypeError(f"x_seq must be a floating-point tensor, got {x_seq.dtype}")
-    if x_seq.dim() < 1 or x_seq.shape[0] < 1:
-        raise ValueError(f"x_seq must be [T, ...] with T >= 1 time steps, got shape {tuple(x_seq.shape)}")
-    hyper = _lif_hyper(tau, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, beta)
-    _check_device(x_seq)
-
-    if v0 is not None:
-        if not isinstance(v0, Tensor) or not v0.dtype.is_floating_point:
-            raise TypeError("v0 must be a floating-point torch.Tensor")
-        if v0.shape != x_seq.shape[1:]:
-            raise ValueError(f"v0 must have shape {tuple(x_seq.shape[1:])} (x_seq.shape[1:]), "
-                             f"got {tuple(v0.shape)}")
-        if v0.device != x_seq.device:
-            raise ValueError(f"v0 is on {v0.device} but x_seq is on {x_seq.device}")
-        v0 = v0.to(state_dtype(x_seq.dtype))
-
-    # On the CPU backward recomputes the membrane from x_seq (one fewer [T, ...] write); on CUDA
-    # the forward saves it.
-    needs_grad = torch.is_grad_enabled() and (x_seq.requires_grad or (v0 is not None and v0.requires_grad))
-    save_h = needs_grad and x_seq.device.type != "cpu"
-    spikes, v_last, _ = torch.ops.tna.lif_fwd(x_seq, v0, *hyper, save_h)
-    return (spikes, v_last) if return_v else spikes
-
-
-def _lif_hyper(tau=None, decay_input=None, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate="atan",
-               alpha=2.0, beta=None) -> tuple:
-    """Validates the neuron arguments of :func:`lif`; returns them as ``tna::lif_fwd`` and
-    ``tna::lif_bwd`` take them (after the input tensors)."""
-    tau, decay_input = _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta)
-    return (tau, decay_input, float(v_threshold), 0.0 if v_reset is None else float(v_reset), v_reset is None,
-            bool(detach_reset), surrogate, float(alpha))
 
 
 # ---- Ternary weights (packed format v1: tna_kernels.ops.ternary, docs/FORMAT.md) ----------------
@@ -351,26 +257,7 @@ def spike_ternary_conv2d(spike_bits: Tensor, weight: PackedTernary, stride=1, pa
                                               weight.K, s, p, d, weight.version, weight.kmajor())
 
 
-def _lif_pack_args(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta) -> tuple:
-    tau, decay_input = _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta)
-    return tau, decay_input, float(v_threshold), 0.0 if v_reset is None else float(v_reset), v_reset is None
-
-
-def lif_pack(x_seq: Tensor, *, tau: float | None = None, decay_input: bool | None = None,
-             v_threshold: float = 1.0, v_reset: float | None = 0.0, detach_reset: bool = False,
-             surrogate: str = "atan", alpha: float = 2.0, beta: float | None = None) -> Tensor:
-    """Inference LIF with bit-packed output: ``x_seq`` float32 ``[T, ..., C]`` (channels last) →
-    int64 ``[T, ..., ceil(C/64)]``, equal to ``pack_spikes(lif(x_seq, ...), dim=-1)`` without the
-    float spike tensor. Neuron arguments as in :func:`lif` (the membrane starts at the reset value);
-    ``detach_reset``, ``surrogate`` and ``alpha`` only shape gradients, so they are accepted (a
-    layer's ``neuron.kwargs`` can be passed as is) and have no effect here. No autograd."""
-    if not isinstance(x_seq, Tensor) or x_seq.dtype != torch.float32:
-        raise TypeError(f"x_seq must be a float32 torch.Tensor, got {getattr(x_seq, 'dtype', type(x_seq))}")
-    if x_seq.dim() < 2 or x_seq.shape[0] < 1:
-        raise ValueError(f"x_seq must be [T, ..., C] with T >= 1, got shape {tuple(x_seq.shape)}")
-    _check_device(x_seq)
-    return torch.ops.tna.lif_pack(x_seq, *_lif_pack_args(tau, decay_input, v_threshold, v_reset, surrogate,
-                                                         alpha, beta))
+from .ops.lif_pack import _lif_pack_args, lif_pack  # noqa: E402, F401  (ops/lif_pack.py)
 
 
 def spike_ternary_conv2d_lif(spike_bits: Tensor, weight: PackedTernary, T: int, stride=1, padding=0,

@@ -9,52 +9,47 @@
 //   dv/dh = (1 - s) + (vr - h) * sg   (hard)  |  1 - v_th * sg   (soft); detach_reset drops sg
 //   gh = grad_s[t] * sg + gv * dv/dh;   grad_x[t] = gh / tau (decay_input) or gh;   gv = gh - gh / tau
 //   (computed as gh * (1 / tau): one divide fewer per element, within an ulp of the reference)
-// Layout: x_seq as T rows of N (read in place when each step is contiguous, see time_major);
+// Layout: x_seq as T rows of N (read in place when each step is contiguous: tna_kernels/ops/lif.py,
+// _time_major);
 // parallel over blocks of neurons, the time loop runs inside each block so the membrane stays in
-// L1; large outputs are written with non-temporal stores into huge-page buffers (output_alloc.h).
+// L1; large outputs are written with non-temporal stores (into the huge-page buffers Python
+// allocates: tna_kernels/ops/_native.py, empty_output).
 // Float32 on AVX2 CPUs, up to 16 steps forward and 7 backward: the tile kernels of lif_tiles.h
 // instead, each neuron's state in registers over all steps (the same step code, so the same bits).
 // Backward either reads h_seq saved by the forward (lif_bwd; the compute dtype, float for
 // half/bf16) or recomputes it from x_seq and v0 a block at a time into an L1/L2 buffer
 // (lif_bwd_recompute, what autograd uses on the CPU): the same charge and reset code in the same
 // order, so h and the spikes are the forward's bit for bit.
-#include <torch/library.h>
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+//
+// No torch header: the entry points (lif.h) take raw pointers, sizes, row steps and a dtype code;
+// csrc/bindings/lif.cpp exposes them to Python (tna_kernels/ops/lif.py), which allocates outputs.
+#include "lif.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <memory>
-#include <optional>
-#include <string>
 #include <type_traits>
 
-#include "../common.h"
+#include "../core.h"
 #include "fast_exp.h"
 #include "lif_step.h"
 #include "lif_tiles.h"
-#include "output_alloc.h"
 
 #if defined(__x86_64__)
 #include <emmintrin.h>
 #endif
 
 namespace tna {
-namespace {
 
-Surrogate parse_surrogate(const std::string& name) {
-  if (name == "atan") return Surrogate::kATan;
-  if (name == "sigmoid") return Surrogate::kSigmoid;
-  if (name == "fast_sigmoid") return Surrogate::kFastSigmoid;
-  if (name == "triangle") return Surrogate::kTriangle;
-  if (name == "rectangle") return Surrogate::kRectangle;
-  TORCH_CHECK(false, "surrogate must be one of 'atan', 'sigmoid', 'fast_sigmoid', 'triangle', "
-              "'rectangle'; got '", name, "'");
-}
+// kLifSurrogates (lif.h) names the Surrogate enum (lif_step.h) in order.
+static_assert(static_cast<int>(Surrogate::kATan) == 0 && static_cast<int>(Surrogate::kSigmoid) == 1 &&
+              static_cast<int>(Surrogate::kFastSigmoid) == 2 &&
+              static_cast<int>(Surrogate::kTriangle) == 3 &&
+              static_cast<int>(Surrogate::kRectangle) == 4 && kNumLifSurrogates == 5);
+
+namespace {
 
 // Neurons per inner block: short enough that a step's working set (membrane, carry, output buffer,
 // the rows in flight and their prefetched successors) stays in the 32 KiB L1. At [4, 4.2M]
@@ -319,9 +314,9 @@ inline T* offset_or_null(T* p, int64_t k) {
 // The tile kernels (lif_tiles.h, AVX2 CPUs) take float32 sequences up to max_T steps; when they
 // stream, every output row must start 32-byte aligned (rows of N floats from aligned buffers:
 // N % 8 == 0).
-bool use_tiles(at::ScalarType dtype, int64_t T, int64_t max_T, int64_t N, bool stream,
+bool use_tiles(DType dtype, int64_t T, int64_t max_T, int64_t N, bool stream,
                std::initializer_list<const void*> outputs) {
-  if (!lif_tiles_enabled() || dtype != at::kFloat || T > max_T) return false;
+  if (!lif_tiles_enabled() || dtype != DType::kFloat32 || T > max_T) return false;
   if (!stream) return true;
   if (N % 8 != 0) return false;
   return std::all_of(outputs.begin(), outputs.end(),
@@ -333,7 +328,7 @@ bool use_tiles(at::ScalarType dtype, int64_t T, int64_t max_T, int64_t N, bool s
 template <typename Tiles, typename Tail>
 void parallel_tiles(int64_t N, const Tiles& tiles, const Tail& tail, bool stream) {
   const int64_t n_tiles = N / kTile;
-  at::parallel_for(0, n_tiles + (N % kTile != 0), kGrain / kTile, [&](int64_t tb, int64_t te) {
+  parallel_for(0, n_tiles + (N % kTile != 0), kGrain / kTile, [&](int64_t tb, int64_t te) {
     const int64_t e = std::min(te, n_tiles) * kTile;
     if (e > tb * kTile) tiles(tb * kTile, e);
     if (te > n_tiles) tail(n_tiles * kTile, N);
@@ -341,72 +336,45 @@ void parallel_tiles(int64_t N, const Tiles& tiles, const Tail& tail, bool stream
   });
 }
 
-// A [T, ...] input as T rows of N elements and the step between rows. When every time step is
-// contiguous the tensor is read in place whatever that step: a static input repeated over time
-// (x.expand(T, ...), step 0, e.g. a first layer's current) or a slice of neurons of a larger
-// [T, N'] tensor (batch norm + LIF's backward). Anything else is copied once.
-struct TimeMajor {
-  at::Tensor data;
-  int64_t T, N, stride;
-};
-
-TimeMajor time_major(const at::Tensor& x_seq) {
-  const int64_t T = x_seq.size(0), N = x_seq[0].numel();
-  if (x_seq.is_contiguous()) return {x_seq, T, N, N};
-  if (T > 1 && x_seq[0].is_contiguous()) return {x_seq, T, N, x_seq.stride(0)};
-  return {x_seq.contiguous(), T, N, N};
+void check_sizes(int64_t T, int64_t N, const char* name) {
+  TNA_CHECK(T >= 1, name, " must be [T, ...] with at least one time step, got T = ", T);
+  TNA_CHECK(N >= 0, name, " must have N >= 0 neurons per step, got ", N);
 }
 
-void check_hyper(double tau, double v_threshold, double v_reset, double alpha) {
-  TORCH_CHECK(std::isfinite(tau) && tau > 0, "tau must be a finite number > 0, got ", tau);
-  TORCH_CHECK(std::isfinite(v_threshold), "v_threshold must be finite, got ", v_threshold);
-  TORCH_CHECK(std::isfinite(v_reset), "v_reset must be finite, got ", v_reset);
-  TORCH_CHECK(std::isfinite(alpha) && alpha > 0, "alpha must be a finite number > 0, got ", alpha);
+}  // namespace
+
+void check_lif_hyper(const LifHyper& p) {
+  TNA_CHECK(std::isfinite(p.tau) && p.tau > 0, "tau must be a finite number > 0, got ", p.tau);
+  TNA_CHECK(std::isfinite(p.v_threshold), "v_threshold must be finite, got ", p.v_threshold);
+  TNA_CHECK(std::isfinite(p.v_reset), "v_reset must be finite, got ", p.v_reset);
+  TNA_CHECK(std::isfinite(p.alpha) && p.alpha > 0, "alpha must be a finite number > 0, got ",
+            p.alpha);
+  TNA_CHECK(p.surrogate >= 0 && p.surrogate < kNumLifSurrogates,
+            "surrogate must be one of 'atan', 'sigmoid', 'fast_sigmoid', 'triangle', 'rectangle'; "
+            "got index ", p.surrogate);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_seq,
-                                                           const std::optional<at::Tensor>& v0,
-                                                           double tau,
-                                                           bool decay_input, double v_threshold,
-                                                           double v_reset, bool soft_reset,
-                                                           bool detach_reset,
-                                                           std::string_view surrogate, double alpha,
-                                                           bool save_h) {
-  TNA_CHECK_CPU(x_seq);
-  TNA_CHECK_FLOATING(x_seq);
-  TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1,
-              "x_seq must be [T, ...] with at least one time step, got shape ", x_seq.sizes());
-  const bool has_v0 = v0.has_value() && v0->defined();
-  if (has_v0) {
-    TNA_CHECK_CPU(*v0);
-    TNA_CHECK_DTYPE(*v0, at::toOpMathType(x_seq.scalar_type()));
-    TNA_CHECK_SHAPE(*v0, x_seq.sizes().slice(1));
-  }
-  check_hyper(tau, v_threshold, v_reset, alpha);
-  parse_surrogate(std::string(surrogate));
-  (void)detach_reset;
-
-  const TimeMajor xt = time_major(x_seq);
-  const at::Tensor& x = xt.data;
-  const int64_t T = xt.T, N = xt.N, x_stride = xt.stride;
-  at::Tensor spikes = empty_output(x.sizes(), x.options());
+void lif_fwd(DType dtype, const void* x, int64_t x_stride, const void* v0, int64_t T, int64_t N,
+             const LifHyper& p, void* spikes, void* v_last, void* h_seq) {
+  check_sizes(T, N, "x_seq");
+  check_lif_hyper(p);
+  const bool save_h = h_seq != nullptr;
+  const double tau = p.tau, v_threshold = p.v_threshold, v_reset = p.v_reset;
   // Without v0 the membrane starts at the reset value inside each worker's blocks.
-  const at::Tensor v0c = has_v0 ? v0->contiguous() : at::Tensor();
-  at::Tensor v = empty_output(x.sizes().slice(1), x.options().dtype(at::toOpMathType(x.scalar_type())));
-  const double v_init = soft_reset ? 0.0 : v_reset;
-  at::Tensor h_seq = empty_output(save_h ? x.sizes() : at::IntArrayRef{0}, v.options());
+  const double v_init = p.soft_reset ? 0.0 : v_reset;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
-    acc_t* hp = save_h ? h_seq.mutable_data_ptr<acc_t>() : nullptr;
-    acc_t* vp = v.mutable_data_ptr<acc_t>();
-    const acc_t* v0p = has_v0 ? v0c.const_data_ptr<acc_t>() : nullptr;
+  dispatch_floating(dtype, "x_seq", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
+    const scalar_t* xp = static_cast<const scalar_t*>(x);
+    scalar_t* sp = static_cast<scalar_t*>(spikes);
+    acc_t* hp = static_cast<acc_t*>(h_seq);
+    acc_t* vp = static_cast<acc_t*>(v_last);
+    const acc_t* v0p = static_cast<const acc_t*>(v0);
     const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
-    [[maybe_unused]] const bool tiles = use_tiles(x.scalar_type(), T, kTileFwdMaxT, N, stream, {sp, hp, vp});
-    dispatch_bool(decay_input, [&](auto kDecay) {
-      dispatch_bool(soft_reset, [&](auto kSoft) {
+    [[maybe_unused]] const bool tiles = use_tiles(dtype, T, kTileFwdMaxT, N, stream, {sp, hp, vp});
+    dispatch_bool(p.decay_input, [&](auto kDecay) {
+      dispatch_bool(p.soft_reset, [&](auto kSoft) {
         dispatch_bool(save_h, [&](auto kSave) {
           constexpr bool kD = decltype(kDecay)::value, kS = decltype(kSoft)::value,
                          kH = decltype(kSave)::value;
@@ -430,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
             }
           }
 #endif
-          at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+          parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
             blocks(begin, end);
             fence_streams(stream);
           });
@@ -438,56 +406,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x_s
       });
     });
   });
-  return {spikes, v, h_seq};
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
-                                               const std::optional<at::Tensor>& grad_v_last,
-                                               const at::Tensor& h_seq, double tau,
-                                               bool decay_input, double v_threshold,
-                                               double v_reset, bool soft_reset, bool detach_reset,
-                                               std::string_view surrogate, double alpha) {
-  TNA_CHECK_CPU(grad_spikes);
-  TNA_CHECK_CPU(h_seq);
-  TNA_CHECK_FLOATING(grad_spikes);
-  TORCH_CHECK(h_seq.dim() >= 1 && h_seq.size(0) >= 1,
-              "h_seq must be the [T, ...] pre-spike membrane saved by lif_fwd(save_h=True), got "
-              "shape ", h_seq.sizes());
-  TNA_CHECK_SHAPE(grad_spikes, h_seq.sizes());
-  TNA_CHECK_DTYPE(h_seq, at::toOpMathType(grad_spikes.scalar_type()));
-  const bool has_gv = grad_v_last.has_value() && grad_v_last->defined();
-  if (has_gv) {
-    TNA_CHECK_CPU(*grad_v_last);
-    TNA_CHECK_DTYPE(*grad_v_last, h_seq.scalar_type());
-    TNA_CHECK_SHAPE(*grad_v_last, h_seq.sizes().slice(1));
-  }
-  check_hyper(tau, v_threshold, v_reset, alpha);
-  const Surrogate sur = parse_surrogate(std::string(surrogate));
+void lif_bwd(DType dtype, const void* grad_spikes, const void* grad_v_last, const void* h_seq,
+             int64_t T, int64_t N, const LifHyper& p, void* grad_x, void* grad_v0) {
+  check_sizes(T, N, "h_seq");
+  check_lif_hyper(p);
+  const Surrogate sur = static_cast<Surrogate>(p.surrogate);
+  const double tau = p.tau, v_threshold = p.v_threshold, v_reset = p.v_reset, alpha = p.alpha;
 
-  const at::Tensor gs = grad_spikes.contiguous();
-  const at::Tensor h = h_seq.contiguous();
-  const int64_t T = h.size(0);
-  const int64_t N = h.numel() / T;
-  at::Tensor grad_x = empty_output(gs.sizes(), gs.options());
-  at::Tensor gv = has_gv ? grad_v_last->contiguous().clone() : empty_output(h.sizes().slice(1), h.options());
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "lif_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* gsp = gs.const_data_ptr<scalar_t>();
-    const acc_t* hp = h.const_data_ptr<acc_t>();
-    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-    acc_t* gvp = gv.mutable_data_ptr<acc_t>();
-    const bool stream = gs.numel() * int64_t(sizeof(acc_t)) >= kStreamBytes;
+  dispatch_floating(dtype, "grad_spikes", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
+    const scalar_t* gsp = static_cast<const scalar_t*>(grad_spikes);
+    const acc_t* hp = static_cast<const acc_t*>(h_seq);
+    const acc_t* gvlp = static_cast<const acc_t*>(grad_v_last);
+    scalar_t* gxp = static_cast<scalar_t*>(grad_x);
+    acc_t* gvp = static_cast<acc_t*>(grad_v0);
+    const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
     dispatch_surrogate(sur, [&](auto kSur) {
-      dispatch_bool(decay_input, [&](auto kDecay) {
-        dispatch_bool(soft_reset, [&](auto kSoft) {
-          dispatch_bool(detach_reset, [&](auto kDetach) {
-            at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+      dispatch_bool(p.decay_input, [&](auto kDecay) {
+        dispatch_bool(p.soft_reset, [&](auto kSoft) {
+          dispatch_bool(p.detach_reset, [&](auto kDetach) {
+            parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
               for (int64_t b = begin; b < end; b += kBlock) {
-                if (!has_gv) std::fill_n(gvp + b, std::min(kBlock, end - b), acc_t(0));
+                // the carry starts at grad_v_last (zero when null), a block at a time in place
+                const int64_t n = std::min(kBlock, end - b);
+                if (gvlp == nullptr) {
+                  std::fill_n(gvp + b, n, acc_t(0));
+                } else {
+                  std::copy_n(gvlp + b, n, gvp + b);
+                }
                 lif_bwd_block<scalar_t, acc_t, decltype(kSur)::value, decltype(kDecay)::value,
                               decltype(kSoft)::value, decltype(kDetach)::value>(
-                    gsp + b, hp + b, gxp + b, gvp + b, std::min(kBlock, end - b),
+                    gsp + b, hp + b, gxp + b, gvp + b, n,
                     std::clamp<int64_t>(end - b - kBlock, 0, kBlock), T, N,
                     acc_t(tau), acc_t(v_threshold), acc_t(v_reset), acc_t(alpha), stream);
               }
@@ -498,64 +450,33 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(const at::Tensor& grad_spikes,
       });
     });
   });
-  return {grad_x, gv};
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
-    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
-    const at::Tensor& x_seq, const std::optional<at::Tensor>& v0, double tau, bool decay_input,
-    double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
-    std::string_view surrogate, double alpha) {
-  TNA_CHECK_CPU(grad_spikes);
-  TNA_CHECK_CPU(x_seq);
-  TNA_CHECK_FLOATING(x_seq);
-  TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1,
-              "x_seq must be [T, ...] with at least one time step, got shape ", x_seq.sizes());
-  TNA_CHECK_SHAPE(grad_spikes, x_seq.sizes());
-  TNA_CHECK_DTYPE(grad_spikes, x_seq.scalar_type());
-  const at::ScalarType state = at::toOpMathType(x_seq.scalar_type());
-  const bool has_v0 = v0.has_value() && v0->defined();
-  if (has_v0) {
-    TNA_CHECK_CPU(*v0);
-    TNA_CHECK_DTYPE(*v0, state);
-    TNA_CHECK_SHAPE(*v0, x_seq.sizes().slice(1));
-  }
-  const bool has_gv = grad_v_last.has_value() && grad_v_last->defined();
-  if (has_gv) {
-    TNA_CHECK_CPU(*grad_v_last);
-    TNA_CHECK_DTYPE(*grad_v_last, state);
-    TNA_CHECK_SHAPE(*grad_v_last, x_seq.sizes().slice(1));
-  }
-  check_hyper(tau, v_threshold, v_reset, alpha);
-  const Surrogate sur = parse_surrogate(std::string(surrogate));
-
-  const TimeMajor xt = time_major(x_seq);
-  const TimeMajor gt = time_major(grad_spikes);
-  const int64_t T = xt.T, N = xt.N, x_stride = xt.stride;
-  const at::Tensor& gs = gt.data;
-  const at::Tensor v0c = has_v0 ? v0->contiguous() : at::Tensor();
-  const at::Tensor gvl = has_gv ? grad_v_last->contiguous() : at::Tensor();
-  at::Tensor grad_x = empty_output(x_seq.sizes(), gs.options());
-  // Without v0 the initial membrane is a constant: no gradient to return, the carry stays local.
-  at::Tensor grad_v0 = at::empty(has_v0 ? x_seq.sizes().slice(1) : at::IntArrayRef{0},
-                                 gs.options().dtype(state));
+void lif_bwd_recompute(DType dtype, const void* grad_spikes, int64_t gs_stride,
+                       const void* grad_v_last, const void* x, int64_t x_stride, const void* v0,
+                       int64_t T, int64_t N, const LifHyper& p, void* grad_x, void* grad_v0) {
+  check_sizes(T, N, "x_seq");
+  check_lif_hyper(p);
+  const Surrogate sur = static_cast<Surrogate>(p.surrogate);
+  const double tau = p.tau, v_threshold = p.v_threshold, v_reset = p.v_reset, alpha = p.alpha;
   const int64_t nb = recompute_block(T);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs.scalar_type(), "lif_bwd_recompute_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = xt.data.const_data_ptr<scalar_t>();
-    const acc_t* v0p = has_v0 ? v0c.const_data_ptr<acc_t>() : nullptr;
-    const acc_t* gvlp = has_gv ? gvl.const_data_ptr<acc_t>() : nullptr;
-    const scalar_t* gsp = gs.const_data_ptr<scalar_t>();
-    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-    acc_t* gvp = has_v0 ? grad_v0.mutable_data_ptr<acc_t>() : nullptr;
-    const acc_t v_init = acc_t(soft_reset ? 0.0 : v_reset);
+  dispatch_floating(dtype, "x_seq", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
+    const scalar_t* xp = static_cast<const scalar_t*>(x);
+    const acc_t* v0p = static_cast<const acc_t*>(v0);
+    const acc_t* gvlp = static_cast<const acc_t*>(grad_v_last);
+    const scalar_t* gsp = static_cast<const scalar_t*>(grad_spikes);
+    scalar_t* gxp = static_cast<scalar_t*>(grad_x);
+    acc_t* gvp = static_cast<acc_t*>(grad_v0);
+    const acc_t v_init = acc_t(p.soft_reset ? 0.0 : v_reset);
     const bool stream = T * N * int64_t(sizeof(acc_t)) >= kStreamBytes;
-    [[maybe_unused]] const bool tiles = use_tiles(gs.scalar_type(), T, kTileBwdMaxT, N, stream, {gxp});
+    [[maybe_unused]] const bool tiles = use_tiles(dtype, T, kTileBwdMaxT, N, stream, {gxp});
     dispatch_surrogate(sur, [&](auto kSur) {
-      dispatch_bool(decay_input, [&](auto kDecay) {
-        dispatch_bool(soft_reset, [&](auto kSoft) {
-          dispatch_bool(detach_reset, [&](auto kDetach) {
+      dispatch_bool(p.decay_input, [&](auto kDecay) {
+        dispatch_bool(p.soft_reset, [&](auto kSoft) {
+          dispatch_bool(p.detach_reset, [&](auto kDetach) {
             constexpr Surrogate kS = decltype(kSur)::value;
             constexpr bool kD = decltype(kDecay)::value, kR = decltype(kSoft)::value,
                            kDt = decltype(kDetach)::value;
@@ -563,7 +484,7 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
             auto blocks = [&](int64_t begin, int64_t end, int64_t nb) {
               std::unique_ptr<acc_t[]> scratch(new acc_t[2 * T * nb]);
               lif_bwd_recompute_range<scalar_t, acc_t, kS, kD, kR, kDt>(
-                  xp + begin, x_stride, offset_or_null(v0p, begin), v_init, gsp + begin, gt.stride,
+                  xp + begin, x_stride, offset_or_null(v0p, begin), v_init, gsp + begin, gs_stride,
                   offset_or_null(gvlp, begin), gxp + begin, offset_or_null(gvp, begin),
                   scratch.get(), end - begin, nb, T, N, acc_t(tau), acc_t(v_threshold),
                   acc_t(v_reset), acc_t(alpha), stream);
@@ -573,7 +494,7 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
               if (tiles) {
                 auto tile_range = [&](int64_t b, int64_t e) {
                   lif_bwd_recompute_tiles<kS, kD, kR, kDt>(
-                      xp + b, x_stride, offset_or_null(v0p, b), v_init, gsp + b, gt.stride,
+                      xp + b, x_stride, offset_or_null(v0p, b), v_init, gsp + b, gs_stride,
                       offset_or_null(gvlp, b), gxp + b, offset_or_null(gvp, b), e - b, T, N,
                       float(tau), float(v_threshold), float(v_reset), float(alpha), stream);
                 };
@@ -582,7 +503,7 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
               }
             }
 #endif
-            at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+            parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
               blocks(begin, end, nb);
               fence_streams(stream);
             });
@@ -591,15 +512,6 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_recompute_cpu(
       });
     });
   });
-  return {grad_x, grad_v0};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(tna, CPU, m) {
-  m.impl("lif_fwd", &lif_fwd_cpu);
-  m.impl("lif_bwd", &lif_bwd_cpu);
-  m.impl("lif_bwd_recompute", &lif_bwd_recompute_cpu);
 }
 
 }  // namespace tna

@@ -4,17 +4,12 @@
 // fused spike x ternary conv (ternary_conv.cpp, spike_ternary_conv2d_lif).
 #include "lif_pack.h"
 
-#include <torch/library.h>
-
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "../common.h"
+#include "../core.h"
 #include "lif_step.h"
-#include "output_alloc.h"
 
 namespace tna {
 namespace {
@@ -46,40 +41,12 @@ TNA_MULTIVERSION void lif_pack_rows_impl(const float* __restrict x, int64_t x_st
   }
 }
 
-at::Tensor lif_pack_cpu(const at::Tensor& x_seq, double tau, bool decay_input, double v_threshold,
-                        double v_reset, bool soft_reset) {
-  TNA_CHECK_CPU(x_seq);
-  TNA_CHECK_DTYPE(x_seq, at::kFloat);
-  TORCH_CHECK(x_seq.dim() >= 2 && x_seq.size(0) >= 1 && x_seq.size(-1) >= 1,
-              "x_seq must be [T, ..., C] (channels last) with T >= 1 and C >= 1, got shape ",
-              x_seq.sizes());
-  const LifPackParams p{static_cast<float>(tau), static_cast<float>(v_threshold),
-                        static_cast<float>(v_reset), decay_input, soft_reset};
-  check_lif_pack_params(p);
-  const at::Tensor x = x_seq.contiguous();
-  const int64_t T = x.size(0), N = x.size(-1), NW = (N + 63) / 64;
-  const int64_t rows = x.numel() / (T * N);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = NW;
-  at::Tensor out = empty_output(shape, x.options().dtype(at::kLong));
-  if (rows == 0) return out;
-  const float* xp = x.const_data_ptr<float>();
-  auto* op = reinterpret_cast<uint64_t*>(out.mutable_data_ptr<int64_t>());
-  const int64_t grain = std::max<int64_t>(1, 16384 / (T * N));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> v(N);
-    lif_pack_rows(xp + begin * N, rows * N, end - begin, N, T, p, op + begin * NW, rows * NW,
-                  v.data());
-  });
-  return out;
-}
-
 }  // namespace
 
 void check_lif_pack_params(const LifPackParams& p) {
-  TORCH_CHECK(std::isfinite(p.tau) && p.tau > 0, "tau must be a finite number > 0, got ", p.tau);
-  TORCH_CHECK(std::isfinite(p.v_threshold), "v_threshold must be finite, got ", p.v_threshold);
-  TORCH_CHECK(std::isfinite(p.v_reset), "v_reset must be finite, got ", p.v_reset);
+  TNA_CHECK(std::isfinite(p.tau) && p.tau > 0, "tau must be a finite number > 0, got ", p.tau);
+  TNA_CHECK(std::isfinite(p.v_threshold), "v_threshold must be finite, got ", p.v_threshold);
+  TNA_CHECK(std::isfinite(p.v_reset), "v_reset must be finite, got ", p.v_reset);
 }
 
 void lif_pack_rows(const float* x, int64_t x_step, int64_t rows, int64_t N, int64_t T,
@@ -94,6 +61,20 @@ void lif_pack_rows(const float* x, int64_t x_step, int64_t rows, int64_t N, int6
   }
 }
 
-TORCH_LIBRARY_IMPL(tna, CPU, m) { m.impl("lif_pack", &lif_pack_cpu); }
+void lif_pack(const float* x, int64_t T, int64_t rows, int64_t N, const LifPackParams& p,
+              uint64_t* out) {
+  TNA_CHECK(T >= 1 && N >= 1 && rows >= 0,
+            "x_seq must be [T, ..., C] (channels last) with T >= 1 and C >= 1, got T = ", T,
+            ", C = ", N);
+  check_lif_pack_params(p);
+  if (rows == 0) return;
+  const int64_t NW = (N + 63) / 64;
+  const int64_t grain = std::max<int64_t>(1, 16384 / (T * N));
+  parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> v(N);
+    lif_pack_rows(x + begin * N, rows * N, end - begin, N, T, p, out + begin * NW, rows * NW,
+                  v.data());
+  });
+}
 
 }  // namespace tna

@@ -20,4 +20,9 @@ void check_lif_pack_params(const LifPackParams& p);
 void lif_pack_rows(const float* x, int64_t x_step, int64_t rows, int64_t N, int64_t T,
                    const LifPackParams& p, uint64_t* out, int64_t out_step, float* v);
 
+// tna::lif_pack: T steps of `rows` contiguous rows of N channels (x: [T, rows, N] float32,
+// contiguous) -> out: [T, rows, ceil(N / 64)] words (contiguous), parallel over rows.
+void lif_pack(const float* x, int64_t T, int64_t rows, int64_t N, const LifPackParams& p,
+              uint64_t* out);
+
 }  // namespace tna

@@ -20,7 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "../common.h"
+#include "../core.h"
 #include "lanes.h"
 #include "lif_step.h"
 
