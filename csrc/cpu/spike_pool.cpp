@@ -1,55 +1,28 @@
 // Max-pooling of 0/1 spikes that keeps its input bit-packed for backward (SpikeMaxPool2d in
 // training, tna_kernels/nn/spiking.py); the reference is nn.MaxPool2d on the unpacked input.
 //
-// spike_max_pool2d: packs x [N, C, H, W] into bits [N, ceil(C*H*W/64)] with pack_spikes' kernel
-// (the layout of pack_spikes(x.reshape(N, -1)); it rejects values other than 0 and 1), and pools.
+// spike_max_pool2d: x [N, C, H, W] is packed into bits [N, ceil(C*H*W/64)] by tna::pack_spikes
+// (the layout of pack_spikes(x.reshape(N, -1)); it rejects values other than 0 and 1; called from
+// tna_kernels/ops/spike_pool.py), and pooled here (spike_max_pool2d below).
 // spike_max_pool2d_backward: the gradient of each output goes where torch's max-pool sends it, the
 // first maximum of the window in scan order (rows, then columns, padding skipped): the first spike,
 // or the window's first element when it holds none. Read from the bits, so the float input, its
 // int64 indices and an unpacked copy never exist. Unfused (pack_spikes, max_pool2d; then per
 // chunk unpack_spikes, max_pool2d_with_indices and its backward), the [128, 64, 32, 32] layer of
 // the training benchmark took 15.1 ms forward and 32 ms backward on this machine's two cores.
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/library.h>
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include "spike_pool.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <sstream>
+#include <string>
 #include <type_traits>
 #include <vector>
 
-#include "../common.h"
-#include "output_alloc.h"
-
 namespace tna {
 namespace {
-
-struct PoolGeometry {
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-int64_t pair_at(at::IntArrayRef v, const char* name, int64_t lo, size_t i) {
-  TORCH_CHECK(v.size() == 2, name, " must have two values, got ", v);
-  TORCH_CHECK(v[i] >= lo, name, " values must be >= ", lo, ", got ", v);
-  return v[i];
-}
-
-PoolGeometry geometry(at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
-                      at::IntArrayRef dilation) {
-  PoolGeometry g{pair_at(kernel, "kernel_size", 1, 0), pair_at(kernel, "kernel_size", 1, 1),
-                 pair_at(stride, "stride", 1, 0),      pair_at(stride, "stride", 1, 1),
-                 pair_at(padding, "padding", 0, 0),    pair_at(padding, "padding", 0, 1),
-                 pair_at(dilation, "dilation", 1, 0),  pair_at(dilation, "dilation", 1, 1)};
-  TORCH_CHECK(2 * g.ph <= g.kh && 2 * g.pw <= g.kw,
-              "padding must be at most half the kernel size, got padding ", padding,
-              " for kernel_size ", kernel);
-  return g;
-}
 
 // torch's pooling_output_shape: with ceil_mode the last window must start inside the input or its
 // left padding.
@@ -118,43 +91,6 @@ void pool_plane(const scalar_t* x, scalar_t* y, int64_t H, int64_t W, int64_t OH
 bool is_2x2(const PoolGeometry& g, int64_t H, int64_t W) {
   return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && g.dh == 1 &&
          g.dw == 1 && H % 2 == 0 && W % 2 == 0;
-}
-
-std::tuple<at::Tensor, at::Tensor> spike_max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel_size,
-                                                        at::IntArrayRef stride, at::IntArrayRef padding,
-                                                        at::IntArrayRef dilation, bool ceil_mode) {
-  TNA_CHECK_CPU(x);
-  TNA_CHECK_FLOATING(x);
-  TORCH_CHECK(x.dim() == 4, "x must be [N, C, H, W], got shape ", x.sizes());
-  const PoolGeometry g = geometry(kernel_size, stride, padding, dilation);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t OH = pooled_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
-  const int64_t OW = pooled_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
-  TORCH_CHECK(OH >= 1 && OW >= 1, "x of shape ", x.sizes(), " is too small for kernel_size ",
-              kernel_size, " with padding ", padding, " and dilation ", dilation);
-  const at::Tensor xc = x.contiguous();
-  // pack_spikes' own kernel (vectorised, and it rejects values other than 0 and 1)
-  static const auto pack = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("tna::pack_spikes", "")
-                               .typed<at::Tensor(const at::Tensor&, int64_t)>();
-  at::Tensor bits = pack.call(xc.view({N, C * H * W}), -1);
-  at::Tensor y = at::empty({N, C, OH, OW}, x.options());
-  const bool fast = is_2x2(g, H, W);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spike_max_pool2d", [&] {
-    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (H * W)), [&](int64_t p0, int64_t p1) {
-      std::vector<float> acc(OW);
-      for (int64_t p = p0; p < p1; ++p) {
-        if (fast) {
-          pool2x2_plane(xp + p * H * W, yp + p * OH * OW, OH, OW, W);
-        } else {
-          pool_plane(xp + p * H * W, yp + p * OH * OW, H, W, OH, OW, g, acc.data());
-        }
-      }
-    });
-  });
-  return {y, bits};
 }
 
 // Bits k .. k + len - 1 (len <= 64) of the packed words, bit 0 first.
@@ -228,57 +164,104 @@ void unpool_plane(const uint64_t* words, int64_t base, const scalar_t* gy, scala
           }
         }
       }
-      gx[arg] += gy[oh * OW + ow];
+      // in opmath_t, rounded once (c10::Half / BFloat16's +=)
+      gx[arg] = static_cast<scalar_t>(static_cast<opmath_t<scalar_t>>(gx[arg]) +
+                                      static_cast<opmath_t<scalar_t>>(gy[oh * OW + ow]));
     }
   }
 }
 
-at::Tensor spike_max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& bits,
-                                         at::IntArrayRef input_size, at::IntArrayRef kernel_size,
-                                         at::IntArrayRef stride, at::IntArrayRef padding,
-                                         at::IntArrayRef dilation, bool ceil_mode) {
-  TNA_CHECK_CPU(grad_y);
-  TNA_CHECK_CPU(bits);
-  TNA_CHECK_FLOATING(grad_y);
-  TORCH_CHECK(input_size.size() == 4, "input_size must be [N, C, H, W], got ", input_size);
-  const PoolGeometry g = geometry(kernel_size, stride, padding, dilation);
-  const int64_t N = input_size[0], C = input_size[1], H = input_size[2], W = input_size[3];
+// "[a, b, ...]", as torch prints a size list in its messages.
+std::string list_str(const std::vector<int64_t>& v) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << ']';
+  return os.str();
+}
+
+int64_t pair_at(const std::vector<int64_t>& v, const char* name, int64_t lo, size_t i) {
+  TNA_CHECK(v.size() == 2, name, " must have two values, got ", list_str(v));
+  TNA_CHECK(v[i] >= lo, name, " values must be >= ", lo, ", got ", list_str(v));
+  return v[i];
+}
+
+}  // namespace
+
+PoolGeometry pool_geometry(const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+                           const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
+  PoolGeometry g{pair_at(kernel, "kernel_size", 1, 0), pair_at(kernel, "kernel_size", 1, 1),
+                 pair_at(stride, "stride", 1, 0),      pair_at(stride, "stride", 1, 1),
+                 pair_at(padding, "padding", 0, 0),    pair_at(padding, "padding", 0, 1),
+                 pair_at(dilation, "dilation", 1, 0),  pair_at(dilation, "dilation", 1, 1)};
+  TNA_CHECK(2 * g.ph <= g.kh && 2 * g.pw <= g.kw, "padding must be at most half the kernel size, got padding ",
+            list_str(padding), " for kernel_size ", list_str(kernel));
+  return g;
+}
+
+std::pair<int64_t, int64_t> pool_output_size(const std::vector<int64_t>& x_shape,
+                                             const std::vector<int64_t>& kernel,
+                                             const std::vector<int64_t>& stride,
+                                             const std::vector<int64_t>& padding,
+                                             const std::vector<int64_t>& dilation, bool ceil_mode) {
+  TNA_CHECK(x_shape.size() == 4, "x must be [N, C, H, W], got shape ", list_str(x_shape));
+  const PoolGeometry g = pool_geometry(kernel, stride, padding, dilation);
+  const int64_t H = x_shape[2], W = x_shape[3];
+  const int64_t OH = pooled_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
+  const int64_t OW = pooled_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
+  TNA_CHECK(OH >= 1 && OW >= 1, "x of shape ", list_str(x_shape), " is too small for kernel_size ",
+            list_str(kernel), " with padding ", list_str(padding), " and dilation ", list_str(dilation));
+  return {OH, OW};
+}
+
+void spike_max_pool2d(DType dtype, const void* x, void* y, int64_t N, int64_t C, int64_t H, int64_t W,
+                      const PoolGeometry& g, bool ceil_mode) {
+  const int64_t OH = pooled_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
+  const int64_t OW = pooled_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
+  TNA_CHECK(OH >= 1 && OW >= 1, "x is too small for the pooling window");
+  const bool fast = is_2x2(g, H, W);
+  dispatch_floating(dtype, "x", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    const scalar_t* xp = static_cast<const scalar_t*>(x);
+    scalar_t* yp = static_cast<scalar_t*>(y);
+    parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (H * W)), [&](int64_t p0, int64_t p1) {
+      std::vector<float> acc(OW);
+      for (int64_t p = p0; p < p1; ++p) {
+        if (fast) {
+          pool2x2_plane(xp + p * H * W, yp + p * OH * OW, OH, OW, W);
+        } else {
+          pool_plane(xp + p * H * W, yp + p * OH * OW, H, W, OH, OW, g, acc.data());
+        }
+      }
+    });
+  });
+}
+
+void spike_max_pool2d_backward(DType dtype, const void* grad_y, const uint64_t* bits, void* grad_x,
+                               int64_t N, int64_t C, int64_t H, int64_t W, const PoolGeometry& g,
+                               bool ceil_mode) {
   const int64_t K = C * H * W, KW = (K + 63) / 64;
   const int64_t OH = pooled_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
   const int64_t OW = pooled_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
-  TNA_CHECK_SHAPE(grad_y, {N, C, OH, OW});
-  TORCH_CHECK(bits.scalar_type() == at::kLong, "bits must be int64 packed spike words, got ",
-              bits.scalar_type());
-  TNA_CHECK_SHAPE(bits, {N, KW});
-  const at::Tensor gy = grad_y.contiguous(), b = bits.contiguous();
   const bool fast = is_2x2(g, H, W);
-  at::Tensor grad_x = fast ? empty_output({N, C, H, W}, grad_y.options())
-                           : at::zeros({N, C, H, W}, grad_y.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "spike_max_pool2d_backward", [&] {
-    const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
-    const uint64_t* bp = reinterpret_cast<const uint64_t*>(b.const_data_ptr<int64_t>());
-    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+  dispatch_floating(dtype, "grad_y", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    const scalar_t* gyp = static_cast<const scalar_t*>(grad_y);
+    scalar_t* gxp = static_cast<scalar_t*>(grad_x);
     // planes write disjoint parts of grad_x
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (H * W)), [&](int64_t p0, int64_t p1) {
+    parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (H * W)), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
-        const uint64_t* words = bp + (p / C) * KW;
+        const uint64_t* words = bits + (p / C) * KW;
         const int64_t base = (p % C) * H * W;
-        if (fast) {
+        if (fast) {  // writes the whole plane
           unpool2x2_plane(words, base, gyp + p * OH * OW, gxp + p * H * W, OH, OW, W);
-        } else {
+        } else {  // adds onto the plane: zero it first
+          std::fill(gxp + p * H * W, gxp + (p + 1) * H * W, scalar_t(0.0f));
           unpool_plane(words, base, gyp + p * OH * OW, gxp + p * H * W, H, W, OH, OW, g);
         }
       }
     });
   });
-  return grad_x;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(tna, CPU, m) {
-  m.impl("spike_max_pool2d", &spike_max_pool2d_cpu);
-  m.impl("spike_max_pool2d_backward", &spike_max_pool2d_backward_cpu);
 }
 
 }  // namespace tna

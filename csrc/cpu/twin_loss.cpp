@@ -19,19 +19,15 @@
 //   dL/db_ij = [i in V] wb/N (e_ij/s - (1 - eps) 1[j = y_i] - eps/C) - 2 lam/D d_ij
 // The gradients are new buffers in the logits' dtype (the caller's logits are never written);
 // autograd saves them (nothing else) and backward (tna::twin_loss_bwd) only multiplies them by
-// grad_output. need_grad_base / need_grad_twin = false skips that gradient (an empty tensor).
+// grad_output. A null grad_base / grad_twin pointer (need_grad_* = false) skips that gradient.
 //
 // Layout and order: a serial pass over target validates it (range or ignore_index) and counts N
 // first, so the gradients can be scaled in the same parallel sweep. Rows are split across threads
-// with at::parallel_for; each row writes its three partial sums to a [B, 3] buffer that one
+// with tna::parallel_for; each row writes its three partial sums to a [B, 3] buffer that one
 // thread adds in row order, so the result does not depend on the number of threads. In-row sums
 // use 8 independent lanes (fixed order, vectorisable without -ffast-math) and a short polynomial
 // exp (see exp_nonpos), so the row loops vectorise in the x86-64-v3 (AVX2 + FMA) clone.
-#include <torch/library.h>
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include "twin_loss.h"
 
 #include <algorithm>
 #include <cmath>
@@ -40,7 +36,6 @@
 #include <limits>
 #include <vector>
 
-#include "../common.h"
 #include "fast_exp.h"
 
 TNA_ALLOW_FMA  // a * b + c may round once (FMA clone); the kernel is not bit-matched to torch
@@ -364,64 +359,49 @@ TNA_MULTIVERSION_FMA void twin_rows(const scalar_t* __restrict ap, const scalar_
   for (; i < end; ++i) twin_group<1>(ap, bp, yp, gap, gbp, rp, scratch, i, prm);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
-    const at::Tensor& logits_base, const at::Tensor& logits_twin, const at::Tensor& target,
-    double ce_weight_base, double ce_weight_twin, double mse_weight, int64_t mse_reduction,
-    double label_smoothing, int64_t ignore_index, bool need_grad_base, bool need_grad_twin) {
-  TNA_CHECK_CPU(logits_base);
-  TNA_CHECK_CPU(logits_twin);
-  TNA_CHECK_CPU(target);
-  TNA_CHECK_FLOATING(logits_base);
-  TORCH_CHECK(logits_base.dim() == 2,
-              "logits_base must be a 2-D [batch, classes] tensor, got shape ",
-              logits_base.sizes());
-  TORCH_CHECK(logits_base.size(1) >= 1, "logits_base must have at least one class, got shape ",
-              logits_base.sizes());
-  TNA_CHECK_DTYPE(logits_twin, logits_base.scalar_type());
-  TNA_CHECK_SHAPE(logits_twin, logits_base.sizes());
-  TNA_CHECK_DTYPE(target, at::kLong);
-  TNA_CHECK_SHAPE(target, {logits_base.size(0)});
-  TORCH_CHECK(std::isfinite(ce_weight_base), "ce_weight_base must be finite, got ", ce_weight_base);
-  TORCH_CHECK(std::isfinite(ce_weight_twin), "ce_weight_twin must be finite, got ", ce_weight_twin);
-  TORCH_CHECK(std::isfinite(mse_weight), "mse_weight must be finite, got ", mse_weight);
-  TORCH_CHECK(mse_reduction == 0 || mse_reduction == 1,
-              "mse_reduction must be 0 ('mean') or 1 ('sum_over_batch'), got ", mse_reduction);
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "label_smoothing must be in [0, 1], got ", label_smoothing);
+template <typename scalar_t, typename acc_t>
+TNA_MULTIVERSION void scale_block(const scalar_t* __restrict g, scalar_t* __restrict out,
+                                  int64_t n, acc_t scale) {
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<scalar_t>(static_cast<acc_t>(g[j]) * scale);
+}
 
-  const at::Tensor a = logits_base.contiguous();
-  const at::Tensor b = logits_twin.contiguous();
-  const at::Tensor y = target.contiguous();
-  const int64_t B = a.size(0);
-  const int64_t C = a.size(1);
+}  // namespace
+
+void twin_loss_fwd(DType dtype, const void* logits_base, const void* logits_twin,
+                   const int64_t* target, int64_t B, int64_t C, double ce_weight_base,
+                   double ce_weight_twin, double mse_weight, int64_t mse_reduction,
+                   double label_smoothing, int64_t ignore_index, void* loss, void* parts,
+                   void* grad_base, void* grad_twin) {
+  TNA_CHECK(B >= 0 && C >= 1, "logits_base must have at least one class, got shape [", B, ", ",
+            C, "]");
+  TNA_CHECK(std::isfinite(ce_weight_base), "ce_weight_base must be finite, got ", ce_weight_base);
+  TNA_CHECK(std::isfinite(ce_weight_twin), "ce_weight_twin must be finite, got ", ce_weight_twin);
+  TNA_CHECK(std::isfinite(mse_weight), "mse_weight must be finite, got ", mse_weight);
+  TNA_CHECK(mse_reduction == 0 || mse_reduction == 1,
+            "mse_reduction must be 0 ('mean') or 1 ('sum_over_batch'), got ", mse_reduction);
+  TNA_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+            "label_smoothing must be in [0, 1], got ", label_smoothing);
 
   // Count pass (serial, B int64 reads): validates every target and counts the rows that count.
-  const int64_t* yp = y.const_data_ptr<int64_t>();
+  const int64_t* yp = target;
   int64_t n_valid = 0;
   for (int64_t i = 0; i < B; ++i) {
     const int64_t t = yp[i];
     if (t == ignore_index) continue;
-    TORCH_CHECK(t >= 0 && t < C, "target must hold class indices in [0, ", C,
-                ") or ignore_index (", ignore_index, "); target[", i, "] = ", t);
+    TNA_CHECK(t >= 0 && t < C, "target must hold class indices in [0, ", C, ") or ignore_index (",
+              ignore_index, "); target[", i, "] = ", t);
     ++n_valid;
   }
 
-  const auto acc_type = at::toOpMathType(a.scalar_type());
-  const auto acc_opts = a.options().dtype(acc_type);
-  at::Tensor loss = at::empty({}, acc_opts);
-  at::Tensor parts = at::empty({3}, acc_opts);
-  at::Tensor grad_a = at::empty(need_grad_base ? a.sizes() : at::IntArrayRef{0}, a.options());
-  at::Tensor grad_b = at::empty(need_grad_twin ? a.sizes() : at::IntArrayRef{0}, a.options());
-  at::Tensor rows = at::empty({B, 3}, acc_opts);
-
-  const auto dtype = a.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twin_loss_fwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* ap = a.const_data_ptr<scalar_t>();
-    const scalar_t* bp = b.const_data_ptr<scalar_t>();
-    scalar_t* gap = need_grad_base ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gbp = need_grad_twin ? grad_b.mutable_data_ptr<scalar_t>() : nullptr;
-    acc_t* rp = rows.mutable_data_ptr<acc_t>();
+  dispatch_floating(dtype, "logits_base", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
+    const scalar_t* ap = static_cast<const scalar_t*>(logits_base);
+    const scalar_t* bp = static_cast<const scalar_t*>(logits_twin);
+    scalar_t* gap = static_cast<scalar_t*>(grad_base);
+    scalar_t* gbp = static_cast<scalar_t*>(grad_twin);
+    std::vector<acc_t> rows(3 * B);  // per-row (ce_a, ce_b, sum d^2), added in row order below
+    acc_t* rp = rows.data();
     const acc_t eps = static_cast<acc_t>(label_smoothing);
     const acc_t inv_n = n_valid > 0 ? acc_t(1) / static_cast<acc_t>(n_valid) : acc_t(0);
     const acc_t denom = mse_reduction == 0 ? static_cast<acc_t>(B) * static_cast<acc_t>(C)
@@ -433,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
     const int64_t grain = std::max<int64_t>(1, kGrainElems / C);
     const RowParams<acc_t> prm{C, ignore_index, eps, smooth, wa, wb, k_mse};
 
-    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(2 * kGroup * C);
       twin_rows<scalar_t, acc_t>(ap, bp, yp, gap, gbp, rp, scratch.data(), begin, end, prm);
     });
@@ -447,53 +427,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> twin_loss_fwd_cpu(
     ce_a *= inv_n;
     ce_b *= inv_n;
     const acc_t mse = B > 0 ? sq / denom : acc_t(0);
-    acc_t* pp = parts.mutable_data_ptr<acc_t>();
+    acc_t* pp = static_cast<acc_t*>(parts);
     pp[0] = ce_a;
     pp[1] = ce_b;
     pp[2] = mse;
-    *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(ce_weight_base) * ce_a +
-                                      static_cast<acc_t>(ce_weight_twin) * ce_b +
-                                      static_cast<acc_t>(mse_weight) * mse;
+    *static_cast<acc_t*>(loss) = static_cast<acc_t>(ce_weight_base) * ce_a +
+                                 static_cast<acc_t>(ce_weight_twin) * ce_b +
+                                 static_cast<acc_t>(mse_weight) * mse;
   });
-  return {loss, parts, grad_a, grad_b};
 }
 
-template <typename scalar_t, typename acc_t>
-TNA_MULTIVERSION void scale_block(const scalar_t* __restrict g, scalar_t* __restrict out,
-                                  int64_t n, acc_t scale) {
-  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<scalar_t>(static_cast<acc_t>(g[j]) * scale);
-}
-
-// Backward: (grad_loss * grad_base, grad_loss * grad_twin), computed in the accumulation dtype
-// and rounded once to the logits' dtype; an empty saved gradient gives an empty result. One
-// parallel region for both tensors (this is the whole backward of the fused loss).
-std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss,
-                                                     const at::Tensor& grad_base,
-                                                     const at::Tensor& grad_twin) {
-  TNA_CHECK_CPU(grad_loss);
-  TNA_CHECK_CPU(grad_base);
-  TNA_CHECK_CPU(grad_twin);
-  TORCH_CHECK(grad_loss.dim() == 0, "grad_loss must be a 0-dim tensor, got shape ",
-              grad_loss.sizes());
-  TNA_CHECK_FLOATING(grad_base);
-  TNA_CHECK_DTYPE(grad_twin, grad_base.scalar_type());
-  TNA_CHECK_DTYPE(grad_loss, at::toOpMathType(grad_base.scalar_type()));
-  const at::Tensor ga = grad_base.contiguous();
-  const at::Tensor gb = grad_twin.contiguous();
-  at::Tensor out_a = at::empty_like(ga);
-  at::Tensor out_b = at::empty_like(gb);
-  const int64_t na = ga.numel();
-  const int64_t nb = gb.numel();
-  const auto dtype = ga.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "twin_loss_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t scale = *grad_loss.const_data_ptr<acc_t>();  // CPU memory: a plain read
-    const scalar_t* pa = ga.const_data_ptr<scalar_t>();
-    const scalar_t* pb = gb.const_data_ptr<scalar_t>();
-    scalar_t* qa = out_a.mutable_data_ptr<scalar_t>();
-    scalar_t* qb = out_b.mutable_data_ptr<scalar_t>();
+void twin_loss_bwd(DType dtype, const void* grad_loss, const void* grad_base,
+                   const void* grad_twin, int64_t na, int64_t nb, void* out_base,
+                   void* out_twin) {
+  dispatch_floating(dtype, "grad_base", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
+    const acc_t scale = *static_cast<const acc_t*>(grad_loss);
+    const scalar_t* pa = static_cast<const scalar_t*>(grad_base);
+    const scalar_t* pb = static_cast<const scalar_t*>(grad_twin);
+    scalar_t* qa = static_cast<scalar_t*>(out_base);
+    scalar_t* qb = static_cast<scalar_t*>(out_twin);
     // Both tensors as one index space [0, na + nb).
-    at::parallel_for(0, na + nb, 4 * kGrainElems, [&](int64_t begin, int64_t end) {
+    parallel_for(0, na + nb, 4 * kGrainElems, [&](int64_t begin, int64_t end) {
       if (begin < na) {
         scale_block<scalar_t, acc_t>(pa + begin, qa + begin, std::min(end, na) - begin, scale);
       }
@@ -503,14 +459,6 @@ std::tuple<at::Tensor, at::Tensor> twin_loss_bwd_cpu(const at::Tensor& grad_loss
       }
     });
   });
-  return {out_a, out_b};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(tna, CPU, m) {
-  m.impl("twin_loss_fwd", &twin_loss_fwd_cpu);
-  m.impl("twin_loss_bwd", &twin_loss_bwd_cpu);
 }
 
 }  // namespace tna

@@ -93,28 +93,16 @@ class _SpikeInputConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-class _SpikeMaxPool2d(torch.autograd.Function):
+def _spike_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
     """max_pool2d of 0/1 spikes that keeps its input for backward **bit-packed** (1 bit per value)
-    instead of the float input and the int64 indices (``tna::spike_max_pool2d``: pooling and
-    packing in one op). Backward reads the bits (``tna::spike_max_pool2d_backward``) and sends
-    each gradient to the element ``nn.MaxPool2d`` picks."""
-
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
-        x4 = x if x.dim() == 4 else x.unsqueeze(0)  # nn.MaxPool2d also takes [C, H, W]
-        pool = tuple(list(_pair(v)) for v in (kernel_size, stride or kernel_size, padding, dilation))
-        y, bits = torch.ops.tna.spike_max_pool2d(x4, *pool, ceil_mode)  # raises if x is not 0/1
-        ctx.save_for_backward(bits)
-        ctx.conf = (x.shape, list(x4.shape), pool, ceil_mode)
-        return y if x.dim() == 4 else y.squeeze(0)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        (bits,) = ctx.saved_tensors
-        shape, shape4, pool, ceil_mode = ctx.conf
-        grad_y4 = grad_y if grad_y.dim() == 4 else grad_y.unsqueeze(0)
-        grad_x = torch.ops.tna.spike_max_pool2d_backward(grad_y4, bits, shape4, *pool, ceil_mode)
-        return grad_x.view(shape), None, None, None, None, None
+    instead of the float input and the int64 indices: ``tna::spike_max_pool2d`` (pooling and
+    packing in one op), differentiable through its ``register_autograd`` (tna_kernels/ops/spike_pool.py),
+    whose backward reads the bits (``tna::spike_max_pool2d_backward``) and sends each gradient to the
+    element ``nn.MaxPool2d`` picks."""
+    x4 = x if x.dim() == 4 else x.unsqueeze(0)  # nn.MaxPool2d also takes [C, H, W]
+    pool = tuple(list(_pair(v)) for v in (kernel_size, stride or kernel_size, padding, dilation))
+    y, _ = torch.ops.tna.spike_max_pool2d(x4, *pool, ceil_mode)  # raises if x is not 0/1
+    return y if x.dim() == 4 else y.squeeze(0)
 
 
 class SpikeMaxPool2d(nn.MaxPool2d):
@@ -129,7 +117,7 @@ class SpikeMaxPool2d(nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.return_indices or not self.recompute or not (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
-        return _SpikeMaxPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return _spike_max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
 class _SpikingMixin:

@@ -1,14 +1,18 @@
-"""tna::spike_max_pool2d / tna::spike_max_pool2d_backward: fake kernels and the CUDA backend.
+"""tna::spike_max_pool2d / tna::spike_max_pool2d_backward: CPU kernels on the native core, fake
+kernels, the autograd (``register_autograd``: the backward op is spike_max_pool2d's backward, so
+``nn.SpikeMaxPool2d`` and direct callers of the op share it) and the CUDA backend.
 
-On CUDA the ops are composed of torch's max-pool and the packing ops, the backward unpacking a
-slice of samples at a time (only a slice of the float input and its indices exists at once)."""
+On the CPU the forward packs the input with tna::pack_spikes (which rejects values other than 0
+and 1) and pools it in C++ (csrc/cpu/spike_pool.cpp); the backward reads the bits. On CUDA the ops
+are composed of torch's max-pool and the packing ops, the backward unpacking a slice of samples at
+a time (only a slice of the float input and its indices exists at once)."""
 
 import torch
 
 from .._utils import chunks
 from . import CUDA_BACKENDS
-from ._native import LIB
-
+from ._native import LIB, C, dtype_code, empty_output, threads
+from .twin_loss import _dtype_str, _shape_str  # the messages' dtype and shape formats
 
 # The tna:: schemas of this family (the only place they are written).
 # Max-pooling of 0/1 spikes keeping the input bit-packed (SpikeMaxPool2d in training):
@@ -45,6 +49,80 @@ def _spike_max_pool2d_backward_fake(grad_y, bits, input_size, kernel_size, strid
     torch._check(len(input_size) == 4, lambda: f"input_size must be [N, C, H, W], got {input_size}")
     return grad_y.new_empty(input_size)
 
+
+# ---- CPU kernels -------------------------------------------------------------------------------
+# The pooling arguments and x's shape are checked by the native core (C.spike_pool_output_size,
+# errors naming the argument); the tensors here.
+
+def _check_floating_cpu(t, name: str) -> None:
+    if not t.is_cpu:
+        raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
+    if not t.is_floating_point():
+        raise RuntimeError(f"{name} must be a floating-point tensor, got {_dtype_str(t.dtype)}")
+
+
+def _spike_max_pool2d_cpu(x, kernel_size, stride, padding, dilation, ceil_mode):
+    _check_floating_cpu(x, "x")
+    pool = (list(kernel_size), list(stride), list(padding), list(dilation))
+    oh, ow = C.spike_pool_output_size(list(x.shape), *pool, ceil_mode)
+    n, c, h, w = x.shape
+    xc = x.contiguous()
+    bits = torch.ops.tna.pack_spikes(xc.view(n, c * h * w), -1)  # raises if x is not 0/1
+    y = empty_output((n, c, oh, ow), x.dtype)
+    C.spike_max_pool2d(dtype_code(x), xc.data_ptr(), y.data_ptr(), [n, c, h, w], *pool, ceil_mode, threads())
+    return y, bits
+
+
+def _spike_max_pool2d_backward_cpu(grad_y, bits, input_size, kernel_size, stride, padding, dilation,
+                                   ceil_mode):
+    _check_floating_cpu(grad_y, "grad_y")
+    if not bits.is_cpu:
+        raise RuntimeError(f"bits must be a CPU tensor, got {bits.device}")
+    if len(input_size) != 4:
+        raise RuntimeError(f"input_size must be [N, C, H, W], got {_shape_str(input_size)}")
+    pool = (list(kernel_size), list(stride), list(padding), list(dilation))
+    n, c, h, w = input_size
+    oh, ow = C.spike_pool_output_size(list(input_size), *pool, ceil_mode)
+    if tuple(grad_y.shape) != (n, c, oh, ow):
+        raise RuntimeError(f"grad_y must have shape {_shape_str((n, c, oh, ow))}, got {_shape_str(grad_y.shape)}")
+    if bits.dtype != torch.int64:
+        raise RuntimeError(f"bits must be int64 packed spike words, got {_dtype_str(bits.dtype)}")
+    kw = (c * h * w + 63) // 64
+    if tuple(bits.shape) != (n, kw):
+        raise RuntimeError(f"bits must have shape {_shape_str((n, kw))}, got {_shape_str(bits.shape)}")
+    gy, b = grad_y.contiguous(), bits.contiguous()
+    grad_x = empty_output((n, c, h, w), grad_y.dtype)  # written whole by the kernel
+    C.spike_max_pool2d_backward(dtype_code(gy), gy.data_ptr(), b.data_ptr(), grad_x.data_ptr(), [n, c, h, w],
+                                *pool, ceil_mode, threads())
+    return grad_x
+
+
+LIB.impl("spike_max_pool2d", _spike_max_pool2d_cpu, "CPU")
+LIB.impl("spike_max_pool2d_backward", _spike_max_pool2d_backward_cpu, "CPU")
+
+
+# ---- Autograd: the bits are saved (1 bit per input value), the backward op reads them -----------
+
+def _setup_context(ctx, inputs, output):
+    x, kernel_size, stride, padding, dilation, ceil_mode = inputs
+    _, bits = output
+    ctx.mark_non_differentiable(bits)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(bits)
+    ctx.pool = (list(x.shape), kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _backward(ctx, grad_y, _grad_bits):
+    if grad_y is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    (bits,) = ctx.saved_tensors
+    return torch.ops.tna.spike_max_pool2d_backward(grad_y, bits, *ctx.pool), None, None, None, None, None
+
+
+torch.library.register_autograd("tna::spike_max_pool2d", _backward, setup_context=_setup_context)
+
+
+# ---- CUDA: composed of torch ops ------------------------------------------------------------------
 
 def _spike_max_pool2d_composed(x, kernel_size, stride, padding, dilation, ceil_mode):
     bits = torch.ops.tna.pack_spikes(x.reshape(x.shape[0], -1), -1)  # raises if x is not 0/1
