@@ -49,20 +49,9 @@ def native_core() -> Pybind11Extension:
     )
 
 
-def legacy_core():
-    """Transitional: families not yet moved to the native core, built against libtorch."""
-    sources = listed("sources_legacy.txt")
-    if not sources:
-        return []
-    from torch.utils.cpp_extension import CppExtension
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
-    return [CppExtension("tna_kernels._C_legacy", sources + ["csrc/python_module.cpp"],
-                         extra_compile_args=cxx, extra_link_args=["-fopenmp"])]
-
-
 ParallelCompile("MAX_JOBS").install()
 setup(
     packages=find_packages(include=("tna_kernels", "tna_kernels.*")),
-    ext_modules=[native_core()] + legacy_core(),
+    ext_modules=[native_core()],
     cmdclass={"build_ext": build_ext},
 )

@@ -19,9 +19,7 @@ def _package_copy(tmp_path, *, with_csrc: bool, native: bytes | None) -> tuple:
 
     src = Path(tna_kernels.__file__).parent
     dst = tmp_path / "tna_kernels"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "_C*.so", "_C_legacy*"))
-    for legacy in src.glob("_C_legacy*.so"):  # transitional families
-        shutil.copy(legacy, dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "_C*.so"))
     built = next(src.glob("_C.*.so"))
     if native is None:
         shutil.copy(built, dst / built.name)

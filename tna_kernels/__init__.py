@@ -11,11 +11,6 @@ __version__ = "0.1.0"
 
 _C = load_native()
 
-try:  # transitional: families still built against libtorch
-    from . import _C_legacy  # noqa: F401
-except ImportError:
-    _C_legacy = None
-
 from . import functional, nn, ops  # noqa: E402  (ops: the tna:: op definitions and backends)
 
 __all__ = ["functional", "nn", "ops", "__version__"]

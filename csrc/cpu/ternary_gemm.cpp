@@ -7,7 +7,7 @@
 // Layout: S [M, KW] int64 words (row stride lds), W [N, 2, KW] (P row then N row), y row-major.
 // Two algorithms, chosen per call by spike density, ISA and weight size (TNA_TERNARY_ALGO=
 // popcount|event pins one; TNA_TERNARY_ISA=scalar|avx2|avx512 pins the ISA):
-//  popcount: callers cut the output into tiles (at::parallel_for); a tile is swept with
+//  popcount: callers cut the output into tiles (tna::parallel_for); a tile is swept with
 //   register-blocked micro-kernels (rows of S times rows of W, K innermost):
 //   avx512  AVX-512 F+BW+VPOPCNTDQ: 8 words per vpopcntq, 4x4 block of zmm accumulators, masked tail.
 //   avx2    Mula nibble-LUT popcount (vpshufb) into byte counters, flushed with vpsadbw every 15
@@ -17,20 +17,15 @@
 //  event (avx2/avx512, sparse spikes): for every set bit k of a spike row add the K-major int8
 //   code row Wk[k, :] into int16 accumulators held in registers (128 outputs per pass); the cost
 //   is proportional to the number of spikes. Wk is built per call or passed in (cached by callers).
-#include <torch/library.h>
-
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 #include <cstdlib>
 #include <cstring>
-#include <string>
+#include <memory>
+#include <vector>
 
-#include "../common.h"
 #include "ternary.h"
 
 namespace tna::ternary {
@@ -77,9 +72,9 @@ Isa select_isa() {
   } else if (std::strcmp(env, "avx512") == 0) {
     want = Isa::kAvx512;
   } else {
-    TORCH_CHECK(false, "TNA_TERNARY_ISA must be one of auto, scalar, avx2, avx512; got '", env, "'");
+    fail("TNA_TERNARY_ISA must be one of auto, scalar, avx2, avx512; got '", env, "'");
   }
-  TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "TNA_TERNARY_ISA=", env,
+  TNA_CHECK(static_cast<int>(want) <= static_cast<int>(best), "TNA_TERNARY_ISA=", env,
               " but this CPU supports at most '", isa_name(best), "'");
   return want;
 }
@@ -413,28 +408,29 @@ TNA_MULTIVERSION void kmajor_word(const uint64_t* __restrict p, const uint64_t* 
 }
 }  // namespace
 
-at::Tensor kmajor_codes(const uint64_t* W, int64_t N, int64_t KW) {
-  const int64_t ld = (N + 127) / 128 * 128;
-  at::Tensor wk = at::zeros({KW * 64, ld}, at::TensorOptions().dtype(at::kChar));
-  int8_t* o = wk.mutable_data_ptr<int8_t>();
-  at::parallel_for(0, KW, 1, [&](int64_t w0, int64_t w1) {
+void kmajor_codes(const uint64_t* W, int64_t N, int64_t KW, int8_t* o) {
+  const int64_t ld = kmajor_ld(N);
+  parallel_for(0, KW, 1, [&](int64_t w0, int64_t w1) {
     std::vector<uint64_t> p(N), q(N);
     for (int64_t w = w0; w < w1; ++w) {
       for (int64_t n = 0; n < N; ++n) p[n] = W[n * 2 * KW + w], q[n] = W[n * 2 * KW + KW + w];
       kmajor_word(p.data(), q.data(), N, o + w * 64 * ld, ld);
+      for (int j = 0; j < 64; ++j) std::memset(o + (w * 64 + j) * ld + N, 0, ld - N);
     }
   });
-  return wk;
 }
 
-void check_kmajor(const at::Tensor& km, int64_t KW, int64_t N) {
-  const int64_t ld = (N + 127) / 128 * 128;
-  TORCH_CHECK(km.device().is_cpu() && km.scalar_type() == at::kChar && km.dim() == 2 &&
-                  km.size(0) == KW * 64 && km.size(1) == ld && km.is_contiguous(),
-              "kmajor must be the contiguous int8 [", KW * 64, ", ", ld,
-              "] tensor returned by tna::ternary_kmajor for these weights, got ", km.scalar_type(), " ",
-              km.sizes());
+const int8_t* KmajorBuffer::build(const uint64_t* W, int64_t N, int64_t KW) {
+  std::free(data);
+  // KW * 64 * ld bytes: a multiple of 64, as aligned_alloc requires
+  data = static_cast<int8_t*>(std::aligned_alloc(64, static_cast<size_t>(KW * 64 * kmajor_ld(N))));
+  TNA_CHECK(data != nullptr, "out of memory for the K-major weight copy (", KW * 64 * kmajor_ld(N),
+            " bytes)");
+  kmajor_codes(W, N, KW, data);
+  return data;
 }
+
+KmajorBuffer::~KmajorBuffer() { std::free(data); }
 
 void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, const int8_t* Wk,
                      int64_t ldk, int64_t KW, int64_t N, const float* scale, const float* bias,
@@ -443,7 +439,7 @@ void event_gemm_rows(Isa isa, const uint64_t* S, int64_t lds, int64_t m_count, c
   if (isa == Isa::kAvx512) return event_avx512(S, lds, m_count, Wk, ldk, KW, N, scale, bias, out, ldo);
   if (isa == Isa::kAvx2) return event_avx2(S, lds, m_count, Wk, ldk, KW, N, scale, bias, out, ldo);
 #endif
-  TORCH_CHECK(false, "event-driven ternary kernel needs avx2 or avx512 (got ", isa_name(isa), ")");
+  fail("event-driven ternary kernel needs avx2 or avx512 (got ", isa_name(isa), ")");
 }
 
 Algo select_algo(Isa isa, int64_t KW, int64_t N, double density, bool prepacked) {
@@ -451,9 +447,9 @@ Algo select_algo(Isa isa, int64_t KW, int64_t N, double density, bool prepacked)
   const bool ok = event_supported(isa, KW, N);
   if (env != nullptr && env[0] != '\0' && std::strcmp(env, "auto") != 0) {
     if (std::strcmp(env, "popcount") == 0) return Algo::kPopcount;
-    TORCH_CHECK(std::strcmp(env, "event") == 0,
+    TNA_CHECK(std::strcmp(env, "event") == 0,
                 "TNA_TERNARY_ALGO must be one of auto, popcount, event; got '", env, "'");
-    TORCH_CHECK(ok, "TNA_TERNARY_ALGO=event needs the avx2 or avx512 kernels and K <= 32767");
+    TNA_CHECK(ok, "TNA_TERNARY_ALGO=event needs the avx2 or avx512 kernels and K <= 32767");
     return Algo::kEvent;
   }
   if (!ok) return Algo::kPopcount;
@@ -471,11 +467,5 @@ double spike_density(const uint64_t* S, int64_t words, int64_t bits_total) {
   for (int64_t i = 0; i < words; ++i) ones += __builtin_popcountll(S[i]);
   return bits_total > 0 ? double(ones) / double(bits_total) : 0.0;
 }
-
-namespace {
-std::string ternary_cpu_isa() { return isa_name(select_isa()); }
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(tna, m) { m.impl("ternary_cpu_isa", &ternary_cpu_isa); }
 
 }  // namespace tna::ternary

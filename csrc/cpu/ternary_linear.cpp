@@ -1,32 +1,27 @@
 // Ternary linear layers, CPU: bit-packed spikes x ternary and float x ternary.
 //
-// Maths (reference.py is the spec): with packed rows P[n], N[n] (format v1, ternary.h) and
+// Maths (reference.py is the spec): with packed rows P[n], N[n] (format v1, ternary.h)
 //   spikes:  acc[m, n] = sum_i popcount(S[m, i] & P[n, i]) - popcount(S[m, i] & N[n, i])   (exact)
 //            y[m, n]   = float(acc) * scale[n] + bias[n]       (two fp32 roundings, no FMA)
 //   float:   y[m, n]   = (sum_k x[m, k] c[n, k]) * scale[n] + bias[n]
 //   grad:    grad_x    = (grad_y * scale) @ c
 // Layout: S [M, KW] int64 words, W [N, 2, KW] (P row then N row), y [M, N] row-major.
-// Spikes: 64 x 64 output tiles over at::parallel_for on the popcount kernels, or rows on the
+// Spikes: 64 x 64 output tiles over tna::parallel_for on the popcount kernels, or rows on the
 // event-driven kernel (ternary_gemm.cpp chooses).
 // Float x ternary: small M (<= 12, float32) uses a direct kernel that adds x under the P/N bit masks
 // (AVX-512 mask registers; AVX2 lane masks from a table, sign flip by xor; or scalar), reading 2
-// bits per weight; otherwise the codes are decoded to float32 in cache-sized K blocks and the GEMM
-// goes to torch (oneDNN/MKL), exact for +-1 weights, within a few % of torch fp32.
-#include <torch/library.h>
-
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-
+// bits per weight; otherwise the codes are decoded to float32 in cache-sized K blocks here
+// (decode_block_f32) and tna_kernels/ops/ternary.py runs the GEMM with torch (oneDNN/MKL) block by
+// block: exact for +-1 weights, within a few % of torch fp32. The scale/bias epilogue is
+// scale_bias_f32 (ternary_pack.cpp); the gradient is torch's GEMM on decode_codes.
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 #include <cstdlib>
 #include <cstring>
-#include <string>
+#include <memory>
 
-#include "../common.h"
-#include "output_alloc.h"
 #include "ternary.h"
 
 namespace tna::ternary {
@@ -35,8 +30,6 @@ namespace {
 
 // ---- float x ternary, direct kernel for small M -----------------------------------------------
 
-// Direct kernel up to this many rows (float32); above it, decode + torch GEMM (measured crossover).
-constexpr int64_t kDirectMaxM = 12;
 // Decoded-weight block of the GEMM path (floats, 8 MiB; TNA_GEMM_BLOCK overrides): few blocks (=
 // parallel regions, which stall on a busy machine)
 // and small enough to stay in L3 instead of streaming the decoded matrix through DRAM.
@@ -222,167 +215,89 @@ TNA_AVX2 void decode_f32_avx2(const uint64_t* W, int64_t KW, int64_t k0, int64_t
 }
 #endif
 
-// Decoded codes [N, K] in `dtype` (exact: values -1, 0, 1).
-at::Tensor decode(const at::Tensor& pw, int64_t N, int64_t K, at::ScalarType dtype) {
-  at::Tensor d = at::empty({N, K}, pw.options().dtype(dtype));
-  decode_codes(pw, N, K, d);
-  return d;
+}  // namespace
+
+void ternary_linear_direct(const float* xp, int64_t M, int64_t K, const int64_t* W, int64_t N,
+                           float* yp) {
+  TNA_CHECK(K >= 1, "K must be >= 1, got ", K);
+  TNA_CHECK(M >= 1 && M <= kDirectMaxM, "the direct float x ternary kernel takes 1 to ", kDirectMaxM,
+            " rows, got ", M);
+  check_packed_rows(W, N, K, "packed_w");
+  const auto* wp = reinterpret_cast<const uint64_t*>(W);
+  const Isa isa = select_isa();
+  const int64_t KW = words_for(K);
+  parallel_for(0, N, std::max<int64_t>(4, 65536 / (K * M) * 4), [&](int64_t n0, int64_t n1) {
+#ifdef TNA_HAVE_X86_KERNELS
+    if (isa == Isa::kAvx512) return direct_avx512(xp, M, K, wp, KW, n0, n1, yp, N);
+    if (isa == Isa::kAvx2) return direct_avx2(xp, M, K, wp, KW, n0, n1, yp, N);
+#endif
+    direct_scalar(xp, M, K, wp, KW, n0, n1, yp, N);
+  });
 }
 
-// float32 x @ c^T for the GEMM path: the codes are decoded in K-blocks (cache-resident)
-// and accumulated with addmm (few blocks: each is a parallel region), so the decode stays in cache.
-at::Tensor mm_codes_f32(const at::Tensor& x2, const at::Tensor& pw, int64_t N, int64_t K) {
+int64_t gemm_block_cols(int64_t N, int64_t K) {
+  TNA_CHECK(K >= 1, "K must be >= 1, got ", K);
+  // The scalar ISA decodes the whole matrix (decode_codes) and runs one GEMM, as before.
+  if (N <= 0 || select_isa() == Isa::kScalar) return 0;
 #ifdef TNA_HAVE_X86_KERNELS
+  return std::min(words_for(K) * 64, std::max<int64_t>(64, (gemm_block_floats() / N) / 64 * 64));
+#else
+  return 0;
+#endif
+}
+
+void decode_block_f32(const int64_t* W, int64_t N, int64_t K, int64_t k0, int64_t k1, float* o,
+                      int64_t ldo) {
+  TNA_CHECK(K >= 1 && k0 >= 0 && k0 % 64 == 0 && k0 < k1 && k1 <= K && k1 - k0 <= ldo,
+            "decode_block_f32: bad block [", k0, ", ", k1, ") of K = ", K, " (row stride ", ldo, ")");
+  const auto* wp = reinterpret_cast<const uint64_t*>(W);
+  const int64_t KW = words_for(K);
   const Isa isa = select_isa();
-  if (isa != Isa::kScalar) {
-    const auto* wp = reinterpret_cast<const uint64_t*>(pw.const_data_ptr<int64_t>());
-    const int64_t KW = words_for(K);
-    const int64_t kb = std::min(words_for(K) * 64, std::max<int64_t>(64, (gemm_block_floats() / N) / 64 * 64));
-    at::Tensor buf = at::empty({N, kb}, x2.options());
-    at::Tensor y;
-    for (int64_t k0 = 0; k0 < K; k0 += kb) {
-      const int64_t k1 = std::min(K, k0 + kb);
-      float* o = buf.mutable_data_ptr<float>();
-      // Decoding a block (<= 8 MiB) is ~0.1 ms on one core: inline, no extra parallel region.
-      at::parallel_for(0, N, std::max<int64_t>(1, 2097152 / kb), [&](int64_t r0, int64_t r1) {
-        if (isa == Isa::kAvx512) return decode_f32_avx512(wp, KW, k0, k1, r0, r1, o, kb);
-        decode_f32_avx2(wp, KW, k0, k1, r0, r1, o, kb);
-      });
-      const at::Tensor wb = buf.narrow(1, 0, k1 - k0).t();
-      const at::Tensor xb = x2.narrow(1, k0, k1 - k0);
-      if (k0 == 0) {
-        y = at::mm(xb, wb);
-      } else {
-        y.addmm_(xb, wb);
+  // Decoding a block (<= 8 MiB) is ~0.1 ms on one core: inline, no extra parallel region.
+  parallel_for(0, N, std::max<int64_t>(1, 2097152 / ldo), [&](int64_t r0, int64_t r1) {
+#ifdef TNA_HAVE_X86_KERNELS
+    if (isa == Isa::kAvx512) return decode_f32_avx512(wp, KW, k0, k1, r0, r1, o, ldo);
+    if (isa == Isa::kAvx2) return decode_f32_avx2(wp, KW, k0, k1, r0, r1, o, ldo);
+#endif
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint64_t* p = wp + r * 2 * KW;
+      for (int64_t k = k0; k < k1; ++k) {
+        o[r * ldo + k - k0] =
+            float(int((p[k / 64] >> (k % 64)) & 1) - int((p[KW + k / 64] >> (k % 64)) & 1));
       }
     }
-    return y;
-  }
-#endif
-  return at::mm(x2, decode(pw, N, K, at::kFloat).t());
+  });
 }
 
-int64_t check_linear_weight(const at::Tensor& packed_w, int64_t K, const at::Tensor& scale,
-                            const std::optional<at::Tensor>& bias, int64_t version) {
-  check_version(version);
-  check_packed(packed_w, "packed_w");
-  TORCH_CHECK(packed_w.dim() == 3, "packed_w must have shape [N, 2, KW] for a linear layer, got ",
-              packed_w.sizes());
-  TORCH_CHECK(K >= 1, "K must be >= 1, got ", K);
-  TORCH_CHECK(packed_w.size(2) == words_for(K), "packed_w has ", packed_w.size(2),
-              " words per plane but K = ", K, " needs ceil(K/64) = ", words_for(K));
-  check_scale_bias(scale, bias, packed_w.size(0));
-  return packed_w.size(0);
-}
-
-std::vector<int64_t> out_shape(at::IntArrayRef in, int64_t last) {
-  std::vector<int64_t> s(in.begin(), in.end());
-  s.back() = last;
-  return s;
-}
-
-at::Tensor spike_ternary_linear_cpu(const at::Tensor& spike_bits, const at::Tensor& packed_w,
-                                    const at::Tensor& scale, const std::optional<at::Tensor>& bias,
-                                    int64_t K, int64_t version,
-                                    const std::optional<at::Tensor>& kmajor) {
-  const int64_t N = check_linear_weight(packed_w, K, scale, bias, version);
-  TNA_CHECK_CPU(spike_bits);
-  TORCH_CHECK(spike_bits.scalar_type() == at::kLong,
-              "spike_bits must be int64 packed spike words (pack_spikes), got ", spike_bits.scalar_type());
+void spike_ternary_linear(const int64_t* S, int64_t M, const int64_t* W, int64_t N, int64_t K,
+                          const float* scp, const float* bp, const int8_t* kmajor, float* yp) {
+  TNA_CHECK(K >= 1, "K must be >= 1, got ", K);
   const int64_t KW = words_for(K);
-  TORCH_CHECK(spike_bits.dim() >= 1 && spike_bits.size(-1) == KW, "spike_bits must have shape [..., ",
-              KW, "] for K = ", K, ", got ", spike_bits.sizes());
-  const at::Tensor S = spike_bits.contiguous();
-  const at::Tensor Wt = packed_w.contiguous();
-  check_packed_rows(Wt, N, K, "packed_w");
+  check_packed_rows(W, N, K, "packed_w");
   const Isa isa = select_isa();
-  const int64_t M = S.numel() / KW;
-  at::Tensor y = empty_output(out_shape(S.sizes(), N), S.options().dtype(at::kFloat));
-  if (M == 0 || N == 0) return y;
-  const auto* sp = reinterpret_cast<const uint64_t*>(S.const_data_ptr<int64_t>());
-  const auto* wp = reinterpret_cast<const uint64_t*>(Wt.const_data_ptr<int64_t>());
-  const float* scp = scale.contiguous().const_data_ptr<float>();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
-  float* yp = y.mutable_data_ptr<float>();
-  if (kmajor.has_value()) check_kmajor(*kmajor, KW, N);
-  const Algo algo = select_algo(isa, KW, N, spike_density(sp, M * KW, M * K), kmajor.has_value());
+  if (M == 0 || N == 0) return;
+  const auto* sp = reinterpret_cast<const uint64_t*>(S);
+  const auto* wp = reinterpret_cast<const uint64_t*>(W);
+  const Algo algo = select_algo(isa, KW, N, spike_density(sp, M * KW, M * K), kmajor != nullptr);
   if (algo == Algo::kEvent) {
-    const at::Tensor wk = kmajor.has_value() ? *kmajor : kmajor_codes(wp, N, KW);
-    const int8_t* wkp = wk.const_data_ptr<int8_t>();
-    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-      event_gemm_rows(isa, sp + m0 * KW, KW, m1 - m0, wkp, wk.size(1), KW, N, scp, bp, yp + m0 * N, N);
+    const int64_t ld = kmajor_ld(N);
+    KmajorBuffer own;
+    const int8_t* wkp = kmajor != nullptr ? kmajor : own.build(wp, N, KW);
+    parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      event_gemm_rows(isa, sp + m0 * KW, KW, m1 - m0, wkp, ld, KW, N, scp, bp, yp + m0 * N, N);
     });
-    return y;
+    return;
   }
   // Tiles: 64 rows of spikes x 64 weight rows (64 x 2 x KW words); small M splits over N only.
   const int64_t tm = 64, tn = 64;
   const int64_t mt = (M + tm - 1) / tm, nt = (N + tn - 1) / tn;
-  at::parallel_for(0, mt * nt, 1, [&](int64_t b0, int64_t b1) {
+  parallel_for(0, mt * nt, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t t = b0; t < b1; ++t) {
       const int64_t m0 = (t / nt) * tm, n0 = (t % nt) * tn;
       spike_gemm_tile(isa, sp + m0 * KW, KW, std::min(tm, M - m0), wp, KW, n0, std::min(N, n0 + tn),
                       scp, bp, yp + m0 * N, N);
     }
   });
-  return y;
 }
-
-at::Tensor ternary_linear_cpu(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& scale,
-                              const std::optional<at::Tensor>& bias, int64_t version) {
-  TNA_CHECK_CPU(x);
-  TNA_CHECK_FLOATING(x);
-  TORCH_CHECK(x.dim() >= 1, "x must have shape [..., K], got ", x.sizes());
-  const int64_t K = x.size(-1);
-  const int64_t N = check_linear_weight(packed_w, K, scale, bias, version);
-  const at::Tensor Wt = packed_w.contiguous();
-  check_packed_rows(Wt, N, K, "packed_w");
-  const at::ScalarType acc_t = at::toOpMathType(x.scalar_type());
-  const at::Tensor x2 = x.reshape({-1, K}).to(acc_t).contiguous();
-  const int64_t M = x2.size(0);
-  at::Tensor y;
-  if (acc_t == at::kFloat && M <= kDirectMaxM && M > 0) {
-    y = at::empty({M, N}, x2.options());
-    const float* xp = x2.const_data_ptr<float>();
-    const auto* wp = reinterpret_cast<const uint64_t*>(Wt.const_data_ptr<int64_t>());
-    float* yp = y.mutable_data_ptr<float>();
-    const Isa isa = select_isa();
-    const int64_t KW = words_for(K);
-    at::parallel_for(0, N, std::max<int64_t>(4, 65536 / (K * M) * 4), [&](int64_t n0, int64_t n1) {
-#ifdef TNA_HAVE_X86_KERNELS
-      if (isa == Isa::kAvx512) return direct_avx512(xp, M, K, wp, KW, n0, n1, yp, N);
-      if (isa == Isa::kAvx2) return direct_avx2(xp, M, K, wp, KW, n0, n1, yp, N);
-#endif
-      direct_scalar(xp, M, K, wp, KW, n0, n1, yp, N);
-    });
-  } else {
-    y = acc_t == at::kFloat ? mm_codes_f32(x2, Wt, N, K) : at::mm(x2, decode(Wt, N, K, acc_t).t());
-  }
-  scale_bias_(y, 1, scale, bias);
-  return y.to(x.scalar_type()).reshape(out_shape(x.sizes(), N));
-}
-
-at::Tensor ternary_linear_grad_input_cpu(const at::Tensor& grad_y, const at::Tensor& packed_w,
-                                         const at::Tensor& scale, int64_t K, int64_t version) {
-  TNA_CHECK_CPU(grad_y);
-  TNA_CHECK_FLOATING(grad_y);
-  const int64_t N = check_linear_weight(packed_w, K, scale, std::nullopt, version);
-  TORCH_CHECK(grad_y.dim() >= 1 && grad_y.size(-1) == N, "grad_y must have shape [..., ", N,
-              "], got ", grad_y.sizes());
-  const at::Tensor Wt = packed_w.contiguous();
-  const at::ScalarType acc_t = at::toOpMathType(grad_y.scalar_type());
-  const at::Tensor g = grad_y.reshape({-1, N}).to(acc_t) * scale.to(acc_t);
-  const at::Tensor gx = at::mm(g, decode(Wt, N, K, acc_t));
-  return gx.to(grad_y.scalar_type()).reshape(out_shape(grad_y.sizes(), K));
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(tna, CPU, m) {
-  m.impl("spike_ternary_linear", &spike_ternary_linear_cpu);
-  m.impl("ternary_linear", &ternary_linear_cpu);
-  m.impl("ternary_linear_grad_input", &ternary_linear_grad_input_cpu);
-}
-
 
 }  // namespace tna::ternary

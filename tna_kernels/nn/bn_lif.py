@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .. import functional as F
 from .._utils import chunks
+from ..ops.lif import _lif_hyper as lif_hyper
 
 if TYPE_CHECKING:  # lif.py calls this module
     from .lif import LIF
@@ -104,4 +105,4 @@ def bn_lif(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, neuron: LIF, T: int, 
     running = bn.training and bn.track_running_stats
     return _BNLIF.apply(x, bn.weight, bn.bias, bn.running_mean if running else None,
                         bn.running_var if running else None, momentum, bn.eps, T, static,
-                        F._lif_hyper(**neuron.kwargs))
+                        lif_hyper(**neuron.kwargs))

@@ -24,15 +24,16 @@ Packed ternary format, version 1 (the contract; docs/FORMAT.md repeats it with a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .._utils import HAS_TRITON
-from ..reference import TERNARY_FORMAT_VERSION
+from ..reference import TERNARY_FORMAT_VERSION, TERNARY_METHODS
 from . import CUDA_BACKENDS
-from ._native import LIB
+from ._native import LIB, C, dtype_code, empty_output, ptr, threads
 
 # The tna:: schemas of this family (the only place they are written).
 # Ternary weights. Packed format v1 (csrc/cpu/ternary.h, docs/FORMAT.md): codes [..., K] int8 in
@@ -176,7 +177,7 @@ class PackedTernary:
         k_pad = self.words.shape[-1] * 64 * taps
         if self.words.device.type != "cpu" or k_pad > 32767:
             return None
-        isa = torch.ops.tna.ternary_cpu_isa()
+        isa = C.ternary_cpu_isa()  # = tna::ternary_cpu_isa, without the dispatcher
         # Same rule as select_algo in csrc/cpu/ternary_gemm.cpp: AVX2 uses a cached copy of any
         # size; the AVX-512 popcount kernel beats the event loop once the copy exceeds 1 MiB.
         if isa == "scalar" or (isa == "avx512" and k_pad * self.out_features > (1 << 20)):
@@ -297,6 +298,439 @@ def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, pad
                        device=spike_bits.device, memory_format=torch.channels_last)
 
 
+# ---- CPU kernels: checks and allocation here, the loops in the native core ----------------------
+# (csrc/cpu/ternary*.cpp). Each checks its tensors with the messages of the former libtorch
+# kernels, passes contiguous data to tna_kernels._C, and allocates the outputs; the float x ternary
+# GEMM / conv run torch's own kernels on codes the native core decodes, in the arithmetic order of
+# the former C++ (bit-identical results).
+
+# The C++ must agree with what Python owns (no silent re-declaration): the format version, and the
+# ternariser method names whose index C.ternarize takes.
+if C.TERNARY_FORMAT_VERSION != TERNARY_FORMAT_VERSION:
+    raise ImportError(f"tna_kernels._C reads packed ternary format v{C.TERNARY_FORMAT_VERSION} but this "
+                      f"Python code writes v{TERNARY_FORMAT_VERSION}: rebuild the native core")
+if tuple(C.TERNARY_METHODS) != tuple(TERNARY_METHODS):
+    raise ImportError(f"tna_kernels._C ternarises with methods {tuple(C.TERNARY_METHODS)} but this Python "
+                      f"code names {tuple(TERNARY_METHODS)}: rebuild the native core")
+
+_OPMATH = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+# c10 names, as the former C++ messages printed dtypes
+_C10_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+              torch.bfloat16: "BFloat16", torch.int8: "Char", torch.uint8: "Byte", torch.int16: "Short",
+              torch.int32: "Int", torch.int64: "Long", torch.bool: "Bool",
+              torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
+_F32, _I64, _I8 = torch.float32, torch.int64, torch.int8
+
+
+def _dt(dtype) -> str:
+    return _C10_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def _sz(shape) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _fail(*parts):
+    raise RuntimeError("".join(str(p) for p in parts))
+
+
+def _op_version(version):
+    if version != FORMAT_VERSION:
+        _fail("version: this build reads packed ternary format v", FORMAT_VERSION, " only, got v", version,
+              " (re-pack the weights with tna_kernels.functional.pack_ternary)")
+
+
+def _op_cpu(t, name):
+    if t.device.type != "cpu":
+        _fail(name, " must be a CPU tensor, got ", t.device)
+
+
+def _op_floating(t, name):
+    if not t.dtype.is_floating_point:
+        _fail(name, " must be a floating-point tensor, got ", _dt(t.dtype))
+
+
+def _op_words(packed_w, name):
+    """A packed weight tensor [N, ..., 2, KW] (check_packed of the former C++)."""
+    if packed_w.device.type != "cpu":
+        _fail(name, " must be a CPU tensor, got ", packed_w.device)
+    if packed_w.dtype != _I64:
+        _fail(name, " must be int64 packed ternary words (format v1), got ", _dt(packed_w.dtype))
+    if packed_w.dim() < 3 or packed_w.shape[-2] != 2:
+        _fail(name, " must have shape [N, ..., 2, KW] (P and N bit-planes), got ", _sz(packed_w.shape))
+
+
+def _op_scale_bias(scale, bias, n):
+    if scale.device.type != "cpu":
+        _fail("scale must be a CPU tensor, got ", scale.device)
+    if scale.dtype != _F32:
+        _fail("scale must be float32 (one per output channel), got ", _dt(scale.dtype))
+    if scale.dim() != 1 or scale.shape[0] != n:
+        _fail("scale must have shape [", n, "] (one per output channel), got ", _sz(scale.shape))
+    if bias is not None:
+        if bias.device.type != "cpu":
+            _fail("bias must be a CPU tensor, got ", bias.device)
+        if bias.dtype != _F32:
+            _fail("bias must be float32, got ", _dt(bias.dtype))
+        if bias.dim() != 1 or bias.shape[0] != n:
+            _fail("bias must have shape [", n, "], got ", _sz(bias.shape))
+
+
+def _op_linear_weight(packed_w, K, scale, bias, version) -> int:
+    _op_version(version)
+    _op_words(packed_w, "packed_w")
+    if packed_w.dim() != 3:
+        _fail("packed_w must have shape [N, 2, KW] for a linear layer, got ", _sz(packed_w.shape))
+    if K < 1:
+        _fail("K must be >= 1, got ", K)
+    if packed_w.shape[2] != words_for(K):
+        _fail("packed_w has ", packed_w.shape[2], " words per plane but K = ", K, " needs ceil(K/64) = ",
+              words_for(K))
+    _op_scale_bias(scale, bias, packed_w.shape[0])
+    return packed_w.shape[0]
+
+
+def _op_conv_weight(packed_w, C_in, scale, bias, stride, padding, dilation, version):
+    """Checked conv geometry (N, kh, kw, CW) of packed_w [N, kh, kw, 2, CW] for C_in input channels."""
+    _op_version(version)
+    _op_words(packed_w, "packed_w")
+    if packed_w.dim() != 5:
+        _fail("packed_w must have shape [N, kh, kw, 2, CW] for conv2d (codes [N, kh, kw, C] packed along C), "
+              "got ", _sz(packed_w.shape))
+    if C_in < 1:
+        _fail("the input must have at least one channel, got C = ", C_in)
+    if packed_w.shape[4] != words_for(C_in):
+        _fail("packed_w has ", packed_w.shape[4], " words per plane but the input has C = ", C_in,
+              " channels (needs ceil(C/64) = ", words_for(C_in), ")")
+    if packed_w.shape[1] < 1 or packed_w.shape[2] < 1:
+        _fail("packed_w kernel size must be >= 1, got ", _sz(packed_w.shape))
+    if len(stride) != 2 or stride[0] < 1 or stride[1] < 1:
+        _fail("stride must be two integers >= 1, got ", _sz(stride))
+    if len(padding) != 2 or padding[0] < 0 or padding[1] < 0:
+        _fail("padding must be two integers >= 0, got ", _sz(padding))
+    if len(dilation) != 2 or dilation[0] < 1 or dilation[1] < 1:
+        _fail("dilation must be two integers >= 1, got ", _sz(dilation))
+    _op_scale_bias(scale, bias, packed_w.shape[0])
+    return packed_w.shape[0], packed_w.shape[1], packed_w.shape[2], packed_w.shape[4]
+
+
+def _op_kmajor(kmajor, KW, n):
+    ld = (n + 127) // 128 * 128
+    if not (kmajor.device.type == "cpu" and kmajor.dtype == _I8 and kmajor.dim() == 2
+            and kmajor.shape[0] == KW * 64 and kmajor.shape[1] == ld and kmajor.is_contiguous()):
+        _fail("kmajor must be the contiguous int8 [", KW * 64, ", ", ld, "] tensor returned by "
+              "tna::ternary_kmajor for these weights, got ", _dt(kmajor.dtype), " ", _sz(kmajor.shape))
+
+
+def _decode(words: Tensor, rows: int, K: int, dtype: torch.dtype) -> Tensor:
+    """Dense codes [rows, K] of contiguous packed words, in dtype (float32, float64 or int8)."""
+    out = torch.empty((rows, K), dtype=dtype)
+    C.ternary_decode(ptr(words), rows, K, dtype_code(dtype), ptr(out), threads())
+    return out
+
+
+def _decode_conv(words: Tensor, n, kh, kw, c_in, dtype) -> Tensor:
+    """Decoded codes as a torch conv weight [N, C, kh, kw] in dtype."""
+    d = torch.empty((n, kh, kw, c_in), dtype=dtype)
+    C.ternary_decode(ptr(words), n * kh * kw, c_in, dtype_code(dtype), ptr(d), threads())
+    return d.permute(0, 3, 1, 2).contiguous()
+
+
+def _pack_ternary_cpu(codes):
+    _op_cpu(codes, "codes")
+    if codes.dtype != _I8:
+        _fail("codes must be int8 ternary codes in {-1, 0, +1}, got dtype ", _dt(codes.dtype))
+    if codes.dim() < 1 or codes.shape[-1] < 1:
+        _fail("codes must have shape [..., K] with K >= 1 (packing runs along the last axis), got ",
+              _sz(codes.shape))
+    c = codes.contiguous()
+    K = c.shape[-1]
+    out = torch.empty((*c.shape[:-1], 2, words_for(K)), dtype=_I64)
+    C.pack_ternary(ptr(c), c.numel() // K, K, ptr(out), threads())
+    return out
+
+
+def _unpack_ternary_cpu(packed, K, version):
+    _op_version(version)
+    _op_words(packed, "packed")
+    if K < 1:
+        _fail("K must be >= 1, got ", K)
+    if packed.shape[-1] != words_for(K):
+        _fail("packed must have ", words_for(K), " words per plane for K = ", K, " (ceil(K/64)), got shape ",
+              _sz(packed.shape))
+    pk = packed.contiguous()
+    out = torch.empty((*pk.shape[:-2], K), dtype=_I8)
+    C.unpack_ternary(ptr(pk), pk.numel() // (2 * words_for(K)), K, ptr(out), threads())
+    return out
+
+
+def _pack_spikes_cpu(spikes, dim=-1):
+    _op_cpu(spikes, "spikes")
+    nd = spikes.dim()
+    if nd < 1:
+        _fail("spikes must have at least one dimension")
+    if not -nd <= dim < nd:
+        _fail("dim must be in [", -nd, ", ", nd - 1, "], got ", dim)
+    dim %= nd
+    shape = spikes.shape
+    if shape[dim] < 1:
+        _fail("spikes must have a non-empty packing axis (dim ", dim, "), got shape ", _sz(shape))
+    try:
+        code = dtype_code(spikes)
+    except TypeError:
+        code = None
+    if spikes.is_complex() or code is None:
+        _fail("spikes must be a real or bool tensor of 0/1 values, got ", _dt(spikes.dtype))
+    s = spikes.contiguous()
+    K = shape[dim]
+    out = torch.empty((*shape[:dim], *shape[dim + 1:], words_for(K)), dtype=_I64)
+    C.pack_spikes(ptr(s), code, math.prod(shape[:dim]), K, math.prod(shape[dim + 1:]), ptr(out), threads())
+    return out
+
+
+def _unpack_spikes_cpu(bits, K):
+    _op_cpu(bits, "bits")
+    if bits.dtype != _I64:
+        _fail("bits must be int64 packed spike words, got ", _dt(bits.dtype))
+    if K < 1:
+        _fail("K must be >= 1, got ", K)
+    if bits.dim() < 1 or bits.shape[-1] != words_for(K):
+        _fail("bits must have shape [..., ", words_for(K), "] for K = ", K, " (ceil(K/64) words), got ",
+              _sz(bits.shape))
+    b = bits.contiguous()
+    out = torch.empty((*b.shape[:-1], K), dtype=torch.uint8)
+    C.unpack_spikes(ptr(b), b.numel() // words_for(K), K, ptr(out), threads())
+    return out
+
+
+def _ternarize_cpu(w, method, per_channel, pack):
+    _op_cpu(w, "w")
+    _op_floating(w, "w")
+    if w.dim() < 2 or w.numel() == 0:
+        _fail("w must have shape [out_channels, ...] with at least 2 dims and no empty dim, got ", _sz(w.shape))
+    if method not in TERNARY_METHODS:
+        _fail("method must be 'twn' or 'absmean', got '", method, "'")
+    x = w.contiguous()
+    n, k_last = x.shape[0], x.shape[-1]
+    codes = torch.empty(x.shape, dtype=_I8)
+    scale = torch.empty((n,), dtype=_F32)
+    packed = torch.empty((*x.shape[:-1], 2, words_for(k_last)) if pack else (0,), dtype=_I64)
+    C.ternarize(ptr(x), dtype_code(x), n, x.numel() // n, TERNARY_METHODS.index(method), per_channel, k_last,
+                ptr(codes), ptr(scale), ptr(packed) if pack else 0, threads())
+    return codes, scale, packed
+
+
+def _spike_ternary_linear_cpu(spike_bits, packed_w, scale, bias, K, version, kmajor=None):
+    n = _op_linear_weight(packed_w, K, scale, bias, version)
+    _op_cpu(spike_bits, "spike_bits")
+    if spike_bits.dtype != _I64:
+        _fail("spike_bits must be int64 packed spike words (pack_spikes), got ", _dt(spike_bits.dtype))
+    kw = words_for(K)
+    if spike_bits.dim() < 1 or spike_bits.shape[-1] != kw:
+        _fail("spike_bits must have shape [..., ", kw, "] for K = ", K, ", got ", _sz(spike_bits.shape))
+    if kmajor is not None:
+        _op_kmajor(kmajor, kw, n)
+    s = spike_bits.contiguous()
+    w = packed_w.contiguous()
+    sc = scale.contiguous()
+    b = None if bias is None else bias.contiguous()
+    y = empty_output((*s.shape[:-1], n), _F32)
+    C.spike_ternary_linear(ptr(s), s.numel() // kw, ptr(w), n, K, ptr(sc), ptr(b), ptr(kmajor), ptr(y),
+                           threads())
+    return y
+
+
+def _scale_bias_(y: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+    """In place y = y * scale + bias along dim 1 of y [M, N] (two roundings, as the reference): one
+    native pass for contiguous float32, torch ops otherwise."""
+    if y.dtype != _F32 or not y.is_contiguous():
+        y.mul_(scale.to(y.dtype))
+        if bias is not None:
+            y.add_(bias.to(y.dtype))
+        return
+    sc = scale.contiguous()
+    b = None if bias is None else bias.contiguous()
+    C.ternary_scale_bias_f32(ptr(y), y.shape[0], y.shape[1], 1, ptr(sc), ptr(b), threads())
+
+
+def _mm_codes_f32(x2: Tensor, w: Tensor, n: int, K: int) -> Tensor:
+    """float32 x2 @ codes^T: the codes decoded in K-blocks that stay in cache, accumulated with
+    addmm (few blocks: each is a parallel region); whole (one GEMM) on the scalar ISA."""
+    kb = C.ternary_gemm_block_cols(n, K)
+    if kb == 0:
+        return torch.mm(x2, _decode(w, n, K, _F32).t())
+    buf = torch.empty((n, kb), dtype=_F32)
+    y = None
+    for k0 in range(0, K, kb):
+        k1 = min(K, k0 + kb)
+        C.ternary_decode_block_f32(ptr(w), n, K, k0, k1, ptr(buf), kb, threads())
+        wb = buf.narrow(1, 0, k1 - k0).t()
+        xb = x2.narrow(1, k0, k1 - k0)
+        if k0 == 0:
+            y = torch.mm(xb, wb)
+        else:
+            y.addmm_(xb, wb)
+    return y
+
+
+def _ternary_linear_cpu(x, packed_w, scale, bias, version):
+    _op_cpu(x, "x")
+    _op_floating(x, "x")
+    if x.dim() < 1:
+        _fail("x must have shape [..., K], got ", _sz(x.shape))
+    K = x.shape[-1]
+    n = _op_linear_weight(packed_w, K, scale, bias, version)
+    w = packed_w.contiguous()
+    acc = _OPMATH.get(x.dtype, x.dtype)
+    x2 = x.reshape(-1, K).to(acc).contiguous()
+    m = x2.shape[0]
+    if acc == _F32 and 0 < m <= _DIRECT_MAX_M:
+        y = torch.empty((m, n), dtype=_F32)
+        C.ternary_linear_direct(ptr(x2), m, K, ptr(w), n, ptr(y), threads())  # checks the words
+    else:
+        C.ternary_check_packed_rows(ptr(w), n, K, "packed_w", threads())
+        y = _mm_codes_f32(x2, w, n, K) if acc == _F32 else torch.mm(x2, _decode(w, n, K, acc).t())
+    _scale_bias_(y, scale, bias)
+    return y.to(x.dtype).reshape((*x.shape[:-1], n))
+
+
+def _ternary_linear_grad_input_cpu(grad_y, packed_w, scale, K, version):
+    _op_cpu(grad_y, "grad_y")
+    _op_floating(grad_y, "grad_y")
+    n = _op_linear_weight(packed_w, K, scale, None, version)
+    if grad_y.dim() < 1 or grad_y.shape[-1] != n:
+        _fail("grad_y must have shape [..., ", n, "], got ", _sz(grad_y.shape))
+    w = packed_w.contiguous()
+    acc = _OPMATH.get(grad_y.dtype, grad_y.dtype)
+    g = grad_y.reshape(-1, n).to(acc) * scale.to(acc)
+    gx = torch.mm(g, _decode(w, n, K, acc))
+    return gx.to(grad_y.dtype).reshape((*grad_y.shape[:-1], K))
+
+
+def _ternary_conv2d_cpu(x, packed_w, scale, bias, stride, padding, dilation, version):
+    _op_cpu(x, "x")
+    _op_floating(x, "x")
+    if x.dim() != 4:
+        _fail("x must have shape [B, C, H, W], got ", _sz(x.shape))
+    c_in = x.shape[1]
+    n, kh, kw, _ = _op_conv_weight(packed_w, c_in, scale, bias, stride, padding, dilation, version)
+    w = packed_w.contiguous()
+    C.ternary_check_packed_rows(ptr(w), n * kh * kw, c_in, "packed_w", threads())
+    acc = _OPMATH.get(x.dtype, x.dtype)
+    # The per-channel scale is folded into the decoded weight (code * scale is exact) and the bias
+    # goes to the convolution, so oneDNN runs exactly torch's conv2d with no extra output pass.
+    wd = _decode_conv(w, n, kh, kw, c_in, acc) * scale.to(acc).view(-1, 1, 1, 1)
+    b = None if bias is None else bias.to(acc)
+    return torch.conv2d(x.to(acc), wd, b, stride, padding, dilation).to(x.dtype)
+
+
+def _ternary_conv2d_grad_input_cpu(grad_y, packed_w, scale, input_size, stride, padding, dilation, version):
+    _op_cpu(grad_y, "grad_y")
+    _op_floating(grad_y, "grad_y")
+    if len(input_size) != 4:
+        _fail("input_size must be [B, C, H, W], got ", _sz(input_size))
+    n, kh, kw, _ = _op_conv_weight(packed_w, input_size[1], scale, None, stride, padding, dilation, version)
+    oh, ow = _conv_out(input_size[2], input_size[3], (kh, kw), stride, padding, dilation)
+    if grad_y.dim() != 4 or tuple(grad_y.shape) != (input_size[0], n, oh, ow):
+        _fail("grad_y must have shape [", input_size[0], ", ", n, ", ", oh, ", ", ow, "], got ",
+              _sz(grad_y.shape))
+    acc = _OPMATH.get(grad_y.dtype, grad_y.dtype)
+    gs = grad_y.to(acc) * scale.to(acc).view(1, -1, 1, 1)
+    # Rows/cols of the input that no output reads are recovered with output_padding.
+    op_h = input_size[2] - ((oh - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1)
+    op_w = input_size[3] - ((ow - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1)
+    wd = _decode_conv(packed_w.contiguous(), n, kh, kw, input_size[1], acc)
+    gx = torch.conv_transpose2d(gs, wd, None, stride, padding, (op_h, op_w), 1, dilation)
+    return gx.to(grad_y.dtype)
+
+
+def _op_spike_conv(spike_bits, packed_w, scale, bias, c_in, stride, padding, dilation, version, kmajor):
+    """Checks of both spike conv ops; returns the native call's leading arguments, (OH, OW) and the
+    contiguous tensors that must outlive the call."""
+    n, kh, kw, cw = _op_conv_weight(packed_w, c_in, scale, bias, stride, padding, dilation, version)
+    _op_cpu(spike_bits, "spike_bits")
+    if spike_bits.dtype != _I64:
+        _fail("spike_bits must be int64 packed spike words (pack_spikes along channels), got ",
+              _dt(spike_bits.dtype))
+    if spike_bits.dim() != 4 or spike_bits.shape[3] != cw:
+        _fail("spike_bits must have shape [B, H, W, ", cw, "] (channels packed last, C = ", c_in, "), got ",
+              _sz(spike_bits.shape))
+    bsz, h, wd = spike_bits.shape[:3]
+    oh, ow = _conv_out(h, wd, (kh, kw), stride, padding, dilation)
+    if oh < 1 or ow < 1:
+        _fail("the input ", h, "x", wd, " is too small for kernel ", kh, "x", kw,
+              " with this padding/dilation (output would be ", oh, "x", ow, ")")
+    if kmajor is not None:
+        _op_kmajor(kmajor, kh * kw * cw, n)
+    keep = (spike_bits.contiguous(), packed_w.contiguous(), scale.contiguous(),
+            None if bias is None else bias.contiguous())
+    s, w, sc, b = keep
+    args = (ptr(s), bsz, h, wd, c_in, ptr(w), n, kh, kw, stride[0], stride[1], padding[0], padding[1],
+            dilation[0], dilation[1], ptr(sc), ptr(b))
+    return args, (oh, ow), keep
+
+
+def _spike_ternary_conv2d_cpu(spike_bits, packed_w, scale, bias, C_in, stride, padding, dilation, version,
+                              kmajor=None):
+    args, (oh, ow), _keep = _op_spike_conv(spike_bits, packed_w, scale, bias, C_in, stride, padding, dilation,
+                                           version, kmajor)
+    y = empty_output((spike_bits.shape[0], packed_w.shape[0], oh, ow), _F32, memory_format=torch.channels_last)
+    C.spike_ternary_conv2d(*args, ptr(kmajor), ptr(y), threads())
+    return y
+
+
+def _spike_ternary_conv2d_lif_cpu(spike_bits, packed_w, scale, bias, C_in, stride, padding, dilation, version,
+                                  T, tau, decay_input, v_threshold, v_reset, soft_reset, kmajor=None):
+    args, (oh, ow), _keep = _op_spike_conv(spike_bits, packed_w, scale, bias, C_in, stride, padding, dilation,
+                                           version, kmajor)
+    bsz = spike_bits.shape[0]
+    if T < 1 or bsz % T:
+        _fail("T must be >= 1 and divide the leading dimension of spike_bits (", bsz,
+              " = T * batch, time-major), got T = ", T)
+    out = empty_output((bsz, oh, ow, words_for(packed_w.shape[0])), _I64)
+    C.spike_ternary_conv2d_lif(*args, T, tau, decay_input, v_threshold, v_reset, soft_reset, ptr(kmajor),
+                               ptr(out), threads())
+    return out
+
+
+def _ternary_kmajor_cpu(packed_w, K, version):
+    _op_version(version)
+    _op_words(packed_w, "packed_w")
+    if packed_w.dim() not in (3, 5):
+        _fail("packed_w must be [N, 2, KW] (linear) or [N, kh, kw, 2, CW] (conv2d), got ", _sz(packed_w.shape))
+    if K < 1 or packed_w.shape[-1] != words_for(K):
+        _fail("packed_w has ", packed_w.shape[-1], " words per plane but K = ", K, " needs ceil(K/64) = ",
+              words_for(K))
+    w = packed_w.contiguous()
+    n = w.shape[0]
+    taps = w.shape[1] * w.shape[2] if w.dim() == 5 else 1
+    out = torch.empty((taps * w.shape[-1] * 64, (n + 127) // 128 * 128), dtype=_I8)
+    C.ternary_kmajor(ptr(w), n, taps, K, ptr(out), threads())
+    return out
+
+
+def _ternary_cpu_isa():
+    return C.ternary_cpu_isa()
+
+
+_DIRECT_MAX_M = C.TERNARY_DIRECT_MAX_M
+
+for _name, _fn in (("pack_ternary", _pack_ternary_cpu), ("unpack_ternary", _unpack_ternary_cpu),
+                   ("pack_spikes", _pack_spikes_cpu), ("unpack_spikes", _unpack_spikes_cpu),
+                   ("ternarize", _ternarize_cpu), ("ternary_linear", _ternary_linear_cpu),
+                   ("ternary_linear_grad_input", _ternary_linear_grad_input_cpu),
+                   ("spike_ternary_linear", _spike_ternary_linear_cpu),
+                   ("ternary_conv2d", _ternary_conv2d_cpu),
+                   ("ternary_conv2d_grad_input", _ternary_conv2d_grad_input_cpu),
+                   ("spike_ternary_conv2d", _spike_ternary_conv2d_cpu),
+                   ("spike_ternary_conv2d_lif", _spike_ternary_conv2d_lif_cpu),
+                   ("ternary_kmajor", _ternary_kmajor_cpu)):
+    LIB.impl(_name, _fn, "CPU")
+# No tensor argument, so no backend to dispatch on: the kernel serves every dispatch key (it
+# reports the CPU kernels' instruction set whatever the device).
+LIB.impl("ternary_cpu_isa", _ternary_cpu_isa, "CompositeImplicitAutograd")
+
+
 # ---- autograd: float x ternary, w.r.t. the input and the bias ----------------------------------
 # The packed words and the scale are constants here (training differentiates the latent float
 # weights through functional.ternary_ste instead); functional.* refuses a scale that requires grad.
@@ -387,3 +821,278 @@ if HAS_TRITON:
     # CUDA tensors: the Triton conv, LIF and packing kernels in sequence (not fused yet on GPU).
     torch.library.register_kernel("tna::spike_ternary_conv2d_lif", "cuda", _spike_ternary_conv2d_lif_composed)
     CUDA_BACKENDS["spike_ternary_conv2d_lif"] = "triton (unfused)"
+
+
+# ---- Public functions (re-exported by tna_kernels.functional) -----------------------------------
+# Each validates its arguments in one checker (errors name the argument), never modifies the
+# caller's tensors, and calls a tna:: op: the native core on CPU tensors, Triton on CUDA tensors.
+
+def _check_device(x: Tensor) -> None:
+    if x.device.type == "cuda" and not HAS_TRITON:
+        raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
+
+
+def _check_quantizer(w: Tensor, method: str, per_channel: bool) -> None:
+    """Arguments of the ternarisers (ternarize, ternary_ste, quantize_pack)."""
+    if not isinstance(w, Tensor) or not w.dtype.is_floating_point:
+        raise TypeError(f"w must be a floating-point torch.Tensor, got {getattr(w, 'dtype', type(w))}")
+    if w.dim() < 2 or w.numel() == 0:
+        raise ValueError(f"w must have shape [out_channels, ...] with >= 2 non-empty dims, got {tuple(w.shape)}")
+    if method not in TERNARY_METHODS:
+        raise ValueError(f"method must be one of {TERNARY_METHODS}, got {method!r}")
+    if not isinstance(per_channel, bool):
+        raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
+
+
+def ternarize(w: Tensor, *, method: str = "twn", per_channel: bool = True) -> tuple[Tensor, Tensor]:
+    """Ternary codes and scales of a weight (dim 0 = output channel).
+
+    Args:
+        w: float weight ``[N, ...]`` (``nn.Linear`` ``[N, K]`` or ``nn.Conv2d`` ``[N, C, kh, kw]``).
+        method: ``"twn"`` (threshold 0.7 mean|w|, scale = mean |w| above it) or ``"absmean"``
+            (BitNet: round(w / (mean|w| + 1e-5)) clipped to [-1, 1], scale = mean|w|).
+        per_channel: one scale per output channel (default) or one for the tensor (repeated N times).
+
+    Returns:
+        ``(codes, scale)``: int8 codes shaped like ``w`` and float32 ``scale`` ``[N]``; the weight
+        is ``codes * scale[:, None, ...]``. Formulas: :func:`tna_kernels.reference.ternarize`.
+    """
+    _check_quantizer(w, method, per_channel)
+    codes, scale, _ = torch.ops.tna.ternarize(w.detach(), method, per_channel, False)
+    return codes, scale
+
+
+class _TernarySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, method, per_channel, clip):
+        codes, scale, _ = torch.ops.tna.ternarize(w.detach(), method, per_channel, False)
+        ctx.clip = clip
+        if clip is not None:
+            ctx.save_for_backward(w)
+        return codes.to(w.dtype) * scale.to(w.dtype).reshape((-1,) + (1,) * (w.dim() - 1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.clip is not None:
+            (w,) = ctx.saved_tensors
+            grad = grad * (w.abs() <= ctx.clip).to(grad.dtype)
+        return grad, None, None, None
+
+
+def _check_ste(w: Tensor, method: str, per_channel: bool, clip) -> float | None:
+    _check_quantizer(w, method, per_channel)
+    if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be None or a finite number > 0, got {clip!r}")
+    return None if clip is None else float(clip)
+
+
+def ternary_ste(w: Tensor, *, method: str = "twn", per_channel: bool = True,
+                clip: float | None = None) -> Tensor:
+    """Ternarised weight ``codes * scale`` (dtype and shape of ``w``) for training the latent float
+    weights with the straight-through estimator: ``grad_w = grad_out`` (identity), or
+    ``grad_out * 1[|w| <= clip]`` with ``clip`` (e.g. 1.0). The scale is a constant in backward.
+    ``method``/``per_channel`` as in :func:`ternarize`."""
+    clip = _check_ste(w, method, per_channel, clip)
+    return _TernarySTE.apply(w, method, per_channel, clip)
+
+
+def _to_pack_layout(t: Tensor, name: str) -> Tensor:
+    """Linear [N, K] stays; conv [N, C, kh, kw] -> [N, kh, kw, C] (packing runs over channels)."""
+    if t.dim() == 4:
+        return t.permute(0, 2, 3, 1)
+    if t.dim() == 2:
+        return t
+    raise ValueError(f"{name} must be a linear weight [N, K] or a conv2d weight [N, C, kh, kw], "
+                     f"got shape {tuple(t.shape)}")
+
+
+def _vector(t: Tensor | None, n: int, name: str) -> Tensor | None:
+    if t is None:
+        return None
+    if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must be a 1-D tensor of {n} values (one per output channel), "
+                         f"got {tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    return t.detach().to(torch.float32).contiguous()
+
+
+def quantize_pack(w: Tensor, *, method: str = "twn", per_channel: bool = True,
+                  bias: Tensor | None = None) -> PackedTernary:
+    """Ternarise and pack in one fused kernel call: float weight (``[N, K]`` or ``[N, C, kh, kw]``)
+    -> :class:`PackedTernary` (format v1). ``bias`` (optional, ``[N]``) is stored as float32."""
+    _check_quantizer(w, method, per_channel)
+    wl = _to_pack_layout(w.detach(), "w")
+    _, scale, words = torch.ops.tna.ternarize(wl, method, per_channel, True)
+    return PackedTernary(words, scale, wl.shape[-1], _vector(bias, w.shape[0], "bias"))
+
+
+def _check_codes(codes: Tensor) -> Tensor:
+    """The int8 codes of pack_ternary, in packing layout."""
+    if not isinstance(codes, Tensor) or codes.dtype != torch.int8:
+        got = getattr(codes, "dtype", type(codes))
+        raise TypeError(f"codes must be an int8 tensor of -1/0/+1, got {got}")
+    return _to_pack_layout(codes, "codes")
+
+
+def pack_ternary(codes: Tensor, scale: Tensor | None = None, bias: Tensor | None = None) -> PackedTernary:
+    """Pack int8 codes in {-1, 0, +1} (linear ``[N, K]`` or conv ``[N, C, kh, kw]``) into format v1.
+
+    ``scale`` (``[N]``, default ones) and ``bias`` (``[N]`` or None) are stored as float32. Raises
+    on any other code value. The input is never modified."""
+    cl = _check_codes(codes)
+    n = codes.shape[0]
+    scale = torch.ones(n, device=codes.device) if scale is None else _vector(scale, n, "scale")
+    return PackedTernary(torch.ops.tna.pack_ternary(cl), scale, cl.shape[-1], _vector(bias, n, "bias"))
+
+
+def unpack_ternary(packed: PackedTernary) -> Tensor:
+    """int8 codes of a :class:`PackedTernary`, in torch layout (``[N, K]`` or ``[N, C, kh, kw]``)."""
+    if not isinstance(packed, PackedTernary):
+        raise TypeError(f"packed must be a PackedTernary, got {type(packed).__name__}")
+    return packed.codes()
+
+
+def pack_spikes(spikes: Tensor, dim: int = -1) -> Tensor:
+    """Bit-pack 0/1 spikes along ``dim`` (moved last): ``[..., K] -> int64 [..., ceil(K/64)]``.
+
+    For conv inputs ``[B, C, H, W]`` use ``dim=1``: the result is ``[B, H, W, CW]``, what
+    :func:`spike_ternary_conv2d` takes. Any real or bool dtype; raises on values other than 0 and 1."""
+    if not isinstance(spikes, Tensor):
+        raise TypeError(f"spikes must be a torch.Tensor, got {type(spikes).__name__}")
+    if spikes.dim() == 0:
+        raise ValueError("spikes must have at least one dimension")
+    return torch.ops.tna.pack_spikes(spikes, dim)
+
+
+def unpack_spikes(bits: Tensor, K: int, dim: int = -1, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Inverse of :func:`pack_spikes`: ``[..., KW] -> [..., K]`` in ``dtype``, the unpacked axis
+    moved to ``dim``."""
+    if not isinstance(K, int) or K < 1:
+        raise ValueError(f"K must be an int >= 1, got {K!r}")
+    return torch.ops.tna.unpack_spikes(bits, K).to(dtype).movedim(-1, dim)
+
+
+def _check_packed(weight, conv: bool) -> None:
+    if not isinstance(weight, PackedTernary):
+        raise TypeError(f"weight must be a PackedTernary (functional.pack_ternary / quantize_pack), "
+                        f"got {type(weight).__name__}")
+    if weight.is_conv != conv:
+        kind = "a conv2d weight [N, kh, kw, 2, CW]" if conv else "a linear weight [N, 2, KW]"
+        raise ValueError(f"weight must be {kind}, got words of shape {tuple(weight.words.shape)}")
+    if weight.scale.requires_grad or (weight.bias is not None and weight.bias.requires_grad):
+        raise ValueError("weight.scale must not require grad: the packed ops differentiate w.r.t. the "
+                         "input (and bias) only; train latent weights with ternary_ste")
+
+
+def _check_linear(x: Tensor, weight: PackedTernary) -> None:
+    """Arguments of ternary_linear."""
+    _check_packed(weight, conv=False)
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+    if x.dim() < 1 or x.shape[-1] != weight.K:
+        raise ValueError(f"x must have shape [..., {weight.K}] (in_features), got {tuple(x.shape)}")
+    _check_device(x)
+
+
+def _check_spike_input(spike_bits: Tensor, weight: PackedTernary, conv: bool, hint: str, T=None) -> None:
+    """Arguments of the spike ops: packed spikes, a packed weight of the right kind, and for the
+    fused LIF conv the number of time steps T folded into spike_bits' leading dimension."""
+    _check_packed(weight, conv=conv)
+    if not isinstance(spike_bits, Tensor) or spike_bits.dtype != torch.int64:
+        raise TypeError(f"spike_bits must be int64 packed spikes ({hint}), got "
+                        f"{getattr(spike_bits, 'dtype', type(spike_bits))}")
+    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1 or spike_bits.dim() < 1
+                          or spike_bits.shape[0] % T):
+        raise ValueError(f"T must be an int >= 1 that divides spike_bits.shape[0] (T·B, time-major), got T={T!r} "
+                         f"for shape {tuple(spike_bits.shape)}")
+    _check_device(spike_bits)
+
+
+def _use_dequantized(x: Tensor, weight: PackedTernary) -> bool:
+    """float32 on CPU, eager: torch's GEMM / conv on the weight's cached float copy
+    (:meth:`PackedTernary.float_codes` / :meth:`PackedTernary.dequantized`), the same maths as the
+    tna op, which decodes on every call. Weights only used with spike inputs never build it."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.words.device.type == "cpu"
+            and not torch.compiler.is_compiling())
+
+
+def ternary_linear(x: Tensor, weight: PackedTernary) -> Tensor:
+    """Float activations ``x [..., K]`` times a packed ternary weight: ``(x @ codes.T) * scale + bias``.
+
+    Differentiable w.r.t. ``x`` (``grad_x = (grad_y * scale) @ codes``); returns x's dtype. float32
+    on CPU with more than 12 rows runs torch's GEMM on ``weight.float_codes()`` (cached on the
+    weight, 4 bytes per weight); otherwise the ``tna::ternary_linear`` op."""
+    _check_linear(x, weight)
+    if _use_dequantized(x, weight) and x.numel() > _DIRECT_MAX_M * weight.K:
+        # the op's arithmetic (exact sums on 0/1 inputs, then * scale + bias: two roundings) on
+        # torch's GEMM; up to _DIRECT_MAX_M rows the op's own GEMV kernel is faster
+        y = torch.matmul(x, weight.float_codes().T) * weight.scale
+        return y if weight.bias is None else y + weight.bias
+    return torch.ops.tna.ternary_linear(x, weight.words, weight.scale, weight.bias, weight.version)
+
+
+def spike_ternary_linear(spike_bits: Tensor, weight: PackedTernary) -> Tensor:
+    """Bit-packed spikes (``pack_spikes``, ``[..., KW]``) times a packed ternary weight, exactly:
+    ``float32(popcount(S & P) - popcount(S & N)) * scale + bias``; returns float32 ``[..., N]``.
+
+    On CPU the kernel picks popcount or the event-driven (sparse) loop by spike density; the
+    latter's K-major weight copy is cached on ``weight`` (:meth:`PackedTernary.kmajor`)."""
+    _check_spike_input(spike_bits, weight, False, "pack_spikes")
+    return torch.ops.tna.spike_ternary_linear(spike_bits, weight.words, weight.scale, weight.bias,
+                                              weight.K, weight.version, weight.kmajor())
+
+
+def _check_conv(x: Tensor, weight: PackedTernary, stride, padding, dilation):
+    """Arguments of ternary_conv2d; returns the normalised (stride, padding, dilation)."""
+    _check_packed(weight, conv=True)
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point or x.dim() != 4:
+        raise TypeError(f"x must be a floating-point [B, C, H, W] tensor, got "
+                        f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[1] != weight.K:
+        raise ValueError(f"x has {x.shape[1]} channels but the weight expects {weight.K}")
+    _check_device(x)
+    return conv_geometry(stride, padding, dilation)
+
+
+def ternary_conv2d(x: Tensor, weight: PackedTernary, stride=1, padding=0, dilation=1) -> Tensor:
+    """conv2d (groups = 1) of float ``x [B, C, H, W]`` with a packed ternary weight, times scale,
+    plus bias. Differentiable w.r.t. ``x``; returns x's dtype ``[B, N, OH, OW]``. float32 on CPU
+    runs torch's conv on ``weight.dequantized()`` (cached on the weight); otherwise the
+    ``tna::ternary_conv2d`` op."""
+    s, p, d = _check_conv(x, weight, stride, padding, dilation)
+    if _use_dequantized(x, weight):
+        return torch.nn.functional.conv2d(x, weight.dequantized(), weight.bias, s, p, d)
+    return torch.ops.tna.ternary_conv2d(x, weight.words, weight.scale, weight.bias, s, p, d, weight.version)
+
+
+def _check_spike_conv(spike_bits: Tensor, weight: PackedTernary, stride, padding, dilation, T=None):
+    """Arguments of spike_ternary_conv2d (and of spike_ternary_conv2d_lif, with its T; the neuron's
+    arguments are ops.lif_pack._lif_pack_args'); returns the normalised (stride, padding, dilation)."""
+    _check_spike_input(spike_bits, weight, True, "pack_spikes(s, dim=1)", T)
+    return conv_geometry(stride, padding, dilation)
+
+
+def spike_ternary_conv2d(spike_bits: Tensor, weight: PackedTernary, stride=1, padding=0,
+                         dilation=1) -> Tensor:
+    """conv2d (groups = 1) of bit-packed spikes ``[B, H, W, CW]`` (``pack_spikes(s, dim=1)``; fold
+    T into B) with a packed ternary weight, exact integer accumulation, float32 epilogue.
+    Returns float32 ``[B, N, OH, OW]`` (channels-last memory)."""
+    s, p, d = _check_spike_conv(spike_bits, weight, stride, padding, dilation)
+    return torch.ops.tna.spike_ternary_conv2d(spike_bits, weight.words, weight.scale, weight.bias,
+                                              weight.K, s, p, d, weight.version, weight.kmajor())
+
+
+def spike_ternary_conv2d_lif(spike_bits: Tensor, weight: PackedTernary, T: int, stride=1, padding=0,
+                             dilation=1, *, tau: float | None = None, decay_input: bool | None = None,
+                             v_threshold: float = 1.0, v_reset: float | None = 0.0,
+                             detach_reset: bool = False, surrogate: str = "atan", alpha: float = 2.0,
+                             beta: float | None = None) -> Tensor:
+    """:func:`spike_ternary_conv2d` followed by :func:`~tna_kernels.functional.lif_pack` in one kernel
+    (the LIF runs in the GEMM's epilogue, tile by tile): packed spikes ``[T·B, H, W, CW]``
+    (time-major) → packed spikes ``[T·B, OH, OW, ceil(N/64)]``. Bit-identical to the two-step
+    composition. No autograd."""
+    from .lif_pack import _lif_pack_args  # the neuron arguments, as lif_pack takes them
+
+    s, p, d = _check_spike_conv(spike_bits, weight, stride, padding, dilation, T)
+    return torch.ops.tna.spike_ternary_conv2d_lif(
+        spike_bits, weight.words, weight.scale, weight.bias, weight.K, s, p, d, weight.version, T,
+        *_lif_pack_args(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta), weight.kmajor())
