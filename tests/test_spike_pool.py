@@ -125,3 +125,45 @@ def test_composed_cuda_path_equals_the_cpu_kernels(geometry, monkeypatch):
     g = torch.randn(y.shape)
     assert torch.equal(_spike_max_pool2d_backward_composed(g, bits, list(x.shape), *geometry, True),
                        OPS.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry, True))
+
+
+# ------------------------------------------------ autograd (register_autograd on spike_max_pool2d)
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_with_grad_covers_the_backward(geometry, dtype):
+    """x requires grad: opcheck runs the autograd registration check and the AOT dispatch test with
+    its backward (tna::spike_max_pool2d_backward through register_autograd)."""
+    x = spikes((2, 3, 6, 8)).to(dtype).requires_grad_(True)
+    torch.library.opcheck(OPS.spike_max_pool2d.default, (x, *geometry, False))
+    torch.library.opcheck(OPS.spike_max_pool2d.default, (x, *geometry, True))
+
+
+def test_op_autograd_equals_max_pool_gradient():
+    x = spikes((3, 4, 9, 10))
+    geometry = GEOMETRIES[1]
+    X = x.clone().requires_grad_(True)
+    y, bits = OPS.spike_max_pool2d(X, *geometry, True)
+    assert y.requires_grad and not bits.requires_grad
+    g = torch.randn(y.shape)
+    (y * g).sum().backward()
+    X2 = x.clone().requires_grad_(True)
+    ref = torch.nn.functional.max_pool2d(X2, *geometry, True)
+    (ref * g).sum().backward()
+    assert torch.equal(y.detach(), ref.detach()) and torch.equal(X.grad, X2.grad)
+
+
+def test_spike_max_pool2d_module_uses_the_op_autograd():
+    from tna_kernels import nn as tnn
+
+    x = spikes((2, 3, 8, 8)).requires_grad_(True)
+    y = tnn.SpikeMaxPool2d(2)(x)
+    assert "GeneratedBackwardFor_tna_spike_max_pool2d" in type(y.grad_fn).__name__
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    torch.nn.functional.max_pool2d(x2, 2).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    # [C, H, W] input, as nn.MaxPool2d takes it
+    x3 = x.detach()[0].clone().requires_grad_(True)
+    tnn.SpikeMaxPool2d(2)(x3).sum().backward()
+    assert torch.equal(x3.grad, x2.grad[0])

@@ -601,3 +601,33 @@ def test_modules():
         tnn.TwinLoss(mse_reduction="batchmean")
     with pytest.raises(ValueError, match="alpha"):
         tnn.KDLoss(alpha=2.0)
+
+
+# ---------------------------------------------- one autograd (register_autograd on twin_loss_fwd)
+
+def test_twin_loss_has_one_autograd_the_fwd_ops():
+    """tna::twin_loss is a composition over tna::twin_loss_fwd: the graph node of the loss is the
+    register_autograd node of the fwd op, and the op has no autograd kernel of its own."""
+    from tna_kernels._utils import is_composite
+
+    a, b, y = _inputs(5, 7)
+    loss = F.twin_loss(_leaf(a), _leaf(b), y)
+    assert "GeneratedBackwardFor_tna_twin_loss_fwd" in type(loss.grad_fn).__name__
+    assert is_composite("tna::twin_loss")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("reduction", [0, 1])
+def test_opcheck_fwd_more_samples(dtype, reduction):
+    a, b, y = _inputs(9, 13, dtype=dtype, ignore=(4,))
+    torch.library.opcheck(torch.ops.tna.twin_loss_fwd.default,
+                          (_leaf(a), _leaf(b), y, 0.7, 1.2, 0.3, reduction, 0.05, -100, True, True))
+    torch.library.opcheck(torch.ops.tna.twin_loss.default,
+                          (_leaf(a), _leaf(b), y, 0.7, 1.2, 0.3, reduction, 0.05, -100, False, True))
+
+
+def test_opcheck_bwd_float64_and_half():
+    g = torch.randn(4, 6, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(0.5, dtype=torch.float64), g, g))
+    h = g.half()
+    torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(3.0), torch.empty(0).half(), h))

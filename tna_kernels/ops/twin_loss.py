@@ -92,35 +92,42 @@ _CODES = {dt: dtype_code(dt) for dt in _ACC}
 _EMPTY = (0,)
 
 
-def _twin_loss_fwd_cpu(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
-                       mse_reduction, label_smoothing, ignore_index, need_grad_base, need_grad_twin):
-    a, b, y = logits_base, logits_twin, target
+def _check_fwd_tensors(a: Tensor, b: Tensor, y: Tensor) -> None:
+    """Raises the error for the first bad tensor argument of twin_loss_fwd (the C++ checks' order)."""
     _check_cpu(a, "logits_base")
     _check_cpu(b, "logits_twin")
     _check_cpu(y, "target")
-    dtype = a.dtype
-    if dtype not in _ACC:
-        _check_floating(a, "logits_base")
-        raise TypeError(f"dtype {dtype} is not supported by the tna_kernels CPU kernels")
+    _check_floating(a, "logits_base")
+    if a.dtype not in _ACC:
+        raise TypeError(f"dtype {a.dtype} is not supported by the tna_kernels CPU kernels")
     shape = a.shape
     if len(shape) != 2:
         _fail(f"logits_base must be a 2-D [batch, classes] tensor, got shape {_shape_str(shape)}")
-    B, C_ = shape
-    if C_ < 1:
+    if shape[1] < 1:
         _fail(f"logits_base must have at least one class, got shape {_shape_str(shape)}")
-    _check_dtype(b, "logits_twin", dtype)
+    _check_dtype(b, "logits_twin", a.dtype)
     if b.shape != shape:
         _fail(f"logits_twin must have shape {_shape_str(shape)}, got {_shape_str(b.shape)}")
     _check_dtype(y, "target", torch.int64)
     if y.shape != shape[:1]:
-        _fail(f"target must have shape [{B}], got {_shape_str(y.shape)}")
+        _fail(f"target must have shape [{shape[0]}], got {_shape_str(y.shape)}")
+
+
+def _twin_loss_fwd_cpu(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
+                       mse_reduction, label_smoothing, ignore_index, need_grad_base, need_grad_twin):
+    a, b, y = logits_base, logits_twin, target
+    dtype, shape = a.dtype, a.shape
+    # one test for the usual case (this runs on every training step); the details only on failure
+    if not (dtype in _ACC and len(shape) == 2 and shape[1] >= 1 and b.dtype == dtype and b.shape == shape
+            and y.dtype == torch.int64 and y.shape == shape[:1] and a.is_cpu and b.is_cpu and y.is_cpu):
+        _check_fwd_tensors(a, b, y)
     a, b, y = a.contiguous(), b.contiguous(), y.contiguous()
     acc = _ACC[dtype]
     loss = torch.empty((), dtype=acc)
     parts = torch.empty(3, dtype=acc)
-    grad_a = torch.empty(shape if need_grad_base else _EMPTY, dtype=dtype)
-    grad_b = torch.empty(shape if need_grad_twin else _EMPTY, dtype=dtype)
-    C.twin_loss_fwd(_CODES[dtype], a.data_ptr(), b.data_ptr(), y.data_ptr(), B, C_, ce_weight_base,
+    grad_a = torch.empty_like(a) if need_grad_base else a.new_empty(_EMPTY)
+    grad_b = torch.empty_like(a) if need_grad_twin else a.new_empty(_EMPTY)
+    C.twin_loss_fwd(_CODES[dtype], a.data_ptr(), b.data_ptr(), y.data_ptr(), shape[0], shape[1], ce_weight_base,
                     ce_weight_twin, mse_weight, mse_reduction, label_smoothing, ignore_index,
                     loss.data_ptr(), parts.data_ptr(), grad_a.data_ptr() if need_grad_base else 0,
                     grad_b.data_ptr() if need_grad_twin else 0, threads())
@@ -205,15 +212,10 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad_base, grad_twin)
 
 
-# A tensor whose value is unknown here (fake, functional, traced): never read it.
-_TRACED = (torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
-           | torch._C.DispatchKeySet(torch._C.DispatchKey.Functionalize)
-           | torch._C.DispatchKeySet(torch._C.DispatchKey.PythonTLSSnapshot))
-
-
 def _is_plain_one(t: Tensor) -> bool:
-    """A real CPU tensor (no subclass, mode or functionalization around it) that holds 1."""
-    return (type(t) is Tensor and t.is_cpu and (torch._C._dispatch_keys(t) & _TRACED).raw_repr() == 0
+    """A real CPU tensor holding 1: no subclass (fake, functional, traced), no C++ functionalization
+    and no dispatch mode around it, so that reading its value is safe and means what it says."""
+    return (type(t) is Tensor and t.is_cpu and not torch._is_functional_tensor(t)
             and torch._C._len_torch_dispatch_stack() == 0 and t.item() == 1.0)
 
 
