@@ -1,7 +1,11 @@
 """Multi-step LIF in Triton: one program per block of neurons, the time loop inside the kernel,
 membrane and gradient carry in registers. Same arithmetic, in the same order, as csrc/cpu/lif.cpp
 and reference.py (divisions rounded to nearest via div_rn), so spikes agree bit for bit.
-Both kernels read their state input and write a separate output, so autotune reruns are safe."""
+Both kernels read their state input and write a separate output, so autotune reruns are safe.
+
+Launch path (see _launch.py): direct ``kernel[grid](...)`` launches, one grid dimension
+(ceil(N / BLOCK) programs), autotune keyed on a power-of-two bucket of N, 64-bit element offsets
+(``t * N`` is formed in int64: T * N may exceed 2^31). No host synchronisation."""
 
 import torch
 import triton
@@ -9,6 +13,7 @@ import triton.language as tl
 
 from .._utils import state_dtype, triton_interpreting
 from ..reference import SURROGATES
+from ._launch import bucket, check_grid
 
 
 def _configs():
@@ -36,16 +41,16 @@ def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
     return g
 
 
-@triton.autotune(configs=_configs(), key=["N"])
+@triton.autotune(configs=_configs(), key=["N_BUCKET"])
 @triton.jit
-def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, tau, v_th, v_reset, vr,
+def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCKET, tau, v_th, v_reset, vr,
                     DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, SAVE_H: tl.constexpr,
                     BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
     for t in range(T):
-        idx = t * N + offs
+        idx = tl.cast(t, tl.int64) * N + offs  # int64: T * N may exceed 2^31
         x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(v.dtype)
         if DECAY_INPUT:
             h = v + tl.math.div_rn(x - (v - vr), tau)
@@ -62,16 +67,16 @@ def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, tau, v_th, v_r
     tl.store(v_out_ptr + offs, v, mask=mask)
 
 
-@triton.autotune(configs=_configs(), key=["N"])
+@triton.autotune(configs=_configs(), key=["N_BUCKET"])
 @triton.jit
-def _lif_bwd_kernel(gs_ptr, gv_last_ptr, h_ptr, gx_ptr, gv0_ptr, N, T, tau, v_th, vr, alpha,
+def _lif_bwd_kernel(gs_ptr, gv_last_ptr, h_ptr, gx_ptr, gv0_ptr, N, T, N_BUCKET, tau, v_th, vr, alpha,
                     DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, DETACH: tl.constexpr,
                     SURROGATE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     gv = tl.load(gv_last_ptr + offs, mask=mask, other=0.0)
     for i in range(T):  # reverse time with a forward range: negative-step ranges are fragile
-        idx = (T - 1 - i) * N + offs
+        idx = tl.cast(T - 1 - i, tl.int64) * N + offs  # int64: T * N may exceed 2^31
         h = tl.load(h_ptr + idx, mask=mask, other=0.0)
         sg = _surrogate_grad(h - v_th, alpha, SURROGATE)
         s = tl.where(h >= v_th, 1.0, 0.0)
@@ -97,7 +102,8 @@ def _lif_bwd_kernel(gs_ptr, gv_last_ptr, h_ptr, gx_ptr, gv0_ptr, N, T, tau, v_th
 
 
 def _grid(n):
-    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
+    """ceil(n / BLOCK) programs in grid dimension 0 (limit 2^31 - 1: n up to 2^39 neurons)."""
+    return lambda meta: check_grid((triton.cdiv(n, meta["BLOCK"]),), "LIF")
 
 
 def _check(dtype, surrogate):
@@ -120,8 +126,8 @@ def lif_fwd(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detac
     v_last = torch.empty_like(v0, memory_format=torch.contiguous_format)
     h_seq = torch.empty(x.shape if save_h else (0,), dtype=state_dtype(x.dtype), device=x.device)
     if n:
-        torch.library.wrap_triton(_lif_fwd_kernel)[_grid(n)](
-            x, v0.contiguous(), spikes, v_last, h_seq if save_h else v_last, n, T, float(tau),
+        _lif_fwd_kernel[_grid(n)](
+            x, v0.contiguous(), spikes, v_last, h_seq if save_h else v_last, n, T, bucket(n), float(tau),
             float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset),
             DECAY_INPUT=decay_input, SOFT=soft_reset,
             SAVE_H=save_h)
@@ -142,8 +148,8 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_re
     grad_x = torch.empty_like(gs)
     grad_v0 = torch.empty_like(grad_v_last, memory_format=torch.contiguous_format)
     if n:
-        torch.library.wrap_triton(_lif_bwd_kernel)[_grid(n)](
-            gs, grad_v_last.contiguous(), h_seq.contiguous(), grad_x, grad_v0, n, T, float(tau),
+        _lif_bwd_kernel[_grid(n)](
+            gs, grad_v_last.contiguous(), h_seq.contiguous(), grad_x, grad_v0, n, T, bucket(n), float(tau),
             float(v_threshold), 0.0 if soft_reset else float(v_reset), float(alpha), DECAY_INPUT=decay_input,
             SOFT=soft_reset, DETACH=detach_reset, SURROGATE=SURROGATES.index(surrogate))
     else:

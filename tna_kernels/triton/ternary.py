@@ -9,6 +9,16 @@ exact. Epilogue ``float32(acc) * scale + bias`` with FP fusion disabled (two rou
 reference). Float x ternary decodes the codes tile to float32 and uses ``tl.dot`` with IEEE fp32
 inputs (no TF32). Packing and the fused quantise-and-pack kernel work one 64-element word per lane.
 Float conv and the input gradients decode the codes with Triton and call torch (cuDNN / cuBLAS).
+
+Launch path (see _launch.py): every kernel is launched directly (``kernel[grid](...)``) on a
+one-dimensional grid, so no grid dimension is bounded by 65,535 whatever K, M or N is: the GEMMs
+fold their (M, N) tiles into dimension 0, and the word kernels (pack, unpack, decode, quantise-and-
+pack) walk the flattened (row, word) index, ``WORDS`` words per program. The GEMMs autotune on
+power-of-two buckets of M, N and K. Offsets that can pass 2^31 are formed in int64.
+Host synchronisation: only ``pack_ternary`` (one ``.item()`` to raise a clear error on codes outside
+{-1, 0, +1}; it packs weights once at conversion time, never per training step). ``pack_spikes``
+(on the training path) does not synchronise: bad spikes are reported by ``torch._assert_async``,
+which on CUDA is a device-side assert (documented in docs/GPU.md).
 """
 
 import torch
@@ -17,6 +27,7 @@ import triton.language as tl
 
 from .._utils import triton_interpreting
 from ..reference import TERNARY_FORMAT_VERSION
+from ._launch import WORDS, bucket, check_grid, tile_grid, word_grid
 
 CUDA_OPS = ("pack_ternary", "unpack_ternary", "pack_spikes", "unpack_spikes", "ternarize",
             "ternary_linear", "ternary_linear_grad_input", "spike_ternary_linear", "ternary_conv2d",
@@ -39,15 +50,18 @@ def _bits_to_rows(words, BITS: tl.constexpr):
     return ((words[:, None] >> j[None, :].to(tl.int64)) & 1).to(tl.int32)
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M", "N", "KWT"])
+@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N_BUCKET", "K_BUCKET"])
 @triton.jit
 def _spike_conv_kernel(s_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, H, W, OH, OW, CW, KWT,
+                       M_BUCKET, N_BUCKET, K_BUCKET,
                        KHW: tl.constexpr, KW_: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                        PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                        HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
+    pid = tl.program_id(0)  # (M tile, N tile) folded into grid dimension 0, N tiles fastest
+    n_tiles = tl.cdiv(N, BN)
+    pid_m = (pid // n_tiles).to(tl.int64)
+    pid_n = pid % n_tiles
+    rm = pid_m * BM + tl.arange(0, BM)  # int64: M = B * OH * OW may pass 2^31
     rn = pid_n * BN + tl.arange(0, BN)
     mmask = rm < M
     nmask = rn < N
@@ -73,16 +87,18 @@ def _spike_conv_kernel(s_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, H, W, OH,
     y = acc.to(tl.float32) * scale[None, :]
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + rn, mask=nmask, other=0.0)[None, :]
-    tl.store(y_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M", "N", "K"])
+@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N_BUCKET", "K_BUCKET"])
 @triton.jit
-def _float_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KWD,
+def _float_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KWD, M_BUCKET, N_BUCKET, K_BUCKET,
                          HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
+    pid = tl.program_id(0)  # (M tile, N tile) folded into grid dimension 0, N tiles fastest
+    n_tiles = tl.cdiv(N, BN)
+    pid_m = (pid // n_tiles).to(tl.int64)
+    pid_n = pid % n_tiles
+    rm = pid_m * BM + tl.arange(0, BM)  # int64
     rn = pid_n * BN + tl.arange(0, BN)
     mmask = rm < M
     nmask = rn < N
@@ -90,7 +106,7 @@ def _float_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KWD,
     kk = tl.arange(0, 64)
     for c in range(KWD):
         k = c * 64 + kk
-        x = tl.load(x_ptr + rm.to(tl.int64)[:, None] * K + k[None, :],
+        x = tl.load(x_ptr + rm[:, None] * K + k[None, :],
                     mask=mmask[:, None] & (k[None, :] < K), other=0.0).to(tl.float32)
         pw = tl.load(w_ptr + (rn.to(tl.int64) * 2 + 0) * KWD + c, mask=nmask, other=0)
         nw = tl.load(w_ptr + (rn.to(tl.int64) * 2 + 1) * KWD + c, mask=nmask, other=0)
@@ -100,43 +116,62 @@ def _float_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KWD,
     y = acc * scale[None, :]
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + rn, mask=nmask, other=0.0)[None, :]
-    tl.store(y_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], y.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], y.to(y_ptr.dtype.element_ty),
              mask=mmask[:, None] & nmask[None, :])
 
 
 @triton.jit
-def _decode_kernel(w_ptr, out_ptr, K, KWD, BITS: tl.constexpr):
-    """Row r, word c of packed [R, 2, KWD] -> out[r, 64c : 64c + 64] (float32 -1/0/1)."""
-    r = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1)
-    j = tl.arange(0, BITS)
-    pw = tl.load(w_ptr + (r * 2 + 0) * KWD + c)
-    nw = tl.load(w_ptr + (r * 2 + 1) * KWD + c)
-    v = (((pw >> j.to(tl.int64)) & 1) - ((nw >> j.to(tl.int64)) & 1)).to(tl.float32)
-    k = c * 64 + j
-    tl.store(out_ptr + r * K + k, v, mask=k < K)
+def _word_index(TOTAL, KWD, WORDS: tl.constexpr):
+    """This program's WORDS words of the flattened [rows, KWD] word index: (g, row, word, mask)."""
+    g = tl.program_id(0).to(tl.int64) * WORDS + tl.arange(0, WORDS)
+    r = g // KWD
+    return g, r, g - r * KWD, g < TOTAL
 
 
 @triton.jit
-def _pack_kernel(src_ptr, out_ptr, bad_ptr, K, KWD, TERNARY: tl.constexpr, BITS: tl.constexpr):
-    """Row r, word c: 64 values -> one word (spikes) or a P and an N word (ternary codes)."""
-    r = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1)
-    j = tl.arange(0, BITS)
-    k = c * 64 + j
-    v = tl.load(src_ptr + r * K + k, mask=k < K, other=0)
-    sh = j.to(tl.int64)
+def _decode_kernel(w_ptr, out_ptr, K, KWD, TOTAL, BITS: tl.constexpr, WORDS: tl.constexpr):
+    """Packed [R, 2, KWD] -> out [R, K] (-1/0/1 in out's dtype); TOTAL = R * KWD words."""
+    g, r, c, gmask = _word_index(TOTAL, KWD, WORDS)
+    sh = tl.arange(0, BITS).to(tl.int64)[None, :]
+    pw = tl.load(w_ptr + (r * 2 + 0) * KWD + c, mask=gmask, other=0)
+    nw = tl.load(w_ptr + (r * 2 + 1) * KWD + c, mask=gmask, other=0)
+    v = ((pw[:, None] >> sh) & 1) - ((nw[:, None] >> sh) & 1)
+    k = c[:, None] * 64 + sh
+    tl.store(out_ptr + r[:, None] * K + k, v.to(out_ptr.dtype.element_ty), mask=gmask[:, None] & (k < K))
+
+
+@triton.jit
+def _unpack_spikes_kernel(bits_ptr, out_ptr, K, KWD, TOTAL, BITS: tl.constexpr, WORDS: tl.constexpr):
+    """Words [R, KWD] -> uint8 0/1 [R, K] (bit j of word c -> element 64 c + j)."""
+    g, r, c, gmask = _word_index(TOTAL, KWD, WORDS)
+    sh = tl.arange(0, BITS).to(tl.int64)[None, :]
+    w = tl.load(bits_ptr + g, mask=gmask, other=0)
+    k = c[:, None] * 64 + sh
+    tl.store(out_ptr + r[:, None] * K + k, ((w[:, None] >> sh) & 1).to(tl.uint8),
+             mask=gmask[:, None] & (k < K))
+
+
+@triton.jit
+def _pack_kernel(src_ptr, out_ptr, bad_ptr, K, KWD, TOTAL, TERNARY: tl.constexpr, BITS: tl.constexpr,
+                 WORDS: tl.constexpr):
+    """[R, K] -> one word per 64 values (spikes, [R, KWD]) or a P and an N word (ternary codes,
+    [R, 2, KWD]). Values outside the alphabet are counted into bad_ptr by one atomic, issued only
+    by a program that found one (nothing is added on valid input)."""
+    g, r, c, gmask = _word_index(TOTAL, KWD, WORDS)
+    sh = tl.arange(0, BITS).to(tl.int64)[None, :]
+    k = c[:, None] * 64 + sh
+    v = tl.load(src_ptr + r[:, None] * K + k, mask=gmask[:, None] & (k < K), other=0)
     if TERNARY:
         ok = (v == 0) | (v == 1) | (v == -1)
-        p = tl.sum((v == 1).to(tl.int64) << sh, axis=0)
-        n = tl.sum((v == -1).to(tl.int64) << sh, axis=0)
-        tl.store(out_ptr + (r * 2 + 0) * KWD + c, p)
-        tl.store(out_ptr + (r * 2 + 1) * KWD + c, n)
+        p = tl.sum((v == 1).to(tl.int64) << sh, axis=1)
+        n = tl.sum((v == -1).to(tl.int64) << sh, axis=1)
+        tl.store(out_ptr + (r * 2 + 0) * KWD + c, p, mask=gmask)
+        tl.store(out_ptr + (r * 2 + 1) * KWD + c, n, mask=gmask)
     else:
         ok = (v == 0) | (v == 1)
-        tl.store(out_ptr + r * KWD + c, tl.sum((v == 1).to(tl.int64) << sh, axis=0))
-    nbad = tl.sum((~ok).to(tl.int32), axis=0)
-    tl.atomic_add(bad_ptr, nbad)
+        tl.store(out_ptr + g, tl.sum((v == 1).to(tl.int64) << sh, axis=1), mask=gmask)
+    nbad = tl.sum(tl.sum((~ok).to(tl.int32), axis=1), axis=0)
+    tl.atomic_add(bad_ptr, nbad, mask=nbad > 0)
 
 
 @triton.jit
@@ -166,26 +201,25 @@ def _row_stats_kernel(w_ptr, thr_ptr, abs_ptr, above_ptr, cnt_ptr, R, TWN_PASS: 
 
 
 @triton.jit
-def _quantize_pack_kernel(w_ptr, thr_ptr, codes_ptr, out_ptr, K, KWD, PACK: tl.constexpr,
-                          TWN: tl.constexpr, BITS: tl.constexpr):
-    """Fused: codes of one 64-element word of row r (the last axis; rows of R = K elements in
-    dim-0 order), written as int8 and packed into the P/N words in the same pass."""
-    r = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1)
-    j = tl.arange(0, BITS)
-    k = c * 64 + j
-    thr = tl.load(thr_ptr + r)
-    v = tl.load(w_ptr + r * K + k, mask=k < K, other=0.0).to(tl.float64)
+def _quantize_pack_kernel(w_ptr, thr_ptr, codes_ptr, out_ptr, K, KWD, TOTAL, PACK: tl.constexpr,
+                          TWN: tl.constexpr, BITS: tl.constexpr, WORDS: tl.constexpr):
+    """Fused: codes of WORDS 64-element words of the rows (the last axis; rows of K elements in
+    dim-0 order, thr per row), written as int8 and packed into the P/N words in the same pass."""
+    g, r, c, gmask = _word_index(TOTAL, KWD, WORDS)
+    sh = tl.arange(0, BITS).to(tl.int64)[None, :]
+    k = c[:, None] * 64 + sh
+    m = gmask[:, None] & (k < K)
+    thr = tl.load(thr_ptr + r, mask=gmask, other=1.0)[:, None]
+    v = tl.load(w_ptr + r[:, None] * K + k, mask=m, other=0.0).to(tl.float64)
     if TWN:
         code = tl.where(tl.abs(v) > thr, tl.where(v > 0, 1, -1), 0)
     else:
         q = v / thr  # thr = mean|w| + eps; round half to even, clip to [-1, 1]
         code = tl.where(q > 0.5, 1, tl.where(q < -0.5, -1, 0))  # = clamp(round_half_even(q), -1, 1)
-    tl.store(codes_ptr + r * K + k, code.to(tl.int8), mask=k < K)
+    tl.store(codes_ptr + r[:, None] * K + k, code.to(tl.int8), mask=m)
     if PACK:
-        sh = j.to(tl.int64)
-        tl.store(out_ptr + (r * 2 + 0) * KWD + c, tl.sum((code == 1).to(tl.int64) << sh, axis=0))
-        tl.store(out_ptr + (r * 2 + 1) * KWD + c, tl.sum((code == -1).to(tl.int64) << sh, axis=0))
+        tl.store(out_ptr + (r * 2 + 0) * KWD + c, tl.sum((code == 1).to(tl.int64) << sh, axis=1), mask=gmask)
+        tl.store(out_ptr + (r * 2 + 1) * KWD + c, tl.sum((code == -1).to(tl.int64) << sh, axis=1), mask=gmask)
 
 
 # ---- launchers (same contracts as the C++ ops) ---------------------------------------------------
@@ -211,18 +245,25 @@ def _check_packed(packed_w, K, rank):
 
 def _pack(src, ternary):
     K = src.shape[-1]
-    rows = src.numel() // K
+    rows = src.numel() // K if K else 0
     kw = _words(K)
     shape = (*src.shape[:-1], 2, kw) if ternary else (*src.shape[:-1], kw)
     out = torch.empty(shape, dtype=torch.int64, device=src.device)
     bad = torch.zeros(1, dtype=torch.int32, device=src.device)
-    if rows:
+    if rows and kw:
         src = src.contiguous()
         if src.dtype == torch.bool:
-            src = src.to(torch.uint8)
-        torch.library.wrap_triton(_pack_kernel)[(rows, kw)](src, out, bad, K, kw, TERNARY=ternary, BITS=64)
-    what = "codes must contain only -1, 0 and +1 (ternary)" if ternary else "spikes must contain only 0 and 1"
-    torch._assert_async(bad[0] == 0, what)  # no host sync on the GPU
+            src = src.view(torch.uint8)
+        _pack_kernel[word_grid(rows * kw, "pack")](src, out, bad, K, kw, rows * kw, TERNARY=ternary, BITS=64,
+                                                   WORDS=WORDS)
+    if ternary:
+        # Weights are packed once (conversion time), so one host sync buys a clear error instead
+        # of a device-side assert that would leave the CUDA context unusable.
+        if bad.item():
+            raise RuntimeError("codes must contain only -1, 0 and +1 (ternary)")
+    else:
+        # On the training path: no host sync. On CUDA this is a device-side assert (docs/GPU.md).
+        torch._assert_async(bad[0] == 0, "spikes must contain only 0 and 1")
     return out
 
 
@@ -236,23 +277,35 @@ def pack_spikes(spikes, dim=-1):
     return _pack(spikes.movedim(dim, -1), False)
 
 
-def _decode_f32(packed_w, rows, K):
-    out = torch.empty((rows, K), dtype=torch.float32, device=packed_w.device)
-    if rows:
-        torch.library.wrap_triton(_decode_kernel)[(rows, _words(K))](packed_w.contiguous(), out, K,
-                                                                     _words(K), BITS=64)
+def _decode(packed_w, rows, K, dtype=torch.float32):
+    """Packed [rows, 2, KW] -> [rows, K] codes (-1/0/1) written directly in ``dtype``."""
+    out = torch.empty((rows, K), dtype=dtype, device=packed_w.device)
+    kw = _words(K)
+    if rows and kw:
+        _decode_kernel[word_grid(rows * kw, "decode")](packed_w.contiguous(), out, K, kw, rows * kw, BITS=64,
+                                                       WORDS=WORDS)
     return out
 
 
 def unpack_ternary(packed, K, version):
     _check_version(version)
-    rows = packed.numel() // (2 * _words(K))
-    return _decode_f32(packed, rows, K).to(torch.int8).reshape(*packed.shape[:-2], K)
+    kw = _words(K)
+    rows = packed.numel() // (2 * kw) if kw else 0
+    return _decode(packed, rows, K, torch.int8).reshape(*packed.shape[:-2], K)
 
 
 def unpack_spikes(bits, K):
-    j = torch.arange(64, device=bits.device, dtype=torch.int64)
-    return ((bits.unsqueeze(-1) >> j) & 1).reshape(*bits.shape[:-1], -1)[..., :K].to(torch.uint8)
+    """Words [..., KW] -> uint8 0/1 [..., K] (the CPU op's dtype), one byte per spike."""
+    if bits.dtype != torch.int64 or bits.dim() < 1 or bits.shape[-1] != _words(K):
+        raise RuntimeError(f"bits must be int64 packed spikes [..., {_words(K)}] for K = {K}, got "
+                           f"{bits.dtype} {tuple(bits.shape)}")
+    out = torch.empty((*bits.shape[:-1], K), dtype=torch.uint8, device=bits.device)
+    kw = _words(K)
+    rows = bits.numel() // kw if kw else 0
+    if rows:
+        _unpack_spikes_kernel[word_grid(rows * kw, "unpack_spikes")](bits.contiguous(), out, K, kw, rows * kw,
+                                                                     BITS=64, WORDS=WORDS)
+    return out
 
 
 def ternarize(w, method, per_channel, pack):
@@ -265,14 +318,14 @@ def ternarize(w, method, per_channel, pack):
     grid_rows = x.numel() // K
     dev = x.device
     abs_sum = torch.empty(n, dtype=torch.float64, device=dev)
-    stats = torch.library.wrap_triton(_row_stats_kernel)
-    stats[(n,)](x, abs_sum, abs_sum, abs_sum, abs_sum, R, TWN_PASS=False, BLOCK=256)
+    stats = _row_stats_kernel[check_grid((n,), "ternarize")]
+    stats(x, abs_sum, abs_sum, abs_sum, abs_sum, R, TWN_PASS=False, BLOCK=256)
     mean = (abs_sum / R) if per_channel else (abs_sum.sum() / (R * n)).expand(n).contiguous()
     if method == "twn":
         thr = (0.7 * mean).contiguous()
         above = torch.empty(n, dtype=torch.float64, device=dev)
         cnt = torch.empty(n, dtype=torch.float64, device=dev)
-        stats[(n,)](x, thr, above, above, cnt, R, TWN_PASS=True, BLOCK=256)
+        stats(x, thr, above, above, cnt, R, TWN_PASS=True, BLOCK=256)
         if not per_channel:
             above, cnt = above.sum().expand(n), cnt.sum().expand(n)
         scale = torch.where(cnt > 0, above / cnt.clamp(min=1), torch.zeros_like(above))
@@ -284,8 +337,10 @@ def ternarize(w, method, per_channel, pack):
     codes = torch.empty(x.shape, dtype=torch.int8, device=dev)
     kw = _words(K)
     packed = torch.empty((*x.shape[:-1], 2, kw) if pack else (0,), dtype=torch.int64, device=dev)
-    torch.library.wrap_triton(_quantize_pack_kernel)[(grid_rows, kw)](
-        x, row_thr, codes, packed if pack else codes, K, kw, PACK=pack, TWN=method == "twn", BITS=64)
+    if grid_rows and kw:
+        _quantize_pack_kernel[word_grid(grid_rows * kw, "ternarize")](
+            x, row_thr, codes, packed if pack else codes, K, kw, grid_rows * kw, PACK=pack, TWN=method == "twn",
+            BITS=64, WORDS=WORDS)
     return codes, scale.to(torch.float32), packed
 
 
@@ -302,10 +357,11 @@ def spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, 
                     memory_format=torch.channels_last)
     M = Bn * oh * ow
     if M and N:
-        grid = lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))  # noqa: E731
-        torch.library.wrap_triton(_spike_conv_kernel)[grid](
+        grid = lambda meta: tile_grid(M, N, meta["BM"], meta["BN"], "spike_ternary_conv2d")  # noqa: E731
+        _spike_conv_kernel[grid](
             spike_bits.contiguous(), packed_w.contiguous(), scale.contiguous(),
             scale if bias is None else bias.contiguous(), y, M, N, H, W, oh, ow, CW, kh * kw * CW,
+            bucket(M), bucket(N), bucket(kh * kw * CW),
             KHW=kh * kw, KW_=kw, SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1],
             DH=dilation[0], DW=dilation[1], HAS_BIAS=bias is not None, **_NOFUSE)
     return y
@@ -333,10 +389,10 @@ def ternary_linear(x, packed_w, scale, bias, version):
     M = x2.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M and N:
-        grid = lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))  # noqa: E731
-        torch.library.wrap_triton(_float_linear_kernel)[grid](
+        grid = lambda meta: tile_grid(M, N, meta["BM"], meta["BN"], "ternary_linear")  # noqa: E731
+        _float_linear_kernel[grid](
             x2, packed_w.contiguous(), scale.contiguous(), scale if bias is None else bias.contiguous(),
-            y, M, N, K, _words(K), HAS_BIAS=bias is not None, **_NOFUSE)
+            y, M, N, K, _words(K), bucket(M), bucket(N), bucket(K), HAS_BIAS=bias is not None, **_NOFUSE)
     return y.reshape(*x.shape[:-1], N)
 
 
@@ -345,15 +401,15 @@ def ternary_linear_grad_input(grad_y, packed_w, scale, K, version):
     _check_packed(packed_w, K, 3)
     N = packed_w.shape[0]
     acc = torch.float32 if grad_y.dtype in (torch.float16, torch.bfloat16) else grad_y.dtype
-    codes = _decode_f32(packed_w, N, K).to(acc)
+    codes = _decode(packed_w, N, K, acc)
     g = grad_y.reshape(-1, N).to(acc) * scale.to(acc)
     return (g @ codes).to(grad_y.dtype).reshape(*grad_y.shape[:-1], K)
 
 
 def _decode_conv(packed_w, C, dtype):
     N, kh, kw = packed_w.shape[:3]
-    codes = _decode_f32(packed_w, N * kh * kw, C).reshape(N, kh, kw, C)
-    return codes.permute(0, 3, 1, 2).contiguous().to(dtype)
+    codes = _decode(packed_w, N * kh * kw, C, dtype).reshape(N, kh, kw, C)
+    return codes.permute(0, 3, 1, 2).contiguous()
 
 
 def ternary_conv2d(x, packed_w, scale, bias, stride, padding, dilation, version):

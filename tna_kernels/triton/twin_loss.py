@@ -13,13 +13,20 @@ N (non-ignored rows) is a device tensor computed before the launch and read by t
 host sync. The final sums over rows and the weighting are a few small torch ops on the device.
 Targets out of range are reported with ``torch._assert_async`` (asynchronous on the GPU).
 Accumulation runs in the dtype of the row buffer: float32 for half/bf16/float32, float64 for
-float64. Outputs are written, never accumulated, so autotune reruns are safe."""
+float64. Outputs are written, never accumulated, so autotune reruns are safe.
+
+Launch path (see _launch.py): a direct ``kernel[(B,)](...)`` launch (B programs in grid dimension
+0), autotune keyed on a power-of-two bucket of C: the block choice is tuned once per bucket (the
+pruning of blocks wider than the row runs at that one tuning), never per call or per batch size.
+No host synchronisation; the target check is a device-side assert (on CUDA a bad target makes the
+CUDA context unusable, as any device assert does; documented in docs/GPU.md)."""
 
 import torch
 import triton
 import triton.language as tl
 
 from .._utils import state_dtype, triton_interpreting
+from ._launch import bucket, check_grid
 
 
 def _configs():
@@ -29,16 +36,17 @@ def _configs():
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop blocks far wider than the row (keep the smallest one that covers it)."""
+    """Drop blocks far wider than the row (keep the smallest one that covers it). Runs once per
+    autotune key (a power-of-two bucket of C), so every C of a bucket keeps the same blocks."""
     c = named_args["C"]
     cover = max(triton.next_power_of_2(c), min(cfg.kwargs["BLOCK"] for cfg in configs))
     kept = [cfg for cfg in configs if cfg.kwargs["BLOCK"] <= cover]
     return kept or configs[:1]
 
 
-@triton.autotune(configs=_configs(), key=["C"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(), key=["C_BUCKET"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _twin_loss_fwd_kernel(a_ptr, b_ptr, y_ptr, n_ptr, rows_ptr, ga_ptr, gb_ptr, C, ignore_index,
+def _twin_loss_fwd_kernel(a_ptr, b_ptr, y_ptr, n_ptr, rows_ptr, ga_ptr, gb_ptr, C, C_BUCKET, ignore_index,
                           wa, wb, k_mse, eps, NEED_GA: tl.constexpr, NEED_GB: tl.constexpr,
                           BLOCK: tl.constexpr):
     acc_t = rows_ptr.dtype.element_ty
@@ -137,9 +145,9 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
     grad_b = torch.empty_like(a) if need_grad_twin else a.new_empty((0,))
     denom = max(B * C if mse_reduction == 0 else B, 1)
     if B:
-        torch.library.wrap_triton(_twin_loss_fwd_kernel)[(B,)](
+        _twin_loss_fwd_kernel[check_grid((B,), "twin_loss")](
             a, b, y, n, rows, grad_a if need_grad_base else rows, grad_b if need_grad_twin else rows,
-            C, int(ignore_index), float(ce_weight_base), float(ce_weight_twin),
+            C, bucket(C), int(ignore_index), float(ce_weight_base), float(ce_weight_twin),
             2.0 * float(mse_weight) / denom, float(label_smoothing),
             NEED_GA=bool(need_grad_base), NEED_GB=bool(need_grad_twin))
     sums = rows.sum(0)
