@@ -12,7 +12,16 @@ saved gradients carry no graph).
 
 tna::twin_loss, what :func:`twin_loss` calls, is CompositeImplicitAutograd: it decides which
 gradients are needed (grad mode, requires_grad, the detach flags) and calls tna::twin_loss_fwd, so
-it differentiates through that op's autograd; there is no second autograd for the loss."""
+it differentiates through that op's autograd; there is no second autograd for the loss.
+
+Per-call cost of that autograd (the C++ autograd node it replaces cost next to nothing): on the
+2-core development VM, forward+backward of ``twin_loss`` at B = 256, C = 10 takes ~140-200 us of
+CPU time against ~60-80 us with the C++ node, at B = 1024, C = 100 (one thread) ~480 against
+~310 us. The floor is torch's: register_autograd on an op with this 11-argument schema and a
+kernel that does nothing costs ~100-125 us per forward+backward (a 2-argument schema ~70 us, a
+plain autograd.Function ~40 us); torch._library.utils.fill_defaults alone, run on every forward
+to hand setup_context the inputs, takes ~38 us (it rebuilds FunctionSchema.arguments on each of
+its 12 reads)."""
 
 import math
 
