@@ -90,10 +90,11 @@ TNA_BINDINGS(ternary) {
       nogil);
   m.def(
       "ternary_linear_direct",
-      [](uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t y, int threads) {
+      [](uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t scale, uintptr_t bias,
+         uintptr_t y, int threads) {
         ThreadsScope scope(threads);
         tt::ternary_linear_direct(as_ptr<const float>(x), M, K, as_ptr<const int64_t>(w), N,
-                                  as_ptr<float>(y));
+                                  as_ptr<const float>(scale), as_ptr<const float>(bias), as_ptr<float>(y));
       },
       nogil);
   m.def(

@@ -127,10 +127,11 @@ void scale_bias_f32(float* y, int64_t outer, int64_t N, int64_t inner, const flo
 // Rows up to which float32 x @ codes^T uses the direct kernel (measured crossover); above it the
 // codes are decoded in blocks and the GEMM goes to torch.
 constexpr int64_t kDirectMaxM = 12;
-// y [M, N] = x [M, K] @ codes^T (float32, before scale and bias), 1 <= M <= kDirectMaxM, by the
-// direct kernel of the selected ISA. Validates W (check_packed_rows, "packed_w") first.
+// y [M, N] = (x [M, K] @ codes^T) * scale + bias (float32, two roundings as scale_bias_f32; no
+// epilogue when scale is null, bias may be null), 1 <= M <= kDirectMaxM, by the direct kernel of
+// the selected ISA. Validates W (check_packed_rows, "packed_w") first.
 void ternary_linear_direct(const float* x, int64_t M, int64_t K, const int64_t* W, int64_t N,
-                           float* y);
+                           const float* scale, const float* bias, float* y);
 // Decoded-block width (columns, a multiple of 64) of the float32 GEMM path for N x K weights, or 0
 // where the codes are decoded whole (scalar ISA, or N = 0). TNA_GEMM_BLOCK (floats) overrides the
 // 8 MiB default block.

@@ -218,7 +218,7 @@ TNA_AVX2 void decode_f32_avx2(const uint64_t* W, int64_t KW, int64_t k0, int64_t
 }  // namespace
 
 void ternary_linear_direct(const float* xp, int64_t M, int64_t K, const int64_t* W, int64_t N,
-                           float* yp) {
+                           const float* scale, const float* bias, float* yp) {
   TNA_CHECK(K >= 1, "K must be >= 1, got ", K);
   TNA_CHECK(M >= 1 && M <= kDirectMaxM, "the direct float x ternary kernel takes 1 to ", kDirectMaxM,
             " rows, got ", M);
@@ -228,10 +228,26 @@ void ternary_linear_direct(const float* xp, int64_t M, int64_t K, const int64_t*
   const int64_t KW = words_for(K);
   parallel_for(0, N, std::max<int64_t>(4, 65536 / (K * M) * 4), [&](int64_t n0, int64_t n1) {
 #ifdef TNA_HAVE_X86_KERNELS
-    if (isa == Isa::kAvx512) return direct_avx512(xp, M, K, wp, KW, n0, n1, yp, N);
-    if (isa == Isa::kAvx2) return direct_avx2(xp, M, K, wp, KW, n0, n1, yp, N);
-#endif
+    if (isa == Isa::kAvx512) {
+      direct_avx512(xp, M, K, wp, KW, n0, n1, yp, N);
+    } else if (isa == Isa::kAvx2) {
+      direct_avx2(xp, M, K, wp, KW, n0, n1, yp, N);
+    } else {
+      direct_scalar(xp, M, K, wp, KW, n0, n1, yp, N);
+    }
+#else
     direct_scalar(xp, M, K, wp, KW, n0, n1, yp, N);
+#endif
+    // The epilogue of scale_bias_f32 on the columns just written (same two roundings per element).
+    if (scale == nullptr) return;
+    for (int64_t m = 0; m < M; ++m) {
+      float* row = yp + m * N;
+      if (bias != nullptr) {
+        for (int64_t n = n0; n < n1; ++n) row[n] = row[n] * scale[n] + bias[n];
+      } else {
+        for (int64_t n = n0; n < n1; ++n) row[n] = row[n] * scale[n];
+      }
+    }
   });
 }
 

@@ -206,7 +206,7 @@ void test_float_linear_direct() {
   for_each_path([&](const char*, const char* algo) {
     if (std::string(algo) == "event") return;
     std::vector<float> y(ref.size());
-    tt::ternary_linear_direct(x.data(), M, K, w.data(), N, y.data());
+    tt::ternary_linear_direct(x.data(), M, K, w.data(), N, nullptr, nullptr, y.data());
     for (size_t i = 0; i < y.size(); ++i) EXPECT(std::abs(y[i] - ref[i]) < 1e-4f);
   });
   // decode_codes and decode_block_f32 give the codes back exactly

@@ -175,7 +175,7 @@ class PackedTernary:
         over 1 MiB, where popcount wins)."""
         taps = self.words.shape[1] * self.words.shape[2] if self.is_conv else 1
         k_pad = self.words.shape[-1] * 64 * taps
-        if self.words.device.type != "cpu" or k_pad > 32767:
+        if not self.words.is_cpu or k_pad > 32767:
             return None
         isa = C.ternary_cpu_isa()  # = tna::ternary_cpu_isa, without the dispatcher
         # Same rule as select_algo in csrc/cpu/ternary_gemm.cpp: AVX2 uses a cached copy of any
@@ -341,7 +341,7 @@ def _op_version(version):
 
 
 def _op_cpu(t, name):
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         _fail(name, " must be a CPU tensor, got ", t.device)
 
 
@@ -352,7 +352,7 @@ def _op_floating(t, name):
 
 def _op_words(packed_w, name):
     """A packed weight tensor [N, ..., 2, KW] (check_packed of the former C++)."""
-    if packed_w.device.type != "cpu":
+    if not packed_w.is_cpu:
         _fail(name, " must be a CPU tensor, got ", packed_w.device)
     if packed_w.dtype != _I64:
         _fail(name, " must be int64 packed ternary words (format v1), got ", _dt(packed_w.dtype))
@@ -361,14 +361,18 @@ def _op_words(packed_w, name):
 
 
 def _op_scale_bias(scale, bias, n):
-    if scale.device.type != "cpu":
+    # fast path first: this runs on every call of the small GEMV ops, where microseconds count
+    if (scale.is_cpu and scale.dtype == _F32 and scale.dim() == 1 and scale.shape[0] == n
+            and (bias is None or (bias.is_cpu and bias.dtype == _F32 and bias.dim() == 1 and bias.shape[0] == n))):
+        return
+    if not scale.is_cpu:
         _fail("scale must be a CPU tensor, got ", scale.device)
     if scale.dtype != _F32:
         _fail("scale must be float32 (one per output channel), got ", _dt(scale.dtype))
     if scale.dim() != 1 or scale.shape[0] != n:
         _fail("scale must have shape [", n, "] (one per output channel), got ", _sz(scale.shape))
     if bias is not None:
-        if bias.device.type != "cpu":
+        if not bias.is_cpu:
             _fail("bias must be a CPU tensor, got ", bias.device)
         if bias.dtype != _F32:
             _fail("bias must be float32, got ", _dt(bias.dtype))
@@ -377,17 +381,18 @@ def _op_scale_bias(scale, bias, n):
 
 
 def _op_linear_weight(packed_w, K, scale, bias, version) -> int:
-    _op_version(version)
-    _op_words(packed_w, "packed_w")
-    if packed_w.dim() != 3:
-        _fail("packed_w must have shape [N, 2, KW] for a linear layer, got ", _sz(packed_w.shape))
-    if K < 1:
-        _fail("K must be >= 1, got ", K)
-    if packed_w.shape[2] != words_for(K):
-        _fail("packed_w has ", packed_w.shape[2], " words per plane but K = ", K, " needs ceil(K/64) = ",
-              words_for(K))
-    _op_scale_bias(scale, bias, packed_w.shape[0])
-    return packed_w.shape[0]
+    shape = packed_w.shape
+    if not (version == FORMAT_VERSION and packed_w.is_cpu and packed_w.dtype == _I64 and len(shape) == 3
+            and shape[1] == 2 and K >= 1 and shape[2] == (K + 63) // 64):
+        _op_version(version)
+        _op_words(packed_w, "packed_w")
+        if len(shape) != 3:
+            _fail("packed_w must have shape [N, 2, KW] for a linear layer, got ", _sz(shape))
+        if K < 1:
+            _fail("K must be >= 1, got ", K)
+        _fail("packed_w has ", shape[2], " words per plane but K = ", K, " needs ceil(K/64) = ", words_for(K))
+    _op_scale_bias(scale, bias, shape[0])
+    return shape[0]
 
 
 def _op_conv_weight(packed_w, C_in, scale, bias, stride, padding, dilation, version):
@@ -416,7 +421,7 @@ def _op_conv_weight(packed_w, C_in, scale, bias, stride, padding, dilation, vers
 
 def _op_kmajor(kmajor, KW, n):
     ld = (n + 127) // 128 * 128
-    if not (kmajor.device.type == "cpu" and kmajor.dtype == _I8 and kmajor.dim() == 2
+    if not (kmajor.is_cpu and kmajor.dtype == _I8 and kmajor.dim() == 2
             and kmajor.shape[0] == KW * 64 and kmajor.shape[1] == ld and kmajor.is_contiguous()):
         _fail("kmajor must be the contiguous int8 [", KW * 64, ", ", ld, "] tensor returned by "
               "tna::ternary_kmajor for these weights, got ", _dt(kmajor.dtype), " ", _sz(kmajor.shape))
@@ -522,21 +527,22 @@ def _ternarize_cpu(w, method, per_channel, pack):
 
 def _spike_ternary_linear_cpu(spike_bits, packed_w, scale, bias, K, version, kmajor=None):
     n = _op_linear_weight(packed_w, K, scale, bias, version)
-    _op_cpu(spike_bits, "spike_bits")
-    if spike_bits.dtype != _I64:
-        _fail("spike_bits must be int64 packed spike words (pack_spikes), got ", _dt(spike_bits.dtype))
-    kw = words_for(K)
-    if spike_bits.dim() < 1 or spike_bits.shape[-1] != kw:
-        _fail("spike_bits must have shape [..., ", kw, "] for K = ", K, ", got ", _sz(spike_bits.shape))
+    kw = (K + 63) // 64
+    shape = spike_bits.shape
+    if not (spike_bits.is_cpu and spike_bits.dtype == _I64 and len(shape) >= 1 and shape[-1] == kw):
+        _op_cpu(spike_bits, "spike_bits")
+        if spike_bits.dtype != _I64:
+            _fail("spike_bits must be int64 packed spike words (pack_spikes), got ", _dt(spike_bits.dtype))
+        _fail("spike_bits must have shape [..., ", kw, "] for K = ", K, ", got ", _sz(shape))
     if kmajor is not None:
         _op_kmajor(kmajor, kw, n)
     s = spike_bits.contiguous()
     w = packed_w.contiguous()
     sc = scale.contiguous()
     b = None if bias is None else bias.contiguous()
-    y = empty_output((*s.shape[:-1], n), _F32)
-    C.spike_ternary_linear(ptr(s), s.numel() // kw, ptr(w), n, K, ptr(sc), ptr(b), ptr(kmajor), ptr(y),
-                           threads())
+    y = empty_output((*shape[:-1], n), _F32)
+    C.spike_ternary_linear(s.data_ptr(), s.numel() // kw, w.data_ptr(), n, K, sc.data_ptr(), ptr(b), ptr(kmajor),
+                           y.data_ptr(), threads())
     return y
 
 
@@ -574,22 +580,28 @@ def _mm_codes_f32(x2: Tensor, w: Tensor, n: int, K: int) -> Tensor:
 
 
 def _ternary_linear_cpu(x, packed_w, scale, bias, version):
-    _op_cpu(x, "x")
-    _op_floating(x, "x")
+    if not (x.is_cpu and x.dtype.is_floating_point):
+        _op_cpu(x, "x")
+        _op_floating(x, "x")
     if x.dim() < 1:
         _fail("x must have shape [..., K], got ", _sz(x.shape))
     K = x.shape[-1]
     n = _op_linear_weight(packed_w, K, scale, bias, version)
     w = packed_w.contiguous()
     acc = _OPMATH.get(x.dtype, x.dtype)
-    x2 = x.reshape(-1, K).to(acc).contiguous()
-    m = x2.shape[0]
+    m = x.numel() // K
     if acc == _F32 and 0 < m <= _DIRECT_MAX_M:
-        y = torch.empty((m, n), dtype=_F32)
-        C.ternary_linear_direct(ptr(x2), m, K, ptr(w), n, ptr(y), threads())  # checks the words
-    else:
-        C.ternary_check_packed_rows(ptr(w), n, K, "packed_w", threads())
-        y = _mm_codes_f32(x2, w, n, K) if acc == _F32 else torch.mm(x2, _decode(w, n, K, acc).t())
+        # small M: the direct kernel with the scale/bias epilogue fused, straight into the output
+        x2 = x if x.dtype == _F32 and x.is_contiguous() else x.reshape(-1, K).to(_F32).contiguous()
+        sc = scale.contiguous()
+        b = None if bias is None else bias.contiguous()
+        y = torch.empty((*x.shape[:-1], n), dtype=_F32)
+        C.ternary_linear_direct(x2.data_ptr(), m, K, w.data_ptr(), n, sc.data_ptr(), ptr(b), y.data_ptr(),
+                                threads())  # checks the words first
+        return y if x.dtype == _F32 else y.to(x.dtype)
+    C.ternary_check_packed_rows(ptr(w), n, K, "packed_w", threads())
+    x2 = x.reshape(-1, K).to(acc).contiguous()
+    y = _mm_codes_f32(x2, w, n, K) if acc == _F32 else torch.mm(x2, _decode(w, n, K, acc).t())
     _scale_bias_(y, scale, bias)
     return y.to(x.dtype).reshape((*x.shape[:-1], n))
 
@@ -827,8 +839,15 @@ if HAS_TRITON:
 # Each validates its arguments in one checker (errors name the argument), never modifies the
 # caller's tensors, and calls a tna:: op: the native core on CPU tensors, Triton on CUDA tensors.
 
+# The overloads themselves: calling them skips the overload-packet lookup (~1 us per call, which
+# matters for the small GEMV calls of packed inference).
+_TERNARY_LINEAR = torch.ops.tna.ternary_linear.default
+_SPIKE_LINEAR = torch.ops.tna.spike_ternary_linear.default
+_SPIKE_CONV2D = torch.ops.tna.spike_ternary_conv2d.default
+
+
 def _check_device(x: Tensor) -> None:
-    if x.device.type == "cuda" and not HAS_TRITON:
+    if x.is_cuda and not HAS_TRITON:
         raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
 
 
@@ -1027,7 +1046,7 @@ def ternary_linear(x: Tensor, weight: PackedTernary) -> Tensor:
         # torch's GEMM; up to _DIRECT_MAX_M rows the op's own GEMV kernel is faster
         y = torch.matmul(x, weight.float_codes().T) * weight.scale
         return y if weight.bias is None else y + weight.bias
-    return torch.ops.tna.ternary_linear(x, weight.words, weight.scale, weight.bias, weight.version)
+    return _TERNARY_LINEAR(x, weight.words, weight.scale, weight.bias, weight.version)
 
 
 def spike_ternary_linear(spike_bits: Tensor, weight: PackedTernary) -> Tensor:
@@ -1037,8 +1056,8 @@ def spike_ternary_linear(spike_bits: Tensor, weight: PackedTernary) -> Tensor:
     On CPU the kernel picks popcount or the event-driven (sparse) loop by spike density; the
     latter's K-major weight copy is cached on ``weight`` (:meth:`PackedTernary.kmajor`)."""
     _check_spike_input(spike_bits, weight, False, "pack_spikes")
-    return torch.ops.tna.spike_ternary_linear(spike_bits, weight.words, weight.scale, weight.bias,
-                                              weight.K, weight.version, weight.kmajor())
+    return _SPIKE_LINEAR(spike_bits, weight.words, weight.scale, weight.bias,
+                         weight.K, weight.version, weight.kmajor())
 
 
 def _check_conv(x: Tensor, weight: PackedTernary, stride, padding, dilation):
@@ -1077,8 +1096,8 @@ def spike_ternary_conv2d(spike_bits: Tensor, weight: PackedTernary, stride=1, pa
     T into B) with a packed ternary weight, exact integer accumulation, float32 epilogue.
     Returns float32 ``[B, N, OH, OW]`` (channels-last memory)."""
     s, p, d = _check_spike_conv(spike_bits, weight, stride, padding, dilation)
-    return torch.ops.tna.spike_ternary_conv2d(spike_bits, weight.words, weight.scale, weight.bias,
-                                              weight.K, s, p, d, weight.version, weight.kmajor())
+    return _SPIKE_CONV2D(spike_bits, weight.words, weight.scale, weight.bias,
+                         weight.K, s, p, d, weight.version, weight.kmajor())
 
 
 def spike_ternary_conv2d_lif(spike_bits: Tensor, weight: PackedTernary, T: int, stride=1, padding=0,
