@@ -93,7 +93,7 @@ def main() -> None:
             t1, t2 = run_one(first, name), run_one(second, name)
             (a_times, b_times)[first == args.b].append(t1)
             (a_times, b_times)[second == args.b].append(t2)
-        ratios = [b / a for a, b in zip(a_times, b_times)]
+        ratios = [b / a for a, b in zip(a_times, b_times, strict=False)]
         results[name] = {"unit": unit, "a": a_times, "b": b_times, "ratios": ratios}
         print(f"{name:<36} A {' '.join(f'{t * scale:8.2f}' for t in a_times)} {unit} | "
               f"B {' '.join(f'{t * scale:8.2f}' for t in b_times)} {unit} | B/A median "

@@ -1,7 +1,7 @@
 """The native core itself (tna_kernels._C): threads, the OpenMP runtime, dtype codes, allocation."""
 
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,10 +24,16 @@ def test_parallel_loops_use_torchs_thread_count(threads):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_one_openmp_runtime_in_the_process():
-    """_C links libgomp.so.1 by soname, so it shares the copy torch loaded: one pool, no oversubscription."""
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    gomp = {line.split()[-1] for line in maps if "libgomp" in line}
-    assert len(gomp) <= 1, gomp
+    """_C links libgomp.so.1 by soname, so it shares the copy torch loaded: one pool, no
+    oversubscription. Checked in a fresh process (other tests' imports, e.g. scikit-learn, bring
+    their own OpenMP runtimes)."""
+    code = ("import torch, tna_kernels\n"
+            "from tna_kernels import functional as F\n"
+            "F.lif(torch.randn(4, 1 << 16))\n"
+            "print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    runtimes = eval(out.stdout.strip().splitlines()[-1])  # a list literal of paths
+    assert len(runtimes) <= 1, runtimes
 
 
 def test_dtype_codes_cover_every_kernel_dtype_and_are_distinct():

@@ -12,6 +12,12 @@ except ImportError:  # GPU kernels are optional; the C++ CPU kernels never need 
     HAS_TRITON = False
 
 
+def check_device(x: torch.Tensor) -> None:
+    """CUDA tensors need the Triton kernels; say so instead of failing in the dispatcher."""
+    if x.device.type == "cuda" and not HAS_TRITON:
+        raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
+
+
 def triton_interpreting() -> bool:
     """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1, read at triton import)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -5,11 +5,9 @@
 // environment can tell (code values, packed words, TNA_TERNARY_ISA / TNA_TERNARY_ALGO) and throw
 // tna::Error with the messages of the former libtorch kernels.
 //
-// Packed format v1 (docs/FORMAT.md is the contract): codes c in {-1, 0, +1} of shape [..., K] pack
-// along the last axis into int64 words [..., 2, KW], KW = ceil(K / 64). Plane 0 is P (bit set <=>
-// c = +1), plane 1 is N (bit set <=> c = -1); bit j of word i is element k = 64 i + j (little-endian
-// bit order inside a little-endian uint64); bits k >= K are zero. Spikes s in {0, 1} of shape
-// [..., K] pack the same way into [..., KW] (one plane). Then, exactly,
+// The packed format (v1) is specified in docs/FORMAT.md; its version is exported to Python
+// (_C.TERNARY_FORMAT_VERSION) and checked against tna_kernels.formats when the package loads. With
+// spikes S and code planes P, N packed that way, exactly:
 //   sum_k s[k] c[k] = sum_i popcount(S[i] & P[i]) - popcount(S[i] & N[i]).
 #pragma once
 

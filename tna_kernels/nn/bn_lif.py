@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .. import functional as F
 from .._utils import chunks
 from ..ops.lif import _lif_hyper as lif_hyper
 

@@ -39,6 +39,20 @@ def ptr(t: Tensor | None) -> int:
 
 threads = torch.get_num_threads
 
+# Error messages name dtypes and shapes as the C++ kernels always did (c10's names, "[2, 3]").
+C10_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+             torch.bfloat16: "BFloat16", torch.int8: "Char", torch.uint8: "Byte", torch.int16: "Short",
+             torch.int32: "Int", torch.int64: "Long", torch.bool: "Bool",
+             torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
+
+
+def dtype_str(dtype: torch.dtype) -> str:
+    return C10_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def shape_str(shape) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
 
 # Outputs of 32 MiB or more: glibc maps such blocks fresh from the kernel and unmaps them on free,
 # so every call pays first-touch page faults (~1.2 us per 4 KiB page on the VMs this is developed

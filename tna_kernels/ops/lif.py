@@ -15,14 +15,15 @@ import torch
 from torch import Tensor
 
 from .._utils import HAS_TRITON, state_dtype
-from ..reference import SURROGATES
+from .._utils import check_device as _check_device
+from ..formats import SURROGATES
 from . import CUDA_BACKENDS
 from ._native import LIB, C, dtype_code, empty_output, ptr, threads
 
 # The C++ kernels take the surrogate as its index in their list, which must be Python's.
 if tuple(C.LIF_SURROGATES) != tuple(SURROGATES):
     raise ImportError(f"tna_kernels._C.LIF_SURROGATES {tuple(C.LIF_SURROGATES)} differs from "
-                      f"tna_kernels.reference.SURROGATES {SURROGATES}: rebuild the native core")
+                      f"tna_kernels.formats.SURROGATES {SURROGATES}: rebuild the native core")
 _SURROGATE_INDEX = {name: i for i, name in enumerate(SURROGATES)}
 
 
@@ -255,11 +256,6 @@ def tau_from_beta(beta: float) -> float:
     if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
         raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
     return 1.0 / (1.0 - beta)
-
-
-def _check_device(x: Tensor) -> None:
-    if x.device.type == "cuda" and not HAS_TRITON:
-        raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
 
 
 def _lif_constants(tau, decay_input, v_threshold, v_reset, surrogate, alpha, beta) -> tuple[float, bool]:

@@ -11,8 +11,7 @@ import torch
 
 from .._utils import chunks
 from . import CUDA_BACKENDS
-from ._native import LIB, C, dtype_code, empty_output, threads
-from .twin_loss import _dtype_str, _shape_str  # the messages' dtype and shape formats
+from ._native import LIB, C, dtype_code, dtype_str, empty_output, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
 # Max-pooling of 0/1 spikes keeping the input bit-packed (SpikeMaxPool2d in training):
@@ -58,7 +57,7 @@ def _check_floating_cpu(t, name: str) -> None:
     if not t.is_cpu:
         raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
     if not t.is_floating_point():
-        raise RuntimeError(f"{name} must be a floating-point tensor, got {_dtype_str(t.dtype)}")
+        raise RuntimeError(f"{name} must be a floating-point tensor, got {dtype_str(t.dtype)}")
 
 
 def _spike_max_pool2d_cpu(x, kernel_size, stride, padding, dilation, ceil_mode):
@@ -79,17 +78,17 @@ def _spike_max_pool2d_backward_cpu(grad_y, bits, input_size, kernel_size, stride
     if not bits.is_cpu:
         raise RuntimeError(f"bits must be a CPU tensor, got {bits.device}")
     if len(input_size) != 4:
-        raise RuntimeError(f"input_size must be [N, C, H, W], got {_shape_str(input_size)}")
+        raise RuntimeError(f"input_size must be [N, C, H, W], got {shape_str(input_size)}")
     pool = (list(kernel_size), list(stride), list(padding), list(dilation))
     n, c, h, w = input_size
     oh, ow = C.spike_pool_output_size(list(input_size), *pool, ceil_mode)
     if tuple(grad_y.shape) != (n, c, oh, ow):
-        raise RuntimeError(f"grad_y must have shape {_shape_str((n, c, oh, ow))}, got {_shape_str(grad_y.shape)}")
+        raise RuntimeError(f"grad_y must have shape {shape_str((n, c, oh, ow))}, got {shape_str(grad_y.shape)}")
     if bits.dtype != torch.int64:
-        raise RuntimeError(f"bits must be int64 packed spike words, got {_dtype_str(bits.dtype)}")
+        raise RuntimeError(f"bits must be int64 packed spike words, got {dtype_str(bits.dtype)}")
     kw = (c * h * w + 63) // 64
     if tuple(bits.shape) != (n, kw):
-        raise RuntimeError(f"bits must have shape {_shape_str((n, kw))}, got {_shape_str(bits.shape)}")
+        raise RuntimeError(f"bits must have shape {shape_str((n, kw))}, got {shape_str(bits.shape)}")
     gy, b = grad_y.contiguous(), bits.contiguous()
     grad_x = empty_output((n, c, h, w), grad_y.dtype)  # written whole by the kernel
     C.spike_max_pool2d_backward(dtype_code(gy), gy.data_ptr(), b.data_ptr(), grad_x.data_ptr(), [n, c, h, w],

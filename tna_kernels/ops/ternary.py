@@ -1,39 +1,23 @@
-"""Ternary weights: the packed format, fake kernels, autograd, and the Triton backend on CUDA.
+"""The ternary family: the packed format's ops (pack/unpack of codes and spikes, the ternariser),
+float x ternary and spike x ternary linear / conv2d (+ the conv with a fused LIF epilogue), the
+K-major cache and the ISA query. Each op's schema, public function and argument checker, CPU
+kernel on the native core, fake kernel, autograd and Triton registration live here.
 
-Packed ternary format, version 1 (the contract; docs/FORMAT.md repeats it with a worked example)
----------------------------------------------------------------------------------------------------
-* Codes ``c`` in {-1, 0, +1} of shape ``[..., K]`` pack along the **last** axis into an int64 tensor
-  ``words`` of shape ``[..., 2, KW]``, ``KW = ceil(K / 64)``. ``words[..., 0, :]`` is the plane
-  ``P`` (bit set <=> c = +1), ``words[..., 1, :]`` the plane ``N`` (bit set <=> c = -1).
-* Element ``k`` is bit ``k % 64`` (bit 0 = least significant) of word ``k // 64``; the int64 holds
-  the uint64 bit pattern (two's complement), so it is little-endian in memory too. Bits ``k >= K``
-  are zero in both planes, and no bit is set in both planes.
-* Exactly 2 bits per weight. A linear weight ``[N, K]`` packs to ``[N, 2, KW]``. A conv weight in
-  torch layout ``[N, C, kh, kw]`` is first permuted to ``[N, kh, kw, C]`` and packs to
-  ``[N, kh, kw, 2, CW]`` (channels packed per tap, so spikes packed along channels line up).
-* Alongside the words: ``scale`` float32 ``[N]`` (per output channel; the weight is
-  ``code * scale``), optional ``bias`` float32 ``[N]``, ``K`` (the packed axis length: in_features,
-  or in_channels for conv) and ``version`` (= 1). Every op that reads words takes the version and
-  rejects any other.
-* Spikes ``s`` in {0, 1} of shape ``[..., K]`` pack the same way into ``[..., KW]`` (one plane);
-  then ``sum_k s[k] c[k] = popcount(S & P) - popcount(S & N)`` summed over words, exactly.
-
-:class:`PackedTernary` carries words, scale, bias, K and version together; it is what
-:func:`tna_kernels.functional.pack_ternary` returns and what the packed modules store.
-"""
+The packed format is specified in docs/FORMAT.md; its constants and ``PackedTernary`` are in
+``tna_kernels.formats`` (re-exported here)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .._utils import HAS_TRITON
-from ..reference import TERNARY_FORMAT_VERSION, TERNARY_METHODS
+from .._utils import check_device as _check_device
+from ..formats import FORMAT_VERSION, TERNARY_METHODS, PackedTernary, words_for
 from . import CUDA_BACKENDS
-from ._native import LIB, C, dtype_code, empty_output, ptr, threads
+from ._native import LIB, C, dtype_code, dtype_str, empty_output, ptr, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
 # Ternary weights. Packed format v1 (csrc/cpu/ternary.h, docs/FORMAT.md): codes [..., K] int8 in
@@ -79,132 +63,6 @@ LIB.define("ternary_kmajor(Tensor packed_w, int K, int version) -> Tensor")
 # supported, or TNA_TERNARY_ISA when set).
 LIB.define("ternary_cpu_isa() -> str")
 
-
-FORMAT_VERSION = TERNARY_FORMAT_VERSION
-
-
-def words_for(k: int) -> int:
-    return (k + 63) // 64
-
-
-@dataclass(frozen=True)
-class PackedTernary:
-    """A ternary weight in packed format v1 (see the module docstring).
-
-    Attributes:
-        words: int64 ``[N, 2, KW]`` (linear) or ``[N, kh, kw, 2, CW]`` (conv2d).
-        scale: float32 ``[N]``; the weight is ``code * scale[n]``.
-        K: length of the packed axis (in_features, or in_channels for conv2d).
-        bias: float32 ``[N]`` or None.
-        version: packed-format version; only ``FORMAT_VERSION`` (1) is accepted.
-    """
-
-    words: Tensor
-    scale: Tensor
-    K: int
-    bias: Tensor | None = None
-    version: int = FORMAT_VERSION
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self):
-        if self.version != FORMAT_VERSION:
-            raise ValueError(f"version: this build reads packed ternary format v{FORMAT_VERSION} only, "
-                             f"got v{self.version}; re-pack the weights with pack_ternary")
-        w = self.words
-        if not isinstance(w, Tensor) or w.dtype != torch.int64:
-            raise TypeError(f"words must be an int64 tensor, got {getattr(w, 'dtype', type(w))}")
-        if w.dim() not in (3, 5) or w.shape[-2] != 2:
-            raise ValueError("words must have shape [N, 2, KW] (linear) or [N, kh, kw, 2, CW] (conv2d), "
-                             f"got {tuple(w.shape)}")
-        if not isinstance(self.K, int) or self.K < 1 or w.shape[-1] != words_for(self.K):
-            raise ValueError(f"K = {self.K!r} does not match words with {w.shape[-1]} words per plane "
-                             f"(needs ceil(K/64) = KW)")
-        n = w.shape[0]
-        if self.scale.dtype != torch.float32 or tuple(self.scale.shape) != (n,):
-            raise ValueError(f"scale must be float32 of shape ({n},), got {self.scale.dtype} "
-                             f"{tuple(self.scale.shape)}")
-        if self.bias is not None and (self.bias.dtype != torch.float32 or tuple(self.bias.shape) != (n,)):
-            raise ValueError(f"bias must be float32 of shape ({n},) or None, got {self.bias.dtype} "
-                             f"{tuple(self.bias.shape)}")
-
-    @property
-    def out_features(self) -> int:
-        return self.words.shape[0]
-
-    @property
-    def is_conv(self) -> bool:
-        return self.words.dim() == 5
-
-    @property
-    def kernel_size(self) -> tuple[int, int]:
-        if not self.is_conv:
-            raise AttributeError("kernel_size: this is a linear weight")
-        return tuple(self.words.shape[1:3])
-
-    def codes(self) -> Tensor:
-        """int8 codes in torch layout: [N, K] (linear) or [N, C, kh, kw] (conv2d)."""
-        c = torch.ops.tna.unpack_ternary(self.words, self.K, self.version)
-        return c.permute(0, 3, 1, 2).contiguous() if self.is_conv else c
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """``code * scale`` in torch layout (the weight an nn.Linear / nn.Conv2d would hold)."""
-        c = self.codes().to(dtype)
-        return c * self.scale.to(dtype).reshape((-1,) + (1,) * (c.dim() - 1))
-
-    def float_codes(self) -> Tensor:
-        """The codes as float32 in torch layout, built once and cached on this object; never
-        serialised (4 bytes per weight). The float × ternary CPU path runs torch's GEMM / conv on it
-        (``functional.ternary_linear`` / ``ternary_conv2d``): a persistent weight tensor saves the
-        per-call decode, and lets oneDNN reuse its weight layout between calls (a fresh conv weight
-        per call cost ~12 % on the first CIFAR conv)."""
-        if "float_codes" not in self._cache:
-            self._cache["float_codes"] = self.codes().to(torch.float32)
-        return self._cache["float_codes"]
-
-    def dequantized(self) -> Tensor:
-        """:meth:`dequantize` (float32), cached like :meth:`float_codes`."""
-        if "dequantized" not in self._cache:
-            self._cache["dequantized"] = self.dequantize()
-        return self._cache["dequantized"]
-
-    def kmajor(self) -> Tensor | None:
-        """Backend-private K-major int8 copy of the codes for the CPU event-driven spike kernels
-        (``tna::ternary_kmajor``), built once and cached on this object; never serialised. It holds
-        ``K_padded x ceil(N/128)*128`` bytes (about 4x the packed words). None where it would not be
-        used (non-CPU tensors, the scalar kernels, more than 32767 inputs, or AVX-512 with a copy
-        over 1 MiB, where popcount wins)."""
-        taps = self.words.shape[1] * self.words.shape[2] if self.is_conv else 1
-        k_pad = self.words.shape[-1] * 64 * taps
-        if not self.words.is_cpu or k_pad > 32767:
-            return None
-        isa = C.ternary_cpu_isa()  # = tna::ternary_cpu_isa, without the dispatcher
-        # Same rule as select_algo in csrc/cpu/ternary_gemm.cpp: AVX2 uses a cached copy of any
-        # size; the AVX-512 popcount kernel beats the event loop once the copy exceeds 1 MiB.
-        if isa == "scalar" or (isa == "avx512" and k_pad * self.out_features > (1 << 20)):
-            return None
-        if "kmajor" not in self._cache:
-            self._cache["kmajor"] = torch.ops.tna.ternary_kmajor(self.words, self.K, self.version)
-        return self._cache["kmajor"]
-
-    def to(self, device) -> PackedTernary:
-        return PackedTernary(self.words.to(device), self.scale.to(device), self.K,
-                             None if self.bias is None else self.bias.to(device), self.version)
-
-    def state_dict(self) -> dict:
-        """Serialisable form (canonical layout + version); load with :meth:`from_state_dict`."""
-        d = {"words": self.words, "scale": self.scale, "K": self.K, "version": self.version}
-        if self.bias is not None:
-            d["bias"] = self.bias
-        return d
-
-    @classmethod
-    def from_state_dict(cls, d: dict) -> PackedTernary:
-        if "version" not in d:
-            raise ValueError("version: the packed ternary record has no format version")
-        return cls(d["words"], d["scale"], int(d["K"]), d.get("bias"), int(d["version"]))
-
-
-# ---- fake kernels -------------------------------------------------------------------------------
 
 def _check_version(version):
     torch._check(version == FORMAT_VERSION,
@@ -306,28 +164,16 @@ def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, pad
 
 # The C++ must agree with what Python owns (no silent re-declaration): the format version, and the
 # ternariser method names whose index C.ternarize takes.
-if C.TERNARY_FORMAT_VERSION != TERNARY_FORMAT_VERSION:
-    raise ImportError(f"tna_kernels._C reads packed ternary format v{C.TERNARY_FORMAT_VERSION} but this "
-                      f"Python code writes v{TERNARY_FORMAT_VERSION}: rebuild the native core")
+if C.FORMAT_VERSION != FORMAT_VERSION:
+    raise ImportError(f"tna_kernels._C reads packed ternary format v{C.FORMAT_VERSION} but this "
+                      f"Python code writes v{FORMAT_VERSION}: rebuild the native core")
 if tuple(C.TERNARY_METHODS) != tuple(TERNARY_METHODS):
     raise ImportError(f"tna_kernels._C ternarises with methods {tuple(C.TERNARY_METHODS)} but this Python "
                       f"code names {tuple(TERNARY_METHODS)}: rebuild the native core")
 
 _OPMATH = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 # c10 names, as the former C++ messages printed dtypes
-_C10_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-              torch.bfloat16: "BFloat16", torch.int8: "Char", torch.uint8: "Byte", torch.int16: "Short",
-              torch.int32: "Int", torch.int64: "Long", torch.bool: "Bool",
-              torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
 _F32, _I64, _I8 = torch.float32, torch.int64, torch.int8
-
-
-def _dt(dtype) -> str:
-    return _C10_NAMES.get(dtype, str(dtype).removeprefix("torch."))
-
-
-def _sz(shape) -> str:
-    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
 def _fail(*parts):
@@ -347,7 +193,7 @@ def _op_cpu(t, name):
 
 def _op_floating(t, name):
     if not t.dtype.is_floating_point:
-        _fail(name, " must be a floating-point tensor, got ", _dt(t.dtype))
+        _fail(name, " must be a floating-point tensor, got ", dtype_str(t.dtype))
 
 
 def _op_words(packed_w, name):
@@ -355,9 +201,9 @@ def _op_words(packed_w, name):
     if not packed_w.is_cpu:
         _fail(name, " must be a CPU tensor, got ", packed_w.device)
     if packed_w.dtype != _I64:
-        _fail(name, " must be int64 packed ternary words (format v1), got ", _dt(packed_w.dtype))
+        _fail(name, " must be int64 packed ternary words (format v1), got ", dtype_str(packed_w.dtype))
     if packed_w.dim() < 3 or packed_w.shape[-2] != 2:
-        _fail(name, " must have shape [N, ..., 2, KW] (P and N bit-planes), got ", _sz(packed_w.shape))
+        _fail(name, " must have shape [N, ..., 2, KW] (P and N bit-planes), got ", shape_str(packed_w.shape))
 
 
 def _op_scale_bias(scale, bias, n):
@@ -368,16 +214,16 @@ def _op_scale_bias(scale, bias, n):
     if not scale.is_cpu:
         _fail("scale must be a CPU tensor, got ", scale.device)
     if scale.dtype != _F32:
-        _fail("scale must be float32 (one per output channel), got ", _dt(scale.dtype))
+        _fail("scale must be float32 (one per output channel), got ", dtype_str(scale.dtype))
     if scale.dim() != 1 or scale.shape[0] != n:
-        _fail("scale must have shape [", n, "] (one per output channel), got ", _sz(scale.shape))
+        _fail("scale must have shape [", n, "] (one per output channel), got ", shape_str(scale.shape))
     if bias is not None:
         if not bias.is_cpu:
             _fail("bias must be a CPU tensor, got ", bias.device)
         if bias.dtype != _F32:
-            _fail("bias must be float32, got ", _dt(bias.dtype))
+            _fail("bias must be float32, got ", dtype_str(bias.dtype))
         if bias.dim() != 1 or bias.shape[0] != n:
-            _fail("bias must have shape [", n, "], got ", _sz(bias.shape))
+            _fail("bias must have shape [", n, "], got ", shape_str(bias.shape))
 
 
 def _op_linear_weight(packed_w, K, scale, bias, version) -> int:
@@ -387,7 +233,7 @@ def _op_linear_weight(packed_w, K, scale, bias, version) -> int:
         _op_version(version)
         _op_words(packed_w, "packed_w")
         if len(shape) != 3:
-            _fail("packed_w must have shape [N, 2, KW] for a linear layer, got ", _sz(shape))
+            _fail("packed_w must have shape [N, 2, KW] for a linear layer, got ", shape_str(shape))
         if K < 1:
             _fail("K must be >= 1, got ", K)
         _fail("packed_w has ", shape[2], " words per plane but K = ", K, " needs ceil(K/64) = ", words_for(K))
@@ -401,20 +247,20 @@ def _op_conv_weight(packed_w, C_in, scale, bias, stride, padding, dilation, vers
     _op_words(packed_w, "packed_w")
     if packed_w.dim() != 5:
         _fail("packed_w must have shape [N, kh, kw, 2, CW] for conv2d (codes [N, kh, kw, C] packed along C), "
-              "got ", _sz(packed_w.shape))
+              "got ", shape_str(packed_w.shape))
     if C_in < 1:
         _fail("the input must have at least one channel, got C = ", C_in)
     if packed_w.shape[4] != words_for(C_in):
         _fail("packed_w has ", packed_w.shape[4], " words per plane but the input has C = ", C_in,
               " channels (needs ceil(C/64) = ", words_for(C_in), ")")
     if packed_w.shape[1] < 1 or packed_w.shape[2] < 1:
-        _fail("packed_w kernel size must be >= 1, got ", _sz(packed_w.shape))
+        _fail("packed_w kernel size must be >= 1, got ", shape_str(packed_w.shape))
     if len(stride) != 2 or stride[0] < 1 or stride[1] < 1:
-        _fail("stride must be two integers >= 1, got ", _sz(stride))
+        _fail("stride must be two integers >= 1, got ", shape_str(stride))
     if len(padding) != 2 or padding[0] < 0 or padding[1] < 0:
-        _fail("padding must be two integers >= 0, got ", _sz(padding))
+        _fail("padding must be two integers >= 0, got ", shape_str(padding))
     if len(dilation) != 2 or dilation[0] < 1 or dilation[1] < 1:
-        _fail("dilation must be two integers >= 1, got ", _sz(dilation))
+        _fail("dilation must be two integers >= 1, got ", shape_str(dilation))
     _op_scale_bias(scale, bias, packed_w.shape[0])
     return packed_w.shape[0], packed_w.shape[1], packed_w.shape[2], packed_w.shape[4]
 
@@ -424,7 +270,7 @@ def _op_kmajor(kmajor, KW, n):
     if not (kmajor.is_cpu and kmajor.dtype == _I8 and kmajor.dim() == 2
             and kmajor.shape[0] == KW * 64 and kmajor.shape[1] == ld and kmajor.is_contiguous()):
         _fail("kmajor must be the contiguous int8 [", KW * 64, ", ", ld, "] tensor returned by "
-              "tna::ternary_kmajor for these weights, got ", _dt(kmajor.dtype), " ", _sz(kmajor.shape))
+              "tna::ternary_kmajor for these weights, got ", dtype_str(kmajor.dtype), " ", shape_str(kmajor.shape))
 
 
 def _decode(words: Tensor, rows: int, K: int, dtype: torch.dtype) -> Tensor:
@@ -444,10 +290,10 @@ def _decode_conv(words: Tensor, n, kh, kw, c_in, dtype) -> Tensor:
 def _pack_ternary_cpu(codes):
     _op_cpu(codes, "codes")
     if codes.dtype != _I8:
-        _fail("codes must be int8 ternary codes in {-1, 0, +1}, got dtype ", _dt(codes.dtype))
+        _fail("codes must be int8 ternary codes in {-1, 0, +1}, got dtype ", dtype_str(codes.dtype))
     if codes.dim() < 1 or codes.shape[-1] < 1:
         _fail("codes must have shape [..., K] with K >= 1 (packing runs along the last axis), got ",
-              _sz(codes.shape))
+              shape_str(codes.shape))
     c = codes.contiguous()
     K = c.shape[-1]
     out = torch.empty((*c.shape[:-1], 2, words_for(K)), dtype=_I64)
@@ -462,7 +308,7 @@ def _unpack_ternary_cpu(packed, K, version):
         _fail("K must be >= 1, got ", K)
     if packed.shape[-1] != words_for(K):
         _fail("packed must have ", words_for(K), " words per plane for K = ", K, " (ceil(K/64)), got shape ",
-              _sz(packed.shape))
+              shape_str(packed.shape))
     pk = packed.contiguous()
     out = torch.empty((*pk.shape[:-2], K), dtype=_I8)
     C.unpack_ternary(ptr(pk), pk.numel() // (2 * words_for(K)), K, ptr(out), threads())
@@ -479,13 +325,13 @@ def _pack_spikes_cpu(spikes, dim=-1):
     dim %= nd
     shape = spikes.shape
     if shape[dim] < 1:
-        _fail("spikes must have a non-empty packing axis (dim ", dim, "), got shape ", _sz(shape))
+        _fail("spikes must have a non-empty packing axis (dim ", dim, "), got shape ", shape_str(shape))
     try:
         code = dtype_code(spikes)
     except TypeError:
         code = None
     if spikes.is_complex() or code is None:
-        _fail("spikes must be a real or bool tensor of 0/1 values, got ", _dt(spikes.dtype))
+        _fail("spikes must be a real or bool tensor of 0/1 values, got ", dtype_str(spikes.dtype))
     s = spikes.contiguous()
     K = shape[dim]
     out = torch.empty((*shape[:dim], *shape[dim + 1:], words_for(K)), dtype=_I64)
@@ -496,12 +342,12 @@ def _pack_spikes_cpu(spikes, dim=-1):
 def _unpack_spikes_cpu(bits, K):
     _op_cpu(bits, "bits")
     if bits.dtype != _I64:
-        _fail("bits must be int64 packed spike words, got ", _dt(bits.dtype))
+        _fail("bits must be int64 packed spike words, got ", dtype_str(bits.dtype))
     if K < 1:
         _fail("K must be >= 1, got ", K)
     if bits.dim() < 1 or bits.shape[-1] != words_for(K):
         _fail("bits must have shape [..., ", words_for(K), "] for K = ", K, " (ceil(K/64) words), got ",
-              _sz(bits.shape))
+              shape_str(bits.shape))
     b = bits.contiguous()
     out = torch.empty((*b.shape[:-1], K), dtype=torch.uint8)
     C.unpack_spikes(ptr(b), b.numel() // words_for(K), K, ptr(out), threads())
@@ -512,7 +358,7 @@ def _ternarize_cpu(w, method, per_channel, pack):
     _op_cpu(w, "w")
     _op_floating(w, "w")
     if w.dim() < 2 or w.numel() == 0:
-        _fail("w must have shape [out_channels, ...] with at least 2 dims and no empty dim, got ", _sz(w.shape))
+        _fail("w must have shape [out_channels, ...] with at least 2 dims and no empty dim, got ", shape_str(w.shape))
     if method not in TERNARY_METHODS:
         _fail("method must be 'twn' or 'absmean', got '", method, "'")
     x = w.contiguous()
@@ -532,8 +378,8 @@ def _spike_ternary_linear_cpu(spike_bits, packed_w, scale, bias, K, version, kma
     if not (spike_bits.is_cpu and spike_bits.dtype == _I64 and len(shape) >= 1 and shape[-1] == kw):
         _op_cpu(spike_bits, "spike_bits")
         if spike_bits.dtype != _I64:
-            _fail("spike_bits must be int64 packed spike words (pack_spikes), got ", _dt(spike_bits.dtype))
-        _fail("spike_bits must have shape [..., ", kw, "] for K = ", K, ", got ", _sz(shape))
+            _fail("spike_bits must be int64 packed spike words (pack_spikes), got ", dtype_str(spike_bits.dtype))
+        _fail("spike_bits must have shape [..., ", kw, "] for K = ", K, ", got ", shape_str(shape))
     if kmajor is not None:
         _op_kmajor(kmajor, kw, n)
     s = spike_bits.contiguous()
@@ -584,7 +430,7 @@ def _ternary_linear_cpu(x, packed_w, scale, bias, version):
         _op_cpu(x, "x")
         _op_floating(x, "x")
     if x.dim() < 1:
-        _fail("x must have shape [..., K], got ", _sz(x.shape))
+        _fail("x must have shape [..., K], got ", shape_str(x.shape))
     K = x.shape[-1]
     n = _op_linear_weight(packed_w, K, scale, bias, version)
     w = packed_w.contiguous()
@@ -611,7 +457,7 @@ def _ternary_linear_grad_input_cpu(grad_y, packed_w, scale, K, version):
     _op_floating(grad_y, "grad_y")
     n = _op_linear_weight(packed_w, K, scale, None, version)
     if grad_y.dim() < 1 or grad_y.shape[-1] != n:
-        _fail("grad_y must have shape [..., ", n, "], got ", _sz(grad_y.shape))
+        _fail("grad_y must have shape [..., ", n, "], got ", shape_str(grad_y.shape))
     w = packed_w.contiguous()
     acc = _OPMATH.get(grad_y.dtype, grad_y.dtype)
     g = grad_y.reshape(-1, n).to(acc) * scale.to(acc)
@@ -623,7 +469,7 @@ def _ternary_conv2d_cpu(x, packed_w, scale, bias, stride, padding, dilation, ver
     _op_cpu(x, "x")
     _op_floating(x, "x")
     if x.dim() != 4:
-        _fail("x must have shape [B, C, H, W], got ", _sz(x.shape))
+        _fail("x must have shape [B, C, H, W], got ", shape_str(x.shape))
     c_in = x.shape[1]
     n, kh, kw, _ = _op_conv_weight(packed_w, c_in, scale, bias, stride, padding, dilation, version)
     w = packed_w.contiguous()
@@ -640,12 +486,12 @@ def _ternary_conv2d_grad_input_cpu(grad_y, packed_w, scale, input_size, stride, 
     _op_cpu(grad_y, "grad_y")
     _op_floating(grad_y, "grad_y")
     if len(input_size) != 4:
-        _fail("input_size must be [B, C, H, W], got ", _sz(input_size))
+        _fail("input_size must be [B, C, H, W], got ", shape_str(input_size))
     n, kh, kw, _ = _op_conv_weight(packed_w, input_size[1], scale, None, stride, padding, dilation, version)
     oh, ow = _conv_out(input_size[2], input_size[3], (kh, kw), stride, padding, dilation)
     if grad_y.dim() != 4 or tuple(grad_y.shape) != (input_size[0], n, oh, ow):
         _fail("grad_y must have shape [", input_size[0], ", ", n, ", ", oh, ", ", ow, "], got ",
-              _sz(grad_y.shape))
+              shape_str(grad_y.shape))
     acc = _OPMATH.get(grad_y.dtype, grad_y.dtype)
     gs = grad_y.to(acc) * scale.to(acc).view(1, -1, 1, 1)
     # Rows/cols of the input that no output reads are recovered with output_padding.
@@ -663,10 +509,10 @@ def _op_spike_conv(spike_bits, packed_w, scale, bias, c_in, stride, padding, dil
     _op_cpu(spike_bits, "spike_bits")
     if spike_bits.dtype != _I64:
         _fail("spike_bits must be int64 packed spike words (pack_spikes along channels), got ",
-              _dt(spike_bits.dtype))
+              dtype_str(spike_bits.dtype))
     if spike_bits.dim() != 4 or spike_bits.shape[3] != cw:
         _fail("spike_bits must have shape [B, H, W, ", cw, "] (channels packed last, C = ", c_in, "), got ",
-              _sz(spike_bits.shape))
+              shape_str(spike_bits.shape))
     bsz, h, wd = spike_bits.shape[:3]
     oh, ow = _conv_out(h, wd, (kh, kw), stride, padding, dilation)
     if oh < 1 or ow < 1:
@@ -709,7 +555,7 @@ def _ternary_kmajor_cpu(packed_w, K, version):
     _op_version(version)
     _op_words(packed_w, "packed_w")
     if packed_w.dim() not in (3, 5):
-        _fail("packed_w must be [N, 2, KW] (linear) or [N, kh, kw, 2, CW] (conv2d), got ", _sz(packed_w.shape))
+        _fail("packed_w must be [N, 2, KW] (linear) or [N, kh, kw, 2, CW] (conv2d), got ", shape_str(packed_w.shape))
     if K < 1 or packed_w.shape[-1] != words_for(K):
         _fail("packed_w has ", packed_w.shape[-1], " words per plane but K = ", K, " needs ceil(K/64) = ",
               words_for(K))
@@ -844,11 +690,6 @@ if HAS_TRITON:
 _TERNARY_LINEAR = torch.ops.tna.ternary_linear.default
 _SPIKE_LINEAR = torch.ops.tna.spike_ternary_linear.default
 _SPIKE_CONV2D = torch.ops.tna.spike_ternary_conv2d.default
-
-
-def _check_device(x: Tensor) -> None:
-    if x.is_cuda and not HAS_TRITON:
-        raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
 
 
 def _check_quantizer(w: Tensor, method: str, per_channel: bool) -> None:

@@ -30,9 +30,10 @@ from torch import Tensor
 
 from .. import reference as _reference
 from .._utils import HAS_TRITON, state_dtype
-from ..reference import MSE_REDUCTIONS
+from .._utils import check_device as _check_device
+from ..formats import MSE_REDUCTIONS
 from . import CUDA_BACKENDS
-from ._native import LIB, C, dtype_code, threads
+from ._native import LIB, C, dtype_code, dtype_str, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
 # Fused twin loss: wa CE(logits_base) + wb CE(logits_twin) + lam MSE(logits_base, logits_twin),
@@ -63,17 +64,6 @@ LIB.define(
 # scalar arguments and the target values are checked by the native kernel before it writes.
 
 # c10's names of the dtypes, which the op-level messages use ("target must have dtype Long").
-_C10_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-              torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.int16: "Short",
-              torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool"}
-
-
-def _dtype_str(dtype: torch.dtype) -> str:
-    return _C10_NAMES.get(dtype, str(dtype))
-
-
-def _shape_str(shape) -> str:
-    return f"[{', '.join(map(str, shape))}]"
 
 
 def _fail(msg: str):
@@ -87,12 +77,12 @@ def _check_cpu(t: Tensor, name: str) -> None:
 
 def _check_dtype(t: Tensor, name: str, dtype: torch.dtype) -> None:
     if t.dtype != dtype:
-        _fail(f"{name} must have dtype {_dtype_str(dtype)}, got {_dtype_str(t.dtype)}")
+        _fail(f"{name} must have dtype {dtype_str(dtype)}, got {dtype_str(t.dtype)}")
 
 
 def _check_floating(t: Tensor, name: str) -> None:
     if not t.is_floating_point():
-        _fail(f"{name} must be a floating-point tensor, got {_dtype_str(t.dtype)}")
+        _fail(f"{name} must be a floating-point tensor, got {dtype_str(t.dtype)}")
 
 
 # opmath dtype (loss, parts, grad_loss) and dtype code of each logits dtype
@@ -111,15 +101,15 @@ def _check_fwd_tensors(a: Tensor, b: Tensor, y: Tensor) -> None:
         raise TypeError(f"dtype {a.dtype} is not supported by the tna_kernels CPU kernels")
     shape = a.shape
     if len(shape) != 2:
-        _fail(f"logits_base must be a 2-D [batch, classes] tensor, got shape {_shape_str(shape)}")
+        _fail(f"logits_base must be a 2-D [batch, classes] tensor, got shape {shape_str(shape)}")
     if shape[1] < 1:
-        _fail(f"logits_base must have at least one class, got shape {_shape_str(shape)}")
+        _fail(f"logits_base must have at least one class, got shape {shape_str(shape)}")
     _check_dtype(b, "logits_twin", a.dtype)
     if b.shape != shape:
-        _fail(f"logits_twin must have shape {_shape_str(shape)}, got {_shape_str(b.shape)}")
+        _fail(f"logits_twin must have shape {shape_str(shape)}, got {shape_str(b.shape)}")
     _check_dtype(y, "target", torch.int64)
     if y.shape != shape[:1]:
-        _fail(f"target must have shape [{shape[0]}], got {_shape_str(y.shape)}")
+        _fail(f"target must have shape [{shape[0]}], got {shape_str(y.shape)}")
 
 
 def _twin_loss_fwd_cpu(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin, mse_weight,
@@ -148,7 +138,7 @@ def _twin_loss_bwd_cpu(grad_loss, grad_base, grad_twin):
     _check_cpu(grad_base, "grad_base")
     _check_cpu(grad_twin, "grad_twin")
     if grad_loss.dim() != 0:
-        _fail(f"grad_loss must be a 0-dim tensor, got shape {_shape_str(grad_loss.shape)}")
+        _fail(f"grad_loss must be a 0-dim tensor, got shape {shape_str(grad_loss.shape)}")
     dtype = grad_base.dtype
     if dtype not in _ACC:
         _check_floating(grad_base, "grad_base")
@@ -273,15 +263,7 @@ def _twin_loss_composite(logits_base, logits_twin, target, ce_weight_base, ce_we
     return loss, parts
 
 
-# Transitional, until _C_legacy is rebuilt without csrc/autograd/twin_loss.cpp: a prebuilt one still
-# registers tna::twin_loss at Autograd and CompositeExplicitAutograd, which would take precedence
-# over the composite; the same composition replaces those kernels. (Checked before the composite
-# is registered; a fresh build has neither, and this does nothing.)
-_LEGACY_KEYS = [k for k in ("Autograd", "CompositeExplicitAutograd")
-                if torch._C._dispatch_has_kernel_for_dispatch_key("tna::twin_loss", k)]
 LIB.impl("twin_loss", _twin_loss_composite, "CompositeImplicitAutograd")
-for _key in _LEGACY_KEYS:
-    LIB.impl("twin_loss", _twin_loss_composite, _key)
 
 
 if HAS_TRITON:
@@ -295,11 +277,6 @@ if HAS_TRITON:
 
 
 # ---- Public loss functions (re-exported by tna_kernels.functional) --------------------------------
-
-def _check_device(x: Tensor) -> None:  # as functional._check_device (which imports this module)
-    if x.device.type == "cuda" and not HAS_TRITON:
-        raise RuntimeError("CUDA tensors need Triton for the tna GPU kernels: pip install triton")
-
 
 def _check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \

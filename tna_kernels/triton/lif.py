@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .._utils import state_dtype, triton_interpreting
-from ..reference import SURROGATES
+from ..formats import SURROGATES
 from ._launch import bucket, check_grid
 
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .._utils import triton_interpreting
-from ..reference import TERNARY_FORMAT_VERSION
+from ..formats import FORMAT_VERSION as TERNARY_FORMAT_VERSION
 from ._launch import WORDS, bucket, check_grid, tile_grid, word_grid
 
 CUDA_OPS = ("pack_ternary", "unpack_ternary", "pack_spikes", "unpack_spikes", "ternarize",
