@@ -164,8 +164,8 @@ def _spike_ternary_conv2d_fake(spike_bits, packed_w, scale, bias, C, stride, pad
 
 # The C++ must agree with what Python owns (no silent re-declaration): the format version, and the
 # ternariser method names whose index C.ternarize takes.
-if C.FORMAT_VERSION != FORMAT_VERSION:
-    raise ImportError(f"tna_kernels._C reads packed ternary format v{C.FORMAT_VERSION} but this "
+if C.TERNARY_FORMAT_VERSION != FORMAT_VERSION:
+    raise ImportError(f"tna_kernels._C reads packed ternary format v{C.TERNARY_FORMAT_VERSION} but this "
                       f"Python code writes v{FORMAT_VERSION}: rebuild the native core")
 if tuple(C.TERNARY_METHODS) != tuple(TERNARY_METHODS):
     raise ImportError(f"tna_kernels._C ternarises with methods {tuple(C.TERNARY_METHODS)} but this Python "
