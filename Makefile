@@ -3,6 +3,7 @@
 #   make test         every lane: CPU tests, Triton interpreter, ctest, and a user-style install
 #   make bench        speed comparisons (pytest-benchmark) against the reference and peers, then
 #                     the LIF's paired-round ratios (benchmarks/lif_paired.py)
+#   make gpu-compile  every Triton kernel compiled ahead of time for sm_90 and sm_80 (no GPU needed)
 #   make test-install a fresh venv, `pip install torch==2.13.0`, `pip install .` as a user types
 #                     it (build isolation on), then one op of each family
 PYTHON ?= python3
@@ -17,7 +18,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.txt') setup.p
 # pytest exits 5 when a lane selects no tests; that is not a failure.
 PYTEST_OK = rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-.PHONY: demo demo-lif test test-cpu test-triton test-cpp test-install bench build info clean
+.PHONY: demo demo-lif test test-cpu test-triton test-cpp test-install gpu-compile bench build info clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +43,7 @@ demo: build
 demo-lif: build
 	$(PY) scripts/demo_lif.py
 
-test: test-cpu test-triton test-cpp test-install
+test: test-cpu test-triton test-cpp gpu-compile test-install
 
 test-cpu: build
 	$(PY) -m pytest -q -m "not slow" tests; $(PYTEST_OK)
@@ -55,6 +56,12 @@ test-cpp: build
 	cmake -S . -B build/cmake -Dpybind11_DIR="$$($(PY) -m pybind11 --cmakedir)" -DPython3_EXECUTABLE=$(PY) > build/cmake.log
 	cmake --build build/cmake -j $(MAX_JOBS) >> build/cmake.log
 	ctest --test-dir build/cmake --output-on-failure
+
+# Every Triton kernel x autotune config x specialisation the launchers use, compiled to cubin for
+# sm_90 and sm_80 (no GPU needed); prints registers, spills and shared memory (GPU_DOC=1 also
+# writes the table into docs/GPU.md).
+gpu-compile: build
+	env -u TRITON_INTERPRET $(PY) scripts/gpu_compile.py --arch 90,80 --jobs 2 $(if $(GPU_DOC),--markdown docs/GPU.md)
 
 test-install:
 	bash scripts/test_install.sh "$(TORCH_SPEC)"

@@ -4,9 +4,9 @@ machine state. Prints per-round medians and the B/A ratio's median and range.
 
     python scripts/ab_builds.py --a /work/baseline --b . [--rounds 3] [--only lif_fwd_bwd,...]
 
-Workloads are what a user's code runs: a plain process, the default allocator, fresh inputs every
-call. Each process times `calls` calls after `warmup` warm-up calls and prints the median (µs for
-the dispatch-bound small calls, ms for the rest)."""
+Workloads are what a user's code runs: a plain process, the default allocator, fresh inputs for every
+call (made outside the timed region). Each process times `calls` calls after `warmup` warm-up calls
+and prints the median (µs for the dispatch-bound small calls, ms for the rest)."""
 
 import argparse
 import json
@@ -16,56 +16,64 @@ import subprocess
 import sys
 
 WORKLOADS = {
-    # name: (setup, call, warmup, calls, unit)
+    # name: (setup, fresh inputs (untimed, every call), the timed call, warmup, calls, unit)
     "lif_fwd_bwd_T4": (
-        "from tna_kernels import functional as F\nshape = (4, 1 << 22)",
-        "x = torch.randn(shape, requires_grad=True); F.lif(x).sum().backward()", 5, 15, "ms"),
+        "from tna_kernels import functional as F",
+        "x = torch.randn(4, 1 << 22, requires_grad=True)",
+        "F.lif(x).sum().backward()", 5, 15, "ms"),
     "spike_ternary_conv2d_vgg": (
-        "from tna_kernels import functional as F\n"
-        "w = F.quantize_pack(torch.randn(256, 128, 3, 3))\n"
-        "def fresh(): return F.pack_spikes((torch.rand(128, 16, 16, 128) < 0.2).float())",
-        "s = fresh(); F.spike_ternary_conv2d(s, w, padding=1)", 3, 10, "ms"),
+        "from tna_kernels import functional as F\nw = F.quantize_pack(torch.randn(256, 128, 3, 3))",
+        "s = F.pack_spikes((torch.rand(128, 16, 16, 128) < 0.2).float())",
+        "F.spike_ternary_conv2d(s, w, padding=1)", 3, 10, "ms"),
     "twin_loss_B256_fwd_bwd": (
-        "from tna_kernels import functional as F\nB = 256",
-        "a = torch.randn(B, 10, requires_grad=True); b = torch.randn(B, 10, requires_grad=True); "
-        "t = torch.randint(0, 10, (B,)); F.twin_loss(a, b, t).backward()", 200, 2000, "us"),
+        "from tna_kernels import functional as F",
+        "a, b = torch.randn(256, 10, requires_grad=True), torch.randn(256, 10, requires_grad=True)\n"
+        "t = torch.randint(0, 10, (256,))",
+        "F.twin_loss(a, b, t).backward()", 200, 2000, "us"),
     "twin_loss_B1024_fwd_bwd": (
-        "from tna_kernels import functional as F\nB = 1024",
-        "a = torch.randn(B, 10, requires_grad=True); b = torch.randn(B, 10, requires_grad=True); "
-        "t = torch.randint(0, 10, (B,)); F.twin_loss(a, b, t).backward()", 200, 2000, "us"),
-    "ternary_gemv_M4_dispatch": (
-        "from tna_kernels import functional as F\nw = F.quantize_pack(torch.randn(256, 512))\n"
+        "from tna_kernels import functional as F",
+        "a, b = torch.randn(1024, 10, requires_grad=True), torch.randn(1024, 10, requires_grad=True)\n"
+        "t = torch.randint(0, 10, (1024,))",
+        "F.twin_loss(a, b, t).backward()", 200, 2000, "us"),
+    "spike_ternary_gemv_M4": (
+        "from tna_kernels import functional as F\nw = F.quantize_pack(torch.randn(256, 512))",
         "x = F.pack_spikes((torch.rand(4, 512) < 0.2).float())",
         "F.spike_ternary_linear(x, w)", 200, 3000, "us"),
-    "float_ternary_linear_M12_dispatch": (
-        "from tna_kernels import functional as F\nw = F.quantize_pack(torch.randn(256, 512))\n"
+    "ternary_linear_M12": (
+        "from tna_kernels import functional as F\nw = F.quantize_pack(torch.randn(256, 512))",
         "x = torch.randn(12, 512)",
         "F.ternary_linear(x, w)", 200, 3000, "us"),
     "tna_train_step_vgg": (
         "import sys; sys.path.insert(0, '.')\n"
         "from benchmarks.bench_train_step import SpikingVGG, make_twin, _step_fn, ARCH, T\n"
         "base = SpikingVGG(ARCH, T=T); twin = make_twin(base, 1); step = _step_fn(base, twin, True)",
-        "step()", 3, 6, "ms"),
+        "pass",
+        "step()", 3, 8, "ms"),
 }
 
 CHILD = r"""
 import time, statistics, torch
 torch.manual_seed(0)
 {setup}
+def fresh():
+    global x, s, a, b, t
+{fresh}
 def call():
     {call}
 for _ in range({warmup}):
-    call()
+    fresh(); call()
 times = []
 for _ in range({calls}):
+    fresh()
     t0 = time.perf_counter(); call(); times.append(time.perf_counter() - t0)
 print(statistics.median(times))
 """
 
 
 def run_one(root: str, name: str) -> float:
-    setup, call, warmup, calls, _ = WORKLOADS[name]
-    code = CHILD.format(setup=setup, call=call, warmup=warmup, calls=calls)
+    setup, fresh, call, warmup, calls, _ = WORKLOADS[name]
+    fresh = "\n".join("    " + line for line in fresh.splitlines())
+    code = CHILD.format(setup=setup, fresh=fresh, call=call, warmup=warmup, calls=calls)
     env = dict(os.environ, PYTHONPATH=os.path.abspath(root))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                          timeout=1800)
@@ -85,7 +93,7 @@ def main() -> None:
     names = [n for n in WORKLOADS if not args.only or n in args.only.split(",")]
     results = {}
     for name in names:
-        unit = WORKLOADS[name][4]
+        unit = WORKLOADS[name][5]
         scale = 1e6 if unit == "us" else 1e3
         a_times, b_times = [], []
         for r in range(args.rounds):
@@ -93,7 +101,7 @@ def main() -> None:
             t1, t2 = run_one(first, name), run_one(second, name)
             (a_times, b_times)[first == args.b].append(t1)
             (a_times, b_times)[second == args.b].append(t2)
-        ratios = [b / a for a, b in zip(a_times, b_times, strict=False)]
+        ratios = [b / a for a, b in zip(a_times, b_times)]
         results[name] = {"unit": unit, "a": a_times, "b": b_times, "ratios": ratios}
         print(f"{name:<36} A {' '.join(f'{t * scale:8.2f}' for t in a_times)} {unit} | "
               f"B {' '.join(f'{t * scale:8.2f}' for t in b_times)} {unit} | B/A median "

@@ -404,7 +404,9 @@ def twin_loss(logits_base: Tensor, logits_twin: Tensor, target: Tensor, *, mse_w
     where it is needed (grad mode on, the tensor requires grad, not detached). No host syncs.
     Double backward is not supported.
     """
-    loss, parts = torch.ops.tna.twin_loss(
+    # The composition tna::twin_loss runs, called directly: one dispatcher hop fewer per call (its
+    # only autograd is twin_loss_fwd's, which this goes through just the same).
+    loss, parts = _twin_loss_composite(
         logits_base, logits_twin, target,
         *_twin_loss_args(logits_base, logits_twin, target, mse_weight, ce_weight_base, ce_weight_twin,
                          mse_reduction, label_smoothing, ignore_index), detach_base, detach_twin)
