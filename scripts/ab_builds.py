@@ -89,10 +89,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated workload names")
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--doc", help="write the table into this markdown file, between "
+                                  "<!-- ab:SECTION:begin --> and <!-- ab:SECTION:end -->")
+    ap.add_argument("--section", default="native-core")
+    ap.add_argument("--from-json", help="render --doc from a saved --json instead of measuring")
     args = ap.parse_args()
     names = [n for n in WORKLOADS if not args.only or n in args.only.split(",")]
-    results = {}
-    for name in names:
+    results = json.loads(open(args.from_json).read()) if args.from_json else {}
+    for name in ([] if args.from_json else names):
         unit = WORKLOADS[name][5]
         scale = 1e6 if unit == "us" else 1e3
         a_times, b_times = [], []
@@ -101,7 +105,7 @@ def main() -> None:
             t1, t2 = run_one(first, name), run_one(second, name)
             (a_times, b_times)[first == args.b].append(t1)
             (a_times, b_times)[second == args.b].append(t2)
-        ratios = [b / a for a, b in zip(a_times, b_times)]
+        ratios = [b / a for a, b in zip(a_times, b_times, strict=True)]
         results[name] = {"unit": unit, "a": a_times, "b": b_times, "ratios": ratios}
         print(f"{name:<36} A {' '.join(f'{t * scale:8.2f}' for t in a_times)} {unit} | "
               f"B {' '.join(f'{t * scale:8.2f}' for t in b_times)} {unit} | B/A median "
@@ -109,6 +113,32 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    if args.doc:
+        write_doc(args.doc, args.section, results)
+
+
+def table(results: dict) -> str:
+    lines = ["| workload | A (median of rounds) | B (median of rounds) | B/A median | B/A range | rounds |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        scale = 1e6 if r["unit"] == "us" else 1e3
+        lines.append(f"| {name} | {statistics.median(r['a']) * scale:.1f} {r['unit']} | "
+                     f"{statistics.median(r['b']) * scale:.1f} {r['unit']} | {statistics.median(r['ratios']):.3f} | "
+                     f"{min(r['ratios']):.2f}–{max(r['ratios']):.2f} | {len(r['ratios'])} |")
+    return "\n".join(lines)
+
+
+def write_doc(path: str, section: str, results: dict) -> None:
+    import re
+
+    begin, end = f"<!-- ab:{section}:begin -->", f"<!-- ab:{section}:end -->"
+    doc = open(path).read()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        raise SystemExit(f"{path} has no {begin} ... {end} block")
+    block = f"{begin}\n{table(results)}\n{end}"
+    with open(path, "w") as f:
+        f.write(pattern.sub(lambda _: block, doc))
 
 
 if __name__ == "__main__":
