@@ -121,7 +121,8 @@ class PackedTernary:
         k_pad = self.words.shape[-1] * 64 * taps
         if not self.words.is_cpu or k_pad > 32767:
             return None
-        isa = _native().ternary_cpu_isa()  # = tna::ternary_cpu_isa, without the dispatcher
+        # tna::ternary_cpu_isa; eager calls skip the dispatcher, torch.compile traces the op.
+        isa = torch.ops.tna.ternary_cpu_isa() if torch.compiler.is_compiling() else _native().ternary_cpu_isa()
         # Same rule as select_algo in csrc/cpu/ternary_gemm.cpp: AVX2 uses a cached copy of any
         # size; the AVX-512 popcount kernel beats the event loop once the copy exceeds 1 MiB.
         if isa == "scalar" or (isa == "avx512" and k_pad * self.out_features > (1 << 20)):
