@@ -107,3 +107,15 @@ def test_import_without_triton_still_works():
             "print(F.lif(torch.ones(2, 3) * 3).sum().item())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "6.0"
+
+
+def test_without_triton_no_op_claims_a_cuda_kernel():
+    """Every CUDA path needs Triton (the spike pool's composition packs with it): without Triton no
+    tna:: op registers a CUDA kernel that would fail inside the dispatcher."""
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, tna_kernels\n"
+            "from tna_kernels._utils import kernel_keys\n"
+            "names = sorted({n for n in torch._C._dispatch_get_all_op_names() if n.startswith('tna::')})\n"
+            "print([n for n in names if 'CUDA' in kernel_keys(n)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
