@@ -379,3 +379,20 @@ def test_recompute_switch_reaches_every_spiking_layer(tmp_path):
         trainer = Trainer(tiny_cfg(tmp_path / str(flag), "mode=tna", f"train.recompute={str(flag).lower()}"))
         layers = [m for net in (trainer.base, trainer.twin) for m in net.modules() if isinstance(m, _SpikingMixin)]
         assert layers and all(m.recompute is flag for m in layers)
+
+
+def test_eval_train_images_measures_an_evenly_spread_unaugmented_slice(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "mode=baseline", "train.epochs=1", "train.eval_train_images=200"))
+    subset = trainer._train_eval_set()
+    train = trainer.data.train
+    assert len(subset) == 200
+    counts = subset.class_counts()
+    assert min(counts) > 0, counts  # every class
+    # the images are the training split's own (the first and last included), not augmented copies
+    assert torch.equal(subset.data[0], train.data[0]) and torch.equal(subset.data[-1], train.data[-1])
+    row = trainer.fit()
+    assert 0.0 <= row["train_eval_acc"] <= 1.0 and row["train_eval_loss"] > 0
+    manual = trainer.evaluate(trainer.base, "train_eval")
+    assert manual["acc"] == row["train_eval_acc"] and manual["n"] == 200
+    with pytest.raises(ConfigError, match="eval_train_images"):
+        Trainer(tiny_cfg(tmp_path, "train.eval_train_images=-1"))

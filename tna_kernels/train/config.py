@@ -76,6 +76,9 @@ DEFAULTS: dict = {
         "amp": False,  # bf16 autocast (CUDA)
         "limit_batches": None,  # cap on training batches per epoch (CPU smoke runs)
         "limit_eval_batches": None,
+        # > 0: after each epoch also evaluate on this many training images (evenly spread, no
+        # augmentation), so the train-validation gap is measured like validation is
+        "eval_train_images": 0,
         "nan_policy": "stop",  # stop | skip: what a non-finite loss does
         "progress": True,
         "sync_bn": False,  # SyncBatchNorm across processes (CUDA/NCCL only)

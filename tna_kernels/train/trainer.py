@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
-from ..data import get_dataset
+from ..data import BatchLoader, get_dataset
 from ..models import build_model, make_twin
 from ..nn.spiking import set_recompute, spiking_layers
 from . import checkpoint, distributed
@@ -131,6 +131,9 @@ class Trainer:
             d["name"], d["root"], val_per_class=d["val_per_class"], val_mode=d["val_mode"],
             seed=cfg["seed"], download=d["download"], augment=d["augment"], **d["options"])
         self.eval_split = "val" if self.data.val is not None else "test"
+        n = cfg["train"]["eval_train_images"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ConfigError(f"train.eval_train_images must be an integer >= 0, got {n!r}")
         if getattr(self.data, self.eval_split) is None:
             raise ConfigError(f"the {d['name']} data has neither a val nor a test split to evaluate on")
         self.train_loader = self.data.loader("train", d["batch_size"], seed=cfg["seed"],
@@ -278,10 +281,24 @@ class Trainer:
                 "images_per_s": seen / seconds, "epoch_seconds": seconds}
 
     def evaluate(self, model: nn.Module, split: str | None = None) -> dict:
-        """Loss and accuracy of ``model`` on ``split`` (default: val if carved, else test)."""
-        loader = self.data.loader(split or self.eval_split, self.cfg["data"]["eval_batch_size"],
-                                  max_batches=self.cfg["train"]["limit_eval_batches"])
+        """Loss and accuracy of ``model`` on ``split`` (default: val if carved, else test;
+        "train_eval": ``train.eval_train_images`` training images, evenly spread, not augmented)."""
+        bs, limit = self.cfg["data"]["eval_batch_size"], self.cfg["train"]["limit_eval_batches"]
+        if split == "train_eval":
+            loader = BatchLoader(self._train_eval_set(), bs, shuffle=False,
+                                 augment=self.data.eval_augment, max_batches=limit)
+        else:
+            loader = self.data.loader(split or self.eval_split, bs, max_batches=limit)
         return evaluate_model(model, loader, self.device)
+
+    def _train_eval_set(self):
+        """A fixed, class-balanced-in-expectation slice of the training split: every k-th image
+        (the split is stored class by class, so a prefix would be one class)."""
+        if getattr(self, "_train_eval", None) is None:
+            n, total = int(self.cfg["train"]["eval_train_images"]), len(self.data.train)
+            idx = np.linspace(0, total - 1, num=min(n, total)).round().astype(np.int64)
+            self._train_eval = self.data.train.subset(np.unique(idx))
+        return self._train_eval
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -390,6 +407,9 @@ class Trainer:
                 if self.twin is not None:
                     tw = self.evaluate(self.twin)
                     row.update(twin_val_loss=tw["loss"], twin_val_acc=tw["acc"])
+                if self.cfg["train"]["eval_train_images"]:
+                    tr = self.evaluate(self.base, "train_eval")
+                    row.update(train_eval_loss=tr["loss"], train_eval_acc=tr["acc"])
                 self.epoch += 1
                 self.history.append(row)
                 if log is not None:

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 19: does TNA help when training runs to convergence? (configs/cifar10_vgg_converge_*.yaml)
+# Runs, in this order, each into $OUT/<config>[_lam<λ>]_s<seed>/:
+#   1. ternary baseline and ternary + TNA, seeds 0 1 2 (interleaved, so a partial study is paired)
+#   2. fp32 SNN (the KD teacher) and ternary + KD from it, seeds 0 1 2
+#   3. λ sweep of TNA on seed 0 (0.001 0.02 0.1; 0.005 is stage 1's value), then the best λ on
+#      seeds 1 and 2 (chosen by scripts/convergence_report.py from the finished sweep)
+# Every run checkpoints each epoch and continues with --resume auto, so the script can be killed
+# and started again at any time; finished runs (base.json written) are skipped.
+#   THREADS=1 nohup bash scripts/convergence_study.sh > runs/converge.log 2>&1 &
+#   STAGES="1" bash scripts/convergence_study.sh       # only stage 1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/converge}
+SEEDS=${SEEDS:-"0 1 2"}
+STAGES=${STAGES:-"1 2 3"}
+TNA=${TNA:-.venv/bin/tna}
+export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}
+mkdir -p "$OUT"
+
+run() {  # name config seed [overrides...]
+  local name=$1 cfg=$2 seed=$3; shift 3
+  if [ -f "$OUT/$name/base.json" ]; then echo "skip $name (done)"; return; fi
+  echo "== $name start $(date -u +%FT%TZ) threads=$OMP_NUM_THREADS"
+  /usr/bin/time -f "== $name wall %e s, peak RSS %M KB" \
+    "$TNA" train --config "configs/$cfg.yaml" "seed=$seed" "name=$name" train.progress=false \
+    --out "$OUT" --resume auto "$@"
+}
+
+for stage in $STAGES; do
+  case $stage in
+  1) for s in $SEEDS; do
+       run "cifar10_vgg_converge_baseline_s$s" cifar10_vgg_converge_baseline "$s"
+       run "cifar10_vgg_converge_tna_s$s" cifar10_vgg_converge_tna "$s"
+     done ;;
+  2) for s in $SEEDS; do
+       run "cifar10_vgg_converge_baseline_fp_s$s" cifar10_vgg_converge_baseline_fp "$s"
+       run "cifar10_vgg_converge_kd_s$s" cifar10_vgg_converge_kd "$s" \
+         "loss.teacher=$OUT/cifar10_vgg_converge_baseline_fp_s$s/base.json"
+     done ;;
+  3) for lam in 0.001 0.02 0.1; do
+       run "cifar10_vgg_converge_tna_lam${lam}_s0" cifar10_vgg_converge_tna 0 "loss.mse_weight=$lam"
+     done
+     best=$(.venv/bin/python scripts/convergence_report.py "$OUT" --best-lambda)
+     echo "best λ on seed 0: $best"
+     if [ "$best" != 0.005 ]; then
+       for s in 1 2; do
+         run "cifar10_vgg_converge_tna_lam${best}_s$s" cifar10_vgg_converge_tna "$s" "loss.mse_weight=$best"
+       done
+     fi ;;
+  *) echo "unknown stage $stage (1, 2 or 3)" >&2; exit 2 ;;
+  esac
+done
