@@ -9,12 +9,15 @@
 # and started again at any time; finished runs (base.json written) are skipped.
 #   THREADS=1 nohup bash scripts/convergence_study.sh > runs/converge.log 2>&1 &
 #   STAGES="1" bash scripts/convergence_study.sh       # only stage 1
+# The runs import tna_kernels from the current directory (python -m), so a long study can run
+# from a separate worktree (fixed code) with OUT pointing anywhere:
+#   PYTHON=/path/to/.venv/bin/python OUT=/abs/runs/converge bash scripts/convergence_study.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/converge}
 SEEDS=${SEEDS:-"0 1 2"}
 STAGES=${STAGES:-"1 2 3"}
-TNA=${TNA:-.venv/bin/tna}
+PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}
 mkdir -p "$OUT"
 
@@ -23,7 +26,7 @@ run() {  # name config seed [overrides...]
   if [ -f "$OUT/$name/base.json" ]; then echo "skip $name (done)"; return; fi
   echo "== $name start $(date -u +%FT%TZ) threads=$OMP_NUM_THREADS"
   /usr/bin/time -f "== $name wall %e s, peak RSS %M KB" \
-    "$TNA" train --config "configs/$cfg.yaml" "seed=$seed" "name=$name" train.progress=false \
+    "$PYTHON" -m tna_kernels.cli train --config "configs/$cfg.yaml" "seed=$seed" "name=$name" train.progress=false \
     --out "$OUT" --resume auto "$@"
 }
 
@@ -41,7 +44,7 @@ for stage in $STAGES; do
   3) for lam in 0.001 0.02 0.1; do
        run "cifar10_vgg_converge_tna_lam${lam}_s0" cifar10_vgg_converge_tna 0 "loss.mse_weight=$lam"
      done
-     best=$(.venv/bin/python scripts/convergence_report.py "$OUT" --best-lambda)
+     best=$("$PYTHON" scripts/convergence_report.py "$OUT" --best-lambda)
      echo "best λ on seed 0: $best"
      if [ "$best" != 0.005 ]; then
        for s in 1 2; do
