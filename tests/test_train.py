@@ -291,10 +291,10 @@ from tna_kernels.train import distributed
 info = distributed.setup(torch.device("cpu"))
 store = _get_default_store()
 assert not store.check(["left_by_the_first_group"]), "a restarted group sees the previous group's store keys"
-assert distributed.all_reduce_(torch.ones(1), info).item() == 2
+assert distributed.all_reduce_host(torch.ones(1), info).item() == 2
 if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
     store.set("left_by_the_first_group", "1")
-    distributed.all_reduce_(torch.ones(1), info)  # the key is written before rank 1 fails
+    distributed.all_reduce_host(torch.ones(1), info)  # the key is written before rank 1 fails
     if info.rank == 1:
         os._exit(3)  # a crash (no gloo teardown); torchrun stops rank 0 and starts a new group
     time.sleep(60)

@@ -8,6 +8,11 @@ slice (``lif_bwd_recompute``: the membrane is recomputed in cache, never stored)
 batch-norm backward op. Spikes and running statistics are those of ``nn.BatchNorm`` +
 :func:`tna_kernels.functional.lif`, gradients too up to float32 rounding. The price is compute:
 the batch-norm and LIF forwards run again in backward.
+
+An ``nn.SyncBatchNorm`` with more than one process takes its statistics over every rank's batch
+(T·B per rank) and all-reduces their gradients, as ``nn.SyncBatchNorm`` does
+(:mod:`tna_kernels.nn.sync_bn`); its backward recomputes the BN output from the saved input and
+the forward's global statistics (a few numbers per channel), not from a second all-gather.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import Tensor, nn
 
 from .._utils import chunks
 from ..ops.lif import _lif_hyper as lif_hyper
+from . import sync_bn
 
 if TYPE_CHECKING:  # lif.py calls this module
     from .lif import LIF
@@ -31,20 +37,33 @@ class _BNLIF(torch.autograd.Function):
     elementwise across them), so only a slice of the LIF's gradient exists at a time."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, T, static, hyper):
-        y = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)[0]
+    def forward(ctx, x, weight, bias, bn, momentum, eps, T, static, hyper, group):
+        if group is None:
+            running = bn.training and bn.track_running_stats
+            y = torch.native_batch_norm(x, weight, bias, bn.running_mean if running else None,
+                                        bn.running_var if running else None, True, momentum, eps)[0]
+            ctx.save_for_backward(x, weight, bias)
+        else:
+            mean, var, n = sync_bn.global_batch_stats(x, group)
+            if bn.training and bn.track_running_stats:
+                sync_bn.update_running_stats(bn, mean, var, n, momentum)
+            y = sync_bn.normalize(x, weight, bias, mean, var, eps)
+            ctx.save_for_backward(x, weight, bias, mean, var, n)
         # static: y_t is y expanded over T (stride 0), which the kernel reads in place
         spikes = torch.ops.tna.lif_fwd(_time_major(y, T, static), None, *hyper, False)[0]
-        ctx.save_for_backward(x, weight, bias)
-        ctx.conf = (eps, T, static, hyper)
+        ctx.conf = (eps, T, static, hyper, group)
         return spikes.view(T, -1, *x.shape[1:])
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        x, weight, bias = ctx.saved_tensors
-        eps, T, static, hyper = ctx.conf
-        # the forward's op on the same input: the same BN output and batch statistics, bit for bit
-        y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        eps, T, static, hyper, group = ctx.conf
+        if group is None:
+            x, weight, bias = ctx.saved_tensors
+            # the forward's op on the same input: the same BN output and batch statistics, bit for bit
+            y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        else:
+            x, weight, bias, mean, var, n = ctx.saved_tensors
+            y = sync_bn.normalize(x, weight, bias, mean, var, eps)  # the forward's op and statistics
         y = y.contiguous()  # a copy only for other layouts (channels-last): the slices below write through views
         y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
         # each slice of y is read before its gradient overwrites it: y's buffer becomes grad_y
@@ -58,8 +77,11 @@ class _BNLIF(torch.autograd.Function):
             del g
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
-        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            y, x, weight, None, None, mean, invstd, True, eps, mask)
+        if group is None:
+            grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+                y, x, weight, None, None, mean, invstd, True, eps, mask)
+        else:
+            grad_x, grad_w, grad_b = sync_bn.sync_batch_norm_backward(y, x, weight, mean, var, n, eps, group, mask)
         return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
 
@@ -95,13 +117,6 @@ def bn_lif(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, neuron: LIF, T: int, 
     if not static and x.shape[0] % T:
         raise ValueError(f"x has {x.shape[0]} samples, not a multiple of T={T} (x must be [T·B, C, ...])")
     bn._check_input_dim(x)
-    # The bookkeeping of nn.BatchNorm's forward: momentum None = cumulative average.
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    running = bn.training and bn.track_running_stats
-    return _BNLIF.apply(x, bn.weight, bn.bias, bn.running_mean if running else None,
-                        bn.running_var if running else None, momentum, bn.eps, T, static,
-                        lif_hyper(**neuron.kwargs))
+    momentum = sync_bn.resolve_momentum(bn)
+    return _BNLIF.apply(x, bn.weight, bn.bias, bn, momentum, bn.eps, T, static, lif_hyper(**neuron.kwargs),
+                        sync_bn.sync_group(bn))

@@ -81,7 +81,7 @@ DEFAULTS: dict = {
         "eval_train_images": 0,
         "nan_policy": "stop",  # stop | skip: what a non-finite loss does
         "progress": True,
-        "sync_bn": False,  # SyncBatchNorm across processes (CUDA/NCCL only)
+        "sync_bn": False,  # batch-norm statistics over all processes' batches (any backend)
         "recompute": True,  # recompute BN, LIF membrane and max-pool in backward (less memory, slower)
     },
 }

@@ -5,7 +5,13 @@ Launch with ``tna train --nproc N ...`` (which runs torchrun) or plain
 the same global batch (the order depends only on seed and epoch) and trains on its 1/N slice;
 DDP averages the gradients, so N processes take the same steps as one process with the whole
 batch (exactly so without batch norm, or with SyncBatchNorm on CUDA). Only rank 0 writes logs,
-checkpoints and plots."""
+checkpoints and plots.
+
+Two kinds of collectives: the networks' (DDP's gradient buckets, synchronised batch norm) run on
+the training device over the default group (NCCL on CUDA, gloo on CPU); the trainer's own
+bookkeeping (the finite-loss check, the stop flag, the epoch sums) is host data and always goes
+over a gloo group of its own, ``DistInfo.host_group`` (:func:`all_reduce_host`). NCCL refuses CPU
+tensors, and moving three scalars to the GPU only to bring them back costs a copy each way."""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    host_group: object = None  # a gloo group for CPU tensors (see the module docstring)
 
     @property
     def enabled(self) -> bool:
@@ -44,6 +51,9 @@ def setup(device: torch.device) -> DistInfo:
         timeout = timedelta(seconds=float(os.environ.get("TNA_DIST_TIMEOUT", "300")))
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=_restart_store(timeout),
                                 rank=info.rank, world_size=world, timeout=timeout)
+    # Its own gloo group even when the default one is gloo: one code path on every backend, and
+    # host bookkeeping never queues behind gradient buckets.
+    info.host_group = dist.new_group(backend="gloo", timeout=timeout)
     return info
 
 
@@ -66,9 +76,12 @@ def _restart_store(timeout: timedelta) -> dist.Store | None:
     return dist.PrefixStore(f"tna/restart_{env['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
-def all_reduce_(t: torch.Tensor, info: DistInfo, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce_host(t: torch.Tensor, info: DistInfo, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduces the CPU tensor ``t`` in place over the host (gloo) group; a no-op for one process."""
+    if t.device.type != "cpu":
+        raise ValueError(f"all_reduce_host reduces host data: t must be a CPU tensor, got one on {t.device}")
     if info.enabled:
-        dist.all_reduce(t, op=op)
+        dist.all_reduce(t, op=op, group=info.host_group)
     return t
 
 

@@ -22,6 +22,7 @@ from .. import functional as F
 from ..data import BatchLoader, get_dataset
 from ..models import build_model, make_twin
 from ..nn.spiking import set_recompute, spiking_layers
+from ..nn.sync_bn import convert_sync_batchnorm
 from . import checkpoint, distributed
 from .config import ConfigError
 from .evaluate import evaluate_model, model_input
@@ -158,7 +159,8 @@ class Trainer:
         self.opt_base = make_optimizer(self.base, cfg["optim"])
         self.opt_twin = make_optimizer(self.twin, cfg["optim"]) if self.twin_trainable else None
         self.rates = _RateCollector(self.base) if cfg["loss"]["spike_rate_weight"] > 0 else None
-        self.base_fwd, self.twin_fwd = self._wrap(self.base), self._wrap(self.twin) if self.twin_trainable else self.twin
+        self.base_fwd = self._wrap(self.base)
+        self.twin_fwd = self._wrap(self.twin) if self.twin_trainable else self.twin
         self.epoch, self.step, self.best_acc, self.history, self.skipped = 0, 0, -1.0, [], 0
         self.partial: dict | None = None  # position inside an interrupted epoch (preemption)
         self._stop_requested = False
@@ -167,10 +169,8 @@ class Trainer:
         """DistributedDataParallel around a trained network when several processes run."""
         if model is None or not self.dist.enabled:
             return model
-        if self.cfg["train"]["sync_bn"]:
-            if self.device.type != "cuda":
-                raise ConfigError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernel)")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.cfg["train"]["sync_bn"]:  # the fused BN + LIF layers synchronise these too
+            model = convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
@@ -240,8 +240,8 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, logits, _ = self._loss(x, y)
-            finite = bool(distributed.all_reduce_(torch.isfinite(loss.detach()).float().cpu(), d,
-                                                  distributed.dist.ReduceOp.MIN))
+            finite = bool(distributed.all_reduce_host(torch.isfinite(loss.detach()).float().cpu(), d,
+                                                      distributed.dist.ReduceOp.MIN))
             if not finite:
                 if c["train"]["nan_policy"] == "stop":
                     raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
@@ -266,7 +266,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{d.world * seen / (time.perf_counter() - start):.0f}")
             stop = torch.tensor([float(self._stop_requested)])
-            if bool(distributed.all_reduce_(stop, d, distributed.dist.ReduceOp.MAX)) and i + 1 < spe:
+            if bool(distributed.all_reduce_host(stop, d, distributed.dist.ReduceOp.MAX)) and i + 1 < spe:
                 self.partial = {"batch": i + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
                                 "seconds": time.perf_counter() - start}
                 if bar is not None:
@@ -275,7 +275,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
-        sums = distributed.all_reduce_(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), d)
+        sums = distributed.all_reduce_host(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), d)
         loss_sum, correct, seen = sums.tolist()
         return {"lr": lr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "images_per_s": seen / seconds, "epoch_seconds": seconds}
