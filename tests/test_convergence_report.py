@@ -1,0 +1,75 @@
+"""scripts/convergence_report.py on hand-made run folders: the table's statistics, the unfinished
+runs, the λ choice and the figure."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convergence_report.py"
+spec = importlib.util.spec_from_file_location("convergence_report", SCRIPT)
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+
+def make_run(root: Path, name: str, val: list[float], train=None, twin=None, finished=True):
+    run = root / f"cifar10_vgg_converge_{name}"
+    run.mkdir(parents=True)
+    rows = []
+    for i, v in enumerate(val):
+        row = {"epoch": i + 1, "val_acc": v, "epoch_seconds": 60.0, "images_per_s": 750.0}
+        if train is not None:
+            row["train_eval_acc"] = train[i]
+        if twin is not None:
+            row["twin_val_acc"] = twin[i]
+        rows.append(row)
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    if finished:
+        (run / "base.json").write_text("{}")
+
+
+@pytest.fixture
+def study(tmp_path):
+    make_run(tmp_path, "baseline_s0", [0.5, 0.60], train=[0.5, 0.70])
+    make_run(tmp_path, "baseline_s1", [0.5, 0.62], train=[0.5, 0.70])
+    make_run(tmp_path, "tna_s0", [0.5, 0.63], train=[0.5, 0.66], twin=[0.4, 0.61])
+    make_run(tmp_path, "tna_s1", [0.5, 0.65], train=[0.5, 0.68], twin=[0.4, 0.62])
+    make_run(tmp_path, "tna_lam0.02_s0", [0.5, 0.66], train=[0.5, 0.67], twin=[0.4, 0.6])
+    make_run(tmp_path, "tna_lam0.1_s0", [0.5, 0.61], train=[0.5, 0.65], twin=[0.4, 0.6])
+    make_run(tmp_path, "kd_s0", [0.5], finished=False)
+    return tmp_path
+
+
+def test_table_statistics_and_unfinished_runs(study, capsys):
+    runs, unfinished = report.load_runs(study)
+    assert sorted(runs) == ["baseline", "tna", "tna_lam0.02", "tna_lam0.1"]
+    assert unfinished == ["cifar10_vgg_converge_kd_s0: epoch 1"]
+    table = report.table(runs)
+    # baseline: final 60 and 62 % -> 61.00 ± 1.41 (sample std); gap 70-60, 70-62 -> 9.00 ± 1.41
+    assert ("| ternary baseline | 2 | 61.00 ± 1.41 | 61.00 ± 1.41 | – | 70.00 ± 0.00 | 9.00 ± 1.41 "
+            "| 2 min | 750 |") in table
+    assert "| ternary + TNA (λ = 0.005) | 2 | 64.00 ± 1.41 |" in table and "| 61.50 ± 0.71 |" in table
+    assert "ternary + TNA (λ = 0.02) | 1 |" in table
+    lines = report.comparisons(runs)
+    assert any(line.startswith("- ternary + TNA (λ = 0.005) − ternary baseline, final val acc: +3.00 points, "
+                               "Welch t = 2.12 (n = 2, 2)") for line in lines), lines
+
+
+def test_best_lambda_counts_the_stage_one_run_for_the_default(study, tmp_path):
+    assert report.best_lambda(report.load_runs(study)[0]) == "0.02"
+    other = tmp_path / "other"
+    make_run(other, "tna_s0", [0.7])
+    make_run(other, "tna_lam0.1_s0", [0.6])
+    assert report.best_lambda(report.load_runs(other)[0]) == "0.005"
+
+
+def test_main_writes_the_figure(study, tmp_path, capsys):
+    report.main([str(study), "--figures", str(tmp_path / "fig")])
+    assert "ternary baseline" in capsys.readouterr().out
+    assert (tmp_path / "fig" / "cifar10_convergence.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "missing")])
