@@ -396,3 +396,30 @@ def test_eval_train_images_measures_an_evenly_spread_unaugmented_slice(tmp_path)
     assert manual["acc"] == row["train_eval_acc"] and manual["n"] == 200
     with pytest.raises(ConfigError, match="eval_train_images"):
         Trainer(tiny_cfg(tmp_path, "train.eval_train_images=-1"))
+
+
+def test_data_on_device_decision():
+    from types import SimpleNamespace
+
+    from tna_kernels.train.trainer import PRELOAD_LIMIT_BYTES, preload_on_device
+
+    def data(nbytes):
+        return SimpleNamespace(train=SimpleNamespace(data=torch.empty(nbytes, dtype=torch.uint8, device="meta")),
+                               val=None, test=None)
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert preload_on_device("auto", cuda, data(150 << 20))
+    assert not preload_on_device("auto", cuda, data(PRELOAD_LIMIT_BYTES + 1))
+    assert preload_on_device(True, cuda, data(PRELOAD_LIMIT_BYTES + 1))
+    assert not preload_on_device(False, cuda, data(1))
+    assert not preload_on_device(True, cpu, data(1))  # the CPU holds the data already
+    with pytest.raises(ConfigError, match="data.on_device"):
+        preload_on_device("yes", cuda, data(1))
+
+
+def test_loaders_are_built_on_the_training_device_once(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "mode=baseline", "train.epochs=1", "data.on_device=true"))
+    assert trainer.train_loader.device == trainer.device and trainer.preload is False
+    first = trainer.evaluate(trainer.base)
+    loader = trainer._eval_loaders[trainer.eval_split]
+    assert trainer.evaluate(trainer.base) == first and trainer._eval_loaders[trainer.eval_split] is loader

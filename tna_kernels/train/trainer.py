@@ -85,6 +85,22 @@ def make_optimizer(model: nn.Module, o: dict) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
 
 
+PRELOAD_LIMIT_BYTES = 4 << 30
+
+
+def preload_on_device(option, device: torch.device, data) -> bool:
+    """Whether the loaders keep the dataset on ``device`` and gather and augment batches there
+    (``data.on_device``): ``"auto"`` does on CUDA when all splits take at most 4 GiB."""
+    if option not in ("auto", True, False):
+        raise ConfigError(f"data.on_device must be 'auto', true or false, got {option!r}")
+    if device.type == "cpu" or option is False:
+        return False
+    if option is True:
+        return True
+    splits = [s for s in (data.train, data.val, data.test) if s is not None]
+    return sum(s.data.numel() * s.data.element_size() for s in splits) <= PRELOAD_LIMIT_BYTES
+
+
 def lr_at(step: int, total: int, steps_per_epoch: int, lr: float, s: dict) -> float:
     """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
     warmup = int(s["warmup_epochs"] * steps_per_epoch)
@@ -137,8 +153,10 @@ class Trainer:
             raise ConfigError(f"train.eval_train_images must be an integer >= 0, got {n!r}")
         if getattr(self.data, self.eval_split) is None:
             raise ConfigError(f"the {d['name']} data has neither a val nor a test split to evaluate on")
+        self.preload = preload_on_device(d["on_device"], self.device, self.data)
         self.train_loader = self.data.loader("train", d["batch_size"], seed=cfg["seed"],
-                                             max_batches=cfg["train"]["limit_batches"], drop_last=True)
+                                             max_batches=cfg["train"]["limit_batches"], drop_last=True,
+                                             device=self.device, preload=self.preload)
 
         self.base = build_model(model_config(cfg, self.data)).to(self.device)
         self.twin = self.teacher = None
@@ -164,6 +182,7 @@ class Trainer:
         self.epoch, self.step, self.best_acc, self.history, self.skipped = 0, 0, -1.0, [], 0
         self.partial: dict | None = None  # position inside an interrupted epoch (preemption)
         self._stop_requested = False
+        self._eval_loaders: dict = {}
 
     def _wrap(self, model: nn.Module | None) -> nn.Module | None:
         """DistributedDataParallel around a trained network when several processes run."""
@@ -284,11 +303,16 @@ class Trainer:
         """Loss and accuracy of ``model`` on ``split`` (default: val if carved, else test;
         "train_eval": ``train.eval_train_images`` training images, evenly spread, not augmented)."""
         bs, limit = self.cfg["data"]["eval_batch_size"], self.cfg["train"]["limit_eval_batches"]
-        if split == "train_eval":
-            loader = BatchLoader(self._train_eval_set(), bs, shuffle=False,
-                                 augment=self.data.eval_augment, max_batches=limit)
-        else:
-            loader = self.data.loader(split or self.eval_split, bs, max_batches=limit)
+        split = split or self.eval_split
+        if split not in self._eval_loaders:  # built once: a preloaded split is copied to the GPU once
+            if split == "train_eval":
+                self._eval_loaders[split] = BatchLoader(
+                    self._train_eval_set(), bs, shuffle=False, augment=self.data.eval_augment,
+                    max_batches=limit, device=self.device, preload=self.preload)
+            else:
+                self._eval_loaders[split] = self.data.loader(split, bs, max_batches=limit, device=self.device,
+                                                             preload=self.preload)
+        loader = self._eval_loaders[split]
         return evaluate_model(model, loader, self.device)
 
     def _train_eval_set(self):
