@@ -119,6 +119,13 @@ def _calls():
         yield (f"{_dt(dt)} decay={int(decay)} soft={int(soft)} detach={int(detach)} {sur}",
                lambda gs=gs, h=h, d=decay, s=soft, de=detach, su=sur: lif.lif_bwd(
                    gs, None, h, 2.0, d, 1.0, 0.0, s, de, su, 2.0))
+    for dt, decay, soft, detach, sur, with_state in itertools.product(
+            FLOATS, (True, False), (False, True), (False, True), R.SURROGATES, (False, True)):
+        gs, x = torch.zeros(T, N, dtype=dt), torch.zeros(T, N, dtype=dt)
+        state = torch.zeros(N) if with_state else None  # v0 and grad_v_last (HAS_V0, HAS_GV)
+        yield (f"{_dt(dt)} decay={int(decay)} soft={int(soft)} detach={int(detach)} {sur} v0={int(with_state)}",
+               lambda gs=gs, x=x, v=state, d=decay, s=soft, de=detach, su=sur: lif.lif_bwd_recompute(
+                   gs, v, x, v, 2.0, d, 1.0, 0.0, s, de, su, 2.0))
 
     # ternary: packing / unpacking / decoding
     codes = torch.zeros(256, 512, dtype=torch.int8)
@@ -298,7 +305,7 @@ OPS = [
      "interp.: test_lif.py::test_triton_matches_reference, ::test_triton_low_precision, " + _T
      + "; cuda: test_lif.py::test_cuda_autograd_through_op"),
     ("lif_bwd", "Triton", ["_lif_bwd_kernel"], "as lif_fwd"),
-    ("lif_bwd_recompute", "Triton forward (saves h) + Triton backward, unfused", ["_lif_fwd_kernel", "_lif_bwd_kernel"],
+    ("lif_bwd_recompute", "Triton, one kernel (membrane recomputed in registers)", ["_lif_bwd_recompute_kernel"],
      "interp.: test_lif.py::test_triton_recompute_backward_matches_cpu"),
     ("lif_pack", "composed: lif_fwd + pack_spikes", ["_lif_fwd_kernel", "_pack_kernel"], "none on the GPU path"),
     ("spike_ternary_conv2d_lif", "composed: spike conv, lif_pack", ["_spike_conv_kernel", "_lif_fwd_kernel",

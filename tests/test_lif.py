@@ -605,3 +605,28 @@ def test_cpu_kernel_checks_tensor_arguments():
         torch.ops.tna.lif_fwd(x, None, float("inf"), *HYPER[1:], False)
     with pytest.raises(RuntimeError, match="x_seq must be \\[T, ..., C\\]"):
         torch.ops.tna.lif_pack(torch.randn(2, 0), 2.0, True, 1.0, 0.0, False)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("T", [1, 2, 5])
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("soft, detach", [(False, False), (True, False), (False, True), (True, True)])
+def test_triton_recompute_backward_one_kernel(T, static, soft, detach):
+    """The fused kernel against the C++ op: a sequence or a static input expanded over time (read
+    in place: stride 0), hard and soft reset, with and without detach; no h is materialised."""
+    from tna_kernels.triton import lif as tl_lif
+
+    dev = triton_device()
+    torch.manual_seed(T)
+    N = 150
+    x = (torch.rand(1 if static else T, N) * 3 - 0.5)
+    x = x.expand(T, N) if static else x
+    gs, gv = torch.randn(T, N), torch.randn(N)
+    hyper = (2.0, True, 1.0, 0.0 if not soft else 0.0, soft, detach, "atan", 2.0)
+    want_gx, _ = torch.ops.tna.lif_bwd_recompute(gs, gv, x, None, *hyper)
+    xd = x.to(dev) if not static else x[:1].to(dev).expand(T, N)
+    gx, gv0 = tl_lif.lif_bwd_recompute(gs.to(dev), gv.to(dev), xd, None, *hyper)
+    torch.testing.assert_close(gx.cpu(), want_gx, **TOL[torch.float32])
+    assert gv0.numel() == 0
+    spikes = tl_lif.lif_fwd(xd, None, *hyper, False)[0]  # the strided forward reads in place too
+    assert torch.equal(spikes.cpu(), torch.ops.tna.lif_fwd(x, None, *hyper, False)[0])

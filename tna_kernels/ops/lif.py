@@ -246,7 +246,7 @@ if HAS_TRITON:
     torch.library.register_kernel("tna::lif_bwd", "cuda", _triton_lif.lif_bwd)
     torch.library.register_kernel("tna::lif_bwd_recompute", "cuda", _triton_lif.lif_bwd_recompute)
     CUDA_BACKENDS["lif_fwd"] = CUDA_BACKENDS["lif_bwd"] = "triton"
-    CUDA_BACKENDS["lif_bwd_recompute"] = "triton (unfused)"
+    CUDA_BACKENDS["lif_bwd_recompute"] = "triton (one kernel, membrane recomputed)"
 
 
 # ---- Public API (re-exported by tna_kernels.functional) ---------------------------------------

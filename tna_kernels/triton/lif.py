@@ -43,7 +43,7 @@ def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
 
 @triton.autotune(configs=_configs(), key=["N_BUCKET"])
 @triton.jit
-def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCKET, tau, v_th, v_reset, vr,
+def _lif_fwd_kernel(x_ptr, x_step, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCKET, tau, v_th, v_reset, vr,
                     DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, SAVE_H: tl.constexpr,
                     BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -51,7 +51,7 @@ def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCKET, tau,
     v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
     for t in range(T):
         idx = tl.cast(t, tl.int64) * N + offs  # int64: T * N may exceed 2^31
-        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(v.dtype)
+        x = tl.load(x_ptr + tl.cast(t, tl.int64) * x_step + offs, mask=mask, other=0.0).to(v.dtype)
         if DECAY_INPUT:
             h = v + tl.math.div_rn(x - (v - vr), tau)
         else:
@@ -101,6 +101,64 @@ def _lif_bwd_kernel(gs_ptr, gv_last_ptr, h_ptr, gx_ptr, gv0_ptr, N, T, N_BUCKET,
     tl.store(gv0_ptr + offs, gv, mask=mask)
 
 
+@triton.autotune(configs=_configs(), key=["N_BUCKET"])
+@triton.jit
+def _lif_bwd_recompute_kernel(gs_ptr, gs_step, gv_last_ptr, x_ptr, x_step, v0_ptr, gx_ptr, gv0_ptr, N, T,
+                              N_BUCKET, tau, v_th, v_reset, vr, alpha, HAS_GV: tl.constexpr,
+                              HAS_V0: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr,
+                              DETACH: tl.constexpr, SURROGATE: tl.constexpr, BLOCK: tl.constexpr):
+    """_lif_bwd_kernel with h recomputed from x instead of loaded: step T-1-i replays the forward
+    from v0 (T(T+1)/2 forward steps in all, on data the program itself just read, so from cache;
+    the same arithmetic as _lif_fwd_kernel, so the same h bits). HBM traffic: x, grad_spikes and
+    grad_x once each, against another [T, N] write and read of h for the two-kernel version."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    if HAS_GV:
+        gv = tl.load(gv_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        gv = tl.zeros((BLOCK,), tl.float32)
+    for i in range(T):  # reverse time with a forward range: negative-step ranges are fragile
+        last = T - 1 - i
+        if HAS_V0:
+            v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            v = tl.full((BLOCK,), 0.0, tl.float32) + vr
+        h = v
+        for t in range(last + 1):
+            xt = tl.load(x_ptr + tl.cast(t, tl.int64) * x_step + offs, mask=mask, other=0.0).to(tl.float32)
+            if DECAY_INPUT:
+                h = v + tl.math.div_rn(xt - (v - vr), tau)
+            else:
+                h = v - tl.math.div_rn(v - vr, tau) + xt
+            fire = h >= v_th
+            if SOFT:
+                v = tl.where(fire, h - v_th, h)
+            else:
+                v = tl.where(fire, v_reset, h)
+        sg = _surrogate_grad(h - v_th, alpha, SURROGATE)
+        s = tl.where(h >= v_th, 1.0, 0.0)
+        if SOFT:
+            if DETACH:
+                dv_dh = tl.full(h.shape, 1.0, h.dtype)
+            else:
+                dv_dh = 1.0 - v_th * sg
+        else:
+            if DETACH:
+                dv_dh = 1.0 - s
+            else:
+                dv_dh = (1.0 - s) + (vr - h) * sg
+        gs = tl.load(gs_ptr + tl.cast(last, tl.int64) * gs_step + offs, mask=mask, other=0.0).to(tl.float32)
+        gh = gs * sg + gv * dv_dh
+        if DECAY_INPUT:
+            gx = tl.math.div_rn(gh, tau)
+        else:
+            gx = gh
+        tl.store(gx_ptr + tl.cast(last, tl.int64) * N + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        gv = gh - tl.math.div_rn(gh, tau)
+    if HAS_V0:
+        tl.store(gv0_ptr + offs, gv, mask=mask)
+
+
 def _grid(n):
     """ceil(n / BLOCK) programs in grid dimension 0 (limit 2^31 - 1: n up to 2^39 neurons)."""
     return lambda meta: check_grid((triton.cdiv(n, meta["BLOCK"]),), "LIF")
@@ -117,17 +175,17 @@ def lif_fwd(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detac
             surrogate, alpha, save_h):
     """Triton implementation of tna::lif_fwd (same contract as the C++ kernel)."""
     _check(x_seq.dtype, surrogate)
-    x = x_seq.contiguous()
+    x, x_step = _time_rows(x_seq)  # a static input expanded over time is read in place
     T = x.shape[0]
-    n = x.numel() // T
+    n = x_seq[0].numel() if T else 0
     if v0 is None:  # start at the reset value
         v0 = torch.full(x.shape[1:], 0.0 if soft_reset else v_reset, dtype=state_dtype(x.dtype), device=x.device)
-    spikes = torch.empty_like(x)
+    spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     v_last = torch.empty_like(v0, memory_format=torch.contiguous_format)
     h_seq = torch.empty(x.shape if save_h else (0,), dtype=state_dtype(x.dtype), device=x.device)
     if n:
         _lif_fwd_kernel[_grid(n)](
-            x, v0.contiguous(), spikes, v_last, h_seq if save_h else v_last, n, T, bucket(n), float(tau),
+            x, x_step, v0.contiguous(), spikes, v_last, h_seq if save_h else v_last, n, T, bucket(n), float(tau),
             float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset),
             DECAY_INPUT=decay_input, SOFT=soft_reset,
             SAVE_H=save_h)
@@ -157,11 +215,38 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_re
     return grad_x, grad_v0
 
 
+def _time_rows(x):
+    """``x [T, ...]`` as T rows and the element step between rows: a contiguous tensor, or every
+    step contiguous at any step (a static input expanded over time: step 0, read in place, not
+    copied T times). Anything else is copied once."""
+    n = x[0].numel() if x.shape[0] else 0
+    if x.is_contiguous():
+        return x, n
+    if x.shape[0] > 1 and x[0].is_contiguous():
+        return x, x.stride(0)
+    return x.contiguous(), n
+
+
 def lif_bwd_recompute(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input, v_threshold, v_reset,
                       soft_reset, detach_reset, surrogate, alpha):
-    """tna::lif_bwd_recompute on CUDA: the Triton forward writes h_seq, then the Triton backward
-    (unfused; autograd saves h_seq on CUDA, so this path serves direct calls)."""
-    hyper = (tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha)
-    h_seq = lif_fwd(x_seq, v0, *hyper, True)[2]
-    grad_x, grad_v0 = lif_bwd(grad_spikes, grad_v_last, h_seq, *hyper)
-    return grad_x, grad_v0 if v0 is not None else grad_v0.new_empty((0,))
+    """tna::lif_bwd_recompute on CUDA: one kernel that recomputes the membrane from ``x_seq`` in
+    registers (no ``h`` written to memory) and runs the backward through time."""
+    _check(grad_spikes.dtype, surrogate)
+    x, x_step = _time_rows(x_seq)
+    gs, gs_step = _time_rows(grad_spikes)
+    T = x.shape[0]
+    n = x_seq[0].numel() if T else 0
+    grad_x = torch.empty(x_seq.shape, dtype=grad_spikes.dtype, device=x_seq.device)
+    acc = state_dtype(grad_spikes.dtype)
+    grad_v0 = torch.empty(x_seq.shape[1:] if v0 is not None else (0,), dtype=acc, device=x_seq.device)
+    if n and T:
+        gv_last = grad_v_last.contiguous() if grad_v_last is not None else grad_x  # unread when absent
+        v0c = v0.contiguous() if v0 is not None else grad_x  # unread when absent
+        _lif_bwd_recompute_kernel[_grid(n)](
+            gs, gs_step, gv_last, x, x_step, v0c, grad_x, grad_v0, n, T, bucket(n), float(tau),
+            float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset), float(alpha),
+            HAS_GV=grad_v_last is not None, HAS_V0=v0 is not None, DECAY_INPUT=decay_input,
+            SOFT=soft_reset, DETACH=detach_reset, SURROGATE=SURROGATES.index(surrogate))
+    elif v0 is not None:
+        grad_v0.copy_(grad_v_last if grad_v_last is not None else torch.zeros_like(grad_v0))
+    return grad_x, grad_v0
