@@ -23,7 +23,7 @@ DEFAULTS: dict = {
         "val_mode": "random",
         "augment": True,
         "download": False,
-        "options": {},  # dataset-specific (CIFAR10-DVS: frames_number, split_by, size)
+        "options": {},  # dataset-specific (CIFAR10-DVS: frames_number, split_by, size; CIFAR trees: skip_bad_images)
     },
     "model": {
         "name": "vgg",
