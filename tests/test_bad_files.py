@@ -13,6 +13,7 @@ flipped bytes), and a seeded fuzz of checkpoint and packed files. Everything is 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import random
@@ -32,6 +33,8 @@ from tna_kernels.data import (
     read_cifar_batches,
 )
 from tna_kernels.data.dvs import DVS_CLASSES, load_cifar10_dvs, read_aedat_events
+from tna_kernels.models import SpikingVGG
+from tna_kernels.train import CheckpointError, checkpoint, load_model
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -297,3 +300,139 @@ def test_garbage_event_file_in_the_tree_is_named_and_nothing_cached(tmp_path):
     bad.unlink()
     train, test, _ = load_cifar10_dvs(tmp_path / "dvs", frames_number=2, size=16, cache_dir=tmp_path / "c")
     assert len(train) + len(test) == 20
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def tiny_model(seed: int = 0, **kw) -> SpikingVGG:
+    torch.manual_seed(seed)
+    return SpikingVGG("digits", in_channels=1, input_size=8, T=2, **kw)
+
+
+def checkpoint_state(model) -> tuple[dict, dict]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    opt.step()
+    state = {"base": model.state_dict(), "optim": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": 1}
+    return state, {"model_config": model.config, "history": [{"epoch": 1, "train_loss": 0.5}]}
+
+
+def tensors_of(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in tensors_of(v)]
+    if isinstance(obj, list):
+        return [t for v in obj for t in tensors_of(v)]
+    return []
+
+
+def same_state(a, b) -> bool:
+    ta, tb = tensors_of(a), tensors_of(b)
+    return len(ta) == len(tb) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(ta, tb, strict=True))
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    state, meta = checkpoint_state(tiny_model())
+    path = checkpoint.save(folder / "ck", state, meta)
+    return path, state, meta
+
+
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(doc)))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda raw: raw.replace(b'"vgg"', b'"v\xffg"'), "unreadable JSON"),  # invalid UTF-8
+    (lambda raw: raw[: len(raw) // 2], "unreadable JSON"),
+    (lambda raw: b"[1, 2, 3]", "not a tna_kernels checkpoint"),
+    (lambda raw: raw.replace(b"checkpoint/1", b"checkpoint/2"), "checkpoint format 'tna_kernels.checkpoint/2'"),
+])
+def test_damaged_checkpoint_json(tmp_path, saved_checkpoint, edit, match):
+    src, _, _ = saved_checkpoint
+    path = checkpoint.save(tmp_path / "ck", *checkpoint.load(src))
+    path.write_bytes(edit(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=match) as e:
+        checkpoint.load(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: {k: v for k, v in d.items() if k != "state"}, "'state' or 'meta' record"),
+    (lambda d: {**d, "meta": [1]}, "'state' or 'meta' record"),
+    (lambda d: {**d, "state": {**d["state"], "extra": {"__tensor__": "s.nowhere"}}}, "tensor 's.nowhere'"),
+    (lambda d: {**d, "state": {**d["state"], "extra": {"__tensor__": ["s.base"]}}}, "malformed state"),
+    (lambda d: {**d, "state": {**d["state"], "extra": {"__intkeys__": {"x": 1}}}}, "malformed state"),
+    (lambda d: {**d, "state": {**d["state"], "extra": {"__intkeys__": [1]}}}, "malformed state"),
+])
+def test_checkpoint_json_with_bad_structure(tmp_path, saved_checkpoint, edit, match):
+    src, _, _ = saved_checkpoint
+    path = checkpoint.save(tmp_path / "ck", *checkpoint.load(src))
+    _edit_json(path, edit)
+    with pytest.raises(CheckpointError, match=match) as e:
+        checkpoint.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_checkpoint_with_missing_tensors_or_of_another_architecture(tmp_path):
+    model = tiny_model()
+    state, meta = checkpoint_state(model)
+    # Another architecture: the weights of one model with the config of a wider one.
+    wide = tiny_model(width_mult=2.0)
+    path = checkpoint.save(tmp_path / "other", {"base": state["base"]}, {"model_config": wide.config})
+    with pytest.raises(CheckpointError, match=r"other\.json.*do not fit the recorded architecture"):
+        load_model(path)
+    # A consistent pair (checksum and all) whose base model lacks a tensor.
+    base = {k: v for k, v in state["base"].items() if k != "classifier.weight"}
+    path = checkpoint.save(tmp_path / "missing", {"base": base}, meta)
+    with pytest.raises(CheckpointError, match=r"(?s)missing\.json.*classifier\.weight"):
+        load_model(path)
+
+
+class _Boom(Exception):
+    pass
+
+
+def _partial_save_file(tensors, filename, *args, **kwargs):
+    with open(filename, "wb") as f:
+        f.write(b"\x00" * 100)  # half-written, then the writer dies
+    raise _Boom("disk full")
+
+
+@pytest.mark.parametrize("where", ["weights", "json", "replace_json", "interrupt"])
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, saved_checkpoint, monkeypatch, where):
+    src, state, meta = saved_checkpoint
+    path = checkpoint.save(tmp_path / "ck", state, meta)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    new_state, new_meta = checkpoint_state(tiny_model(seed=1))
+    if where == "weights":
+        monkeypatch.setattr(checkpoint, "save_file", _partial_save_file)
+    elif where in ("json", "interrupt"):
+        exc = _Boom("disk full") if where == "json" else KeyboardInterrupt()
+
+        def fail_write_text(self, *a, **k):
+            self.write_bytes(b'{"format": "tna_k')  # a partial temp JSON
+            raise exc
+
+        monkeypatch.setattr(Path, "write_text", fail_write_text)
+    else:
+        real_replace = os.replace
+
+        def replace(a, b):
+            if str(b).endswith(".json"):
+                raise _Boom("rename failed")
+            return real_replace(a, b)
+
+        monkeypatch.setattr(checkpoint.os, "replace", replace)
+    with pytest.raises((_Boom, KeyboardInterrupt)):
+        checkpoint.save(tmp_path / "ck", new_state, new_meta)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files either
+    got, got_meta = checkpoint.load(path)
+    assert same_state(got, state) and got_meta == json.loads(json.dumps(meta))
+    checkpoint.save(tmp_path / "ck", new_state, new_meta)  # and the next save works
+    assert same_state(checkpoint.load(path)[0], new_state)
