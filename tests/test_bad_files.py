@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tna_kernels.data import (
     CorruptFileError,
@@ -34,7 +36,8 @@ from tna_kernels.data import (
 )
 from tna_kernels.data.dvs import DVS_CLASSES, load_cifar10_dvs, read_aedat_events
 from tna_kernels.models import SpikingVGG
-from tna_kernels.train import CheckpointError, checkpoint, load_model
+from tna_kernels.train import CheckpointError, PackedModelError, checkpoint, load_model
+from tna_kernels.train.export import _tensors_sha256, export_packed, load_packed
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -436,3 +439,169 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, saved_check
     assert same_state(got, state) and got_meta == json.loads(json.dumps(meta))
     checkpoint.save(tmp_path / "ck", new_state, new_meta)  # and the next save works
     assert same_state(checkpoint.load(path)[0], new_state)
+
+
+# -------------------------------------------------------------------------------------- packed models
+
+
+@pytest.fixture(scope="module")
+def packed_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("packed")
+    model = tiny_model().eval()
+    export_packed(model, folder / "m.safetensors")
+    shapes = {k: v.shape for k, v in load_packed(folder / "m.safetensors").state_dict().items()}
+    return folder / "m.safetensors", model, shapes
+
+
+def rewrite(src: Path, dst: Path, meta_edit=None, tensors_edit=None, resum: bool = False) -> Path:
+    """A copy of a safetensors file with edited metadata / tensors, written by the real writer;
+    ``resum`` recomputes the checksum so that only the edit itself is wrong."""
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = tensors_edit(tensors) if tensors_edit else tensors
+    meta = meta_edit(meta) if meta_edit else meta
+    if resum:
+        meta["tensors_sha256"] = _tensors_sha256(tensors)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def _drop(key):
+    return lambda t: {k: v for k, v in t.items() if k != key}
+
+
+def _config(**kw):
+    return lambda m: {**m, "model_config": json.dumps({**json.loads(m["model_config"]), **kw})}
+
+
+@pytest.mark.parametrize("meta_edit,tensors_edit,resum,match", [
+    (lambda m: {**m, "format": "tna_kernels.packed_model/2"}, None, False,
+     "packed-model format 'tna_kernels.packed_model/2'"),
+    (lambda m: {**m, "format": "something.else/1"}, None, False, "not a tna_kernels packed model"),
+    (lambda m: {**m, "ternary_format_version": "2"}, None, False, "packed format v2; this build reads v1"),
+    (lambda m: {k: v for k, v in m.items() if k != "ternary_format_version"}, None, False, "packed format vNone"),
+    (_config(width_mult=2.0), None, False, "do not fit the recorded architecture"),
+    (_config(arch="nope"), None, False, "architecture this build cannot build"),
+    (_config(bogus=1), None, False, "architecture this build cannot build"),
+    (lambda m: {**m, "model_config": "{oops"}, None, False, "no readable model_config"),
+    (lambda m: {**m, "packed_layers": json.dumps({"features.9": {"K": 1, "shape": [1]}})}, None, False,
+     "'features.9' is not a ternary layer"),
+    (lambda m: {**m, "packed_layers": json.dumps({"classifier": {"K": 3, "shape": [10, 3]}})}, None, False,
+     "packed layer records are damaged"),
+    (None, _drop("features.2.bn.bias"), True, r"(?s)missing tensors.*features\.2\.bn\.bias"),
+    (None, _drop("classifier.words"), True, "lacks the packed tensor or record 'classifier.words'"),
+    (None, lambda t: {**t, "classifier.scale": t["classifier.scale"] * 2}, False, "do not match the file's checksum"),
+])
+def test_damaged_packed_model(tmp_path, packed_file, meta_edit, tensors_edit, resum, match):
+    dst = rewrite(packed_file[0], tmp_path / "bad.safetensors", meta_edit, tensors_edit, resum)
+    with pytest.raises(PackedModelError, match=match) as e:
+        load_packed(dst)
+    assert str(dst) in str(e.value)
+
+
+def test_packed_file_that_is_not_safetensors(tmp_path):
+    for name, content in {"empty": b"", "text": b"hello", "pickle": pickle.dumps({"a": 1}),
+                          "huge_header": (2**62).to_bytes(8, "little") + b"{}"}.items():
+        f = tmp_path / f"{name}.safetensors"
+        f.write_bytes(content)
+        with pytest.raises(PackedModelError, match=rf"{name}\.safetensors is not a readable safetensors file"):
+            load_packed(f)
+    with pytest.raises(FileNotFoundError):
+        load_packed(tmp_path / "absent.safetensors")
+
+
+def test_legacy_packed_file_without_checksum_checks_the_words(tmp_path, packed_file):
+    """Files exported before the checksum load unverified; words with a bit in both planes are still
+    refused (by the packed-format check), with the file named."""
+    src, model, _ = packed_file
+    legacy = rewrite(src, tmp_path / "legacy.safetensors", lambda m: {k: v for k, v in m.items()
+                                                                     if k != "tensors_sha256"})
+    restored = load_packed(legacy)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), model(x))
+
+    def both_planes(t):
+        w = t["classifier.words"].clone()
+        w[0, :, 0] |= 1  # weight 0 of row 0 set in both the P and the N plane
+        return {**t, "classifier.words": w}
+
+    bad = rewrite(legacy, tmp_path / "bad.safetensors", tensors_edit=both_planes)
+    with pytest.raises(PackedModelError, match=r"bad\.safetensors.*classifier"):
+        load_packed(bad)
+
+
+# ------------------------------------------------------------------------------------------- fuzzing
+
+
+def _header_end(raw: bytes) -> int:
+    return 8 + int.from_bytes(raw[:8], "little")
+
+
+def test_fuzzed_checkpoints_and_packed_models_give_only_clean_errors(tmp_path, saved_checkpoint, packed_file):
+    """~400 seeded mutations of a checkpoint's JSON and tensor file and of a packed model (with and
+    without its checksum), in the headers and in the tensor data. Only the library's errors are
+    accepted; a load that succeeds must give tensors of the shapes that were saved; a damaged
+    checksummed tensor file must never load."""
+    rng = random.Random(2024)
+    src_json, state, _ = saved_checkpoint
+    ck_json = checkpoint.save(tmp_path / "ck", state, checkpoint.load(src_json)[1])
+    ck_weights = ck_json.with_suffix(".safetensors")
+    saved_shapes = sorted(tuple(t.shape) for t in tensors_of(state))
+    src_packed, _, packed_shapes = packed_file
+    packed = rewrite(src_packed, tmp_path / "p.safetensors")
+    legacy = rewrite(src_packed, tmp_path / "legacy.safetensors",
+                     lambda m: {k: v for k, v in m.items() if k != "tensors_sha256"})
+
+    def check_checkpoint(region):
+        try:
+            got, _ = checkpoint.load(ck_json)
+        except CheckpointError:
+            return "error"
+        assert region == "json", "a damaged tensor file loaded"
+        for t in tensors_of(got):  # the JSON may re-route keys, but the tensors are the saved ones
+            assert tuple(t.shape) in saved_shapes
+        return "ok"
+
+    def check_packed(path, checksummed):
+        def run(region):
+            try:
+                model = load_packed(path)
+            except PackedModelError as exc:
+                assert str(path) in str(exc)
+                return "error"
+            assert not (checksummed and region == "data"), "a damaged checksummed packed model loaded"
+            assert {k: v.shape for k, v in model.state_dict().items()} == packed_shapes
+            return "ok"
+        return run
+
+    targets = [
+        (ck_json, lambda raw: (0, len(raw)), "json", check_checkpoint, 80),
+        (ck_weights, lambda raw: (0, _header_end(raw)), "header", check_checkpoint, 30),
+        (ck_weights, lambda raw: (_header_end(raw), len(raw)), "data", check_checkpoint, 30),
+        (packed, lambda raw: (0, _header_end(raw)), "header", check_packed(packed, True), 80),
+        (packed, lambda raw: (_header_end(raw), len(raw)), "data", check_packed(packed, True), 60),
+        (legacy, lambda raw: (0, _header_end(raw)), "header", check_packed(legacy, False), 60),
+        (legacy, lambda raw: (_header_end(raw), len(raw)), "data", check_packed(legacy, False), 60),
+    ]
+    outcomes = {}
+    for path, region_of, region, check, n in targets:
+        raw = path.read_bytes()
+        lo, hi = region_of(raw)
+        for i in range(n):
+            damaged = mutate(raw, rng, lo, hi)
+            if damaged == raw:
+                continue
+            path.write_bytes(damaged)
+            try:
+                result = check(region)
+            except (CheckpointError, PackedModelError):
+                raise
+            except BaseException as exc:
+                pytest.fail(f"{path.name} {region} mutation {i}: {type(exc).__name__}: {exc}")
+            outcomes.setdefault((path.name, region), []).append(result)
+        path.write_bytes(raw)
+    assert sum(len(v) for v in outcomes.values()) >= 380
+    for key, results in outcomes.items():
+        assert "error" in results, key  # every region's mutations were caught at least sometimes
