@@ -23,7 +23,7 @@ PYTEST_OK = rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "$(TRITON_SPEC)" numpy "setuptools>=64" wheel "pybind11>=2.12" pytest pytest-benchmark expecttest scikit-learn pillow pyyaml safetensors matplotlib tqdm nir
+	$(PIP) install -q "$(TRITON_SPEC)" numpy "setuptools>=64" wheel "pybind11>=2.12" pytest pytest-benchmark hypothesis expecttest scikit-learn pillow pyyaml safetensors matplotlib tqdm nir
 	touch $@
 
 # An editable install: the native core builds without torch (no build isolation needed, but the

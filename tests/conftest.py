@@ -8,6 +8,19 @@ from tna_kernels._utils import triton_test_device
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+try:  # property-based tests (tests/test_properties.py); hypothesis is a dev dependency
+    from hypothesis import HealthCheck, settings
+except ImportError:
+    pass
+else:
+    # "tna" (default): few examples, derandomized (the same examples on every run and machine), no
+    # example database written into the tree. HYPOTHESIS_PROFILE=thorough: many random examples.
+    settings.register_profile("tna", max_examples=25, deadline=None, derandomize=True, database=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("thorough", max_examples=1000, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tna"))
+
 
 def pytest_collection_modifyitems(config, items):
     """Triton tests need a GPU or the interpreter (a separate lane: TRITON_INTERPRET=1 must be set

@@ -198,9 +198,9 @@ def test_planted_pickle_is_refused_and_never_executed(tmp_path):
     (tmp_path / "ckpt.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         checkpoint.load(tmp_path / "ckpt.json")
-    from safetensors import SafetensorError
+    from tna_kernels.train import PackedModelError
 
-    with pytest.raises(SafetensorError):
+    with pytest.raises(PackedModelError, match="ckpt.safetensors is not a readable safetensors file"):
         load_packed(weights)
     assert not marker.exists()
 

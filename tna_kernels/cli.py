@@ -183,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    from .data import DatasetNotFoundError
+    from .data import CorruptFileError, DatasetNotFoundError
     from .train import CheckpointError, ConfigError, TrainingError
 
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, TrainingError, DatasetNotFoundError) as exc:
+    except (ConfigError, CheckpointError, TrainingError, DatasetNotFoundError, CorruptFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

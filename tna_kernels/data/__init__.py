@@ -28,6 +28,7 @@ from .cifar import (
 from .core import (
     ArrayDataset,
     BatchLoader,
+    CorruptFileError,
     DatasetNotFoundError,
     DataSplits,
     default_cache_dir,
@@ -51,6 +52,7 @@ __all__ = [
     "split_per_class",
     "default_cache_dir",
     "DatasetNotFoundError",
+    "CorruptFileError",
     "CorruptImageError",
     "CIFAR10_CLASSES",
     "read_cifar_batches",
@@ -106,6 +108,7 @@ def get_dataset(
     padding: int | None = None,
     flip: bool | None = None,
     workers: int | None = None,
+    skip_bad_images: bool = False,
     **opts,
 ) -> DataSplits:
     """Load dataset ``name`` and return its splits, statistics and batch transforms.
@@ -126,6 +129,12 @@ def get_dataset(
         are not mirror-symmetric), CIFAR10-DVS flip + translation by up to 1/16 of the side
         (8 px at 128, 3 at 48).
     workers: decoding threads (default: CPU count).
+    skip_bad_images: CIFAR ImageFolder trees only: leave out image files that cannot be decoded
+        (truncated, corrupted, another size) instead of raising :class:`CorruptImageError`; a
+        warning names them, ``info["skipped_images"]`` counts them and ``info["skipped_files"]``
+        lists them (relative to ``root``). A damaged python-batches or CIFAR10-DVS file is always
+        an error (:class:`CorruptFileError`, naming the file). In a training config:
+        ``data.options.skip_bad_images=true``.
     opts: CIFAR10-DVS only: ``frames_number`` (10), ``split_by`` ("number" | "time"), ``size``
         (128, or e.g. 48 to downsample), ``split`` ("first" | "tebn"); see :func:`load_cifar10_dvs`.
     """
@@ -159,15 +168,20 @@ def get_dataset(
             train, test = read_cifar_batches(where, key)
             info.update(source=str(where), format="python-batches")
         else:
-            train, info = load_image_folder(where / "train", cache_dir, workers)
+            train, info = load_image_folder(where / "train", cache_dir, workers, skip_bad_images=skip_bad_images)
+            if skip_bad_images:
+                info["skipped_files"] = [os.path.join("train", f) for f in info["skipped_files"]]
             test = None
             if (where / "test").is_dir():
-                test, tinfo = load_image_folder(where / "test", cache_dir, workers)
+                test, tinfo = load_image_folder(where / "test", cache_dir, workers, skip_bad_images=skip_bad_images)
                 if test.classes != train.classes:
                     raise ValueError(
                         f"{where}/test has classes {test.classes}, but train has {train.classes}"
                     )
                 info["test_cache"] = tinfo["cache"]
+                if skip_bad_images:
+                    info["skipped_images"] += tinfo["skipped_images"]
+                    info["skipped_files"] += [os.path.join("test", f) for f in tinfo["skipped_files"]]
         n_expected = 10 if key == "cifar10" else 100
         if len(train.classes) != n_expected:
             raise ValueError(

@@ -21,6 +21,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 
 from .core import (
     ArrayDataset,
+    CorruptFileError,
     DatasetNotFoundError,
     cache_load,
     cache_paths,
@@ -66,7 +68,7 @@ CIFAR_URLS = {
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(CorruptFileError):
     """An image file could not be decoded, or has the wrong size; the message names the file."""
 
 
@@ -93,13 +95,17 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
+    with open(path, "rb") as f:  # an unreadable file is an OSError naming it
+        try:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is not a readable CIFAR python batch file: {exc}") from exc
+        except Exception as exc:
+            # A damaged pickle can fail in many ways (UnpicklingError, EOFError, MemoryError on a
+            # huge length field, LookupError from a bad codec name, numpy's ValueError/TypeError...).
+            raise CorruptFileError(
+                f"{path} is not a readable CIFAR python batch file: {type(exc).__name__}: {exc}"
+            ) from exc
     if not isinstance(obj, dict):
-        raise ValueError(
+        raise CorruptFileError(
             f"{path} is not a CIFAR python batch file (holds a {type(obj).__name__}, not a dict)"
         )
     # Python 2 pickles give bytes keys; files re-pickled under Python 3 give str keys.
@@ -109,11 +115,22 @@ def _unpickle(path: Path) -> dict:
 def _batch_arrays(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     d = _unpickle(path)
     if "data" not in d or label_key not in d:
-        raise ValueError(f"{path} lacks the 'data' or {label_key!r} entry of a CIFAR batch (has {sorted(d)})")
-    data = np.asarray(d["data"], dtype=np.uint8)
-    labels = np.asarray(d[label_key], dtype=np.int64)
+        raise CorruptFileError(
+            f"{path} lacks the 'data' or {label_key!r} entry of a CIFAR batch (has {sorted(map(str, d))})"
+        )
+    try:
+        data = np.asarray(d["data"])
+        labels = np.asarray(d[label_key], dtype=np.int64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise CorruptFileError(f"{path}: the batch's data or labels are not arrays of numbers: {exc}") from exc
+    if data.dtype != np.uint8:  # the official files hold uint8; accept other integers in range
+        if not np.issubdtype(data.dtype, np.integer) or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise CorruptFileError(f"{path}: the batch's data must be pixel values 0..255, got {data.dtype} data")
+        data = data.astype(np.uint8)
+    if labels.ndim != 1:
+        raise CorruptFileError(f"{path}: the labels must be a flat list, got shape {labels.shape}")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: expected data [N, 3072] and N labels, got data {data.shape} and "
             f"{labels.shape[0]} labels"
         )
@@ -124,8 +141,14 @@ def _batch_arrays(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
 def _names(path: Path, key: str) -> list[str]:
     d = _unpickle(path)
     if key not in d:
-        raise ValueError(f"{path} lacks the {key!r} entry of a CIFAR meta file (has {sorted(d)})")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in d[key]]
+        raise CorruptFileError(f"{path} lacks the {key!r} entry of a CIFAR meta file (has {sorted(map(str, d))})")
+    names = d[key]
+    if not isinstance(names, (list, tuple)):
+        raise CorruptFileError(f"{path}: {key!r} is a {type(names).__name__}, not a list of class names")
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{path}: a class name in {key!r} is not UTF-8: {exc}") from exc
 
 
 def read_cifar_batches(folder: str | Path, name: str) -> tuple[ArrayDataset, ArrayDataset]:
@@ -159,15 +182,17 @@ def read_cifar_batches(folder: str | Path, name: str) -> tuple[ArrayDataset, Arr
             f"{folder} is not a complete {name} python-batches folder: missing {missing}"
         )
     classes = _names(meta_file, names_key)
-    parts = [_batch_arrays(p, label_key) for p in train_files]
+    parts = []
+    for p in [*train_files, test_file]:
+        x, y = _batch_arrays(p, label_key)
+        if y.size and (y.min() < 0 or y.max() >= len(classes)):
+            raise CorruptFileError(
+                f"{p}: labels outside [0, {len(classes)}) for the {len(classes)} classes of {meta_file.name}"
+            )
+        parts.append((x, y))
+    (test_x, test_y), parts = parts[-1], parts[:-1]
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
-    test_x, test_y = _batch_arrays(test_file, label_key)
-    for split, y in (("train", train_y), ("test", test_y)):
-        if y.size and (y.min() < 0 or y.max() >= len(classes)):
-            raise ValueError(
-                f"{folder}: {split} labels outside [0, {len(classes)}) for the {len(classes)} classes"
-            )
     return (
         ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y), classes),
         ArrayDataset(torch.from_numpy(test_x), torch.from_numpy(test_y), classes),
@@ -223,6 +248,7 @@ def load_image_folder(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     use_cache: bool = True,
+    skip_bad_images: bool = False,
 ) -> tuple[ArrayDataset, dict]:
     """Decode ``folder/<class>/*.png|jpg|jpeg`` into a uint8 ``[N, 3, H, W]`` dataset, via the cache.
 
@@ -231,42 +257,95 @@ def load_image_folder(
     ``workers`` threads decode in parallel (Pillow releases the GIL while decoding); default: the
     CPU count. Returns ``(dataset, info)`` where ``info["cache"]`` is "hit" or "miss" and
     ``info["cache_files"]`` lists the entry's files.
+
+    A file that cannot be decoded (truncated, corrupted) or has another size raises
+    :class:`CorruptImageError` naming it. With ``skip_bad_images=True`` such files are left out
+    instead: a warning names the first few, ``info["skipped_images"]`` counts them and
+    ``info["skipped_files"]`` lists them (also on a cache hit; entries built with and without
+    skipping are separate, so a strict load never reads a cache that left files out).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetNotFoundError(f"image folder {folder} does not exist")
     classes, files, labels = _list_image_folder(folder)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    stem = "imagefolder-" + source_key(files, folder, extra={"layout": "uint8-nchw-rgb", "classes": classes})
+    extra = {"layout": "uint8-nchw-rgb", "classes": classes}
+    if skip_bad_images:
+        extra["skip_bad_images"] = True  # only then, so existing cache keys stay as they were
+    stem = "imagefolder-" + source_key(files, folder, extra=extra)
     info = {"source": str(folder), "format": "imagefolder", "cache_files": None}
+    if skip_bad_images:
+        info.update(skipped_images=0, skipped_files=[])
     if use_cache:
         hit = cache_load(cache_dir, stem)
         if hit is not None and hit[2].get("classes") == classes:
-            data, targets, _ = hit
+            data, targets, meta = hit
             info.update(cache="hit", cache_files=[str(p) for p in _entry_files(cache_dir, stem)])
+            if skip_bad_images:
+                _report_skipped(folder, meta.get("skipped_files", []), info)
             return ArrayDataset(torch.from_numpy(data), torch.from_numpy(targets), classes), info
 
-    first = _decode(files[0], None)
+    bad: dict[int, str] = {}  # index -> reason, when skipping
+    first_i = 0
+    while True:  # the first decodable image sets the size
+        try:
+            first = _decode(files[first_i], None)
+            break
+        except CorruptImageError as exc:
+            if not skip_bad_images:
+                raise
+            bad[first_i] = str(exc)
+            first_i += 1
+            if first_i == len(files):
+                raise CorruptImageError(f"none of the {len(files)} image files under {folder} can be decoded; "
+                                        f"the first: {bad[0]}") from exc
     size = first.shape[:2]
     out = np.empty((len(files), 3, *size), dtype=np.uint8)
-    out[0] = first.transpose(2, 0, 1)
+    out[first_i] = first.transpose(2, 0, 1)
 
     def work(i: int) -> None:
-        out[i] = _decode(files[i], size).transpose(2, 0, 1)
+        try:
+            out[i] = _decode(files[i], size).transpose(2, 0, 1)
+        except CorruptImageError as exc:
+            if not skip_bad_images:
+                raise
+            bad[i] = str(exc)  # distinct keys from each thread: safe without a lock
 
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         try:
             # list() re-raises the first worker exception (a CorruptImageError naming the file).
-            list(pool.map(work, range(1, len(files))))
+            list(pool.map(work, range(first_i + 1, len(files))))
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # don't decode the rest of a broken folder
             raise
+    skipped = []
+    if bad:
+        keep = np.setdiff1d(np.arange(len(files)), np.fromiter(bad, np.int64))
+        out, labels = out[keep], labels[keep]
+        skipped = [os.path.relpath(files[i], folder) for i in sorted(bad)]
     info["cache"] = "miss"
+    if skip_bad_images:
+        _report_skipped(folder, skipped, info, [bad[i] for i in sorted(bad)])
     if use_cache:
-        if cache_store(cache_dir, stem, out, labels, {"source": str(folder.resolve()), "classes": classes}):
+        meta = {"source": str(folder.resolve()), "classes": classes}
+        if skip_bad_images:
+            meta["skipped_files"] = skipped
+        if cache_store(cache_dir, stem, out, labels, meta):
             info["cache_files"] = [str(p) for p in _entry_files(cache_dir, stem)]
     return ArrayDataset(torch.from_numpy(out), torch.from_numpy(labels), classes), info
+
+
+def _report_skipped(folder: Path, skipped: list[str], info: dict, reasons: list[str] | None = None) -> None:
+    info.update(skipped_images=len(skipped), skipped_files=list(skipped))
+    if skipped:
+        shown = reasons if reasons else [str(folder / f) for f in skipped]
+        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable image file(s) under {folder} (skip_bad_images=True): "
+            + "; ".join(shown[:3]) + more,
+            stacklevel=3,
+        )
 
 
 def _entry_files(cache_dir: Path, stem: str) -> list[Path]:

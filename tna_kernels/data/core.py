@@ -28,11 +28,17 @@ __all__ = [
     "default_cache_dir",
     "split_per_class",
     "DatasetNotFoundError",
+    "CorruptFileError",
 ]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not where they were looked for; the message says where to put them."""
+
+
+class CorruptFileError(ValueError):
+    """A data file that is there but cannot be read: truncated, corrupted or not in the expected
+    format. The message names the file."""
 
 
 @dataclass

@@ -44,7 +44,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import ArrayDataset, DatasetNotFoundError, cache_load, cache_store, default_cache_dir, source_key
+from .core import (
+    ArrayDataset,
+    CorruptFileError,
+    DatasetNotFoundError,
+    cache_load,
+    cache_store,
+    default_cache_dir,
+    source_key,
+)
 
 __all__ = [
     "DVS_CLASSES",
@@ -75,13 +83,13 @@ DVS_URLS = {
 }
 
 
-def _header_length(raw: bytes) -> int:
-    """Bytes taken by the leading ``#`` header lines."""
+def _header_length(raw: bytes) -> int | None:
+    """Bytes taken by the leading ``#`` header lines; None when the last header line never ends."""
     pos = 0
     while pos < len(raw) and raw[pos : pos + 1] == b"#":
         nl = raw.find(b"\n", pos)
         if nl < 0:
-            return len(raw)
+            return None
         pos = nl + 1
     return pos
 
@@ -89,18 +97,31 @@ def _header_length(raw: bytes) -> int:
 def read_aedat_events(path: str | Path) -> dict[str, np.ndarray]:
     """Events of one CIFAR10-DVS file as ``{"t", "x", "y", "p"}`` int64 arrays (see the module docstring).
 
-    Also reads SpikingJelly's converted ``.npz`` files (keys t, x, y, p, already in these coordinates).
-    Raises ValueError naming the file when the payload is not whole (address, timestamp) pairs.
+    Also reads SpikingJelly's converted ``.npz`` files (keys t, x, y, p, already in these coordinates;
+    never unpickled). Raises :class:`CorruptFileError` (a ValueError) naming the file when the payload
+    is not whole (address, timestamp) pairs, a header line never ends, an ``.npz`` is damaged or
+    lacks a key, or an event lies outside the sensor.
     """
     path = Path(path)
     if path.suffix == ".npz":
-        with np.load(path) as z:
-            ev = {k: np.asarray(z[k]).astype(np.int64) for k in ("t", "x", "y", "p")}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                ev = {k: np.asarray(z[k]).astype(np.int64) for k in ("t", "x", "y", "p")}
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise  # the file cannot be opened: the message names it
+        except Exception as exc:  # zipfile.BadZipFile, KeyError, ValueError (pickled data, bad header), ...
+            raise CorruptFileError(f"{path} is not a readable event .npz file (keys t, x, y, p): "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        if any(v.ndim != 1 for v in ev.values()):
+            raise CorruptFileError(f"{path}: event fields must be 1-D, got shapes {[v.shape for v in ev.values()]}")
     else:
         raw = path.read_bytes()
-        body = raw[_header_length(raw) :]
+        head = _header_length(raw)
+        if head is None:
+            raise CorruptFileError(f"{path}: the '#' header's last line never ends (no newline): damaged file")
+        body = raw[head:]
         if len(body) % 8:
-            raise ValueError(
+            raise CorruptFileError(
                 f"{path}: event payload of {len(body)} bytes is not a whole number of 8-byte "
                 "(address, timestamp) pairs"
             )
@@ -114,7 +135,7 @@ def read_aedat_events(path: str | Path) -> dict[str, np.ndarray]:
         }
     n = {k: v.shape for k, v in ev.items()}
     if len(set(n.values())) != 1:
-        raise ValueError(f"{path}: event fields have different lengths {n}")
+        raise CorruptFileError(f"{path}: event fields have different lengths {n}")
     bad = (
         (ev["x"] < 0)
         | (ev["x"] >= SENSOR_SIZE)
@@ -124,7 +145,7 @@ def read_aedat_events(path: str | Path) -> dict[str, np.ndarray]:
         | (ev["p"] > 1)
     )
     if bad.any():
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: {int(bad.sum())} events outside the 128x128 sensor or with polarity not 0/1"
         )
     return ev

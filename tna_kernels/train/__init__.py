@@ -3,7 +3,8 @@ Depends on the kernel layers; they never import it."""
 
 from .checkpoint import CheckpointError
 from .config import DEFAULTS, ConfigError, load_config
+from .export import PackedModelError
 from .trainer import Trainer, TrainingError, load_model
 
 __all__ = ["Trainer", "TrainingError", "load_config", "ConfigError", "DEFAULTS", "CheckpointError",
-           "load_model"]
+           "PackedModelError", "load_model"]

@@ -64,7 +64,12 @@ def _sha256(path: Path) -> str:
 
 def save(path: str | Path, state: dict, meta: dict | None = None) -> Path:
     """Writes ``state`` (nested dicts/lists of tensors and JSON values) to ``path`` (``.json`` +
-    ``.safetensors``) atomically. Returns the JSON path."""
+    ``.safetensors``) atomically. Returns the JSON path.
+
+    Both files are written under temporary names first; a failure before they are moved into
+    place (a full disk, an exception while serialising) leaves an existing checkpoint at ``path``
+    untouched and no temporary files behind. The previous weights are kept (hard link) until the
+    new JSON is in place, and put back if that last move fails."""
     path = Path(path).with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict = {}
@@ -72,12 +77,34 @@ def save(path: str | Path, state: dict, meta: dict | None = None) -> Path:
     weights = path.with_suffix(".safetensors")
     tmp_w = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
     tmp_j = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp_w))
-    doc = {"format": FORMAT, "tensors_sha256": _sha256(tmp_w), "meta": meta or {}, "state": rest}
-    tmp_j.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp_w, weights)
-    os.replace(tmp_j, path)
+    old_w = weights.with_name(f".{weights.name}.{os.getpid()}.old")
+    try:
+        save_file(tensors, str(tmp_w))
+        doc = {"format": FORMAT, "tensors_sha256": _sha256(tmp_w), "meta": meta or {}, "state": rest}
+        tmp_j.write_text(json.dumps(doc, indent=1))
+        kept = _link(weights, old_w)
+        os.replace(tmp_w, weights)
+        try:
+            os.replace(tmp_j, path)
+        except BaseException:
+            if kept:  # the old JSON is still in place: give it back its weights
+                os.replace(old_w, weights)
+            raise
+    finally:
+        for p in (tmp_w, tmp_j, old_w):
+            p.unlink(missing_ok=True)
     return path
+
+
+def _link(src: Path, dst: Path) -> bool:
+    """Hard-links ``src`` to ``dst`` (replacing ``dst``); False when ``src`` does not exist or the
+    file system has no hard links."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        return False
+    return True
 
 
 def load(path: str | Path) -> tuple[dict, dict]:
@@ -88,15 +115,26 @@ def load(path: str | Path) -> tuple[dict, dict]:
     if not path.is_file() or not weights.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete or missing (needs {path.name} and {weights.name})")
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON (JSONDecodeError) or bad UTF-8
         raise CheckpointError(f"checkpoint {path} has an unreadable JSON file: {exc}") from exc
-    if doc.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a tna_kernels checkpoint (format {doc.get('format')!r})")
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith(FORMAT.rsplit("/", 1)[0] + "/"):
+            raise CheckpointError(f"{path} is in checkpoint format {fmt!r}; this build reads {FORMAT!r}")
+        raise CheckpointError(f"{path} is not a tna_kernels checkpoint (format {fmt!r})")
+    if not isinstance(doc.get("state"), dict) or not isinstance(doc.get("meta", {}), dict):
+        raise CheckpointError(f"{path} is damaged: its 'state' or 'meta' record is missing or not a mapping")
     if _sha256(weights) != doc.get("tensors_sha256"):
         raise CheckpointError(f"{weights} does not match the checksum in {path.name}: truncated or corrupted")
     try:
         tensors = load_file(str(weights))  # safetensors: a header + raw bytes, never executes code
     except Exception as exc:  # safetensors raises its own error type for malformed files
         raise CheckpointError(f"{weights} is not a valid safetensors file: {exc}") from exc
-    return join_tensors(doc["state"], tensors), doc.get("meta", {})
+    try:
+        state = join_tensors(doc["state"], tensors)
+    except KeyError as exc:
+        raise CheckpointError(f"{path} refers to tensor {exc} that {weights.name} does not hold") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is damaged: malformed state record ({exc})") from exc
+    return state, doc.get("meta", {})

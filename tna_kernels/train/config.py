@@ -26,7 +26,7 @@ DEFAULTS: dict = {
         # dataset takes at most 4 GiB there (CIFAR-10: 150 MB), else on the CPU (each batch copied over)
         "on_device": "auto",
         "download": False,
-        "options": {},  # dataset-specific (CIFAR10-DVS: frames_number, split_by, size)
+        "options": {},  # dataset-specific (CIFAR10-DVS: frames_number, split_by, size; CIFAR trees: skip_bad_images)
     },
     "model": {
         "name": "vgg",
