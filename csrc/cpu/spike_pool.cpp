@@ -153,6 +153,9 @@ void unpool_plane(const uint64_t* words, int64_t base, const scalar_t* gy, scala
     for (int64_t ow = 0; ow < OW; ++ow) {
       int64_t w0, w1;
       window(ow * g.sw - g.pw, g.kw, g.dw, W, w0, w1);
+      // A window that lies wholly in the padding (possible with dilation) covers no input: no
+      // gradient to route (its "first element" would be past the plane).
+      if (h0 >= h1 || w0 >= w1) continue;
       int64_t arg = h0 * W + w0;  // no spike in the window: its first element
       bool found = false;
       for (int64_t h = h0; h < h1 && !found; h += g.dh) {
