@@ -78,6 +78,8 @@ def test_record_status_from_exit_code_and_step_output(tmp_path):
     assert got["build"]["status"] == "failed"
     got = _record(tmp_path, step="tests", rc=124, seconds=3)
     assert got["tests"]["status"] == "timeout"
+    got = _record(tmp_path, step="tests", rc=3, seconds=3)  # some files out of time, none failed
+    assert got["tests"]["status"] == "partial"
     got = _record(tmp_path, step="lif", rc=0, seconds=3)
     assert got["lif"]["status"] == "partial" and got["lif"]["note"] == "n"
     got = _record(tmp_path, step="twin", rc=137, seconds=3)
