@@ -54,6 +54,7 @@ T0=$(date +%s)
 DEADLINE=$((T0 + BUDGET))
 FINAL=10          # seconds kept for the summary
 exec > >(tee -a "$OUT/run.log") 2>&1
+TEE_PID=$!
 echo "gpu_check.sh $* : out $OUT, work $WORK, budget ${BUDGET}s, python $PYTHON, $(date -u +%FT%TZ)"
 
 # Time-box floors (s): a step whose share of the budget would fall below its floor is skipped.
@@ -187,5 +188,9 @@ STRICT=()
 $PYTHON "${BENCH[@]}" summarize --out "$OUT" "${DRYFLAG[@]}" "${STRICT[@]}"
 sum_rc=$?
 echo "wall $(( $(date +%s) - T0 ))s; build rc=$build_rc, tests rc=$test_rc, output check rc=$sum_rc"
-if [ $DRY = 1 ] && [ $build_rc = 0 ] && [ $test_rc = 0 ] && [ $sum_rc = 0 ]; then rm -rf "$WORK"; fi
-[ $build_rc = 0 ] && [ $test_rc = 0 ] && [ $sum_rc = 0 ]
+rc=0
+[ $build_rc = 0 ] && [ $test_rc = 0 ] && [ $sum_rc = 0 ] || rc=1
+[ $DRY = 1 ] && [ $rc = 0 ] && rm -rf "$WORK"
+exec >&- 2>&-          # let tee write the last lines of run.log before the script returns
+wait "$TEE_PID" 2>/dev/null
+exit $rc
