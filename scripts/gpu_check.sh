@@ -69,6 +69,7 @@ record() {  # record STEP RC SECONDS TIMEOUT [extra args for gpu_bench.py record
 
 # step NAME CAP FLOOR RESERVE LOG -- command...: runs the command with a time box of
 # min(CAP, time left - RESERVE) (RESERVE: the floors of the steps after it), output to LOG too.
+# Returns the command's exit status, or 99 when the time box would fall below FLOOR (skipped).
 step() {
   local name=$1 cap=$2 floor=$3 reserve=$4 log=$5; shift 6
   local now left t rc s0 secs
@@ -78,7 +79,7 @@ step() {
   if (( t < floor )); then
     echo "== $name: skipped (${left}s left for it, needs ${floor}s)"
     record "$name" 0 0 0 --skip --note "skipped: ${left}s of the ${BUDGET}s budget left for it, its floor is ${floor}s"
-    return 0
+    return 99
   fi
   echo "== $name (time box ${t}s; $((now - T0))s elapsed)"
   s0=$(date +%s.%N)
@@ -133,7 +134,8 @@ build_native() {
   else
     $PYTHON "$BENCH_PY" env
     local s0=$SECONDS
-    $PYTHON setup.py -q build_ext --inplace || { echo "BUILD FAILED"; return 1; }
+    $PYTHON setup.py -q build_ext --inplace || {
+      echo "BUILD FAILED"; echo "build failed: setup.py build_ext, see env_build.log" > "$WORK/notes/build.txt"; return 1; }
     echo "built in $((SECONDS - s0)) s with MAX_JOBS=$MAX_JOBS" | tee "$WORK/notes/build.txt"
     $PYTHON -m tna_kernels.info || return 1
   fi
@@ -159,8 +161,10 @@ build_rc=$?
 
 test_rc=0
 if [ $build_rc != 0 ]; then
-  echo "== build failed: the remaining steps need the native core; stopping"
-  for s in tests launch lif ternary twin train_step training; do record "$s" 0 0 0 --skip --note "skipped: the build failed"; done
+  echo "== build failed or did not run: the remaining steps need the native core; stopping"
+  for s in tests launch lif ternary twin train_step training; do
+    record "$s" 0 0 0 --skip --note "skipped: no native core (build rc $build_rc)"
+  done
 else
   if [ $DRY = 1 ]; then  # a small subset: the interpreter lanes of make test run them all
     TESTS=(tests/test_twin_loss.py -k "test_triton_matches_cpu_kernel and 0-10" --jobs 1)
@@ -171,7 +175,7 @@ else
   test_rc=$?
   # 3: some files ran out of time but none failed; 124/137: the whole step was stopped (its own
   # per-file time-outs should come first). Neither is a test failure.
-  case $test_rc in 3|124|137) test_rc=0 ;; esac
+  case $test_rc in 3|99|124|137) test_rc=0 ;; esac   # 99: skipped, no time left
   step launch 45 "$F_LAUNCH" "$R_LIF" /dev/null -- $PYTHON "${BENCH[@]}" launch "${DRYFLAG[@]}"
   step lif 75 "$F_LIF" "$R_TERN" /dev/null -- $PYTHON "${BENCH[@]}" lif "${DRYFLAG[@]}"
   step ternary 90 "$F_TERN" "$R_TWIN" /dev/null -- $PYTHON "${BENCH[@]}" ternary "${DRYFLAG[@]}"
