@@ -41,6 +41,7 @@ else
   OUT=${GPU_CHECK_OUT:-${OUT:-gpu_results}}
   BUDGET=${GPU_CHECK_BUDGET:-480}
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
+  unset TRITON_INTERPRET             # the real kernels, not the interpreter
   DRYFLAG=()
 fi
 mkdir -p "$OUT"

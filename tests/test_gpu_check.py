@@ -113,6 +113,9 @@ def test_check_out_dir(tmp_path):
     _complete_out(tmp_path, status="failed")
     assert gb.check_out_dir(tmp_path, dry=False) == []
     assert any("dry run: step 'setup' ended failed" in p for p in gb.check_out_dir(tmp_path, dry=True))
+    _complete_out(tmp_path, status="skipped")
+    assert gb.check_out_dir(tmp_path, dry=False) == []
+    assert len(gb.check_out_dir(tmp_path, dry=True)) == len(gb.STEPS)
     gb.write_json(tmp_path / "summary.json", {"steps": []})
     assert len(gb.check_out_dir(tmp_path, dry=False)) == len(gb.STEPS)
 
