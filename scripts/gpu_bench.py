@@ -392,19 +392,24 @@ def cmd_launch(args) -> int:
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(4, 2, 64, generator=g) * 1.5 + 0.6).to(dev)
     spikes = (torch.rand(8, 64, generator=g) < 0.3).float().to(dev)
-    w = F.quantize_pack(torch.randn(16, 64, generator=g).to(dev))
+    wf = torch.randn(16, 64, generator=g).to(dev)
     lb, lt = torch.randn(8, 10, generator=g).to(dev), torch.randn(8, 10, generator=g).to(dev)
     y = torch.randint(0, 10, (8,), generator=g).to(dev)
-    bits = F.pack_spikes(spikes)
-    ops = {
-        "lif": (lambda: F.lif(x, tau=2.0), "x [4, 2, 64] float32, forward"),
-        "spike_ternary_linear": (lambda: F.spike_ternary_linear(bits, w), "bits [8, 1] x W [16, 64]"),
-        "twin_loss": (lambda: F.twin_loss(lb, lt, y, mse_weight=0.005), "logits [8, 10], forward"),
-        "torch.add (eager floor)": (lambda: torch.add(lb, lt), "[8, 10]"),
+
+    def spike_linear():  # packing is set-up, inside the case so that a failure stays in the case
+        bits, w = F.pack_spikes(spikes), F.quantize_pack(wf)
+        return lambda: F.spike_ternary_linear(bits, w)
+
+    ops = {  # name: (factory of the timed call, shape)
+        "lif": (lambda: lambda: F.lif(x, tau=2.0), "x [4, 2, 64] float32, forward"),
+        "spike_ternary_linear": (spike_linear, "bits [8, 1] x W [16, 64]"),
+        "twin_loss": (lambda: lambda: F.twin_loss(lb, lt, y, mse_weight=0.005), "logits [8, 10], forward"),
+        "torch.add (eager floor)": (lambda: lambda: torch.add(lb, lt), "[8, 10]"),
     }
 
-    def measure(fn):
+    def measure(factory):
         def go():
+            fn = factory()
             sync(dev)
             t = time.perf_counter()
             fn()
@@ -642,7 +647,12 @@ def cmd_ternary(args) -> int:
         for cin, cout, hw in sz["conv_layers"]:
             if now() > deadline:
                 break
-            _ternary_layer(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, float_pass)
+            try:  # input set-up (packing) outside the cases: a failure there is recorded, the loop goes on
+                _ternary_layer(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, float_pass)
+            except Exception as exc:
+                traceback.print_exc()
+                res.add({"form": "set-up", "layer": f"{cin}->{cout} @{hw}x{hw}", "op": "inputs",
+                         "status": "failed", "error": short_error(exc)})
     ok = [c for c in res.sec["cases"] if c["status"] == "ok" and "vs_dense" in c and not c["op"].startswith("pack")]
     best = max(ok, key=lambda c: c["vs_dense"], default=None)
     note = (f"{len(ok)} op x shape pairs; best vs dense: {best['op']} {best['layer']} {best['vs_dense']}x"
@@ -812,6 +822,7 @@ def cmd_train_step(args) -> int:
 
     from tna_kernels import functional as F
     from tna_kernels.models import SpikingVGG, make_twin
+    from tna_kernels.nn import set_recompute
 
     dry, dev, sz = args.dry_run, get_device(), sizes(args.dry_run)
     res = Results(args.out, "train_step", dry)
@@ -866,9 +877,9 @@ def cmd_train_step(args) -> int:
             return r
         return go
 
-    def tna():
+    def tna():  # recompute on, as the trainer's default (train.recompute)
         base = SpikingVGG(arch, T=T)
-        return [base, make_twin(base, 1)]
+        return [set_recompute(n, True) for n in (base, make_twin(base, 1))]
 
     def spikingjelly():
         import_spikingjelly(pin_triton=False)  # automatic choice, as a user's autocast run gets
@@ -883,11 +894,13 @@ def cmd_train_step(args) -> int:
 
     run_case(res, deadline, {"provider": "tna", "what": "base + twin, fused twin loss"}, measure(tna, True))
     run_case(res, deadline, {"provider": "tna_baseline", "what": "one network, cross-entropy"},
-             measure(lambda: [SpikingVGG(arch, T=T)], False))
-    sj_case = {"provider": "spikingjelly", "what": "two SpikingJelly VGGs, unfused loss", "spikingjelly": sj_version()}
+             measure(lambda: [set_recompute(SpikingVGG(arch, T=T), True)], False))
+    sj_case = {"provider": "spikingjelly", "what": "two SpikingJelly VGGs, unfused loss",
+               "spikingjelly": sj_version()}
     if amp:
-        sj_case["note"] = ("bf16 autocast: the LIF input and membrane are bf16, and SpikingJelly 2.0's lif_multi_step "
-                           "sends a non-float32 membrane to its torch reference path, not its Triton kernel")
+        sj_case["note"] = ("bf16 autocast: the LIF input and membrane are bf16, and (per its source) "
+                           "SpikingJelly 2.0's lif_multi_step sends a non-float32 membrane to its torch reference "
+                           "path, not its Triton kernel")
     run_case(res, deadline, sj_case, measure(spikingjelly, False))
     ok = {c["provider"]: c for c in res.sec["cases"] if c["status"] == "ok"}
     note = ", ".join(f"{p} {c['images_per_s']:.0f} img/s"
@@ -1214,6 +1227,12 @@ def headline(bench: dict, train: dict) -> list[str]:
     """Key figures for summary.md."""
     lines = []
     steps = bench.get("steps", {})
+    for name in ("launch", "ternary", "twin"):  # lif and train_step list theirs in place
+        for c in steps.get(name, {}).get("cases", []):
+            if c.get("status") != "ok":
+                what = c.get("op") or c.get("provider")
+                where = " ".join(str(c[k]) for k in ("form", "layer", "B", "C") if k in c)
+                lines.append(f"| {name} {where} | {what} | {c.get('status')}: {c.get('reason') or c.get('error')} |")
     for c in steps.get("launch", {}).get("cases", []):
         if c.get("status") == "ok":
             lines.append(f"| launch | {c['op']} | {c['per_call_us_min']} µs/call "
