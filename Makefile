@@ -4,6 +4,8 @@
 #   make bench        speed comparisons (pytest-benchmark) against the reference and peers, then
 #                     the LIF's paired-round ratios (benchmarks/lif_paired.py)
 #   make gpu-compile  every Triton kernel compiled ahead of time for sm_90 and sm_80 (no GPU needed)
+#   make gpu-check-dry  scripts/gpu_check.sh --dry-run: the GPU evidence script's every step on the
+#                     CPU at tiny sizes (results in build/gpu_check_dry/)
 #   make test-install a fresh venv, `pip install torch==2.13.0`, `pip install .` as a user types
 #                     it (build isolation on), then one op of each family
 PYTHON ?= python3
@@ -18,7 +20,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.txt') setup.p
 # pytest exits 5 when a lane selects no tests; that is not a failure.
 PYTEST_OK = rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-.PHONY: demo demo-lif test test-cpu test-triton test-cpp test-install gpu-compile bench build info clean
+.PHONY: demo demo-lif test test-cpu test-triton test-cpp test-install gpu-compile gpu-check-dry bench build info clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +45,7 @@ demo: build
 demo-lif: build
 	$(PY) scripts/demo_lif.py
 
-test: test-cpu test-triton test-cpp gpu-compile test-install
+test: test-cpu test-triton test-cpp gpu-compile gpu-check-dry test-install
 
 test-cpu: build
 	$(PY) -m pytest -q -m "not slow" tests; $(PYTEST_OK)
@@ -62,6 +64,11 @@ test-cpp: build
 # writes the table into docs/GPU.md).
 gpu-compile: build
 	env -u TRITON_INTERPRET $(PY) scripts/gpu_compile.py --arch 90,80 --jobs 2 $(if $(GPU_DOC),--markdown docs/GPU.md)
+
+# The GPU evidence script (scripts/gpu_check.sh; docs/GPU.md) on the CPU: every step at tiny sizes
+# under TRITON_INTERPRET=1, <= 2 minutes; fails on a failed step or a malformed output file.
+gpu-check-dry: build
+	GPU_CHECK_OUT=build/gpu_check_dry PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run
 
 test-install:
 	bash scripts/test_install.sh "$(TORCH_SPEC)"

@@ -1,0 +1,129 @@
+"""The GPU evidence script's plumbing (scripts/gpu_bench.py, scripts/gpu_check.sh), without a GPU
+and without running a step: marker selection, JUnit merging, the training-time plan, step records
+and the check of the output folder. The whole script runs in `make gpu-check-dry`."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
+gb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gb)
+
+
+def test_marker_expression_uses_only_registered_markers(tmp_path):
+    py = tmp_path / "pyproject.toml"
+    py.write_text('[tool.pytest.ini_options]\nmarkers = [\n "triton: t", "cuda: needs a GPU", "slow: s"]\n')
+    assert gb.registered_markers(py) == {"triton", "cuda", "slow"}
+    assert gb.marker_expression({"triton", "cuda", "slow"}) == "cuda or triton"
+    assert gb.marker_expression({"triton", "cuda", "gpu_path"}) == "cuda or triton or gpu_path"
+    assert gb.marker_expression({"slow"}) is None
+    assert gb.marker_expression(gb.registered_markers()).startswith("cuda or triton")
+
+
+def test_gpu_test_files_finds_marked_files(tmp_path):
+    (tmp_path / "test_a.py").write_text("import pytest\n@pytest.mark.triton\ndef test_x(): pass\n")
+    (tmp_path / "test_b.py").write_text("def test_y(): pass\n")
+    (tmp_path / "test_c.py").write_text("pytestmark = pytest.mark.cuda\n")
+    (tmp_path / "test_d.py").write_text("x = pytest.mark.cudax\n")
+    assert gb.gpu_test_files(tmp_path, gb.GPU_MARKERS, root=tmp_path) == ["test_a.py", "test_c.py"]
+    assert "tests/test_twin_loss.py" in gb.gpu_test_files(ROOT / "tests", gb.GPU_MARKERS)
+
+
+def test_merge_junit_keeps_suites_and_marks_dead_files(tmp_path):
+    ok = tmp_path / "a.xml"
+    ok.write_text('<testsuites><testsuite name="pytest" tests="3" failures="1" errors="0" skipped="1">'
+                  '<testcase name="t1"/></testsuite></testsuites>')
+    parts = [("tests/test_a.py", ok, 1, ""), ("tests/test_b.py", tmp_path / "missing.xml", 124, "timed out"),
+             ("tests/test_c.py", tmp_path / "none.xml", 5, "")]
+    totals = gb.merge_junit(parts, tmp_path / "all.xml")
+    assert totals == {"tests": 4, "failures": 1, "errors": 1, "skipped": 1}
+    text = (tmp_path / "all.xml").read_text()
+    assert 'name="tests/test_b.py"' in text and "timed out" in text and "test_c" not in text
+
+
+@pytest.mark.parametrize("seconds", [60, 150, 400])
+def test_plan_runs_fits_equal_budgets(seconds):
+    rates = {"baseline": 4000.0, "tna": 2000.0}
+    plan = gb.plan_runs(seconds, rates, 256, 45000, dry=False)
+    for mode, p in plan.items():
+        assert p["budget_s"] == pytest.approx(seconds / 2, abs=0.1)
+        assert p["epochs"] >= 2 and 1 <= p["limit_batches"] <= 45000 // 256
+        train_s = p["epochs"] * p["limit_batches"] * 256 / rates[mode]
+        assert train_s <= seconds / 2 or p["limit_batches"] == 1
+    assert plan["baseline"]["planned_images"] > plan["tna"]["planned_images"]  # same wall time, cheaper step
+    guess = gb.plan_runs(100, {}, 256, 45000, dry=False)
+    assert guess["tna"]["rate_source"] == "guess"
+    assert gb.plan_runs(100, {}, 2, 40, dry=True)["tna"] == {
+        "epochs": 1, "limit_batches": 2, "budget_s": 50.0, "planned_images": 4, "rate_img_s": None}
+
+
+def _record(out, **kw):
+    args = ["record", "--out", str(out)]
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    assert gb.main(args) == 0
+    return {s["name"]: s for s in json.loads((out / "summary.json").read_text())["steps"]}
+
+
+def test_record_status_from_exit_code_and_step_output(tmp_path):
+    gb.write_json(tmp_path / "bench.json", {"steps": {"lif": {"status": "partial", "note": "n"},
+                                                       "twin": {"status": "running"}}})
+    got = _record(tmp_path, step="build", rc=1, seconds=3)
+    assert got["build"]["status"] == "failed"
+    got = _record(tmp_path, step="tests", rc=124, seconds=3)
+    assert got["tests"]["status"] == "timeout"
+    got = _record(tmp_path, step="tests", rc=3, seconds=3)  # some files out of time, none failed
+    assert got["tests"]["status"] == "partial"
+    got = _record(tmp_path, step="lif", rc=0, seconds=3)
+    assert got["lif"]["status"] == "partial" and got["lif"]["note"] == "n"
+    got = _record(tmp_path, step="twin", rc=137, seconds=3)
+    assert got["twin"]["status"] == "timeout" and "killed while running" in got["twin"]["note"]
+    got = _record(tmp_path, step="training", rc=0, seconds=0, skip=True, note="no time")
+    assert got["training"]["status"] == "skipped"
+    got = _record(tmp_path, step="build", rc=0, seconds=3)  # a step recorded twice keeps the last
+    assert got["build"]["status"] == "ok" and len(got) == 5
+
+
+def _complete_out(out: Path, status="ok"):
+    gb.write_json(out / "summary.json", {"steps": [{"name": s, "status": status, "rc": 0, "seconds": 1,
+                                                     "note": "why"} for s in gb.STEPS]})
+    gb.write_json(out / "bench.json", {"steps": {s: {"status": "ok", "cases": []} for s in gb.BENCH_STEPS}})
+    for name in ("tests.log", "tests.xml", "train.json", "run.log"):
+        (out / name).write_text("{}")
+
+
+def test_check_out_dir(tmp_path):
+    _complete_out(tmp_path)
+    assert gb.check_out_dir(tmp_path, dry=True) == []
+    (tmp_path / "extra.txt").write_text("x")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "a" / "b" / f"f{i}").write_text("x")
+    problems = gb.check_out_dir(tmp_path, dry=False)
+    assert any("the GPU tool returns 8" in p for p in problems)
+    assert any("extra.txt" in p for p in problems)
+    shutil.rmtree(tmp_path / "a")
+    (tmp_path / "extra.txt").unlink()
+    _complete_out(tmp_path, status="failed")
+    assert gb.check_out_dir(tmp_path, dry=False) == []
+    assert any("dry run: step 'setup' ended failed" in p for p in gb.check_out_dir(tmp_path, dry=True))
+    _complete_out(tmp_path, status="skipped")
+    assert gb.check_out_dir(tmp_path, dry=False) == []
+    assert len(gb.check_out_dir(tmp_path, dry=True)) == len(gb.STEPS)
+    gb.write_json(tmp_path / "summary.json", {"steps": []})
+    assert len(gb.check_out_dir(tmp_path, dry=False)) == len(gb.STEPS)
+
+
+def test_script_syntax_and_documented_outputs():
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    for name in gb.OUT_FILES:
+        assert name in script
+    assert len(gb.OUT_FILES) <= gb.MAX_OUT_FILES
+    for sh in ("gpu_check.sh", "gpu_payload.sh"):
+        subprocess.run(["bash", "-n", str(ROOT / "scripts" / sh)], check=True)
