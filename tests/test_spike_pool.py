@@ -170,29 +170,15 @@ def test_spike_max_pool2d_module_uses_the_op_autograd():
 
 
 def test_backward_skips_windows_that_lie_wholly_in_the_padding():
-    """Dilation 2 with padding 1 on a one-row input: some windows cover no input row at all (their
-    forward output is -inf, as torch's). They route no gradient: before, the backward added theirs
-    past the plane (heap corruption) or onto the wrong element."""
+    """Dilation 2 with padding 1 over a one-row input: every window's rows are -1 and 1, outside
+    the input (the forward gives -inf, as torch's). They route no gradient: before, the backward
+    added theirs past the plane (heap corruption) or onto the wrong element."""
     torch.manual_seed(0)
     x = (torch.rand(1, 10, 1, 10) < 0.3).float()
     geometry = ((2, 2), (2, 1), (1, 1), (2, 1), False)  # kernel, stride, padding, dilation, ceil_mode
     y, bits = OPS.spike_max_pool2d(x, *geometry)
-    empty = torch.isinf(y)
-    assert empty.any() and (~empty).any()
+    assert torch.isinf(y).all()
     g = torch.randn(y.shape)
-    for _ in range(50):  # an out-of-bounds write shows up as a changed result or a crash
+    for _ in range(50):  # an out-of-bounds write shows up as a crash or a changed result
         gx = OPS.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry)
-    # each non-empty window's gradient lands on its first spike (or first element) inside the input
-    want = torch.zeros_like(x)
-    oh_n, ow_n = y.shape[-2:]
-    for c in range(10):
-        for oh in range(oh_n):
-            for ow in range(ow_n):
-                rows = [h for h in (oh * 2 - 1, oh * 2 - 1 + 2) if 0 <= h < 1]
-                cols = [w for w in (ow - 1, ow) if 0 <= w < 10]
-                if not rows or not cols:
-                    continue
-                cells = [(h, w) for h in rows for w in cols]
-                hit = next(((h, w) for h, w in cells if x[0, c, h, w] == 1), cells[0])
-                want[0, c, hit[0], hit[1]] += g[0, c, oh, ow]
-    torch.testing.assert_close(gx, want)
+        assert torch.equal(gx, torch.zeros_like(x))
