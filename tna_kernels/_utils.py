@@ -52,12 +52,20 @@ def has_fake(qualname: str) -> bool:
     return entry.fake_impl.kernel is not None
 
 
-# Elements per slice when a training backward rebuilds activations piece by piece: bounds the
-# transient memory to a few MiB whatever the batch (4 MiB in float32).
+# Elements per slice when a training backward rebuilds activations piece by piece. On the CPU:
+# 4 MiB in float32, so a slice stays in cache. On a GPU slices only bound transient memory (1 GiB
+# in float32): each one costs launches, and the data never fits in cache anyway.
 CHUNK_ELEMS = 1 << 20
+GPU_CHUNK_ELEMS = 1 << 28
 
 
-def chunks(n: int, per_item: int = 1) -> list[slice]:
-    """Slices covering ``range(n)`` with at most ``CHUNK_ELEMS`` elements each (``per_item`` per index)."""
-    step = max(1, CHUNK_ELEMS // max(1, per_item))
+def chunk_elems(device: torch.device | None) -> int:
+    """Elements per slice of :func:`chunks` on ``device`` (None: the CPU's)."""
+    return CHUNK_ELEMS if device is None or device.type == "cpu" else GPU_CHUNK_ELEMS
+
+
+def chunks(n: int, per_item: int = 1, device: torch.device | None = None) -> list[slice]:
+    """Slices covering ``range(n)`` with at most ``chunk_elems(device)`` elements each (``per_item``
+    per index)."""
+    step = max(1, chunk_elems(device) // max(1, per_item))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]

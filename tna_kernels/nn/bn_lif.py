@@ -66,11 +66,9 @@ class _BNLIF(torch.autograd.Function):
             y = sync_bn.normalize(x, weight, bias, mean, var, eps)  # the forward's op and statistics
         y = y.contiguous()  # a copy only for other layouts (channels-last): the slices below write through views
         y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
-        # each slice of y is read before its gradient overwrites it: y's buffer becomes grad_y. On
-        # the CPU slices of a few MiB stay in cache; on a GPU one call covers the tensor (slicing
-        # would only multiply launches: 296 instead of 16 in a VGG-11 step).
-        n = y_t.shape[1]
-        for sl in chunks(n, T) if y.device.type == "cpu" else [slice(0, n)]:
+        # each slice of y is read before its gradient overwrites it: y's buffer becomes grad_y.
+        # On a GPU the slices are large (chunk_elems): a VGG-11 step makes 16 calls, not 296.
+        for sl in chunks(y_t.shape[1], T, y.device):
             # the membrane is recomputed in cache from y: the same bits as the forward's
             g = torch.ops.tna.lif_bwd_recompute(g_t[:, sl], None, y_t[:, sl], None, *hyper)[0]
             if static:  # the static input fed every step: its gradient is the sum over steps

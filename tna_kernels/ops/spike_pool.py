@@ -133,7 +133,7 @@ def _spike_max_pool2d_backward_composed(grad_y, bits, input_size, kernel_size, s
     n, c, h, w = input_size
     pool = (kernel_size, stride, padding, dilation, ceil_mode)
     grad_x = grad_y.new_empty(input_size)
-    for sl in chunks(n, c * h * w):
+    for sl in chunks(n, c * h * w, grad_y.device):
         x = torch.ops.tna.unpack_spikes(bits[sl], c * h * w).to(grad_y.dtype).view(-1, c, h, w)
         idx = torch.ops.aten.max_pool2d_with_indices(x, *pool)[1]
         torch.ops.aten.max_pool2d_with_indices_backward.grad_input(grad_y[sl], x, *pool, idx,

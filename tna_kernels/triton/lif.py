@@ -240,8 +240,9 @@ def lif_bwd_recompute(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input, v_t
     acc = state_dtype(grad_spikes.dtype)
     grad_v0 = torch.empty(x_seq.shape[1:] if v0 is not None else (0,), dtype=acc, device=x_seq.device)
     if n and T:
-        gv_last = grad_v_last.contiguous() if grad_v_last is not None else grad_x  # unread when absent
-        v0c = v0.contiguous() if v0 is not None else grad_x  # unread when absent
+        # an absent pointer gets a placeholder the kernel never reads (grad_v0: empty without v0)
+        gv_last = grad_v_last.contiguous() if grad_v_last is not None else grad_v0
+        v0c = v0.contiguous() if v0 is not None else grad_v0
         _lif_bwd_recompute_kernel[_grid(n)](
             gs, gs_step, gv_last, x, x_step, v0c, grad_x, grad_v0, n, T, bucket(n), float(tau),
             float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset), float(alpha),
