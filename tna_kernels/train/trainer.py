@@ -259,17 +259,21 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, logits, _ = self._loss(x, y)
-            finite = bool(distributed.all_reduce_host(torch.isfinite(loss.detach()).float().cpu(), d,
-                                                      distributed.dist.ReduceOp.MIN))
+            loss.backward()
+            # One device-to-host copy per step for the finite check and the running sums (on a GPU
+            # each .item() is a synchronisation). Backward runs before the check, on every rank
+            # alike; a skipped step's gradients are discarded by the next zero_grad.
+            stats = torch.stack([torch.isfinite(loss.detach()).double(), loss.detach().double(),
+                                 (logits.detach().argmax(1) == y).sum().double()]).cpu()
+            finite = bool(distributed.all_reduce_host(stats[:1].clone(), d, distributed.dist.ReduceOp.MIN))
             if not finite:
                 if c["train"]["nan_policy"] == "stop":
-                    raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
+                    raise TrainingError(f"non-finite loss ({stats[1].item()}) at epoch {self.epoch + 1}, step "
                                         f"{self.step}; stopping without writing a checkpoint "
                                         f"(the last good one stays in {self.out / 'checkpoints'})")
                 self.skipped += 1
                 self.step += 1
                 continue
-            loss.backward()
             if c["train"]["grad_clip"]:
                 for net in (self.base, self.twin if self.twin_trainable else None):
                     if net is not None:
@@ -277,8 +281,8 @@ class Trainer:
             for opt in self._optimizers():
                 opt.step()
             self.step += 1
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += stats[1].item() * len(y)
+            correct += int(stats[2].item())
             seen += len(y)
             if bar is not None:
                 bar.update(1)
