@@ -119,8 +119,12 @@ def _calls():
         yield (f"{_dt(dt)} decay={int(decay)} soft={int(soft)} detach={int(detach)} {sur}",
                lambda gs=gs, h=h, d=decay, s=soft, de=detach, su=sur: lif.lif_bwd(
                    gs, None, h, 2.0, d, 1.0, 0.0, s, de, su, 2.0))
-    for dt, decay, soft, detach, sur, with_state in itertools.product(
-            FLOATS, (True, False), (False, True), (False, True), R.SURROGATES, (False, True)):
+    # the recompute backward: every flag combination with atan, every surrogate with the defaults
+    # (the surrogate code is the same inlined function as in _lif_bwd_kernel, compiled above)
+    recompute = [(dt, decay, soft, detach, "atan", state) for dt, decay, soft, detach, state in itertools.product(
+        FLOATS, (True, False), (False, True), (False, True), (False, True))]
+    recompute += [(torch.float32, True, False, False, sur, False) for sur in R.SURROGATES if sur != "atan"]
+    for dt, decay, soft, detach, sur, with_state in recompute:
         gs, x = torch.zeros(T, N, dtype=dt), torch.zeros(T, N, dtype=dt)
         state = torch.zeros(N) if with_state else None  # v0 and grad_v_last (HAS_V0, HAS_GV)
         yield (f"{_dt(dt)} decay={int(decay)} soft={int(soft)} detach={int(detach)} {sur} v0={int(with_state)}",
