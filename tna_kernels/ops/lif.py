@@ -17,7 +17,7 @@ from torch import Tensor
 from .._utils import HAS_TRITON, state_dtype
 from .._utils import check_device as _check_device
 from ..formats import SURROGATES
-from . import CUDA_BACKENDS
+from . import register_cuda
 from ._native import LIB, C, dtype_code, empty_output, ptr, threads
 
 # The C++ kernels take the surrogate as its index in their list, which must be Python's.
@@ -242,11 +242,9 @@ torch.library.register_autograd("tna::lif_fwd", _backward, setup_context=_setup_
 if HAS_TRITON:
     from ..triton import lif as _triton_lif
 
-    torch.library.register_kernel("tna::lif_fwd", "cuda", _triton_lif.lif_fwd)
-    torch.library.register_kernel("tna::lif_bwd", "cuda", _triton_lif.lif_bwd)
-    torch.library.register_kernel("tna::lif_bwd_recompute", "cuda", _triton_lif.lif_bwd_recompute)
-    CUDA_BACKENDS["lif_fwd"] = CUDA_BACKENDS["lif_bwd"] = "triton"
-    CUDA_BACKENDS["lif_bwd_recompute"] = "triton (unfused)"
+    register_cuda("lif_fwd", _triton_lif.lif_fwd, "triton")
+    register_cuda("lif_bwd", _triton_lif.lif_bwd, "triton")
+    register_cuda("lif_bwd_recompute", _triton_lif.lif_bwd_recompute, "triton (unfused)")
 
 
 # ---- Public API (re-exported by tna_kernels.functional) ---------------------------------------

@@ -10,7 +10,7 @@ a time (only a slice of the float input and its indices exists at once)."""
 import torch
 
 from .._utils import HAS_TRITON, chunks
-from . import CUDA_BACKENDS
+from . import register_cuda
 from ._native import LIB, C, dtype_code, dtype_str, empty_output, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
@@ -144,6 +144,5 @@ def _spike_max_pool2d_backward_composed(grad_y, bits, input_size, kernel_size, s
 # The composition packs and unpacks with the Triton kernels: without Triton there is no CUDA kernel,
 # and functional/nn callers get check_device's "pip install triton" instead of a dispatcher error.
 if HAS_TRITON:
-    torch.library.register_kernel("tna::spike_max_pool2d", "cuda", _spike_max_pool2d_composed)
-    torch.library.register_kernel("tna::spike_max_pool2d_backward", "cuda", _spike_max_pool2d_backward_composed)
-    CUDA_BACKENDS["spike_max_pool2d"] = CUDA_BACKENDS["spike_max_pool2d_backward"] = "torch + triton (un)packing"
+    register_cuda("spike_max_pool2d", _spike_max_pool2d_composed, "torch + triton (un)packing")
+    register_cuda("spike_max_pool2d_backward", _spike_max_pool2d_backward_composed, "torch + triton (un)packing")
