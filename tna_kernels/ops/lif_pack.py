@@ -53,6 +53,7 @@ LIB.impl("lif_pack", _lif_pack_cpu, "CPU")
 
 
 def _lif_pack_composed(x_seq, tau, decay_input, v_threshold, v_reset, soft_reset):
+    _check_lif_pack_op(x_seq, tau, v_threshold, v_reset)
     spikes, _, _ = torch.ops.tna.lif_fwd(x_seq, None, tau, decay_input, v_threshold, v_reset, soft_reset,
                                          False, "atan", 2.0, False)
     return torch.ops.tna.pack_spikes(spikes, -1)
