@@ -665,6 +665,9 @@ def _spike_ternary_conv2d_lif_fake(spike_bits, packed_w, scale, bias, C, stride,
 def _spike_ternary_conv2d_lif_composed(spike_bits, packed_w, scale, bias, C, stride, padding, dilation,
                                        version, T, tau, decay_input, v_threshold, v_reset, soft_reset,
                                        kmajor=None):
+    if T < 1 or spike_bits.dim() < 1 or spike_bits.shape[0] % T:
+        _fail("T must be >= 1 and divide the leading dimension of spike_bits (", shape_str(spike_bits.shape[:1]),
+              " = T * batch, time-major), got T = ", T)
     y = torch.ops.tna.spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, dilation,
                                            version, kmajor)
     y = y.permute(0, 2, 3, 1)  # channels last
