@@ -489,3 +489,227 @@ def test_tna_training_steps_match_the_cpp_path(arch):
         for i, (go, gw) in enumerate(zip(o["grads"], w["grads"], strict=True)):
             torch.testing.assert_close(go, gw, rtol=1e-4, atol=1e-6, msg=lambda m, i=i, s=step: f"step {s}, "
                                        f"parameter {i}: {m}")
+
+
+# ---- bad input: refused on the host, as by the C++ op ------------------------------------------------
+
+def _bad_inputs():
+    """name -> (call, regex): arguments every C++ op refuses. The GPU path must refuse them too, before
+    a launch, with an error naming the argument: a shape a kernel would trust (v0, grad_v_last, scale,
+    bias, words per row, conv geometry) must never reach the device, where it reads or writes out of
+    bounds (seen before these checks: heap corruption from lif_fwd with a short v0, a segfault from
+    ternarize on a 1-D weight, silently wrong sums from spike_ternary_conv2d on bits packed for
+    another channel count)."""
+    x = torch.rand(3, 2, 5)
+    hyper = (2.0, True, 1.0, 0.0, False, False, "atan", 2.0)
+    h = R.lif(x, torch.zeros(2, 5))[2].detach()
+    lin = F.pack_ternary(_codes(5, 70), torch.rand(5) + 0.1, torch.randn(5))
+    conv = F.pack_ternary(_codes(4, 6, 3, 3), torch.rand(4) + 0.1, torch.randn(4))
+    bits = F.pack_spikes(_spikes(4, 70))
+    cbits = F.pack_spikes(_spikes(2, 6, 5, 5), dim=1)
+    geo = ([1, 1], [1, 1], [1, 1])
+    pool = ([2, 2], [2, 2], [0, 0], [1, 1], False)
+    a, y = torch.randn(3, 10), torch.tensor([1, 1, 2])
+    twin = (1.0, 1.0, 0.0, 1, 0.0, -100, True, True)
+    op = OPS
+    scale5, bias5 = r"scale must .*\[5\]", r"bias must .*\[5\]"
+    scale4, bias4 = r"scale must .*\[4\]", r"bias must .*\[4\]"
+    return {
+        "lif_fwd int x": (lambda: op.lif_fwd(x.int(), None, *hyper, False), "x_seq must be a floating-point"),
+        "lif_fwd v0 shape": (lambda: op.lif_fwd(x, torch.zeros(3), *hyper, False), "v0 must have shape"),
+        "lif_fwd v0 dtype": (lambda: op.lif_fwd(x, torch.zeros(2, 5).double(), *hyper, False), "v0 must have dtype"),
+        "lif_fwd T=0": (lambda: op.lif_fwd(torch.zeros(0, 5), None, *hyper, False), r"x_seq must be \[T, \.\.\.\]"),
+        "lif_fwd tau=0": (lambda: op.lif_fwd(x, None, 0.0, *hyper[1:], False), "tau must be a finite number > 0"),
+        "lif_fwd tau=nan": (lambda: op.lif_fwd(x, None, float("nan"), *hyper[1:], False), "tau must be a finite"),
+        "lif_fwd surrogate": (lambda: op.lif_fwd(x, None, *hyper[:6], "bogus", 2.0, False), "surrogate must be one"),
+        "lif_fwd alpha=0": (lambda: op.lif_fwd(x, None, *hyper[:7], 0.0, False), "alpha must be a finite number"),
+        "lif_bwd grad_spikes shape": (lambda: op.lif_bwd(torch.randn(3, 2, 4), None, h, *hyper),
+                                      "grad_spikes must have shape"),
+        "lif_bwd h_seq dtype": (lambda: op.lif_bwd(torch.randn(3, 2, 5), None, h.double(), *hyper),
+                                "h_seq must have dtype"),
+        "lif_bwd grad_v_last shape": (lambda: op.lif_bwd(torch.randn(3, 2, 5), torch.zeros(5), h, *hyper),
+                                      "grad_v_last must have shape"),
+        "lif_bwd_recompute grad_spikes shape": (
+            lambda: op.lif_bwd_recompute(torch.randn(3, 2, 4), None, x, None, *hyper), "grad_spikes must have shape"),
+        "lif_bwd_recompute v0 shape": (
+            lambda: op.lif_bwd_recompute(torch.randn(3, 2, 5), None, x, torch.zeros(5), *hyper), "v0 must have shape"),
+        "lif_bwd_recompute grad_v_last shape": (
+            lambda: op.lif_bwd_recompute(torch.randn(3, 2, 5), torch.zeros(5), x, None, *hyper),
+            "grad_v_last must have shape"),
+        "lif_pack float64": (lambda: op.lif_pack(x.double(), 2.0, True, 1.0, 0.0, False), "x_seq must be float32"),
+        "lif_pack 1-D": (lambda: op.lif_pack(torch.rand(5), 2.0, True, 1.0, 0.0, False), r"x_seq must be \[T, "),
+        "lif_pack tau=0": (lambda: op.lif_pack(x, 0.0, True, 1.0, 0.0, False), "tau must be a finite number > 0"),
+        "pack_ternary int32": (lambda: op.pack_ternary(torch.zeros(3, 5, dtype=torch.int32)), "codes must be int8"),
+        "pack_ternary bad code": (lambda: op.pack_ternary(torch.full((3, 5), 2, dtype=torch.int8)),
+                                  r"codes must contain only -1, 0 and \+1"),
+        "pack_ternary 0-d": (lambda: op.pack_ternary(torch.zeros((), dtype=torch.int8)),
+                             r"codes must have shape \[\.\.\., K\] with K >= 1"),
+        "pack_ternary K=0": (lambda: op.pack_ternary(torch.zeros(3, 0, dtype=torch.int8)),
+                             r"codes must have shape \[\.\.\., K\] with K >= 1"),
+        "unpack_ternary version": (lambda: op.unpack_ternary(lin.words, 70, 2), "version: .* v1 only, got v2"),
+        "unpack_ternary K": (lambda: op.unpack_ternary(lin.words, 200, 1), "packed .*words per plane.*K = 200"),
+        "unpack_ternary dtype": (lambda: op.unpack_ternary(lin.words.int(), 70, 1),
+                                 "packed must be int64 packed ternary words"),
+        "unpack_ternary K=0": (lambda: op.unpack_ternary(lin.words, 0, 1), "K must be >= 1"),
+        "pack_spikes 0-d": (lambda: op.pack_spikes(torch.tensor(1.0)), "spikes must have at least one dimension"),
+        "pack_spikes dim": (lambda: op.pack_spikes(torch.zeros(3, 4), 2), r"dim must be in \[-2, 1\], got 2"),
+        "pack_spikes bad value": (lambda: op.pack_spikes(torch.full((3, 4), 0.5)), "spikes must contain only 0 and 1"),
+        "pack_spikes empty axis": (lambda: op.pack_spikes(torch.zeros(3, 0)), "spikes must have a non-empty packing"),
+        "pack_spikes complex": (lambda: op.pack_spikes(torch.zeros(3, 4, dtype=torch.complex64)),
+                                "spikes must be a real or bool tensor"),
+        "unpack_spikes K": (lambda: op.unpack_spikes(bits, 200), r"bits must .*\[\.\.\., 4\] for K = 200"),
+        "unpack_spikes K=0": (lambda: op.unpack_spikes(bits, 0), "K must be >= 1"),
+        "ternarize 1-D": (lambda: op.ternarize(torch.randn(5), "twn", True, True), r"w must have shape \[out_channels"),
+        "ternarize int": (lambda: op.ternarize(torch.ones(5, 3, dtype=torch.int32), "twn", True, True),
+                          "w must be a floating-point tensor"),
+        "ternarize method": (lambda: op.ternarize(torch.randn(5, 3), "x", True, True), "method must be 'twn' or"),
+        "ternarize empty": (lambda: op.ternarize(torch.randn(5, 0), "twn", True, True),
+                            r"w must have shape \[out_channels"),
+        "ternary_linear int x": (lambda: op.ternary_linear(torch.ones(3, 70, dtype=torch.int32), lin.words, lin.scale,
+                                                          None, 1), "x must be a floating-point tensor"),
+        "ternary_linear K": (lambda: op.ternary_linear(torch.randn(3, 60), lin.words, lin.scale, None, 1),
+                             "packed_w has 2 words per plane but K = 60"),
+        "ternary_linear scale shape": (lambda: op.ternary_linear(torch.randn(3, 70), lin.words, torch.ones(3), None, 1),
+                                       scale5),
+        "ternary_linear scale dtype": (lambda: op.ternary_linear(torch.randn(3, 70), lin.words, lin.scale.double(),
+                                                                None, 1), "scale must be float32"),
+        "ternary_linear bias shape": (lambda: op.ternary_linear(torch.randn(3, 70), lin.words, lin.scale, torch.ones(2),
+                                                               1), bias5),
+        "ternary_linear version": (lambda: op.ternary_linear(torch.randn(3, 70), lin.words, lin.scale, None, 2),
+                                   "version: .* v1 only, got v2"),
+        "ternary_linear words dtype": (lambda: op.ternary_linear(torch.randn(3, 70), lin.words.int(), lin.scale, None,
+                                                                1), "packed_w must be int64 packed ternary words"),
+        "ternary_linear_grad_input grad_y": (
+            lambda: op.ternary_linear_grad_input(torch.randn(4, 10), lin.words, lin.scale, 70, 1),
+            r"grad_y must have shape \[\.\.\., 5\]"),
+        "ternary_linear_grad_input scale": (
+            lambda: op.ternary_linear_grad_input(torch.randn(4, 5), lin.words, torch.ones(3), 70, 1), scale5),
+        "ternary_linear_grad_input int": (
+            lambda: op.ternary_linear_grad_input(torch.ones(4, 5, dtype=torch.int32), lin.words, lin.scale, 70, 1),
+            "grad_y must be a floating-point tensor"),
+        "spike_ternary_linear bits dtype": (
+            lambda: op.spike_ternary_linear(bits.int(), lin.words, lin.scale, None, 70, 1),
+            "spike_bits must be int64 packed spike words"),
+        "spike_ternary_linear K": (lambda: op.spike_ternary_linear(bits, lin.words, lin.scale, None, 200, 1),
+                                   "packed_w has 2 words per plane but K = 200"),
+        "spike_ternary_linear scale": (lambda: op.spike_ternary_linear(bits, lin.words, torch.ones(3), None, 70, 1),
+                                       scale5),
+        "spike_ternary_linear bias": (lambda: op.spike_ternary_linear(bits, lin.words, lin.scale, torch.ones(9), 70, 1),
+                                      bias5),
+        "ternary_conv2d 3-D": (lambda: op.ternary_conv2d(torch.randn(6, 5, 5), conv.words, conv.scale, None, *geo, 1),
+                               r"x must have shape \[B, C, H, W\]"),
+        "ternary_conv2d scale": (lambda: op.ternary_conv2d(torch.randn(2, 6, 5, 5), conv.words, torch.ones(3), None,
+                                                          *geo, 1), scale4),
+        "ternary_conv2d bias": (lambda: op.ternary_conv2d(torch.randn(2, 6, 5, 5), conv.words, conv.scale,
+                                                         torch.ones(3), *geo, 1), bias4),
+        "ternary_conv2d stride": (lambda: op.ternary_conv2d(torch.randn(2, 6, 5, 5), conv.words, conv.scale, None,
+                                                           [0, 1], [1, 1], [1, 1], 1), "stride must be two integers"),
+        "ternary_conv2d int x": (lambda: op.ternary_conv2d(torch.ones(2, 6, 5, 5, dtype=torch.int32), conv.words,
+                                                          conv.scale, None, *geo, 1), "x must be a floating-point"),
+        "ternary_conv2d_grad_input grad_y": (
+            lambda: op.ternary_conv2d_grad_input(torch.randn(2, 4, 4, 4), conv.words, conv.scale, [2, 6, 5, 5], *geo,
+                                                1), r"grad_y must have shape \[2, 4, 5, 5\]"),
+        "ternary_conv2d_grad_input C": (
+            lambda: op.ternary_conv2d_grad_input(torch.randn(2, 4, 5, 5), conv.words, conv.scale, [2, 70, 5, 5], *geo,
+                                                1), "packed_w has 1 words per plane but (the input has C|K) = 70"),
+        "ternary_conv2d_grad_input scale": (
+            lambda: op.ternary_conv2d_grad_input(torch.randn(2, 4, 5, 5), conv.words, torch.ones(3), [2, 6, 5, 5], *geo,
+                                                1), scale4),
+        "ternary_conv2d_grad_input version": (
+            lambda: op.ternary_conv2d_grad_input(torch.randn(2, 4, 5, 5), conv.words, conv.scale, [2, 6, 5, 5], *geo,
+                                                2), "version: .* v1 only, got v2"),
+        "spike_ternary_conv2d C": (lambda: op.spike_ternary_conv2d(cbits, conv.words, conv.scale, None, 70, *geo, 1),
+                                   "packed_w has 1 words per plane but (the input has C|K) = 70"),
+        "spike_ternary_conv2d bits words": (
+            lambda: op.spike_ternary_conv2d(torch.zeros(2, 5, 5, 2, dtype=torch.int64), conv.words, conv.scale, None, 6,
+                                           *geo, 1), r"spike_bits must have shape \[B, H, W, 1\]"),
+        "spike_ternary_conv2d bits dtype": (
+            lambda: op.spike_ternary_conv2d(cbits.int(), conv.words, conv.scale, None, 6, *geo, 1),
+            "spike_bits must be int64 packed spike words"),
+        "spike_ternary_conv2d bits 3-D": (
+            lambda: op.spike_ternary_conv2d(cbits[0], conv.words, conv.scale, None, 6, *geo, 1),
+            r"spike_bits must have shape \[B, H, W, 1\]"),
+        "spike_ternary_conv2d scale": (
+            lambda: op.spike_ternary_conv2d(cbits, conv.words, torch.ones(3), None, 6, *geo, 1), scale4),
+        "spike_ternary_conv2d bias": (
+            lambda: op.spike_ternary_conv2d(cbits, conv.words, conv.scale, torch.ones(9), 6, *geo, 1), bias4),
+        "spike_ternary_conv2d too small": (
+            lambda: op.spike_ternary_conv2d(cbits, conv.words, conv.scale, None, 6, [1, 1], [0, 0], [3, 3], 1),
+            "the input 5x5 is too small for kernel 3x3"),
+        "spike_ternary_conv2d stride": (
+            lambda: op.spike_ternary_conv2d(cbits, conv.words, conv.scale, None, 6, [0, 1], [1, 1], [1, 1], 1),
+            "stride must be two integers >= 1"),
+        "spike_ternary_conv2d padding": (
+            lambda: op.spike_ternary_conv2d(cbits, conv.words, conv.scale, None, 6, [1, 1], [-1, 1], [1, 1], 1),
+            "padding must be two integers >= 0"),
+        "spike_ternary_conv2d_lif T": (
+            lambda: op.spike_ternary_conv2d_lif(cbits, conv.words, conv.scale, None, 6, *geo, 1, 3, 2.0, True, 1.0, 0.0,
+                                               False), "T must be >= 1 and divide the leading dimension"),
+        "spike_ternary_conv2d_lif T=0": (
+            lambda: op.spike_ternary_conv2d_lif(cbits, conv.words, conv.scale, None, 6, *geo, 1, 0, 2.0, True, 1.0, 0.0,
+                                               False), "T must be >= 1 and divide the leading dimension"),
+        "spike_ternary_conv2d_lif bits words": (
+            lambda: op.spike_ternary_conv2d_lif(torch.zeros(2, 5, 5, 2, dtype=torch.int64), conv.words, conv.scale,
+                                               None, 6, *geo, 1, 1, 2.0, True, 1.0, 0.0, False),
+            r"spike_bits must have shape \[B, H, W, 1\]"),
+        "spike_ternary_conv2d_lif tau=0": (
+            lambda: op.spike_ternary_conv2d_lif(cbits, conv.words, conv.scale, None, 6, *geo, 1, 1, 0.0, True, 1.0, 0.0,
+                                               False), "tau must be a finite number > 0"),
+        "spike_max_pool2d bad value": (lambda: op.spike_max_pool2d(torch.full((1, 2, 4, 4), 0.5), *pool),
+                                       "spikes must contain only 0 and 1"),
+        "spike_max_pool2d 3-D": (lambda: op.spike_max_pool2d(torch.zeros(2, 4, 4), *pool), r"x must be \[N, C, H, W\]"),
+        "spike_max_pool2d int": (lambda: op.spike_max_pool2d(torch.zeros(1, 2, 4, 4, dtype=torch.int32), *pool),
+                                 "x must be a floating-point tensor"),
+        "spike_max_pool2d kernel_size": (
+            lambda: op.spike_max_pool2d(torch.zeros(1, 2, 4, 4), [0, 2], [2, 2], [0, 0], [1, 1], False),
+            "kernel_size values must be >= 1"),
+        "spike_max_pool2d padding": (
+            lambda: op.spike_max_pool2d(torch.zeros(1, 2, 4, 4), [2, 2], [2, 2], [2, 2], [1, 1], False),
+            "padding must be at most half the kernel size"),
+        "spike_max_pool2d_backward grad_y": (
+            lambda: op.spike_max_pool2d_backward(torch.randn(1, 2, 3, 3), torch.zeros(1, 1, dtype=torch.int64),
+                                                [1, 2, 4, 4], *pool), r"grad_y must have shape \[1, 2, 2, 2\]"),
+        "spike_max_pool2d_backward bits shape": (
+            lambda: op.spike_max_pool2d_backward(torch.randn(1, 2, 2, 2), torch.zeros(1, 3, dtype=torch.int64),
+                                                [1, 2, 4, 4], *pool), r"bits must have shape \[1, 1\]"),
+        "spike_max_pool2d_backward bits dtype": (
+            lambda: op.spike_max_pool2d_backward(torch.randn(1, 2, 2, 2), torch.zeros(1, 1, dtype=torch.int32),
+                                                [1, 2, 4, 4], *pool), "bits must be int64 packed spike words"),
+        "spike_max_pool2d_backward input_size": (
+            lambda: op.spike_max_pool2d_backward(torch.randn(1, 2, 2, 2), torch.zeros(1, 1, dtype=torch.int64),
+                                                [1, 2, 4], *pool), r"input_size must be \[N, C, H, W\]"),
+        "twin_loss_fwd target range": (lambda: op.twin_loss_fwd(a, a, torch.tensor([1, 10, 2]), *twin),
+                                       r"target must hold class indices in \[0, 10\)"),
+        "twin_loss_fwd logits_twin shape": (lambda: op.twin_loss_fwd(a, torch.randn(3, 9), y, *twin),
+                                            "logits_twin must have shape"),
+        "twin_loss_fwd target dtype": (lambda: op.twin_loss_fwd(a, a, y.int(), *twin),
+                                       "target must (have dtype Long|be an int64 tensor)"),
+        "twin_loss_fwd 1-D": (lambda: op.twin_loss_fwd(a[0], a[0], y[:1], *twin), "logits_base must be a 2-D"),
+        "twin_loss_fwd mse_reduction": (lambda: op.twin_loss_fwd(a, a, y, 1.0, 1.0, 0.0, 7, 0.0, -100, True, True),
+                                        "mse_reduction must be 0"),
+        "twin_loss_fwd label_smoothing": (lambda: op.twin_loss_fwd(a, a, y, 1.0, 1.0, 0.0, 1, 2.0, -100, True, True),
+                                          r"label_smoothing must be in \[0, 1\]"),
+        "twin_loss_fwd ce_weight_base": (
+            lambda: op.twin_loss_fwd(a, a, y, float("nan"), 1.0, 0.0, 1, 0.0, -100, True, True),
+            "ce_weight_base must be finite"),
+        "twin_loss_fwd int logits": (lambda: op.twin_loss_fwd(a.int(), a.int(), y, *twin),
+                                     "logits_base must be (a floating-point|float32)"),
+        "twin_loss_bwd grad_loss dim": (lambda: op.twin_loss_bwd(torch.ones(2), a, a), "grad_loss must be a 0-dim"),
+        "twin_loss_bwd grad_twin dtype": (lambda: op.twin_loss_bwd(torch.tensor(1.0), a, a.double()),
+                                          "grad_twin must have dtype"),
+        "twin_loss_bwd grad_loss dtype": (lambda: op.twin_loss_bwd(torch.tensor(1.0).double(), a, a),
+                                          "grad_loss must have dtype"),
+    }
+
+
+BAD_INPUTS = _bad_inputs()
+ERRORS = (RuntimeError, ValueError, TypeError)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_on_the_host_like_the_cpu_op(case):
+    call, match = BAD_INPUTS[case]
+    with pytest.raises(ERRORS, match=match):  # the C++ op: what the message must say
+        call()
+    with routed(), pytest.raises(ERRORS, match=match):
+        call()
