@@ -43,6 +43,7 @@ from tna_kernels._utils import is_composite
 from tna_kernels.formats import SURROGATES
 from tna_kernels.models import build_model, make_twin
 from tna_kernels.nn import LIF
+from tna_kernels.nn.packed import PackedLIFConv2d
 from tna_kernels.ops.lif import _lif_hyper
 
 pytestmark = pytest.mark.gpu_path  # skipped (tests/conftest.py) without Triton and TRITON_INTERPRET=1
@@ -415,6 +416,74 @@ def test_twin_loss_matches_reference(grad_output, on_gpu_path):
     torch.testing.assert_close(Bt.grad, Br.grad, **TOL32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_matches_reference(dtype, on_gpu_path):
+    """Half / bf16 storage (autocast training on a GPU feeds bf16 logits to the twin loss): LIF
+    spikes exact (the membrane runs in float32 on both sides), gradients and the float ternary GEMM
+    within the storage dtype's rounding; twin-loss values in float32, its gradients in the dtype."""
+    low = dict(rtol=2**-7 if dtype == torch.bfloat16 else 2**-10, atol=1e-2 if dtype == torch.bfloat16 else 1e-3)
+    x = _draw_lif_input((3, 70)).to(dtype)
+    gs = torch.randn(3, 70).to(dtype)
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    s = F.lif(xa)
+    s.backward(gs)
+    s_ref = R.lif(xr, torch.zeros(70))[0]
+    s_ref.backward(gs)
+    assert s.dtype == dtype and torch.equal(s, s_ref)
+    torch.testing.assert_close(xa.grad, xr.grad, **low)
+
+    codes, scale = _codes(5, 70), torch.rand(5) + 0.1
+    p = F.pack_ternary(codes, scale)
+    xl = torch.randn(4, 70).to(dtype)
+    y = OPS.ternary_linear(xl, p.words, p.scale, None, 1)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, R.ternary_linear(xl, codes, scale), **low)
+
+    a, b = (torch.randn(6, 37) * 2).to(dtype), (torch.randn(6, 37) * 2).to(dtype)
+    y = torch.tensor([3, -100, 0, 36, 7, 1])
+    A, Bt = a.clone().requires_grad_(), b.clone().requires_grad_()
+    loss = F.twin_loss(A, Bt, y, mse_weight=0.1)
+    (loss * 2).backward()
+    Ar, Br = a.clone().requires_grad_(), b.clone().requires_grad_()
+    loss_ref, _ = R.twin_loss(Ar, Br, y, mse_weight=0.1)
+    (loss_ref * 2).backward()
+    assert loss.dtype == torch.float32 and A.grad.dtype == dtype
+    torch.testing.assert_close(loss, loss_ref, **TOL32)
+    torch.testing.assert_close(A.grad, Ar.grad, **low)
+    torch.testing.assert_close(Bt.grad, Br.grad, **low)
+
+
+def test_non_contiguous_inputs_give_the_contiguous_results(on_gpu_path):
+    """Strided inputs as the layers pass them (a static current expanded over T, slices, transposes,
+    channels-last images): the routed kernels return what they return on contiguous copies."""
+    hyper = (2.0, True, 1.0, 0.0, False, False, "atan", 2.0)
+    x0 = torch.rand(2, 70) * 3
+    x = x0.expand(3, 2, 70)  # stride 0 over time, as nn.bn_lif hands a static input to lif_fwd
+    for got, want in zip(OPS.lif_fwd(x, None, *hyper, True), OPS.lif_fwd(x.contiguous(), None, *hyper, True),
+                         strict=True):
+        assert torch.equal(got, want)
+    xs, gs = torch.rand(3, 140)[:, ::2] * 3, torch.randn(3, 140)[:, 1::2]  # every other neuron
+    for got, want in zip(OPS.lif_bwd_recompute(gs, None, xs, None, *hyper),
+                         OPS.lif_bwd_recompute(gs.contiguous(), None, xs.contiguous(), None, *hyper), strict=True):
+        assert torch.equal(got, want)
+    codes = _codes(5, 70)
+    p = F.pack_ternary(codes, torch.rand(5) + 0.1, torch.randn(5))
+    xt = torch.randn(70, 4).t()
+    assert torch.equal(OPS.ternary_linear(xt, p.words, p.scale, p.bias, 1),
+                       OPS.ternary_linear(xt.contiguous(), p.words, p.scale, p.bias, 1))
+    s = _spikes(2, 70, 5, 6).to(memory_format=torch.channels_last)
+    assert torch.equal(F.pack_spikes(s, dim=1), F.pack_spikes(s.contiguous(), dim=1))
+    y, bits = OPS.spike_max_pool2d(s, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    y2, bits2 = OPS.spike_max_pool2d(s.contiguous(), [2, 2], [2, 2], [0, 0], [1, 1], False)
+    assert torch.equal(y, y2) and torch.equal(bits, bits2)
+    a, b = torch.randn(10, 6).t(), torch.randn(10, 6).t()
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    got = OPS.twin_loss_fwd(a, b, y, 1.0, 1.0, 0.1, 1, 0.0, -100, True, True)
+    want = OPS.twin_loss_fwd(a.contiguous(), b.contiguous(), y, 1.0, 1.0, 0.1, 1, 0.0, -100, True, True)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
 # ---- TNA training steps: the C++ path against the routed (GPU) path ----------------------------------
 
 # Tiny nets (8x8 inputs, T = 2, B = 2, 4-16 channels) that still have every layer kind: a full-
@@ -713,3 +782,43 @@ def test_bad_input_is_refused_on_the_host_like_the_cpu_op(case):
         call()
     with routed(), pytest.raises(ERRORS, match=match):
         call()
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_packed_inference_matches_the_cpp_path(arch):
+    """model.pack() (bit-packed spikes between layers: spike_ternary_conv2d_lif, lif_pack,
+    spike_ternary_conv2d, pack/unpack, the packed ternary readout) on both paths: every packed
+    layer's output bits exact; logits within float32 rounding (the readout's float x ternary GEMM
+    sums in another order in Triton's tl.dot)."""
+    cfg = TINY[arch]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative averages: the running statistics are the batches' own
+    with torch.no_grad():  # batch-norm running statistics from two batches (C++ path)
+        for _ in range(2):
+            model(torch.rand(4, cfg["in_channels"], 8, 8, generator=g))
+    packed = model.eval().pack()
+    x = torch.rand(2, cfg["in_channels"], 8, 8, generator=g)
+
+    def run():
+        bits = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: bits.append(out.clone()))
+                 for m in packed.modules() if isinstance(m, PackedLIFConv2d)]
+        try:
+            with torch.no_grad():
+                return packed(x), bits
+        finally:
+            for h in hooks:
+                h.remove()
+
+    want, want_bits = run()
+    with routed():
+        got, got_bits = run()
+    assert len(got_bits) == len(want_bits) > 0
+    for i, (bo, bw) in enumerate(zip(got_bits, want_bits, strict=True)):
+        assert torch.equal(bo, bw), f"packed layer {i}"
+    assert any(bool(b.any()) for b in want_bits)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
