@@ -25,8 +25,10 @@ Tests: :func:`routed` really reroutes and restores; ``torch.library.opcheck`` of
 (forward and backward ops); forward and backward against ``tna_kernels.reference`` (spikes and
 integer accumulations with ``torch.equal``, floats within tolerance), including the GPU paths of
 ``lif_pack``, ``spike_ternary_conv2d_lif``, ``ternary_conv2d`` (+ its input gradient) and
-``spike_max_pool2d``; three TNA training steps of a tiny spiking VGG and a tiny spiking ResNet on
-the C++ path and on the routed path, from identical states and inputs.
+``spike_max_pool2d``, half / bf16 storage and strided inputs; three TNA training steps of a tiny
+spiking VGG and a tiny spiking ResNet on the C++ path and on the routed path, from identical
+states and inputs, and their packed inference (``model.pack()``); every bad input the C++ ops
+refuse, refused on the routed path too, on the host, with an error naming the argument.
 """
 
 import contextlib
