@@ -20,7 +20,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.txt') setup.p
 # pytest exits 5 when a lane selects no tests; that is not a failure.
 PYTEST_OK = rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-.PHONY: demo demo-lif test test-cpu test-triton test-cpp test-install gpu-compile gpu-check-dry bench build info clean
+.PHONY: demo demo-lif test test-cpu test-triton test-cpp test-install gpu-compile test-gpu-path gpu-check-dry bench build info clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,13 +45,18 @@ demo: build
 demo-lif: build
 	$(PY) scripts/demo_lif.py
 
-test: test-cpu test-triton test-cpp gpu-compile gpu-check-dry test-install
+test: test-cpu test-triton test-gpu-path test-cpp gpu-compile gpu-check-dry test-install
 
 test-cpu: build
 	$(PY) -m pytest -q -m "not slow" tests; $(PYTEST_OK)
 
 test-triton: build
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "triton and not slow" tests; $(PYTEST_OK)
+
+# The full GPU path on the CPU: every tna:: op's CPU dispatch routed to its CUDA implementation
+# (the Triton launchers, run by the interpreter); opcheck, the reference, TNA steps vs the C++ path.
+test-gpu-path: build
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "gpu_path and not slow" tests; $(PYTEST_OK)
 
 test-cpp: build
 	mkdir -p build

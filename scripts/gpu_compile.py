@@ -302,44 +302,47 @@ def compile_one(task):
 # ---- report --------------------------------------------------------------------------------------
 
 _T = "tests/test_triton_launch.py"
+_G = "gpu_path: tests/test_gpu_path.py"
 # op -> (CUDA implementation, Triton kernels it launches, tests of that path). "interp." = the
-# Triton lane (TRITON_INTERPRET=1, CPU); "cuda" = tests that need a GPU (none has run on one yet).
+# Triton lane (TRITON_INTERPRET=1, CPU): the launchers; "gpu_path" = the op's registered CUDA
+# function on the CPU dispatch (interpreter): opcheck, the reference, bad input, TNA steps and
+# packed inference against the C++ path; "cuda" = tests that need a GPU (none has run on one yet).
 OPS = [
     ("lif_fwd", "Triton", ["_lif_fwd_kernel"],
      "interp.: test_lif.py::test_triton_matches_reference, ::test_triton_low_precision, " + _T
-     + "; cuda: test_lif.py::test_cuda_autograd_through_op"),
+     + "; " + _G + "; cuda: test_lif.py::test_cuda_autograd_through_op"),
     ("lif_bwd", "Triton", ["_lif_bwd_kernel"], "as lif_fwd"),
     ("lif_bwd_recompute", "Triton, one kernel (membrane recomputed in registers)", ["_lif_bwd_recompute_kernel"],
-     "interp.: test_lif.py::test_triton_recompute_backward_matches_cpu"),
-    ("lif_pack", "composed: lif_fwd + pack_spikes", ["_lif_fwd_kernel", "_pack_kernel"], "none on the GPU path"),
+     "interp.: test_lif.py::test_triton_recompute_backward_matches_cpu, ::test_triton_recompute_backward_one_kernel; " + _G),
+    ("lif_pack", "composed: lif_fwd + pack_spikes", ["_lif_fwd_kernel", "_pack_kernel"], _G),
     ("spike_ternary_conv2d_lif", "composed: spike conv, lif_pack", ["_spike_conv_kernel", "_lif_fwd_kernel",
-                                                                   "_pack_kernel"], "none on the GPU path"),
+                                                                   "_pack_kernel"], _G),
     ("pack_ternary", "Triton (host check of the codes: one sync)", ["_pack_kernel"],
      "interp.: test_ternary.py::test_triton_pack_agrees_with_cpu, ::test_triton_pack_rejects_bad_values_and_unpacks, "
-     + _T),
+     + _T + "; " + _G),
     ("pack_spikes", "Triton (bad spikes: device-side assert)", ["_pack_kernel"], "as pack_ternary"),
-    ("unpack_ternary", "Triton (int8 out)", ["_decode_kernel"], "interp.: test_ternary.py, " + _T),
-    ("unpack_spikes", "Triton (uint8 out)", ["_unpack_spikes_kernel"], "interp.: test_ternary.py, " + _T),
+    ("unpack_ternary", "Triton (int8 out)", ["_decode_kernel"], "interp.: test_ternary.py, " + _T + "; " + _G),
+    ("unpack_spikes", "Triton (uint8 out)", ["_unpack_spikes_kernel"], "interp.: test_ternary.py, " + _T + "; " + _G),
     ("ternarize", "Triton row statistics + fused quantise-and-pack", ["_row_stats_kernel", "_quantize_pack_kernel"],
-     "interp.: test_ternary.py::test_triton_ternarize_agrees_with_cpu"),
+     "interp.: test_ternary.py::test_triton_ternarize_agrees_with_cpu; " + _G),
     ("spike_ternary_linear", "Triton int8 tl.dot", ["_spike_conv_kernel"],
-     "interp.: test_ternary.py::test_triton_spike_linear_matches_cpu"),
+     "interp.: test_ternary.py::test_triton_spike_linear_matches_cpu; " + _G),
     ("spike_ternary_conv2d", "Triton int8 tl.dot (implicit GEMM)", ["_spike_conv_kernel"],
-     "interp.: test_ternary_conv.py::test_triton_spike_conv_matches_cpu"),
+     "interp.: test_ternary_conv.py::test_triton_spike_conv_matches_cpu; " + _G),
     ("ternary_linear", "Triton fp32 tl.dot (ieee)", ["_float_linear_kernel"],
-     "interp.: test_ternary.py::test_triton_float_linear_matches_reference"),
+     "interp.: test_ternary.py::test_triton_float_linear_matches_reference; " + _G),
     ("ternary_linear_grad_input", "Triton decode + torch matmul", ["_decode_kernel"],
-     "interp.: " + _T + " (runs only)"),
+     "interp.: " + _T + " (runs only); " + _G),
     ("ternary_conv2d", "Triton decode + torch conv2d (cuDNN)", ["_decode_kernel"],
-     "interp.: " + _T + " (runs only)"),
-    ("ternary_conv2d_grad_input", "Triton decode + torch conv2d_input", ["_decode_kernel"], "none"),
+     "interp.: " + _T + " (runs only); " + _G),
+    ("ternary_conv2d_grad_input", "Triton decode + torch conv2d_input", ["_decode_kernel"], _G),
     ("spike_max_pool2d (+ backward)", "torch max_pool2d + Triton pack/unpack + torch", ["_pack_kernel",
                                                                                           "_unpack_spikes_kernel"],
-     "none on the GPU path"),
+     _G),
     ("twin_loss_fwd", "Triton", ["_twin_loss_fwd_kernel"],
      "interp.: test_twin_loss.py::test_triton_matches_cpu_kernel, ::test_triton_all_ignored_bf16_and_partial_grads, "
-     + _T + "; cuda: test_twin_loss.py::test_cuda_op_dispatches_to_triton"),
-    ("twin_loss_bwd", "torch (one elementwise multiply per tensor)", [], "-"),
+     + _T + "; " + _G + "; cuda: test_twin_loss.py::test_cuda_op_dispatches_to_triton"),
+    ("twin_loss_bwd", "torch (one elementwise multiply per tensor)", [], _G),
 ]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tna_kernels  # noqa: F401  (registers the tna:: ops)
-from tna_kernels._utils import triton_test_device
+from tna_kernels._utils import HAS_TRITON, triton_test_device
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -24,12 +24,18 @@ else:
 
 def pytest_collection_modifyitems(config, items):
     """Triton tests need a GPU or the interpreter (a separate lane: TRITON_INTERPRET=1 must be set
-    before triton is imported); CUDA tests need a visible GPU."""
+    before triton is imported); gpu_path tests need the interpreter (they route the CPU dispatch to
+    the Triton implementations); CUDA tests need a visible GPU."""
     skip_triton = pytest.mark.skip(reason="Triton lane: run with TRITON_INTERPRET=1 or on a GPU")
+    skip_gpu_path = pytest.mark.skip(
+        reason="gpu_path lane: needs Triton and TRITON_INTERPRET=1 (make test-gpu-path)" if HAS_TRITON
+        else "gpu_path lane: Triton is not installed")
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "triton" in item.keywords and not (INTERPRET or torch.cuda.is_available()):
             item.add_marker(skip_triton)
+        if "gpu_path" in item.keywords and not (INTERPRET and HAS_TRITON):
+            item.add_marker(skip_gpu_path)
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
 

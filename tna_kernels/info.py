@@ -49,9 +49,11 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     print(f"GPU         {gpu}")
     print()
-    print(f"{'op':<28}{'CPU':<11}{'CUDA':<18}fake")
-    for name, cpu, cuda, fake in op_table():
-        print(f"{name:<28}{cpu:<11}{cuda:<18}{fake}")
+    rows = op_table()
+    width = max(len("CUDA"), *(len(cuda) for _, _, cuda, _ in rows)) + 2  # labels such as "torch + triton ..."
+    print(f"{'op':<28}{'CPU':<11}{'CUDA':<{width}}fake")
+    for name, cpu, cuda, fake in rows:
+        print(f"{name:<28}{cpu:<11}{cuda:<{width}}{fake}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from torch import Tensor
 from .._utils import HAS_TRITON, state_dtype
 from .._utils import check_device as _check_device
 from ..formats import SURROGATES
-from . import CUDA_BACKENDS
+from . import register_cuda
 from ._native import LIB, C, dtype_code, empty_output, ptr, threads
 
 # The C++ kernels take the surrogate as its index in their list, which must be Python's.
@@ -239,14 +239,34 @@ def _backward(ctx, grad_spikes, grad_v_last, _grad_h):
 
 torch.library.register_autograd("tna::lif_fwd", _backward, setup_context=_setup_context)
 
+# ---- CUDA kernels: the ops' argument checks (above, shared with the CPU and fake kernels) on the
+# host, then the Triton launchers. A shape the kernels would trust (v0, grad_v_last, grad_spikes)
+# is never left to a device-side fault.
+
 if HAS_TRITON:
     from ..triton import lif as _triton_lif
 
-    torch.library.register_kernel("tna::lif_fwd", "cuda", _triton_lif.lif_fwd)
-    torch.library.register_kernel("tna::lif_bwd", "cuda", _triton_lif.lif_bwd)
-    torch.library.register_kernel("tna::lif_bwd_recompute", "cuda", _triton_lif.lif_bwd_recompute)
-    CUDA_BACKENDS["lif_fwd"] = CUDA_BACKENDS["lif_bwd"] = "triton"
-    CUDA_BACKENDS["lif_bwd_recompute"] = "triton (one kernel, membrane recomputed)"
+    def _lif_fwd_cuda(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate,
+                      alpha, save_h):
+        _check_lif_fwd(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha)
+        return _triton_lif.lif_fwd(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
+                                   surrogate, alpha, save_h)
+
+    def _lif_bwd_cuda(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_reset, soft_reset,
+                      detach_reset, surrogate, alpha):
+        _check_lif_bwd(grad_spikes, grad_v_last, h_seq, tau, v_threshold, v_reset, surrogate, alpha)
+        return _triton_lif.lif_bwd(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_reset,
+                                   soft_reset, detach_reset, surrogate, alpha)
+
+    def _lif_bwd_recompute_cuda(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input, v_threshold, v_reset,
+                                soft_reset, detach_reset, surrogate, alpha):
+        _check_lif_bwd_recompute(grad_spikes, grad_v_last, x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha)
+        return _triton_lif.lif_bwd_recompute(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input, v_threshold,
+                                             v_reset, soft_reset, detach_reset, surrogate, alpha)
+
+    register_cuda("lif_fwd", _lif_fwd_cuda, "triton")
+    register_cuda("lif_bwd", _lif_bwd_cuda, "triton")
+    register_cuda("lif_bwd_recompute", _lif_bwd_recompute_cuda, "triton (one kernel, membrane recomputed)")
 
 
 # ---- Public API (re-exported by tna_kernels.functional) ---------------------------------------

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._utils import HAS_TRITON
-from . import CUDA_BACKENDS
+from . import register_cuda
 from ._native import LIB, C, empty_output, ptr, threads
 from .lif import _check_device, _lif_constants
 
@@ -53,6 +53,7 @@ LIB.impl("lif_pack", _lif_pack_cpu, "CPU")
 
 
 def _lif_pack_composed(x_seq, tau, decay_input, v_threshold, v_reset, soft_reset):
+    _check_lif_pack_op(x_seq, tau, v_threshold, v_reset)
     spikes, _, _ = torch.ops.tna.lif_fwd(x_seq, None, tau, decay_input, v_threshold, v_reset, soft_reset,
                                          False, "atan", 2.0, False)
     return torch.ops.tna.pack_spikes(spikes, -1)
@@ -60,8 +61,7 @@ def _lif_pack_composed(x_seq, tau, decay_input, v_threshold, v_reset, soft_reset
 
 if HAS_TRITON:
     # CUDA tensors: the Triton conv, LIF and packing kernels in sequence (not fused yet on GPU).
-    torch.library.register_kernel("tna::lif_pack", "cuda", _lif_pack_composed)
-    CUDA_BACKENDS["lif_pack"] = "triton (unfused)"
+    register_cuda("lif_pack", _lif_pack_composed, "triton (unfused)")
 
 
 # ---- Public API (re-exported by tna_kernels.functional) ---------------------------------------

@@ -10,7 +10,7 @@ a time (only a slice of the float input and its indices exists at once)."""
 import torch
 
 from .._utils import HAS_TRITON, chunks
-from . import CUDA_BACKENDS
+from . import register_cuda
 from ._native import LIB, C, dtype_code, dtype_str, empty_output, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
@@ -49,21 +49,48 @@ def _spike_max_pool2d_backward_fake(grad_y, bits, input_size, kernel_size, strid
     return grad_y.new_empty(input_size)
 
 
-# ---- CPU kernels -------------------------------------------------------------------------------
-# The pooling arguments and x's shape are checked by the native core (C.spike_pool_output_size,
-# errors naming the argument); the tensors here.
+# ---- Argument checks (the CPU and the CUDA kernels) and CPU kernels ----------------------------
+# The pooling arguments and x's shape are checked by the native core (C.spike_pool_output_size, a
+# host function on sizes: errors naming the argument); the tensors here.
 
-def _check_floating_cpu(t, name: str) -> None:
-    if not t.is_cpu:
-        raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
+def _check_floating(t, name: str) -> None:
     if not t.is_floating_point():
         raise RuntimeError(f"{name} must be a floating-point tensor, got {dtype_str(t.dtype)}")
 
 
+def _check_floating_cpu(t, name: str) -> None:
+    if not t.is_cpu:
+        raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
+    _check_floating(t, name)
+
+
+def _check_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """x and the pooling arguments; returns the pooling arguments as lists and (OH, OW)."""
+    pool = (list(kernel_size), list(stride), list(padding), list(dilation))
+    return pool, C.spike_pool_output_size(list(x.shape), *pool, ceil_mode)
+
+
+def _check_backward(grad_y, bits, input_size, kernel_size, stride, padding, dilation, ceil_mode):
+    """grad_y, bits, input_size and the pooling arguments (after the device checks)."""
+    _check_floating(grad_y, "grad_y")
+    if len(input_size) != 4:
+        raise RuntimeError(f"input_size must be [N, C, H, W], got {shape_str(input_size)}")
+    pool = (list(kernel_size), list(stride), list(padding), list(dilation))
+    n, c, h, w = input_size
+    oh, ow = C.spike_pool_output_size(list(input_size), *pool, ceil_mode)
+    if tuple(grad_y.shape) != (n, c, oh, ow):
+        raise RuntimeError(f"grad_y must have shape {shape_str((n, c, oh, ow))}, got {shape_str(grad_y.shape)}")
+    if bits.dtype != torch.int64:
+        raise RuntimeError(f"bits must be int64 packed spike words, got {dtype_str(bits.dtype)}")
+    kw = (c * h * w + 63) // 64
+    if tuple(bits.shape) != (n, kw):
+        raise RuntimeError(f"bits must have shape {shape_str((n, kw))}, got {shape_str(bits.shape)}")
+    return pool
+
+
 def _spike_max_pool2d_cpu(x, kernel_size, stride, padding, dilation, ceil_mode):
     _check_floating_cpu(x, "x")
-    pool = (list(kernel_size), list(stride), list(padding), list(dilation))
-    oh, ow = C.spike_pool_output_size(list(x.shape), *pool, ceil_mode)
+    pool, (oh, ow) = _check_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = x.shape
     xc = x.contiguous()
     bits = torch.ops.tna.pack_spikes(xc.view(n, c * h * w), -1)  # raises if x is not 0/1
@@ -77,18 +104,8 @@ def _spike_max_pool2d_backward_cpu(grad_y, bits, input_size, kernel_size, stride
     _check_floating_cpu(grad_y, "grad_y")
     if not bits.is_cpu:
         raise RuntimeError(f"bits must be a CPU tensor, got {bits.device}")
-    if len(input_size) != 4:
-        raise RuntimeError(f"input_size must be [N, C, H, W], got {shape_str(input_size)}")
-    pool = (list(kernel_size), list(stride), list(padding), list(dilation))
+    pool = _check_backward(grad_y, bits, input_size, kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = input_size
-    oh, ow = C.spike_pool_output_size(list(input_size), *pool, ceil_mode)
-    if tuple(grad_y.shape) != (n, c, oh, ow):
-        raise RuntimeError(f"grad_y must have shape {shape_str((n, c, oh, ow))}, got {shape_str(grad_y.shape)}")
-    if bits.dtype != torch.int64:
-        raise RuntimeError(f"bits must be int64 packed spike words, got {dtype_str(bits.dtype)}")
-    kw = (c * h * w + 63) // 64
-    if tuple(bits.shape) != (n, kw):
-        raise RuntimeError(f"bits must have shape {shape_str((n, kw))}, got {shape_str(bits.shape)}")
     gy, b = grad_y.contiguous(), bits.contiguous()
     grad_x = empty_output((n, c, h, w), grad_y.dtype)  # written whole by the kernel
     C.spike_max_pool2d_backward(dtype_code(gy), gy.data_ptr(), b.data_ptr(), grad_x.data_ptr(), [n, c, h, w],
@@ -124,12 +141,15 @@ torch.library.register_autograd("tna::spike_max_pool2d", _backward, setup_contex
 # ---- CUDA: composed of torch ops ------------------------------------------------------------------
 
 def _spike_max_pool2d_composed(x, kernel_size, stride, padding, dilation, ceil_mode):
+    _check_floating(x, "x")
+    _check_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
     bits = torch.ops.tna.pack_spikes(x.reshape(x.shape[0], -1), -1)  # raises if x is not 0/1
     return torch.nn.functional.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode), bits
 
 
 def _spike_max_pool2d_backward_composed(grad_y, bits, input_size, kernel_size, stride, padding, dilation,
                                         ceil_mode):
+    _check_backward(grad_y, bits, input_size, kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = input_size
     pool = (kernel_size, stride, padding, dilation, ceil_mode)
     grad_x = grad_y.new_empty(input_size)
@@ -144,6 +164,5 @@ def _spike_max_pool2d_backward_composed(grad_y, bits, input_size, kernel_size, s
 # The composition packs and unpacks with the Triton kernels: without Triton there is no CUDA kernel,
 # and functional/nn callers get check_device's "pip install triton" instead of a dispatcher error.
 if HAS_TRITON:
-    torch.library.register_kernel("tna::spike_max_pool2d", "cuda", _spike_max_pool2d_composed)
-    torch.library.register_kernel("tna::spike_max_pool2d_backward", "cuda", _spike_max_pool2d_backward_composed)
-    CUDA_BACKENDS["spike_max_pool2d"] = CUDA_BACKENDS["spike_max_pool2d_backward"] = "torch + triton (un)packing"
+    register_cuda("spike_max_pool2d", _spike_max_pool2d_composed, "torch + triton (un)packing")
+    register_cuda("spike_max_pool2d_backward", _spike_max_pool2d_backward_composed, "torch + triton (un)packing")

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._utils import HAS_TRITON
 from .._utils import check_device as _check_device
 from ..formats import FORMAT_VERSION, TERNARY_METHODS, PackedTernary, words_for
-from . import CUDA_BACKENDS
+from . import register_cuda
 from ._native import LIB, C, dtype_code, dtype_str, empty_output, ptr, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
@@ -646,12 +646,9 @@ if HAS_TRITON:
 
     # CUDA tensors: Triton kernels (the spike/float GEMMs, packing, fused quantise-and-pack); float
     # conv and the input gradients decode with Triton and convolve/multiply with torch.
+    _WITH_TORCH = ("ternary_conv2d", "ternary_conv2d_grad_input", "ternary_linear_grad_input")
     for _name in _triton_ternary.CUDA_OPS:
-        torch.library.register_kernel(f"tna::{_name}", "cuda", getattr(_triton_ternary, _name))
-        CUDA_BACKENDS[_name] = "triton"
-    for _name in ("ternary_conv2d", "ternary_conv2d_grad_input", "ternary_linear_grad_input",
-                  "unpack_spikes"):
-        CUDA_BACKENDS[_name] = "triton+torch" if _name != "unpack_spikes" else "torch"
+        register_cuda(_name, getattr(_triton_ternary, _name), "triton+torch" if _name in _WITH_TORCH else "triton")
 
 
 # ---- spike_ternary_conv2d_lif: the conv with tna::lif_pack's LIF as its epilogue ----
@@ -668,6 +665,9 @@ def _spike_ternary_conv2d_lif_fake(spike_bits, packed_w, scale, bias, C, stride,
 def _spike_ternary_conv2d_lif_composed(spike_bits, packed_w, scale, bias, C, stride, padding, dilation,
                                        version, T, tau, decay_input, v_threshold, v_reset, soft_reset,
                                        kmajor=None):
+    if T < 1 or spike_bits.dim() < 1 or spike_bits.shape[0] % T:
+        _fail("T must be >= 1 and divide the leading dimension of spike_bits (", shape_str(spike_bits.shape[:1]),
+              " = T * batch, time-major), got T = ", T)
     y = torch.ops.tna.spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, dilation,
                                            version, kmajor)
     y = y.permute(0, 2, 3, 1)  # channels last
@@ -677,8 +677,7 @@ def _spike_ternary_conv2d_lif_composed(spike_bits, packed_w, scale, bias, C, str
 
 if HAS_TRITON:
     # CUDA tensors: the Triton conv, LIF and packing kernels in sequence (not fused yet on GPU).
-    torch.library.register_kernel("tna::spike_ternary_conv2d_lif", "cuda", _spike_ternary_conv2d_lif_composed)
-    CUDA_BACKENDS["spike_ternary_conv2d_lif"] = "triton (unfused)"
+    register_cuda("spike_ternary_conv2d_lif", _spike_ternary_conv2d_lif_composed, "triton (unfused)")
 
 
 # ---- Public functions (re-exported by tna_kernels.functional) -----------------------------------

@@ -32,7 +32,7 @@ from .. import reference as _reference
 from .._utils import HAS_TRITON, state_dtype
 from .._utils import check_device as _check_device
 from ..formats import MSE_REDUCTIONS
-from . import CUDA_BACKENDS
+from . import CUDA_BACKENDS, register_cuda
 from ._native import LIB, C, dtype_code, dtype_str, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
@@ -269,10 +269,8 @@ LIB.impl("twin_loss", _twin_loss_composite, "CompositeImplicitAutograd")
 if HAS_TRITON:
     from ..triton import twin_loss as _triton_twin_loss
 
-    torch.library.register_kernel("tna::twin_loss_fwd", "cuda", _triton_twin_loss.twin_loss_fwd)
-    torch.library.register_kernel("tna::twin_loss_bwd", "cuda", _triton_twin_loss.twin_loss_bwd)
-    CUDA_BACKENDS["twin_loss_fwd"] = "triton"
-    CUDA_BACKENDS["twin_loss_bwd"] = "torch"  # one fused elementwise multiply per tensor
+    register_cuda("twin_loss_fwd", _triton_twin_loss.twin_loss_fwd, "triton")
+    register_cuda("twin_loss_bwd", _triton_twin_loss.twin_loss_bwd, "torch")  # one fused multiply per tensor
     CUDA_BACKENDS["twin_loss"] = "triton (via twin_loss_fwd)"  # composite over the two above
 
 

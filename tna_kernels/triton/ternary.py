@@ -223,9 +223,50 @@ def _quantize_pack_kernel(w_ptr, thr_ptr, codes_ptr, out_ptr, K, KWD, TOTAL, PAC
 
 
 # ---- launchers (same contracts as the C++ ops) ---------------------------------------------------
+# Every launcher checks its arguments on the host first, as the CPU op does (the errors name the
+# argument): a size the kernels trust (words per row, scale and bias lengths, conv geometry) is
+# never left to an out-of-bounds access on the device.
 
 def _words(k):
     return (k + 63) // 64
+
+
+def _shape(t):
+    return list(t.shape)
+
+
+def _check_floating(t, name):
+    if not t.dtype.is_floating_point:
+        raise RuntimeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _check_scale_bias(scale, bias, n, device):
+    """float32 [n] on the input's device (one per output channel); bias may be None."""
+    for name, t in (("scale", scale), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != torch.float32 or t.dim() != 1 or t.shape[0] != n:
+            raise RuntimeError(f"{name} must be float32 of shape [{n}] (one per output channel), got {t.dtype} "
+                               f"{_shape(t)}")
+        if t.device != device:
+            raise RuntimeError(f"{name} must be on {device} like the input, got {t.device}")
+
+
+def _check_geometry(stride, padding, dilation):
+    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(v) != 2 or v[0] < lo or v[1] < lo:
+            raise RuntimeError(f"{name} must be two integers >= {lo}, got {list(v)}")
+
+
+def _conv_out(h, w, packed_w, stride, padding, dilation):
+    """(OH, OW) of a conv with packed_w [N, kh, kw, 2, CW] on an h x w input; at least 1 x 1."""
+    kh, kw = packed_w.shape[1:3]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if oh < 1 or ow < 1:
+        raise RuntimeError(f"the input {h}x{w} is too small for kernel {kh}x{kw} with this padding/dilation "
+                           f"(output would be {oh}x{ow})")
+    return oh, ow
 
 
 def _check_version(version):
@@ -234,12 +275,17 @@ def _check_version(version):
                            f"only, got v{version}")
 
 
-def _check_packed(packed_w, K, rank):
-    if packed_w.dtype != torch.int64 or packed_w.dim() != rank or packed_w.shape[-2] != 2:
-        raise RuntimeError(f"packed_w must be int64 packed ternary words of rank {rank}, got "
+def _check_packed(packed_w, K, rank, name="packed_w"):
+    """Packed words [N, 2, KW] (rank 3), [N, kh, kw, 2, CW] (rank 5) or, rank None, [N, ..., 2, KW]."""
+    rank_ok = packed_w.dim() >= 3 if rank is None else packed_w.dim() == rank
+    if packed_w.dtype != torch.int64 or not rank_ok or packed_w.shape[-2] != 2:
+        what = f"of rank {rank}" if rank else "[N, ..., 2, KW]"
+        raise RuntimeError(f"{name} must be int64 packed ternary words {what}, got "
                            f"{packed_w.dtype} {tuple(packed_w.shape)}")
+    if K < 1:
+        raise RuntimeError(f"K must be >= 1 (inputs per output; channels for conv2d), got {K}")
     if packed_w.shape[-1] != _words(K):
-        raise RuntimeError(f"packed_w has {packed_w.shape[-1]} words per plane but K = {K} needs "
+        raise RuntimeError(f"{name} has {packed_w.shape[-1]} words per plane but K = {K} needs "
                            f"ceil(K/64) = {_words(K)}")
 
 
@@ -270,10 +316,22 @@ def _pack(src, ternary):
 def pack_ternary(codes):
     if codes.dtype != torch.int8:
         raise RuntimeError(f"codes must be int8 ternary codes in {{-1, 0, +1}}, got dtype {codes.dtype}")
+    if codes.dim() < 1 or codes.shape[-1] < 1:
+        raise RuntimeError("codes must have shape [..., K] with K >= 1 (packing runs along the last axis), got "
+                           f"{_shape(codes)}")
     return _pack(codes, True)
 
 
 def pack_spikes(spikes, dim=-1):
+    nd = spikes.dim()
+    if nd < 1:
+        raise RuntimeError("spikes must have at least one dimension")
+    if not -nd <= dim < nd:
+        raise RuntimeError(f"dim must be in [{-nd}, {nd - 1}], got {dim}")
+    if spikes.shape[dim] < 1:
+        raise RuntimeError(f"spikes must have a non-empty packing axis (dim {dim % nd}), got shape {_shape(spikes)}")
+    if spikes.is_complex():
+        raise RuntimeError(f"spikes must be a real or bool tensor of 0/1 values, got {spikes.dtype}")
     return _pack(spikes.movedim(dim, -1), False)
 
 
@@ -289,6 +347,7 @@ def _decode(packed_w, rows, K, dtype=torch.float32):
 
 def unpack_ternary(packed, K, version):
     _check_version(version)
+    _check_packed(packed, K, None, "packed")
     kw = _words(K)
     rows = packed.numel() // (2 * kw) if kw else 0
     return _decode(packed, rows, K, torch.int8).reshape(*packed.shape[:-2], K)
@@ -296,6 +355,8 @@ def unpack_ternary(packed, K, version):
 
 def unpack_spikes(bits, K):
     """Words [..., KW] -> uint8 0/1 [..., K] (the CPU op's dtype), one byte per spike."""
+    if K < 1:
+        raise RuntimeError(f"K must be >= 1, got {K}")
     if bits.dtype != torch.int64 or bits.dim() < 1 or bits.shape[-1] != _words(K):
         raise RuntimeError(f"bits must be int64 packed spikes [..., {_words(K)}] for K = {K}, got "
                            f"{bits.dtype} {tuple(bits.shape)}")
@@ -309,6 +370,10 @@ def unpack_spikes(bits, K):
 
 
 def ternarize(w, method, per_channel, pack):
+    _check_floating(w, "w")
+    if w.dim() < 2 or w.numel() == 0:
+        raise RuntimeError("w must have shape [out_channels, ...] with at least 2 dims and no empty dim, got "
+                           f"{_shape(w)}")
     if method not in ("twn", "absmean"):
         raise RuntimeError(f"method must be 'twn' or 'absmean', got '{method}'")
     x = w.contiguous()
@@ -349,10 +414,17 @@ def spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, 
     # kmajor (the CPU event-driven layout) is not used on the GPU.
     _check_version(version)
     _check_packed(packed_w, C, 5)
+    if spike_bits.dtype != torch.int64:
+        raise RuntimeError(f"spike_bits must be int64 packed spike words (pack_spikes along channels), got "
+                           f"{spike_bits.dtype}")
+    if spike_bits.dim() != 4 or spike_bits.shape[3] != _words(C):
+        raise RuntimeError(f"spike_bits must have shape [B, H, W, {_words(C)}] (channels packed last, C = {C}), "
+                           f"got {_shape(spike_bits)}")
+    _check_scale_bias(scale, bias, packed_w.shape[0], spike_bits.device)
+    _check_geometry(stride, padding, dilation)
     Bn, H, W, CW = spike_bits.shape
     N, kh, kw = packed_w.shape[:3]
-    oh = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh, ow = _conv_out(H, W, packed_w, stride, padding, dilation)
     y = torch.empty((Bn, N, oh, ow), dtype=torch.float32, device=spike_bits.device,
                     memory_format=torch.channels_last)
     M = Bn * oh * ow
@@ -370,7 +442,9 @@ def spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, 
 def spike_ternary_linear(spike_bits, packed_w, scale, bias, K, version, kmajor=None):
     _check_version(version)
     _check_packed(packed_w, K, 3)
-    if spike_bits.shape[-1] != _words(K):
+    if spike_bits.dtype != torch.int64:
+        raise RuntimeError(f"spike_bits must be int64 packed spike words (pack_spikes), got {spike_bits.dtype}")
+    if spike_bits.dim() < 1 or spike_bits.shape[-1] != _words(K):
         raise RuntimeError(f"spike_bits must have shape [..., {_words(K)}] for K = {K}, got "
                            f"{tuple(spike_bits.shape)}")
     lead = spike_bits.shape[:-1]
@@ -382,9 +456,13 @@ def spike_ternary_linear(spike_bits, packed_w, scale, bias, K, version, kmajor=N
 
 def ternary_linear(x, packed_w, scale, bias, version):
     _check_version(version)
+    _check_floating(x, "x")
+    if x.dim() < 1:
+        raise RuntimeError(f"x must have shape [..., K], got {_shape(x)}")
     K = x.shape[-1]
     _check_packed(packed_w, K, 3)
     N = packed_w.shape[0]
+    _check_scale_bias(scale, bias, N, x.device)
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -398,8 +476,12 @@ def ternary_linear(x, packed_w, scale, bias, version):
 
 def ternary_linear_grad_input(grad_y, packed_w, scale, K, version):
     _check_version(version)
+    _check_floating(grad_y, "grad_y")
     _check_packed(packed_w, K, 3)
     N = packed_w.shape[0]
+    if grad_y.dim() < 1 or grad_y.shape[-1] != N:
+        raise RuntimeError(f"grad_y must have shape [..., {N}], got {_shape(grad_y)}")
+    _check_scale_bias(scale, None, N, grad_y.device)
     acc = torch.float32 if grad_y.dtype in (torch.float16, torch.bfloat16) else grad_y.dtype
     codes = _decode(packed_w, N, K, acc)
     g = grad_y.reshape(-1, N).to(acc) * scale.to(acc)
@@ -414,7 +496,13 @@ def _decode_conv(packed_w, C, dtype):
 
 def ternary_conv2d(x, packed_w, scale, bias, stride, padding, dilation, version):
     _check_version(version)
+    _check_floating(x, "x")
+    if x.dim() != 4:
+        raise RuntimeError(f"x must have shape [B, C, H, W], got {_shape(x)}")
     _check_packed(packed_w, x.shape[1], 5)
+    _check_scale_bias(scale, bias, packed_w.shape[0], x.device)
+    _check_geometry(stride, padding, dilation)
+    _conv_out(x.shape[2], x.shape[3], packed_w, stride, padding, dilation)
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     y = torch.nn.functional.conv2d(x.to(acc), _decode_conv(packed_w, x.shape[1], acc), None, stride,
                                    padding, dilation)
@@ -426,6 +514,15 @@ def ternary_conv2d(x, packed_w, scale, bias, stride, padding, dilation, version)
 
 def ternary_conv2d_grad_input(grad_y, packed_w, scale, input_size, stride, padding, dilation, version):
     _check_version(version)
+    _check_floating(grad_y, "grad_y")
+    if len(input_size) != 4:
+        raise RuntimeError(f"input_size must be [B, C, H, W], got {list(input_size)}")
+    _check_packed(packed_w, input_size[1], 5)
+    _check_scale_bias(scale, None, packed_w.shape[0], grad_y.device)
+    _check_geometry(stride, padding, dilation)
+    out = [input_size[0], packed_w.shape[0], *_conv_out(*input_size[2:], packed_w, stride, padding, dilation)]
+    if _shape(grad_y) != out:
+        raise RuntimeError(f"grad_y must have shape {out}, got {_shape(grad_y)}")
     acc = torch.float32 if grad_y.dtype in (torch.float16, torch.bfloat16) else grad_y.dtype
     w = _decode_conv(packed_w, input_size[1], acc)
     g = grad_y.to(acc) * scale.to(acc).view(1, -1, 1, 1)

@@ -21,6 +21,8 @@ pruning of blocks wider than the row runs at that one tuning), never per call or
 No host synchronisation; the target check is a device-side assert (on CUDA a bad target makes the
 CUDA context unusable, as any device assert does; documented in docs/GPU.md)."""
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -131,6 +133,12 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
                          f"got {target.dtype} {tuple(target.shape)}")
     if mse_reduction not in (0, 1):
         raise ValueError(f"mse_reduction must be 0 ('mean') or 1 ('sum_over_batch'), got {mse_reduction}")
+    for name, w in (("ce_weight_base", ce_weight_base), ("ce_weight_twin", ce_weight_twin),
+                    ("mse_weight", mse_weight)):
+        if not math.isfinite(w):
+            raise ValueError(f"{name} must be finite, got {w}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     a = logits_base.contiguous()
     b = logits_twin.contiguous()
     y = target.contiguous()
@@ -161,4 +169,12 @@ def twin_loss_bwd(grad_loss, grad_base, grad_twin):
     """CUDA implementation of tna::twin_loss_bwd: a scale by a 0-dim device tensor is one fused
     elementwise torch kernel per tensor, which Triton would not beat. A bf16/half tensor times a
     0-dim float32 tensor stays in its dtype (computed in float, rounded once)."""
+    if grad_loss.dim() != 0:
+        raise ValueError(f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
+    if not grad_base.dtype.is_floating_point:
+        raise TypeError(f"grad_base must be a floating-point tensor, got {grad_base.dtype}")
+    if grad_twin.dtype != grad_base.dtype:
+        raise TypeError(f"grad_twin must have dtype {grad_base.dtype}, got {grad_twin.dtype}")
+    if grad_loss.dtype != state_dtype(grad_base.dtype):
+        raise TypeError(f"grad_loss must have dtype {state_dtype(grad_base.dtype)}, got {grad_loss.dtype}")
     return grad_base * grad_loss, grad_twin * grad_loss
