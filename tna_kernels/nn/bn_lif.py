@@ -68,14 +68,21 @@ class _BNLIF(torch.autograd.Function):
         y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
         # each slice of y is read before its gradient overwrites it: y's buffer becomes grad_y.
         # On a GPU the slices are large (chunk_elems): a VGG-11 step makes 16 calls, not 296.
-        for sl in chunks(y_t.shape[1], T, y.device):
+        slices = chunks(y_t.shape[1], T, y.device)
+        for sl in slices:
             # the membrane is recomputed in cache from y: the same bits as the forward's
             g = torch.ops.tna.lif_bwd_recompute(g_t[:, sl], None, y_t[:, sl], None, *hyper)[0]
             if static:  # the static input fed every step: its gradient is the sum over steps
-                y.view(-1)[sl] = g.sum(0)
+                grad_y = g.sum(0)
             else:
-                y_t[:, sl] = g
-            del g
+                grad_y = g
+            if len(slices) == 1:  # one call covered y (the GPU's case): its result is grad_y, no copy
+                y = grad_y.view(y.shape)
+            elif static:
+                y.view(-1)[sl] = grad_y
+            else:
+                y_t[:, sl] = grad_y
+            del g, grad_y
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
         if group is None:
