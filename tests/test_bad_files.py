@@ -605,3 +605,13 @@ def test_fuzzed_checkpoints_and_packed_models_give_only_clean_errors(tmp_path, s
     assert sum(len(v) for v in outcomes.values()) >= 380
     for key, results in outcomes.items():
         assert "error" in results, key  # every region's mutations were caught at least sometimes
+
+
+def test_a_checkpoint_whose_model_config_cannot_be_built_names_the_file(tmp_path):
+    from tna_kernels.train import CheckpointError, load_model
+    from tna_kernels.train import checkpoint as ckpt
+
+    for bad in ({"name": "vgg", "arch": "no-such-arch"}, {"arch": "digits"}, {"name": "vgg", "T": "four"}):
+        path = ckpt.save(tmp_path / "bad", {"base": {"w": torch.zeros(1)}}, {"model_config": bad})
+        with pytest.raises(CheckpointError, match=str(path.name)):
+            load_model(path)

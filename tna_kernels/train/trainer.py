@@ -62,7 +62,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Modul
     state, meta = checkpoint.load(path)
     if "model_config" not in meta or "base" not in state:
         raise checkpoint.CheckpointError(f"{path} holds no base model")
-    model = build_model(meta["model_config"])
+    try:
+        model = build_model(meta["model_config"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise checkpoint.CheckpointError(
+            f"{path}: its model_config cannot be built: {type(exc).__name__}: {exc}") from exc
     try:
         model.load_state_dict(state["base"])
     except RuntimeError as exc:
