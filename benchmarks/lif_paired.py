@@ -74,11 +74,11 @@ def main(argv=None):
         if p in ("tna", "copy"):  # copy is the bandwidth reference, not a competitor
             print(f"{p:14s} {t_med:9.2f}")
             continue
-        q1, med, q3 = quartiles([a / b for a, b in zip(times[p], ours)])
+        q1, med, q3 = quartiles([a / b for a, b in zip(times[p], ours, strict=False)])
         print(f"{p:14s} {t_med:9.2f}  {q1:8.2f}× / {med:6.2f}× / {q3:6.2f}×  slower than ours")
     if "copy" in times:
         # roofline share per round: the time our bytes take at that round's copy bandwidth / ours
-        shares = [nbytes["tna"] / (nbytes["copy"] / c) / o for c, o in zip(times["copy"], ours)]
+        shares = [nbytes["tna"] / (nbytes["copy"] / c) / o for c, o in zip(times["copy"], ours, strict=False)]
         q1, med, q3 = quartiles(shares)
         print(f"our bytes at the same round's copy bandwidth / our time: {q1:.0%} / {med:.0%} / {q3:.0%} "
               f"(q1 / median / q3; {nbytes['tna'] / 1e6:.0f} MB per forward + backward)")

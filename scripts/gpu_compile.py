@@ -313,7 +313,8 @@ OPS = [
      + "; " + _G + "; cuda: test_lif.py::test_cuda_autograd_through_op"),
     ("lif_bwd", "Triton", ["_lif_bwd_kernel"], "as lif_fwd"),
     ("lif_bwd_recompute", "Triton, one kernel (membrane recomputed in registers)", ["_lif_bwd_recompute_kernel"],
-     "interp.: test_lif.py::test_triton_recompute_backward_matches_cpu, ::test_triton_recompute_backward_one_kernel; " + _G),
+     "interp.: test_lif.py::test_triton_recompute_backward_matches_cpu, "
+     "::test_triton_recompute_backward_one_kernel; " + _G),
     ("lif_pack", "composed: lif_fwd + pack_spikes", ["_lif_fwd_kernel", "_pack_kernel"], _G),
     ("spike_ternary_conv2d_lif", "composed: spike conv, lif_pack", ["_spike_conv_kernel", "_lif_fwd_kernel",
                                                                    "_pack_kernel"], _G),

@@ -54,7 +54,7 @@ def _close(actual, expected, rtol=2e-5, atol_rel=1e-6):
 
 
 def _check_all(ours, ref, **tol):
-    for x, r in zip(ours, ref):
+    for x, r in zip(ours, ref, strict=False):
         if r is None:
             assert x is None
         else:
@@ -269,7 +269,7 @@ def test_loss_in_a_larger_graph():
     for p in (*la.parameters(), *lb.parameters()):
         p.grad = None
     (2 * R.twin_loss(la(x), lb(x), y, mse_weight=0.1)[0] + la.weight.sum()).backward()
-    for g, p in zip(g_ours, (*la.parameters(), *lb.parameters())):
+    for g, p in zip(g_ours, (*la.parameters(), *lb.parameters()), strict=False):
         _close(g, p.grad)
 
 
@@ -312,7 +312,7 @@ def test_non_contiguous_inputs_and_inputs_unchanged():
     saved = [t.clone() for t in (base, twin, y)]
     ours = _ours(a, b, y, mse_weight=0.3)
     _check_all(ours, _ref(a.contiguous(), b.contiguous(), y.contiguous(), mse_weight=0.3))
-    for t, s in zip((base, twin, y), saved):
+    for t, s in zip((base, twin, y), saved, strict=False):
         assert torch.equal(t, s)
 
 
@@ -334,7 +334,7 @@ def test_thread_count_does_not_change_the_result():
         many = torch.ops.tna.twin_loss_fwd(a, b, y, 1.0, 1.0, 0.1, 1, 0.1, -100, True, True)
     finally:
         torch.set_num_threads(threads)
-    for x, z in zip(one, many):
+    for x, z in zip(one, many, strict=False):
         assert torch.equal(x, z)
 
 
@@ -497,7 +497,7 @@ def test_triton_matches_cpu_kernel(C, reduction):
     args = (1.0, 0.7, 0.3, reduction, 0.1, -100, True, True)
     expected = torch.ops.tna.twin_loss_fwd(a, b, y, *args)
     got = tk.twin_loss_fwd(a.to(dev), b.to(dev), y.to(dev), *args)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=False):
         _close(g.cpu(), e)
 
 

@@ -62,7 +62,8 @@ def _storage(module: nn.Module, ternary: bool) -> tuple[int, int]:
 def report(model: nn.Module, sample: Tensor) -> list[LayerReport]:
     """Runs ``model`` once on ``sample`` (eval mode, one or more samples) and reports every
     conv/linear layer. Counts are per sample."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (TernaryConv2d, TernaryLinear, nn.Conv2d, nn.Linear))]
+    kinds = (TernaryConv2d, TernaryLinear, nn.Conv2d, nn.Linear)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
     stats: dict[str, dict] = {}
     hooks = []
     batch = sample.shape[1] if sample.dim() == 5 else sample.shape[0]
@@ -89,7 +90,8 @@ def report(model: nn.Module, sample: Tensor) -> list[LayerReport]:
         hooks.append(m.register_forward_hook(affine_hook(name, m)))
         if isinstance(m, (TernaryLIFConv2d, TernaryLIFLinear)) and m.neuron is not None:
             hooks.append(m.neuron.register_forward_hook(
-                lambda _m, _a, out, name=name: stats.setdefault(name, {}).__setitem__("out_rate", out.float().mean().item())))
+                lambda _m, _a, out, name=name: stats.setdefault(name, {}).__setitem__(
+                    "out_rate", out.float().mean().item())))
     was_training = model.training
     model.eval()
     try:
