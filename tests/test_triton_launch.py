@@ -169,13 +169,13 @@ _HUGE = textwrap.dedent("""
     xs = (torch.rand(T, 64) * 1.5).to(torch.bfloat16)
     x[:, :64] = xs
     v0[:64] = 0.0
-    lif._lif_fwd_kernel[(1,)](x, v0, s, v_out, v_out, N, T, 1 << 29, 2.0, 1.0, 0.0, 0.0,
+    lif._lif_fwd_kernel[(1,)](x, N, v0, s, v_out, v_out, N, T, 1 << 29, 2.0, 1.0, 0.0, 0.0,
                               DECAY_INPUT=True, SOFT=False, SAVE_H=False)
     hyper = (2.0, True, 1.0, 0.0, False, False, "sigmoid", 2.0)
     want = lif.lif_fwd(xs, torch.zeros(64), *hyper, False)  # the same kernel at N = 64
     assert torch.equal(s[:, :64], want[0]), (s[:, :64], want[0])
     assert torch.equal(v_out[:64], want[1])
-    del x, s, v0, v_out
+    del s, v_out  # x and v0 (its first 64 values 0) serve the recompute backward below
     gs = torch.empty(T, N, dtype=torch.bfloat16)
     h = torch.empty(T, N)
     gx = torch.empty(T, N, dtype=torch.bfloat16)
@@ -189,6 +189,12 @@ _HUGE = textwrap.dedent("""
     lif._lif_bwd_kernel[(1,)](gs, gv, h, gx, gv0, N, T, 1 << 29, 2.0, 1.0, 0.0, 2.0,
                               DECAY_INPUT=True, SOFT=False, DETACH=False, SURROGATE=1)
     want = lif.lif_bwd(gss, torch.full((64,), 0.5), hs, *hyper)
+    assert torch.equal(gx[:, :64], want[0]) and torch.equal(gv0[:64], want[1])
+    gx[:, :64] = 0
+    lif._lif_bwd_recompute_kernel[(1,)](gs, N, gv, x, N, v0, gx, gv0, N, T, 1 << 29, 2.0, 1.0, 0.0, 0.0, 2.0,
+                                        HAS_GV=True, HAS_V0=True, DECAY_INPUT=True, SOFT=False, DETACH=False,
+                                        SURROGATE=1)
+    want = lif.lif_bwd_recompute(gss, torch.full((64,), 0.5), xs, torch.zeros(64), *hyper)
     assert torch.equal(gx[:, :64], want[0]) and torch.equal(gv0[:64], want[1])
     print("OK")
 """)
