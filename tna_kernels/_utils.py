@@ -1,5 +1,6 @@
 """Small helpers shared by the op modules (kept free of the training layer)."""
 
+import math
 import os
 
 import torch
@@ -69,3 +70,16 @@ def chunks(n: int, per_item: int = 1, device: torch.device | None = None) -> lis
     per index)."""
     step = max(1, chunk_elems(device) // max(1, per_item))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def time_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A ``[T, ...]`` tensor as T rows of N elements and the element step between rows, for the
+    LIF kernels (C++ and Triton). When every time step is contiguous it is read in place whatever
+    that step: a static input repeated over time (``x.expand(T, ...)``, step 0, e.g. a first
+    layer's current) or a slice of neurons of a larger ``[T, N']`` tensor (batch norm + LIF's
+    backward, nn/bn_lif.py). Anything else is copied once."""
+    if x.is_contiguous():
+        return x, math.prod(x.shape[1:])
+    if x.shape[0] > 1 and x[0].is_contiguous():
+        return x, x.stride(0)
+    return x.contiguous(), math.prod(x.shape[1:])

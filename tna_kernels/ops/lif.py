@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import HAS_TRITON, state_dtype
+from .._utils import HAS_TRITON, state_dtype, time_rows
 from .._utils import check_device as _check_device
 from ..formats import SURROGATES
 from . import register_cuda
@@ -137,18 +137,6 @@ def _lif_bwd_recompute_fake(grad_spikes, grad_v_last, x_seq, v0, tau, decay_inpu
 
 # ---- CPU kernels: the native core (csrc/cpu/lif.cpp) ------------------------------------------
 
-def _time_major(x: Tensor) -> tuple[Tensor, int]:
-    """A ``[T, ...]`` tensor as T rows of N elements and the step between rows. When every time step
-    is contiguous it is read in place whatever that step: a static input repeated over time
-    (``x.expand(T, ...)``, step 0, e.g. a first layer's current) or a slice of neurons of a larger
-    ``[T, N']`` tensor (batch norm + LIF's backward, nn/bn_lif.py). Anything else is copied once."""
-    if x.is_contiguous():
-        return x, math.prod(x.shape[1:])
-    if x.shape[0] > 1 and x[0].is_contiguous():
-        return x, x.stride(0)
-    return x.contiguous(), math.prod(x.shape[1:])
-
-
 def _check_cpu(**tensors):
     """The tensors besides the one the CPU kernel was dispatched on (None passes)."""
     for name, t in tensors.items():
@@ -160,7 +148,7 @@ def _lif_fwd_cpu(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, 
                  alpha, save_h):
     _check_lif_fwd(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha)
     _check_cpu(v0=v0)
-    x, x_stride = _time_major(x_seq)
+    x, x_stride = time_rows(x_seq)
     acc = state_dtype(x.dtype)
     spikes = empty_output(x.shape, x.dtype)
     v_last = empty_output(x.shape[1:], acc)
@@ -190,8 +178,8 @@ def _lif_bwd_recompute_cpu(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input
                            soft_reset, detach_reset, surrogate, alpha):
     _check_lif_bwd_recompute(grad_spikes, grad_v_last, x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha)
     _check_cpu(grad_spikes=grad_spikes, grad_v_last=grad_v_last, v0=v0)
-    x, x_stride = _time_major(x_seq)
-    gs, gs_stride = _time_major(grad_spikes)
+    x, x_stride = time_rows(x_seq)
+    gs, gs_stride = time_rows(grad_spikes)
     v0 = None if v0 is None else v0.contiguous()
     grad_v_last = None if grad_v_last is None else grad_v_last.contiguous()
     grad_x = empty_output(x_seq.shape, gs.dtype)

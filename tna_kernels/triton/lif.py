@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._utils import state_dtype, triton_interpreting
+from .._utils import state_dtype, time_rows, triton_interpreting
 from ..formats import SURROGATES
 from ._launch import bucket, check_grid
 
@@ -41,6 +41,46 @@ def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
     return g
 
 
+@triton.jit
+def _charge_fire_reset(v, x, tau, v_th, v_reset, vr, DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr):
+    """One time step: the pre-spike membrane h, the spike (bool) and the membrane after reset."""
+    if DECAY_INPUT:
+        h = v + tl.math.div_rn(x - (v - vr), tau)
+    else:
+        h = v - tl.math.div_rn(v - vr, tau) + x
+    fire = h >= v_th
+    if SOFT:
+        v = tl.where(fire, h - v_th, h)
+    else:
+        v = tl.where(fire, v_reset, h)
+    return h, fire, v
+
+
+@triton.jit
+def _step_grad(h, gs, gv, tau, v_th, vr, alpha, DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr,
+               DETACH: tl.constexpr, SURROGATE: tl.constexpr):
+    """One step back through time: from h, dL/dspike and the carry dL/dv after this step, the
+    input's gradient and the carry into the previous step."""
+    sg = _surrogate_grad(h - v_th, alpha, SURROGATE)
+    s = tl.where(h >= v_th, 1.0, 0.0)
+    if SOFT:
+        if DETACH:
+            dv_dh = tl.full(h.shape, 1.0, h.dtype)
+        else:
+            dv_dh = 1.0 - v_th * sg
+    else:
+        if DETACH:
+            dv_dh = 1.0 - s
+        else:
+            dv_dh = (1.0 - s) + (vr - h) * sg
+    gh = gs * sg + gv * dv_dh
+    if DECAY_INPUT:
+        gx = tl.math.div_rn(gh, tau)
+    else:
+        gx = gh
+    return gx, gh - tl.math.div_rn(gh, tau)
+
+
 @triton.autotune(configs=_configs(), key=["N_BUCKET"])
 @triton.jit
 def _lif_fwd_kernel(x_ptr, x_step, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCKET, tau, v_th, v_reset, vr,
@@ -52,18 +92,10 @@ def _lif_fwd_kernel(x_ptr, x_step, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCK
     for t in range(T):
         idx = tl.cast(t, tl.int64) * N + offs  # int64: T * N may exceed 2^31
         x = tl.load(x_ptr + tl.cast(t, tl.int64) * x_step + offs, mask=mask, other=0.0).to(v.dtype)
-        if DECAY_INPUT:
-            h = v + tl.math.div_rn(x - (v - vr), tau)
-        else:
-            h = v - tl.math.div_rn(v - vr, tau) + x
-        fire = h >= v_th
+        h, fire, v = _charge_fire_reset(v, x, tau, v_th, v_reset, vr, DECAY_INPUT, SOFT)
         tl.store(s_ptr + idx, tl.where(fire, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
             tl.store(h_ptr + idx, h, mask=mask)
-        if SOFT:
-            v = tl.where(fire, h - v_th, h)
-        else:
-            v = tl.where(fire, v_reset, h)
     tl.store(v_out_ptr + offs, v, mask=mask)
 
 
@@ -78,26 +110,9 @@ def _lif_bwd_kernel(gs_ptr, gv_last_ptr, h_ptr, gx_ptr, gv0_ptr, N, T, N_BUCKET,
     for i in range(T):  # reverse time with a forward range: negative-step ranges are fragile
         idx = tl.cast(T - 1 - i, tl.int64) * N + offs  # int64: T * N may exceed 2^31
         h = tl.load(h_ptr + idx, mask=mask, other=0.0)
-        sg = _surrogate_grad(h - v_th, alpha, SURROGATE)
-        s = tl.where(h >= v_th, 1.0, 0.0)
-        if SOFT:
-            if DETACH:
-                dv_dh = tl.full(h.shape, 1.0, h.dtype)
-            else:
-                dv_dh = 1.0 - v_th * sg
-        else:
-            if DETACH:
-                dv_dh = 1.0 - s
-            else:
-                dv_dh = (1.0 - s) + (vr - h) * sg
         gs = tl.load(gs_ptr + idx, mask=mask, other=0.0).to(h.dtype)
-        gh = gs * sg + gv * dv_dh
-        if DECAY_INPUT:
-            gx = tl.math.div_rn(gh, tau)
-        else:
-            gx = gh
+        gx, gv = _step_grad(h, gs, gv, tau, v_th, vr, alpha, DECAY_INPUT, SOFT, DETACH, SURROGATE)
         tl.store(gx_ptr + idx, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-        gv = gh - tl.math.div_rn(gh, tau)
     tl.store(gv0_ptr + offs, gv, mask=mask)
 
 
@@ -126,35 +141,10 @@ def _lif_bwd_recompute_kernel(gs_ptr, gs_step, gv_last_ptr, x_ptr, x_step, v0_pt
         h = v
         for t in range(last + 1):
             xt = tl.load(x_ptr + tl.cast(t, tl.int64) * x_step + offs, mask=mask, other=0.0).to(tl.float32)
-            if DECAY_INPUT:
-                h = v + tl.math.div_rn(xt - (v - vr), tau)
-            else:
-                h = v - tl.math.div_rn(v - vr, tau) + xt
-            fire = h >= v_th
-            if SOFT:
-                v = tl.where(fire, h - v_th, h)
-            else:
-                v = tl.where(fire, v_reset, h)
-        sg = _surrogate_grad(h - v_th, alpha, SURROGATE)
-        s = tl.where(h >= v_th, 1.0, 0.0)
-        if SOFT:
-            if DETACH:
-                dv_dh = tl.full(h.shape, 1.0, h.dtype)
-            else:
-                dv_dh = 1.0 - v_th * sg
-        else:
-            if DETACH:
-                dv_dh = 1.0 - s
-            else:
-                dv_dh = (1.0 - s) + (vr - h) * sg
+            h, _, v = _charge_fire_reset(v, xt, tau, v_th, v_reset, vr, DECAY_INPUT, SOFT)
         gs = tl.load(gs_ptr + tl.cast(last, tl.int64) * gs_step + offs, mask=mask, other=0.0).to(tl.float32)
-        gh = gs * sg + gv * dv_dh
-        if DECAY_INPUT:
-            gx = tl.math.div_rn(gh, tau)
-        else:
-            gx = gh
+        gx, gv = _step_grad(h, gs, gv, tau, v_th, vr, alpha, DECAY_INPUT, SOFT, DETACH, SURROGATE)
         tl.store(gx_ptr + tl.cast(last, tl.int64) * N + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-        gv = gh - tl.math.div_rn(gh, tau)
     if HAS_V0:
         tl.store(gv0_ptr + offs, gv, mask=mask)
 
@@ -175,7 +165,7 @@ def lif_fwd(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detac
             surrogate, alpha, save_h):
     """Triton implementation of tna::lif_fwd (same contract as the C++ kernel)."""
     _check(x_seq.dtype, surrogate)
-    x, x_step = _time_rows(x_seq)  # a static input expanded over time is read in place
+    x, x_step = time_rows(x_seq)  # a static input expanded over time is read in place
     T = x.shape[0]
     n = x_seq[0].numel() if T else 0
     if v0 is None:  # start at the reset value
@@ -215,25 +205,13 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_re
     return grad_x, grad_v0
 
 
-def _time_rows(x):
-    """``x [T, ...]`` as T rows and the element step between rows: a contiguous tensor, or every
-    step contiguous at any step (a static input expanded over time: step 0, read in place, not
-    copied T times). Anything else is copied once."""
-    n = x[0].numel() if x.shape[0] else 0
-    if x.is_contiguous():
-        return x, n
-    if x.shape[0] > 1 and x[0].is_contiguous():
-        return x, x.stride(0)
-    return x.contiguous(), n
-
-
 def lif_bwd_recompute(grad_spikes, grad_v_last, x_seq, v0, tau, decay_input, v_threshold, v_reset,
                       soft_reset, detach_reset, surrogate, alpha):
     """tna::lif_bwd_recompute on CUDA: one kernel that recomputes the membrane from ``x_seq`` in
     registers (no ``h`` written to memory) and runs the backward through time."""
     _check(grad_spikes.dtype, surrogate)
-    x, x_step = _time_rows(x_seq)
-    gs, gs_step = _time_rows(grad_spikes)
+    x, x_step = time_rows(x_seq)
+    gs, gs_step = time_rows(grad_spikes)
     T = x.shape[0]
     n = x_seq[0].numel() if T else 0
     grad_x = torch.empty(x_seq.shape, dtype=grad_spikes.dtype, device=x_seq.device)
