@@ -51,7 +51,8 @@ from tna_kernels.ops.lif import _lif_hyper
 pytestmark = pytest.mark.gpu_path  # skipped (tests/conftest.py) without Triton and TRITON_INTERPRET=1
 
 OPS = torch.ops.tna
-NOT_ROUTED = {"ternary_kmajor"}  # CPU-only: the K-major layout of the C++ event-driven kernels
+NOT_ROUTED = {"ternary_kmajor",  # CPU-only: the K-major layout of the C++ event-driven kernels
+              "spike_conv2d_grad_weight"}  # its Triton kernel is being written (issue 18)
 
 
 @contextlib.contextmanager

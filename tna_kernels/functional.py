@@ -22,11 +22,12 @@ from .ops.ternary import (
     unpack_spikes,
     unpack_ternary,
 )
+from .ops.spike_train import spike_ternary_conv2d_ste, spike_ternary_linear_ste
 from .ops.twin_loss import dml_loss, kd_loss, twin_loss
 
 __all__ = ["lif", "tau_from_beta", "SURROGATES",
            "TERNARY_FORMAT_VERSION", "PackedTernary", "ternarize", "ternary_ste", "quantize_pack",
            "pack_ternary", "unpack_ternary", "pack_spikes", "unpack_spikes", "ternary_linear",
            "spike_ternary_linear", "ternary_conv2d", "spike_ternary_conv2d", "lif_pack",
-           "spike_ternary_conv2d_lif",
+           "spike_ternary_conv2d_lif", "spike_ternary_conv2d_ste", "spike_ternary_linear_ste",
            "twin_loss", "kd_loss", "dml_loss", "MSE_REDUCTIONS"]

@@ -1,0 +1,211 @@
+// Event-driven weight gradient of spike-input conv2d / linear layers (spike_train.h).
+//
+// grad_w[n, c, r, s] = sum over positions where spike x[b, c, ih, iw] = 1 of grad_y at the output
+// position that tap (r, s) maps (ih, iw) to. Organisation, per thread (threads own disjoint input
+// channels, so no reduction between threads):
+//   for each tile of samples (its grad_y rows fit in L2):
+//     list the tile's spikes per channel (a counting sort of the set bits: one pass counts, one fills);
+//     for each channel, each tap, each chunk of N: sum the grad_y rows of the channel's spikes in
+//     registers (up to 256 floats: 16 zmm), then add the chunk to the thread's grad_w^T [c][tap][N].
+// The work is spikes x taps x N/16 vector adds, against B*OH*OW*C*taps*N multiply-adds for the dense
+// GEMM: at 15 % density about 13x fewer operations, but each add gathers a grad_y row from L2 while
+// the dense GEMM reuses its operands in registers, so the measured gain is ~2x at 15 % density on
+// one Zen 4 core (the VGG layers of benchmarks/bench_spike_train.py); dense wins above ~35 %
+// (tna_kernels/ops/spike_train.py chooses per layer by measuring). No unpacked float copy of the
+// input exists.
+#include "spike_train.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "ternary.h"
+
+namespace tna {
+namespace {
+
+using ternary::Isa;
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+// One spike of the tile: its sample in the tile and its input row/column shifted by the padding, so
+// that tap (r, s) reaches output (h - r*dh, w - s*dw) / stride.
+struct Event {
+  int32_t b, h, w;
+};
+
+struct Problem {
+  const float* G;  // grad_y rows of the tile's first sample, [*, OH, OW, N]
+  int64_t N, OH, OW;
+  ConvGeometry g;
+};
+
+// acc = sum of the chunk [co, co + NV*lanes) of the grad_y rows the events reach through tap
+// (r, s); then out[0 .. NV*lanes) += acc. Loads and stores go through memcpy (unaligned).
+template <typename V, int NV, bool UNIT_STRIDE>
+__attribute__((always_inline)) inline void accumulate(const Problem& p, const Event* ev, int64_t n_ev,
+                                                      int64_t r, int64_t s, int64_t co, float* out) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  V acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = V{} - V{};  // zeros for float and vector types alike
+  const int64_t rh = r * p.g.dh, sw_ = s * p.g.dw;
+  const float* G = p.G + co;
+  for (int64_t e = 0; e < n_ev; ++e) {
+    int64_t oh = ev[e].h - rh, ow = ev[e].w - sw_;
+    if constexpr (!UNIT_STRIDE) {
+      if (oh < 0 || ow < 0 || oh % p.g.sh != 0 || ow % p.g.sw != 0) continue;
+      oh /= p.g.sh;
+      ow /= p.g.sw;
+    }
+    if (static_cast<uint64_t>(oh) >= static_cast<uint64_t>(p.OH) ||
+        static_cast<uint64_t>(ow) >= static_cast<uint64_t>(p.OW))
+      continue;
+    const float* row = G + ((ev[e].b * p.OH + oh) * p.OW + ow) * p.N;
+    for (int v = 0; v < NV; ++v) {
+      V x;
+      std::memcpy(&x, row + v * L, sizeof(V));
+      acc[v] += x;
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    V o;
+    std::memcpy(&o, out + v * L, sizeof(V));
+    o += acc[v];
+    std::memcpy(out + v * L, &o, sizeof(V));
+  }
+}
+
+// The chunk [co, co + NV*lanes) and, halving NV, what is left of N below it (a multiple of the
+// lanes needs at most one pass per power of two; single floats take the last lanes - 1 columns).
+template <typename V, int NV, bool UNIT_STRIDE>
+__attribute__((always_inline)) inline void tail_chunks(const Problem& p, const Event* ev, int64_t n_ev, int64_t r,
+                                                       int64_t s, int64_t co, float* out) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  if (co + NV * L <= p.N) {
+    accumulate<V, NV, UNIT_STRIDE>(p, ev, n_ev, r, s, co, out + co);
+    co += NV * L;
+  }
+  if constexpr (NV > 1) {
+    tail_chunks<V, NV / 2, UNIT_STRIDE>(p, ev, n_ev, r, s, co, out);
+  } else {
+    for (; co < p.N; ++co) accumulate<float, 1, UNIT_STRIDE>(p, ev, n_ev, r, s, co, out + co);
+  }
+}
+
+// All taps and all of N for one channel's events: chunks of NVMAX vectors, then the tail.
+template <typename V, int NVMAX, bool UNIT_STRIDE>
+__attribute__((always_inline)) inline void channel_taps(const Problem& p, const Event* ev, int64_t n_ev,
+                                                        float* out_c) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  const int64_t N = p.N;
+  for (int64_t r = 0; r < p.g.kh; ++r) {
+    for (int64_t s = 0; s < p.g.kw; ++s) {
+      float* out = out_c + (r * p.g.kw + s) * N;
+      int64_t co = 0;
+      for (; co + NVMAX * L <= N; co += NVMAX * L) accumulate<V, NVMAX, UNIT_STRIDE>(p, ev, n_ev, r, s, co, out + co);
+      if constexpr (NVMAX > 1) tail_chunks<V, NVMAX / 2, UNIT_STRIDE>(p, ev, n_ev, r, s, co, out);
+    }
+  }
+}
+
+// One entry point per instruction set (the always_inline bodies above compile with its target).
+#define TNA_SPIKE_TRAIN_CHANNEL(NAME, ATTR, V, NVMAX)                                                  \
+  ATTR void NAME(const Problem& p, const Event* ev, int64_t n_ev, float* out_c) {                      \
+    if (p.g.sh == 1 && p.g.sw == 1) {                                                                 \
+      channel_taps<V, NVMAX, true>(p, ev, n_ev, out_c);                                               \
+    } else {                                                                                          \
+      channel_taps<V, NVMAX, false>(p, ev, n_ev, out_c);                                              \
+    }                                                                                                 \
+  }
+
+#if defined(TNA_HAVE_X86_KERNELS)
+TNA_SPIKE_TRAIN_CHANNEL(channel_avx512, TNA_AVX512, v16f, 16)  // 16 zmm accumulators: 256 floats
+TNA_SPIKE_TRAIN_CHANNEL(channel_avx2, TNA_AVX2, v8f, 8)         // 8 of the 16 ymm: 64 floats
+#endif
+TNA_SPIKE_TRAIN_CHANNEL(channel_portable, , v4f, 4)  // SSE2 on x86-64 (4 of 16 xmm), generic elsewhere
+
+using ChannelFn = void (*)(const Problem&, const Event*, int64_t, float*);
+
+ChannelFn channel_kernel(Isa isa) {
+#if defined(TNA_HAVE_X86_KERNELS)
+  if (isa == Isa::kAvx512) return channel_avx512;
+  if (isa == Isa::kAvx2) return channel_avx2;
+#endif
+  (void)isa;
+  return channel_portable;
+}
+
+// grad_y rows of one tile of samples: at most this many bytes (an eighth of a 1 MiB L2: the gathers
+// miss L1 either way; 128-512 KiB measured within 15 %, smaller best), at least one sample.
+constexpr int64_t kTileBytes = 128 * 1024;
+
+}  // namespace
+
+void spike_conv2d_grad_weight(const float* grad_y, const uint64_t* bits, float* grad_w, int64_t B, int64_t C,
+                              int64_t H, int64_t W, int64_t N, int64_t OH, int64_t OW, const ConvGeometry& g) {
+  TNA_CHECK(B >= 0 && C >= 1 && H >= 1 && W >= 1 && N >= 1 && OH >= 1 && OW >= 1,
+            "spike_conv2d_grad_weight: bad sizes");
+  TNA_CHECK(H + g.ph <= INT32_MAX && W + g.pw <= INT32_MAX, "spike_conv2d_grad_weight: input too large");
+  const int64_t taps = g.kh * g.kw;
+  const int64_t CW = (C + 63) / 64;
+  const ChannelFn kernel = channel_kernel(ternary::select_isa());
+  const int64_t sample_bytes = OH * OW * N * static_cast<int64_t>(sizeof(float));
+  const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(B, kTileBytes / std::max<int64_t>(1, sample_bytes)));
+  // Threads split the channels; a channel's work is taps * N floats per spike, so a grain of a few
+  // channels keeps chunks worth a thread.
+  parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t nc = c1 - c0;
+    std::vector<float> acc(static_cast<size_t>(nc * taps * N), 0.0f);  // grad_w^T [c][tap][N]
+    std::vector<int64_t> start(static_cast<size_t>(nc + 1));
+    std::vector<Event> events;
+    const int64_t w0 = c0 / 64, w1 = (c1 - 1) / 64 + 1;
+    auto word_mask = [&](int64_t w) {  // the bits of word w that are channels in [c0, c1)
+      uint64_t m = ~uint64_t{0};
+      if (w * 64 < c0) m &= ~uint64_t{0} << (c0 - w * 64);
+      if ((w + 1) * 64 > c1) m &= ~uint64_t{0} >> ((w + 1) * 64 - c1);
+      return m;
+    };
+    for (int64_t b0 = 0; b0 < B; b0 += tile) {
+      const int64_t b1 = std::min(B, b0 + tile);
+      const uint64_t* S = bits + b0 * H * W * CW;
+      const int64_t positions = (b1 - b0) * H * W;
+      // counting sort of the tile's spikes by channel
+      std::fill(start.begin(), start.end(), 0);
+      for (int64_t q = 0; q < positions; ++q) {
+        for (int64_t w = w0; w < w1; ++w) {
+          uint64_t m = S[q * CW + w] & word_mask(w);
+          while (m) {
+            ++start[static_cast<size_t>(w * 64 + __builtin_ctzll(m) - c0 + 1)];
+            m &= m - 1;
+          }
+        }
+      }
+      for (int64_t c = 0; c < nc; ++c) start[c + 1] += start[c];
+      events.resize(static_cast<size_t>(start[nc]));
+      std::vector<int64_t> fill(start.begin(), start.end() - 1);
+      for (int64_t q = 0; q < positions; ++q) {
+        const Event e{static_cast<int32_t>(q / (H * W)), static_cast<int32_t>((q / W) % H + g.ph),
+                      static_cast<int32_t>(q % W + g.pw)};
+        for (int64_t w = w0; w < w1; ++w) {
+          uint64_t m = S[q * CW + w] & word_mask(w);
+          while (m) {
+            events[static_cast<size_t>(fill[static_cast<size_t>(w * 64 + __builtin_ctzll(m) - c0)]++)] = e;
+            m &= m - 1;
+          }
+        }
+      }
+      const Problem p{grad_y + b0 * OH * OW * N, N, OH, OW, g};
+      for (int64_t c = 0; c < nc; ++c) {
+        const int64_t n_ev = start[c + 1] - start[c];
+        if (n_ev) kernel(p, events.data() + start[c], n_ev, acc.data() + c * taps * N);
+      }
+    }
+    for (int64_t n = 0; n < N; ++n)  // grad_w [N, C, kh, kw]
+      for (int64_t c = 0; c < nc; ++c)
+        for (int64_t t = 0; t < taps; ++t) grad_w[(n * C + c0 + c) * taps + t] = acc[(c * taps + t) * N + n];
+  });
+}
+
+}  // namespace tna
