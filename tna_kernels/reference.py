@@ -233,6 +233,16 @@ def spike_ternary_conv2d(spikes: Tensor, codes: Tensor, scale: Tensor, bias: Ten
     the float32 epilogue. Returns float32 [B, N, OH, OW]."""
     acc = torch.nn.functional.conv2d(spikes.double(), codes.double(), None, stride, padding, dilation)
     return _epilogue(acc, scale, bias, 1)
+def spike_conv2d_grad_weight(grad_y: Tensor, spikes: Tensor, kernel_size, stride=1, padding=0,
+                             dilation=1) -> Tensor:
+    """Weight gradient of ``conv2d(spikes, w)`` (spikes [B, C, H, W] 0/1, grad_y [B, N, OH, OW]):
+    ``grad_w [N, C, kh, kw]`` in float64 (tna::spike_conv2d_grad_weight sums in float32)."""
+    n, c = grad_y.shape[1], spikes.shape[1]
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    return torch.nn.grad.conv2d_weight(spikes.double(), (n, c, kh, kw), grad_y.double(), stride, padding,
+                                       dilation)
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses: the fused twin loss (tna::twin_loss_fwd) and the KD / DML baselines.
 #

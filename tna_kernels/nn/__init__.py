@@ -12,6 +12,8 @@ from .spiking import (
     firing_rates,
     fold_time,
     set_recompute,
+    set_train_path,
+    train_paths,
     spiking_layers,
     unfold_time,
 )
@@ -19,5 +21,5 @@ from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, Te
 
 __all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
            "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "SpikeMaxPool2d", "MeanOverTime", "fold_time",
-           "unfold_time", "spiking_layers", "set_recompute", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
+           "unfold_time", "spiking_layers", "set_recompute", "set_train_path", "train_paths", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
            "PackedConv2d", "PackedLIFConv2d", "lif_pack", "or_pool2d", "pack"]

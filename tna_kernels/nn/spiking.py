@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .. import functional as F
+from ..ops.spike_train import TRAIN_PATHS, _SpikeTernaryConv2dSTE, resolve_train_path
 from ..ops.ternary import PackedTernary
 from .bn_lif import uses_batch_stats
 from .lif import LIF
@@ -203,7 +204,11 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
     BN output, e.g. before a residual addition); ``T`` for static inputs; ``spike_input`` (the input
     is 0/1 spikes: training saves it bit-packed for the weight gradient, and eval without autograd
     runs the exact spike × ternary popcount kernel on bit-packed input, the packed model's
-    arithmetic); ``recompute`` (default True: in training, save only the BN input and recompute BN
+    arithmetic); ``train_path`` (spike inputs, ternary weights, training: ``"auto"`` (default)
+    the faster of ``"spike"``, the packed model's arithmetic in training (popcount forward,
+    event-driven weight gradient from the bits), and ``"dense"`` (dense QAT), measured per layer
+    shape and spike density (:func:`tna_kernels.functional.spike_ternary_conv2d_ste`; the choice
+    is in :func:`train_paths`); ``recompute`` (default True: in training, save only the BN input and recompute BN
     and the membrane in backward, :mod:`tna_kernels.nn.bn_lif`; False saves them, faster, more
     memory; see :func:`set_recompute`); and the neuron options of
     :func:`tna_kernels.functional.lif` (``tau``, ``v_threshold``, ``v_reset``, ``surrogate``, ...).
@@ -215,21 +220,32 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
                  device=None, dtype=None, *, ternary: bool = True, method: str = "twn",
                  per_channel: bool = True, clip: float | None = None, bn: bool = True,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1, lif: bool = True,
-                 T: int | None = None, spike_input: bool = False, recompute: bool = True, **neuron):
+                 T: int | None = None, spike_input: bool = False, recompute: bool = True,
+                 train_path: str = "auto", **neuron):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype, method=method, per_channel=per_channel,
                          clip=clip)
         norm = nn.BatchNorm2d(out_channels, bn_eps, bn_momentum, device=device, dtype=dtype) if bn else None
         self._init_spiking(ternary, norm, lif, T, neuron, recompute)
         self.spike_input = bool(spike_input)
+        if train_path not in TRAIN_PATHS:
+            raise ValueError(f"train_path must be one of {TRAIN_PATHS}, got {train_path!r}")
+        self.train_path = train_path
+        self.last_train_path: str | None = None  # the path the last training forward took
 
     def _affine(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
         if self.spike_input and torch.is_grad_enabled() and self.training:
-            w = self.ternary_weight() if self.ternary else self.weight
-            return _SpikeInputConv2d.apply(x, w, self.bias, self.stride, self.padding, self.dilation)
+            if self.ternary:
+                bits = F.pack_spikes(x, dim=1)  # raises if x is not 0/1
+                path = resolve_train_path(x, bits, self.weight, self.stride, self.padding, self.dilation,
+                                          self.train_path)
+                self.last_train_path = path
+                return _SpikeTernaryConv2dSTE.apply(x, bits, self.weight, self.bias, self.stride, self.padding,
+                                                    self.dilation, self.method, self.per_channel, self.clip, path)
+            return _SpikeInputConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         if self.ternary:
             return TernaryConv2d.forward(self, x)
         return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
@@ -291,6 +307,24 @@ def set_recompute(model: nn.Module, enabled: bool) -> nn.Module:
         if isinstance(m, (_SpikingMixin, SpikeMaxPool2d)):
             m.recompute = bool(enabled)
     return model
+
+
+def set_train_path(model: nn.Module, path: str) -> nn.Module:
+    """Sets ``train_path`` ("auto" | "spike" | "dense") of every spiking conv layer in ``model``;
+    returns ``model``."""
+    if path not in TRAIN_PATHS:
+        raise ValueError(f"path must be one of {TRAIN_PATHS}, got {path!r}")
+    for m in model.modules():
+        if isinstance(m, TernaryLIFConv2d):
+            m.train_path = path
+    return model
+
+
+def train_paths(model: nn.Module) -> dict[str, str]:
+    """The training path each spike-input ternary conv layer of ``model`` took in its last training
+    forward ("spike" | "dense"; layers that have not trained yet are left out)."""
+    return {n: m.last_train_path for n, m in model.named_modules()
+            if isinstance(m, TernaryLIFConv2d) and m.last_train_path is not None}
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

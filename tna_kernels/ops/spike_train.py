@@ -131,14 +131,18 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
     def forward(ctx, x, bits, weight, bias, stride, padding, dilation, method, per_channel, clip, path):
         codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), method, per_channel,
                                                        path == "spike")
-        wq = codes.permute(0, 3, 1, 2).to(x.dtype) * scale.to(x.dtype).view(-1, 1, 1, 1)  # ternary_ste(w)
+        # ternary_ste(w) in torch's layout (a channels-last weight would make torch's conv pick
+        # channels-last outputs and gradients)
+        wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.to(x.dtype).view(-1, 1, 1, 1)).contiguous()
         if path == "spike":
             b = None if bias is None else bias.detach().to(torch.float32)
+            # the kernel writes channels-last; the layer's output is NCHW as dense QAT's (torch's batch
+            # norm backward on a channels-last input with an NCHW gradient falls to a slow path)
             y = torch.ops.tna.spike_ternary_conv2d(bits, packed, scale, b, x.shape[1], stride, padding, dilation,
-                                                   FORMAT_VERSION, None)
+                                                   FORMAT_VERSION, None).contiguous()
         else:
             y = torch.nn.functional.conv2d(x, wq, bias, stride, padding, dilation)
-        ctx.save_for_backward(bits, wq.contiguous(), weight if clip is not None else None)
+        ctx.save_for_backward(bits, wq, weight if clip is not None else None)
         ctx.conf = (tuple(x.shape), stride, padding, dilation, bias is not None, clip, path)
         return y
 
@@ -224,7 +228,8 @@ def choose_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilati
 
 def resolve_train_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilation, path: str) -> str:
     """``path`` ("auto" | "spike" | "dense") for this call: "auto" measures (:func:`choose_path`);
-    the spike kernels run float32 only, so other dtypes take "dense" under "auto"."""
+    the spike kernels run float32 only, so other dtypes and autocast regions take "dense" under
+    "auto" (an explicit "spike" under autocast computes in float32: exact integer sums anyway)."""
     if path not in TRAIN_PATHS:
         raise ValueError(f"path must be one of {TRAIN_PATHS}, got {path!r}")
     f32 = x.dtype == torch.float32 and weight.dtype == torch.float32
@@ -233,7 +238,9 @@ def resolve_train_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding,
                          f"{x.dtype} and {weight.dtype}; use path='dense' or 'auto'")
     if path != "auto":
         return path
-    return choose_path(x, bits, weight, stride, padding, dilation)[0] if f32 else "dense"
+    if not f32 or torch.is_autocast_enabled(x.device.type):
+        return "dense"
+    return choose_path(x, bits, weight, stride, padding, dilation)[0]
 
 
 def spike_ternary_conv2d_ste(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
@@ -291,3 +298,4 @@ def spike_ternary_linear_ste(x: Tensor, weight: Tensor, bias: Tensor | None = No
     y = spike_ternary_conv2d_ste(x.reshape(-1, x.shape[-1], 1, 1), weight[:, :, None, None], bias, method=method,
                                  per_channel=per_channel, clip=clip, path=path)
     return y.reshape(*lead, weight.shape[0])
+
