@@ -3,7 +3,8 @@
 // grad_w[n, c, r, s] = sum over positions where spike x[b, c, ih, iw] = 1 of grad_y at the output
 // position that tap (r, s) maps (ih, iw) to. Organisation, per thread (threads own disjoint input
 // channels, so no reduction between threads):
-//   for each tile of samples (its grad_y rows fit in L2):
+//   for each tile of samples (its grad_y rows fit in L2; other layouts than channels-last are
+//   transposed into a per-thread tile buffer first):
 //     list the tile's spikes per channel (a counting sort of the set bits: one pass counts, one fills);
 //     for each channel, each tap, each chunk of N: sum the grad_y rows of the channel's spikes in
 //     registers (up to 256 floats: 16 zmm), then add the chunk to the thread's grad_w^T [c][tap][N].
@@ -143,8 +144,9 @@ constexpr int64_t kTileBytes = 128 * 1024;
 
 }  // namespace
 
-void spike_conv2d_grad_weight(const float* grad_y, const uint64_t* bits, float* grad_w, int64_t B, int64_t C,
-                              int64_t H, int64_t W, int64_t N, int64_t OH, int64_t OW, const ConvGeometry& g) {
+void spike_conv2d_grad_weight(const float* grad_y, int64_t sb, int64_t sn, int64_t sp, const uint64_t* bits,
+                              float* grad_w, int64_t B, int64_t C, int64_t H, int64_t W, int64_t N, int64_t OH,
+                              int64_t OW, const ConvGeometry& g) {
   TNA_CHECK(B >= 0 && C >= 1 && H >= 1 && W >= 1 && N >= 1 && OH >= 1 && OW >= 1,
             "spike_conv2d_grad_weight: bad sizes");
   TNA_CHECK(H + g.ph <= INT32_MAX && W + g.pw <= INT32_MAX, "spike_conv2d_grad_weight: input too large");
@@ -160,6 +162,8 @@ void spike_conv2d_grad_weight(const float* grad_y, const uint64_t* bits, float* 
     std::vector<float> acc(static_cast<size_t>(nc * taps * N), 0.0f);  // grad_w^T [c][tap][N]
     std::vector<int64_t> start(static_cast<size_t>(nc + 1));
     std::vector<Event> events;
+    const bool rows = sn == 1 && sp == N && sb == OH * OW * N;  // channels-last: gathered in place
+    std::vector<float> tile_rows(rows ? 0 : static_cast<size_t>(tile * OH * OW * N));
     const int64_t w0 = c0 / 64, w1 = (c1 - 1) / 64 + 1;
     auto word_mask = [&](int64_t w) {  // the bits of word w that are channels in [c0, c1)
       uint64_t m = ~uint64_t{0};
@@ -196,7 +200,21 @@ void spike_conv2d_grad_weight(const float* grad_y, const uint64_t* bits, float* 
           }
         }
       }
-      const Problem p{grad_y + b0 * OH * OW * N, N, OH, OW, g};
+      const float* G = grad_y + b0 * sb;
+      if (!rows) {  // this tile as [positions, N] rows: blocks of 16 channels, one position at a time
+        const int64_t P = OH * OW;
+        for (int64_t b = b0; b < b1; ++b) {
+          const float* src = grad_y + b * sb;
+          float* dst = tile_rows.data() + (b - b0) * P * N;
+          for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            const int64_t n1 = std::min(N, n0 + 16);
+            for (int64_t q = 0; q < P; ++q)
+              for (int64_t n = n0; n < n1; ++n) dst[q * N + n] = src[n * sn + q * sp];
+          }
+        }
+        G = tile_rows.data();
+      }
+      const Problem p{G, N, OH, OW, g};
       for (int64_t c = 0; c < nc; ++c) {
         const int64_t n_ev = start[c + 1] - start[c];
         if (n_ev) kernel(p, events.data() + start[c], n_ev, acc.data() + c * taps * N);

@@ -81,13 +81,17 @@ def _spike_conv2d_grad_weight_cpu(grad_y, spike_bits, C, kernel_size, stride, pa
             raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
     h, w = check_grad_weight_args(grad_y, spike_bits, C, kernel_size, stride, padding, dilation)
     b, n, oh, ow = grad_y.shape
-    # channels-last float32 rows [B, OH, OW, N]: a view for channels-last float32 grads (the spike
-    # forward's output layout), one copy otherwise
-    gy = grad_y.permute(0, 2, 3, 1).to(torch.float32).contiguous()
+    # float32, in place when its (OH, OW) merge into one position stride (NCHW and channels-last
+    # both do; the kernel transposes NCHW tiles itself), else one copy
+    gy = grad_y.to(torch.float32)
+    if oh > 1 and ow > 1 and gy.stride(2) != ow * gy.stride(3):
+        gy = gy.contiguous()
+    position_stride = gy.stride(3) if ow > 1 else gy.stride(2)
     bits = spike_bits.contiguous()
     grad_w = empty_output((n, C, *kernel_size), torch.float32)
-    NATIVE.spike_conv2d_grad_weight(ptr(gy), ptr(bits), ptr(grad_w), [b, C, h, w], n, oh, ow, list(kernel_size),
-                                    list(stride), list(padding), list(dilation), threads())
+    NATIVE.spike_conv2d_grad_weight(ptr(gy), [gy.stride(0), gy.stride(1), position_stride], ptr(bits), ptr(grad_w),
+                                    [b, C, h, w], n, oh, ow, list(kernel_size), list(stride), list(padding),
+                                    list(dilation), threads())
     return grad_w.to(grad_y.dtype)
 
 
@@ -121,6 +125,10 @@ def _weight_grad_mask(grad_w: Tensor, w: Tensor | None, clip: float | None) -> T
     return grad_w if clip is None else grad_w * (w.abs() <= clip).to(grad_w.dtype)
 
 
+# Profiler ranges of the training conv's three products (scripts/train_step_breakdown.py reads them).
+FORWARD_LABEL, GRAD_INPUT_LABEL, GRAD_WEIGHT_LABEL = "tna.conv_forward", "tna.conv_grad_input", "tna.conv_grad_weight"
+
+
 class _SpikeTernaryConv2dSTE(torch.autograd.Function):
     """conv2d(x, ternary_ste(w)) for 0/1 spikes x, saving x bit-packed. ``spike`` path: forward by
     the popcount kernel on the packed weight, weight gradient event-driven from the bits; ``dense``
@@ -129,19 +137,20 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bits, weight, bias, stride, padding, dilation, method, per_channel, clip, path):
-        codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), method, per_channel,
-                                                       path == "spike")
-        # ternary_ste(w) in torch's layout (a channels-last weight would make torch's conv pick
-        # channels-last outputs and gradients)
-        wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.to(x.dtype).view(-1, 1, 1, 1)).contiguous()
-        if path == "spike":
-            b = None if bias is None else bias.detach().to(torch.float32)
-            # the kernel writes channels-last; the layer's output is NCHW as dense QAT's (torch's batch
-            # norm backward on a channels-last input with an NCHW gradient falls to a slow path)
-            y = torch.ops.tna.spike_ternary_conv2d(bits, packed, scale, b, x.shape[1], stride, padding, dilation,
-                                                   FORMAT_VERSION, None).contiguous()
-        else:
-            y = torch.nn.functional.conv2d(x, wq, bias, stride, padding, dilation)
+        with torch.profiler.record_function(FORWARD_LABEL):
+            codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), method, per_channel,
+                                                           path == "spike")
+            # ternary_ste(w) in torch's layout (a channels-last weight would make torch's conv pick
+            # channels-last outputs and gradients)
+            wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.to(x.dtype).view(-1, 1, 1, 1)).contiguous()
+            if path == "spike":
+                b = None if bias is None else bias.detach().to(torch.float32)
+                # the kernel writes channels-last; the layer's output is NCHW as dense QAT's (torch's
+                # batch norm backward on a channels-last input with an NCHW gradient is a slow path)
+                y = torch.ops.tna.spike_ternary_conv2d(bits, packed, scale, b, x.shape[1], stride, padding, dilation,
+                                                       FORMAT_VERSION, None).contiguous()
+            else:
+                y = torch.nn.functional.conv2d(x, wq, bias, stride, padding, dilation)
         ctx.save_for_backward(bits, wq, weight if clip is not None else None)
         ctx.conf = (tuple(x.shape), stride, padding, dilation, bias is not None, clip, path)
         return y
@@ -152,18 +161,23 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
         shape, stride, padding, dilation, has_bias, clip, path = ctx.conf
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(shape, wq.to(grad_y.dtype), grad_y, stride, padding, dilation)
+            with torch.profiler.record_function(GRAD_INPUT_LABEL):
+                grad_x = torch.nn.grad.conv2d_input(shape, wq.to(grad_y.dtype), grad_y, stride, padding, dilation)
         if ctx.needs_input_grad[2]:
-            if path == "spike":
-                grad_w = torch.ops.tna.spike_conv2d_grad_weight(grad_y, bits, shape[1], list(wq.shape[2:]), stride,
-                                                                padding, dilation)
-            else:
-                x = unpack_spikes(bits, shape[1], dim=1, dtype=grad_y.dtype)
-                grad_w = torch.nn.grad.conv2d_weight(x, wq.shape, grad_y, stride, padding, dilation)
+            with torch.profiler.record_function(GRAD_WEIGHT_LABEL):
+                grad_w = _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path)
             grad_w = _weight_grad_mask(grad_w, weight, clip).to(wq.dtype)
         if has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, None, grad_w, grad_b, None, None, None, None, None, None, None
+
+
+def _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path):
+    if path == "spike":
+        return torch.ops.tna.spike_conv2d_grad_weight(grad_y, bits, shape[1], list(wq.shape[2:]), stride, padding,
+                                                      dilation)
+    x = unpack_spikes(bits, shape[1], dim=1, dtype=grad_y.dtype)
+    return torch.nn.grad.conv2d_weight(x, wq.shape, grad_y, stride, padding, dilation)
 
 
 TRAIN_PATHS = ("auto", "spike", "dense")
