@@ -237,7 +237,8 @@ def test_auto_takes_dense_for_other_dtypes_and_under_autocast():
 def test_choose_path_measures_once_per_shape_and_density_band(monkeypatch):
     calls = []
     monkeypatch.setattr(spike_train, "PATH_CHOICES", {})
-    monkeypatch.setattr(spike_train, "_measure_conv", lambda *a: calls.append(1) or "dense")
+    monkeypatch.setattr(spike_train, "PATH_TIMES", {})
+    monkeypatch.setattr(spike_train, "_measure_conv", lambda *a: calls.append(1) or ("dense", 2.0, 1.0))
     w = torch.randn(6, 8, 3, 3)
     for density, seed in ((0.12, 0), (0.13, 1), (0.6, 2)):
         x = spikes((2, 8, 6, 6), density, seed)
@@ -245,6 +246,7 @@ def test_choose_path_measures_once_per_shape_and_density_band(monkeypatch):
         assert path == "dense" and measured == pytest.approx(x.mean().item())
     assert len(calls) == 2  # 0.12 and 0.13 share the (0.1, 0.15] band; 0.6 is another
     assert sorted(k[-1] for k in spike_train.PATH_CHOICES) == [0.15, 0.7]
+    assert all(v == [2.0, 1.0] for v in spike_train.PATH_TIMES.values())
 
 
 # ---- the layer ------------------------------------------------------------------------------------
@@ -282,3 +284,18 @@ def test_set_train_path_and_bad_option():
 
 def test_isa_query_still_answers():
     assert _ternary_cpu_isa() in ("avx512", "avx2", "scalar")
+
+
+def test_measuring_leaves_the_global_rng_alone():
+    x, w = spikes((2, 8, 6, 6)), torch.randn(5, 8, 3, 3)
+    state = torch.get_rng_state()
+    spike_train._measure_conv(x, F.pack_spikes(x, dim=1), w, [1, 1], [1, 1], [1, 1])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_info_lists_the_training_paths():
+    from tna_kernels.info import train_path_table
+
+    lines = train_path_table("tiny", batch=4)
+    assert "features.2" in lines[0] and len(lines) >= 2
+    assert all(("spike (" in ln or "dense (" in ln) for ln in lines[1:])

@@ -115,6 +115,7 @@ def test_non_finite_loss(tmp_path, policy):
     (["mode=kd"], "loss.teacher"),
     (["twin.frozen=true"], "twin.pretrained"),
     (["train.epochs=0"], "train.epochs"),
+    (["train.train_path=sparse"], "train.train_path must be auto, spike or dense"),
     (["nonsense"], "key=value"),
 ])
 def test_config_errors(overrides, match):
@@ -423,3 +424,34 @@ def test_loaders_are_built_on_the_training_device_once(tmp_path):
     first = trainer.evaluate(trainer.base)
     loader = trainer._eval_loaders[trainer.eval_split]
     assert trainer.evaluate(trainer.base) == first and trainer._eval_loaders[trainer.eval_split] is loader
+
+
+def test_train_path_choices_are_checkpointed_and_restored(tmp_path, monkeypatch, capsys):
+    """train_path="auto" measures per layer; the choices travel with the checkpoint so a resumed
+    run (another process) takes the paths the interrupted one took."""
+    from tna_kernels.ops import spike_train
+
+    monkeypatch.setattr(spike_train, "PATH_CHOICES", {})
+    monkeypatch.setattr(spike_train, "PATH_TIMES", {})
+    first = Trainer(tiny_cfg(tmp_path, "mode=tna", "train.epochs=2"))
+    first.fit(stop_after=1)
+    assert "training paths of the spike-input ternary convs" in capsys.readouterr().out
+    chosen = dict(spike_train.PATH_CHOICES)
+    assert chosen and set(chosen.values()) <= {"spike", "dense"}
+    _, meta = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.json")
+    assert len(meta["train_path_choices"]) == len(chosen)
+    spike_train.PATH_CHOICES.clear()  # as in a new process
+    resumed = Trainer(tiny_cfg(tmp_path, "mode=tna", "train.epochs=2"))
+    resumed.resume(tmp_path / "run" / "checkpoints" / "last.json")
+    assert spike_train.PATH_CHOICES == chosen
+
+
+@pytest.mark.parametrize("path", ["spike", "dense"])
+def test_train_path_option_reaches_every_layer(tmp_path, path):
+    from tna_kernels.nn import train_paths
+
+    trainer = Trainer(tiny_cfg(tmp_path, "mode=tna", "train.epochs=1", f"train.train_path={path}"))
+    trainer.fit()
+    for model in (trainer.base, trainer.twin):
+        got = train_paths(model)
+        assert got and set(got.values()) == {path}

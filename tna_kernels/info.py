@@ -1,4 +1,6 @@
-"""``python -m tna_kernels.info``: which backend serves each tna:: op, plus versions, CPU ISA, GPU."""
+"""``python -m tna_kernels.info``: which backend serves each tna:: op, plus versions, CPU ISA, GPU;
+with ``--train-paths ARCH``, which training path (spike or dense) ``train_path="auto"`` picks for
+each spike-input conv of a spiking VGG on this machine, with the measured times."""
 
 import platform
 
@@ -33,8 +35,43 @@ def op_table() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def main() -> None:
+def train_path_table(arch: str, batch: int, T: int = 4) -> list[str]:
+    """Runs two forward + backward passes of a spiking VGG ``arch`` in training mode on random 32×32
+    images (batch ``batch``, ``T`` steps) and returns one line per spike-input ternary conv: the training path
+    ``train_path="auto"`` chose on this machine, the input's spike density and the two paths' measured
+    forward + weight-gradient times."""
+    from .models import SpikingVGG
+    from .nn import train_paths
+    from .ops import spike_train
+
+    torch.manual_seed(0)
+    model = SpikingVGG(arch, T=T)
+    spike_train.PATH_CHOICES.clear()
+    spike_train.PATH_TIMES.clear()
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        model(torch.randn(batch, 3, 32, 32)).square().mean().backward()
+    chosen = train_paths(model)
+    lines = [f"training paths of SpikingVGG({arch!r}), batch {batch}, T={T}, {torch.get_num_threads()} thread(s) "
+             f"(train_path='auto'): {chosen}"]
+    for key, path in spike_train.PATH_CHOICES.items():
+        x_shape, w_shape, *_, band = key
+        t_spike, t_dense = spike_train.PATH_TIMES[key]
+        lines.append(f"  input {list(x_shape)} weight {list(w_shape)} density <= {band}: {path} "
+                     f"(spike {t_spike * 1e3:.1f} ms, dense {t_dense * 1e3:.1f} ms: forward + weight gradient)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     import tna_kernels
+
+    ap = argparse.ArgumentParser(prog="python -m tna_kernels.info", description=__doc__)
+    ap.add_argument("--train-paths", metavar="ARCH", help="also measure which training path train_path='auto' "
+                    "picks for each spike-input conv of SpikingVGG(ARCH) (tiny, small, medium, vgg11) here")
+    ap.add_argument("--batch", type=int, default=32, help="batch for --train-paths (default 32)")
+    args = ap.parse_args(argv)
 
     print(f"tna_kernels {tna_kernels.__version__}")
     print(f"torch       {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
@@ -54,6 +91,9 @@ def main() -> None:
     print(f"{'op':<28}{'CPU':<11}{'CUDA':<{width}}fake")
     for name, cpu, cuda, fake in rows:
         print(f"{name:<28}{cpu:<11}{cuda:<{width}}{fake}")
+    if args.train_paths:
+        print()
+        print("\n".join(train_path_table(args.train_paths, args.batch)))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ def _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path):
 TRAIN_PATHS = ("auto", "spike", "dense")
 # (layer shape, density band) -> "spike" | "dense", measured once per process (choose_path).
 PATH_CHOICES: dict[tuple, str] = {}
+PATH_TIMES: dict[tuple, list[float]] = {}  # the same keys -> [spike s, dense s] (forward + weight gradient)
 # Upper edges of the spike-density bands a choice is measured for (a layer's density drifts in
 # training; a new band is measured when it crosses an edge).
 DENSITY_BANDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
@@ -203,12 +204,12 @@ def _best_time(fn, repeats: int = 2) -> float:
 
 def _measure_conv(x, bits, weight, stride, padding, dilation) -> str:
     """Times the forward and the weight gradient of both paths on this layer's input (the
-    grad_input is the same dense op in both) and returns the faster path."""
+    grad_input is the same dense op in both); returns the faster path and both times (s)."""
     codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), "twn", True, True)
     wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.view(-1, 1, 1, 1)).contiguous()
     C = x.shape[1]
     y = torch.nn.functional.conv2d(x, wq, None, stride, padding, dilation)
-    grad_y = torch.randn_like(y)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)  # not the global RNG
     k = list(wq.shape[2:])
 
     def spike():
@@ -222,7 +223,8 @@ def _measure_conv(x, bits, weight, stride, padding, dilation) -> str:
                                     dilation)
 
     with torch.no_grad():
-        return "spike" if _best_time(spike) <= _best_time(dense) else "dense"
+        t_spike, t_dense = _best_time(spike), _best_time(dense)
+    return ("spike" if t_spike <= t_dense else "dense"), t_spike, t_dense
 
 
 def choose_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilation) -> tuple[str, float]:
@@ -236,7 +238,8 @@ def choose_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilati
            density_band(density))
     path = PATH_CHOICES.get(key)
     if path is None:
-        path = PATH_CHOICES[key] = _measure_conv(x.detach(), bits, weight, stride, padding, dilation)
+        path, *PATH_TIMES[key] = _measure_conv(x.detach(), bits, weight, stride, padding, dilation)
+        PATH_CHOICES[key] = path
     return path, density
 
 

@@ -86,6 +86,9 @@ DEFAULTS: dict = {
         "progress": True,
         "sync_bn": False,  # batch-norm statistics over all processes' batches (any backend)
         "recompute": True,  # recompute BN, LIF membrane and max-pool in backward (less memory, slower)
+        # spike-input ternary convs: "auto" (measured per layer and spike density), "spike" (popcount
+        # forward, event-driven weight gradient) or "dense" (dense QAT)
+        "train_path": "auto",
     },
 }
 
@@ -159,6 +162,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"optim.name must be 'sgd' or 'adamw', got {cfg['optim']['name']!r}")
     if cfg["schedule"]["name"] not in ("cosine", "step", "constant"):
         raise ConfigError(f"schedule.name must be cosine, step or constant, got {cfg['schedule']['name']!r}")
+    if cfg["train"]["train_path"] not in ("auto", "spike", "dense"):
+        raise ConfigError(f"train.train_path must be auto, spike or dense, got {cfg['train']['train_path']!r}")
     if cfg["train"]["nan_policy"] not in ("stop", "skip"):
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got {cfg['train']['nan_policy']!r}")
     for key in ("epochs",):

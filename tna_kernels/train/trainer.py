@@ -21,8 +21,9 @@ from torch import nn
 from .. import functional as F
 from ..data import BatchLoader, get_dataset
 from ..models import build_model, make_twin
-from ..nn.spiking import set_recompute, spiking_layers
+from ..nn.spiking import set_recompute, set_train_path, spiking_layers, train_paths
 from ..nn.sync_bn import convert_sync_batchnorm
+from ..ops import spike_train
 from . import checkpoint, distributed
 from .config import ConfigError
 from .evaluate import evaluate_model, model_input
@@ -175,6 +176,7 @@ class Trainer:
         for model in (self.base, self.twin):
             if model is not None:
                 set_recompute(model, cfg["train"]["recompute"])
+                set_train_path(model, cfg["train"]["train_path"])
         self.twin_trainable = self.twin is not None and not t["frozen"]
         if self.twin is not None and t["frozen"]:
             self.twin.requires_grad_(False)
@@ -347,6 +349,8 @@ class Trainer:
                 "twin_config": None if self.twin is None else self.twin.config,
                 "epoch": self.epoch, "step": self.step, "best_acc": self.best_acc, "history": self.history,
                 "skipped_steps": self.skipped, "partial_epoch": self.partial,
+                # train_path="auto"'s measured choices, so a resumed run takes the same paths
+                "train_path_choices": [[_jsonable(k), v] for k, v in spike_train.PATH_CHOICES.items()],
                 "python_random": _jsonable(random.getstate()),
                 "numpy_random": _jsonable(np.random.get_state())}
         return state, meta
@@ -384,6 +388,8 @@ class Trainer:
         self.epoch, self.step, self.best_acc = meta["epoch"], meta["step"], meta["best_acc"]
         self.history, self.skipped = meta["history"], meta.get("skipped_steps", 0)
         self.partial = meta.get("partial_epoch")
+        for key, path in meta.get("train_path_choices", []):
+            spike_train.PATH_CHOICES.setdefault(_tupled(key), path)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest checkpoint of this run that loads and verifies (last, then previous); a
@@ -434,6 +440,9 @@ class Trainer:
                     self.save("last")
                     return {"preempted": True, "epoch": self.epoch, "batch": self.partial["batch"]}
                 row = {"epoch": self.epoch + 1, **metrics}
+                if self.epoch == 0 and self.dist.main and train_paths(self.base):
+                    print(f"training paths of the spike-input ternary convs (train.train_path="
+                          f"{self.cfg['train']['train_path']}): {train_paths(self.base)}", flush=True)
                 ev = self.evaluate(self.base)
                 row.update(val_loss=ev["loss"], val_acc=ev["acc"])
                 if self.twin is not None:
