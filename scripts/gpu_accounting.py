@@ -87,10 +87,10 @@ def recorded_triton_kernels(recorder: StepRecorder):
     """Every ``*_kernel`` of tna_kernels.triton replaced by a :class:`_KernelRecorder`."""
     import triton
 
-    from tna_kernels.triton import lif, ternary, twin_loss
+    from tna_kernels.triton import lif, spike_train, ternary, twin_loss
 
     kinds = (triton.runtime.jit.JITFunction, triton.runtime.autotuner.Autotuner)
-    saved = [(m, k, v) for m in (lif, ternary, twin_loss) for k, v in vars(m).items()
+    saved = [(m, k, v) for m in (lif, spike_train, ternary, twin_loss) for k, v in vars(m).items()
              if k.endswith("_kernel") and isinstance(v, kinds)]
     try:
         for m, k, _ in saved:

@@ -80,9 +80,9 @@ def _import_kernels():
         pkg = types.ModuleType("tna_kernels")
         pkg.__path__ = [str(ROOT / "tna_kernels")]
         sys.modules["tna_kernels"] = pkg
-    from tna_kernels.triton import lif, ternary, twin_loss
+    from tna_kernels.triton import lif, spike_train, ternary, twin_loss
 
-    return {"lif": lif, "ternary": ternary, "twin_loss": twin_loss}
+    return {"lif": lif, "spike_train": spike_train, "ternary": ternary, "twin_loss": twin_loss}
 
 
 MODULES = _import_kernels()
@@ -162,6 +162,25 @@ def _calls():
         yield (f"spike conv {name} bias={int(bias)}",
                lambda wc=wc, sb=sb, k=k, st=st, pad=pad, b=bias: tern.spike_ternary_conv2d(
                    sb, wc, scale, scale if b else None, 128, [st, st], [pad, pad], [1, 1], 1))
+
+    # spike_train: the weight gradient from the bits (GEMM + the split-K sum). Geometry and strides
+    # are runtime integers, specialised by Triton only on 1 and multiples of 16: a linear layer,
+    # 3x3 stride 1 and stride 2; grad_y channels-last (the spike forward's output) and contiguous
+    # NCHW; one split (the GEMM writes grad_w in grad_y's dtype) and several (float32 workspace).
+    strain = MODULES["spike_train"]
+    gw_geoms = (("linear (1x1)", 1, 1, 0), ("conv 3x3 s1 p1", 3, 1, 1), ("conv 3x3 s2 p1", 3, 2, 1))
+    for dt, (name, k, st, pad), layout, M in itertools.product(
+            FLOATS, gw_geoms, ("channels_last", "contiguous"), (512, 2048)):  # M: one split / two
+        hw = 16 if k == 3 else 1
+        oh = (hw + 2 * pad - k) // st + 1
+        b = M // (oh * oh)
+        sb = torch.zeros(b, hw, hw, 2, dtype=torch.int64)
+        gy = torch.zeros(b, 256, oh, oh, dtype=dt)
+        if layout == "channels_last":
+            gy = gy.to(memory_format=torch.channels_last)
+        yield (f"grad_w {name} {_dt(dt)} {layout} M={M}",
+               lambda gy=gy, sb=sb, k=k, st=st, pad=pad: strain.spike_conv2d_grad_weight(
+                   gy, sb, 128, [k, k], [st, st], [pad, pad], [1, 1]))
 
     # twin loss
     for dt, ga, gb in itertools.product((*FLOATS, torch.float64), (True, False), (True, False)):
@@ -340,6 +359,9 @@ OPS = [
     ("spike_max_pool2d (+ backward)", "torch max_pool2d + Triton pack/unpack + torch", ["_pack_kernel",
                                                                                           "_unpack_spikes_kernel"],
      _G),
+    ("spike_conv2d_grad_weight", "Triton GEMM on the bits (tl.dot fp32 IEEE / bf16 / fp16), split-K with a "
+     "fixed-order sum", ["_spike_grad_weight_kernel", "_spike_grad_weight_f32_kernel", "_split_sum_kernel"],
+     "interp.: " + _T + "; " + _G + " (test_spike_grad_weight_*)"),
     ("twin_loss_fwd", "Triton", ["_twin_loss_fwd_kernel"],
      "interp.: test_twin_loss.py::test_triton_matches_cpu_kernel, ::test_triton_all_ignored_bf16_and_partial_grads, "
      + _T + "; " + _G + "; cuda: test_twin_loss.py::test_cuda_op_dispatches_to_triton"),

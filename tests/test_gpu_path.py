@@ -24,8 +24,9 @@ loss backward hands its saved gradients back for a CPU ``grad_output`` of 1 (tes
 Tests: :func:`routed` really reroutes and restores; ``torch.library.opcheck`` of every routed op
 (forward and backward ops); forward and backward against ``tna_kernels.reference`` (spikes and
 integer accumulations with ``torch.equal``, floats within tolerance), including the GPU paths of
-``lif_pack``, ``spike_ternary_conv2d_lif``, ``ternary_conv2d`` (+ its input gradient) and
-``spike_max_pool2d``, half / bf16 storage and strided inputs; three TNA training steps of a tiny
+``lif_pack``, ``spike_ternary_conv2d_lif``, ``ternary_conv2d`` (+ its input gradient),
+``spike_max_pool2d`` and ``spike_conv2d_grad_weight`` (its split-K path too), half / bf16 storage
+and strided inputs; three TNA training steps of a tiny
 spiking VGG and a tiny spiking ResNet on the C++ path and on the routed path, from identical
 states and inputs, and their packed inference (``model.pack()``); every bad input the C++ ops
 refuse, refused on the routed path too, on the host, with an error naming the argument.
@@ -51,8 +52,7 @@ from tna_kernels.ops.lif import _lif_hyper
 pytestmark = pytest.mark.gpu_path  # skipped (tests/conftest.py) without Triton and TRITON_INTERPRET=1
 
 OPS = torch.ops.tna
-NOT_ROUTED = {"ternary_kmajor",  # CPU-only: the K-major layout of the C++ event-driven kernels
-              "spike_conv2d_grad_weight"}  # its Triton kernel is being written (issue 18)
+NOT_ROUTED = {"ternary_kmajor"}  # CPU-only: the K-major layout of the C++ event-driven kernels
 
 
 @contextlib.contextmanager
@@ -175,6 +175,7 @@ def _opcheck_samples():
     yp, pbits = R.spike_max_pool2d(xp, *pool, False)
     a, b = torch.randn(4, 37), torch.randn(4, 37)
     y = torch.tensor([3, -100, 0, 36])
+    gbits = F.pack_spikes(_spikes(2, 70, 5, 4), dim=1)  # [2, 5, 4, 2]: C = 70, two words
     return {
         "lif_fwd": [(x.clone().requires_grad_(), torch.rand(2, 5).requires_grad_(), *hyper, True),
                     (x.clone().requires_grad_(), None, *soft, False)],
@@ -201,6 +202,10 @@ def _opcheck_samples():
         "spike_ternary_conv2d": [(cbits, conv.words, conv.scale, conv.bias, 6, *geo, 1)],
         "spike_ternary_conv2d_lif": [(cbits, conv.words, conv.scale, conv.bias, 6, *geo, 1, 2, 2.0, True, 0.5,
                                       0.0, False)],
+        "spike_conv2d_grad_weight": [(torch.randn(4, 3, 7, 5), cbits, 6, [3, 3], *geo),
+                                     (torch.randn(2, 3, 3, 2).to(memory_format=torch.channels_last), gbits, 70, [3, 3],
+                                      [2, 2], [1, 1], [1, 1]),
+                                     (torch.randn(2, 4, 3, 4).bfloat16(), gbits, 70, [2, 3], [1, 1], [0, 1], [2, 1])],
         "spike_max_pool2d": [(xp.clone().requires_grad_(), *pool, False),
                              (xp, [3, 3], [2, 2], [1, 1], [1, 1], True)],
         "spike_max_pool2d_backward": [(torch.randn(yp.shape), pbits, list(xp.shape), *pool, False)],
@@ -384,6 +389,136 @@ def test_spike_conv_lif_matches_reference_and_the_fused_cpu_kernel(soft):
     assert got.shape == (T * B, 3, 3, 2)
     assert torch.equal(got, want)
     assert torch.equal(got, cpu)
+
+
+# (B, C, H, W, N, kernel, stride, padding, dilation): C = 70 spans two words (the last one masked)
+GRAD_WEIGHT_CASES = {
+    "3x3": (2, 70, 7, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "stride 2": (2, 70, 7, 6, 5, (3, 3), (2, 2), (1, 1), (1, 1)),
+    "padding 2 dilation 2": (2, 70, 7, 6, 5, (3, 3), (1, 1), (2, 2), (2, 2)),
+    "2x3 mixed": (3, 6, 6, 7, 20, (2, 3), (2, 1), (0, 1), (1, 2)),
+    "linear 1x1": (37, 70, 1, 1, 9, (1, 1), (1, 1), (0, 0), (1, 1)),
+}
+
+
+def _grad_weight_problem(case, dtype=torch.float32, layout="channels_last"):
+    """(grad_y, spikes x, bits, C, geometry): grad_y in ``dtype`` and ``layout``: "channels_last"
+    (the spike forward's output), "contiguous", or "strided" (every other channel of a wider
+    tensor, channels last: no dimension has stride 1 in NCHW order but N)."""
+    B, C, H, W, N, k, s, p, d = GRAD_WEIGHT_CASES[case]
+    x = _spikes(B, C, H, W, density=0.3)
+    oh, ow = ((n + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for n, kk, ss, pp, dd in zip((H, W), k, s, p, d, strict=True))
+    if layout == "strided":
+        gy = torch.randn(B, oh, ow, 2 * N).to(dtype)[..., ::2].permute(0, 3, 1, 2)
+        assert not gy.is_contiguous() and not gy.is_contiguous(memory_format=torch.channels_last)
+    else:
+        gy = torch.randn(B, N, oh, ow).to(dtype)
+        if layout == "channels_last":
+            gy = gy.to(memory_format=torch.channels_last)
+    return gy, x, F.pack_spikes(x, dim=1), C, [list(v) for v in (k, s, p, d)]
+
+
+def _check_grad_weight(got, gy, x, C, geo):
+    """got against the float64 reference. float32: |err| <= 4 M 2^-24 * sum |terms| (a float32 sum
+    of M terms, any order); bf16 / fp16 output: one rounding of the float32 sum to the dtype on top
+    (one ulp for bf16: the interpreter's float32 -> bf16 cast truncates, a GPU rounds to nearest)."""
+    k, s, p, d = geo
+    N = gy.shape[1]
+    ref = torch.nn.grad.conv2d_weight(x.double(), (N, C, *k), gy.double(), s, p, d)
+    mag = torch.nn.grad.conv2d_weight(x.double(), (N, C, *k), gy.double().abs(), s, p, d)
+    M = gy.shape[0] * gy.shape[2] * gy.shape[3]
+    bound = 4 * M * 2.0**-24 * mag + 1e-6
+    if gy.dtype != torch.float32:
+        bound = bound + ref.abs() * (2.0**-7 if gy.dtype == torch.bfloat16 else 2.0**-10)
+    assert got.shape == (N, C, *k) and got.dtype == gy.dtype and got.is_contiguous()
+    err = (got.double() - ref).abs()
+    assert (err <= bound).all(), (err - bound).max()
+    return ref
+
+
+@pytest.mark.parametrize("case", sorted(GRAD_WEIGHT_CASES))
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "strided"])
+def test_spike_grad_weight_matches_reference(case, layout, on_gpu_path):
+    """tna::spike_conv2d_grad_weight's CUDA path (the Triton GEMM on the bits) in float32 against
+    the float64 reference, and against the C++ kernel (float32 sums in another order)."""
+    gy, x, bits, C, geo = _grad_weight_problem(case, layout=layout)
+    got = OPS.spike_conv2d_grad_weight(gy, bits, C, *geo)
+    ref = _check_grad_weight(got, gy, x, C, geo)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    cpu = ops.spike_train._spike_conv2d_grad_weight_cpu  # the C++ op's implementation (the op is routed here)
+    torch.testing.assert_close(got, cpu(gy, bits, C, *geo),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("case", ["stride 2", "linear 1x1"])
+def test_spike_grad_weight_low_precision(dtype, case, on_gpu_path):
+    """bf16 / fp16 grad_y: tensor-core dots in the dtype on a GPU (0/1 spikes are exact in it),
+    float32 sums, one rounding to the dtype at the end. float64: summed in float32, as on the CPU."""
+    gy, x, bits, C, geo = _grad_weight_problem(case, dtype)
+    got = OPS.spike_conv2d_grad_weight(gy, bits, C, *geo)
+    assert got.dtype == dtype
+    if dtype == torch.float64:  # float32 sums of the float32-rounded grad_y
+        got, gy = got.float(), gy.float()
+    _check_grad_weight(got, gy, x, C, geo)
+
+
+def test_spike_grad_weight_split_k(monkeypatch, on_gpu_path):
+    """M cut into several splits (float32 workspace, then the fixed-order sum kernel): the same
+    result as one split within float32 rounding, bit-identical from call to call, and each split's
+    GEMM and the sum launched once."""
+    from tna_kernels.triton import spike_train as tsp
+
+    gy, x, bits, C, geo = _grad_weight_problem("3x3")  # M = 84 rows
+    one = OPS.spike_conv2d_grad_weight(gy, bits, C, *geo)
+    monkeypatch.setattr(tsp, "MIN_ROWS", 16)
+    monkeypatch.setattr(tsp, "ROW_ALIGN", 16)  # >= BM of the interpreter's config
+    M = gy.shape[0] * gy.shape[2] * gy.shape[3]
+    assert tsp._split(M, 9 * 2, 5 * 70 * 9) == (3, 32)  # 84 rows = 32 + 32 + 20: the last split partial
+    gemm32 = _LaunchCounter(tsp._spike_grad_weight_f32_kernel)
+    gemm16 = _LaunchCounter(tsp._spike_grad_weight_kernel)
+    total = _LaunchCounter(tsp._split_sum_kernel)
+    monkeypatch.setattr(tsp, "_spike_grad_weight_f32_kernel", gemm32)
+    monkeypatch.setattr(tsp, "_spike_grad_weight_kernel", gemm16)
+    monkeypatch.setattr(tsp, "_split_sum_kernel", total)
+    got = OPS.spike_conv2d_grad_weight(gy, bits, C, *geo)
+    again = OPS.spike_conv2d_grad_weight(gy, bits, C, *geo)
+    assert (gemm32.launches, gemm16.launches, total.launches) == (2, 0, 2)
+    assert torch.equal(got, again)
+    _check_grad_weight(got, gy, x, C, geo)
+    torch.testing.assert_close(got, one, rtol=1e-5, atol=1e-5)
+    bf = OPS.spike_conv2d_grad_weight(gy.bfloat16(), bits, C, *geo)  # the sum kernel casts to bf16
+    assert (gemm32.launches, gemm16.launches, total.launches) == (2, 1, 3)
+    _check_grad_weight(bf, gy.bfloat16(), x, C, geo)
+
+
+def test_spike_grad_weight_split_policy():
+    """Small layers (few output tiles) split M to fill the GPU; large ones do not; the workspace
+    and the split count stay bounded; every split but the last is a whole number of BM steps."""
+    from tna_kernels.triton import spike_train as tsp
+
+    assert tsp._split(1000, 1, 640) == (1, 1024)  # M < MIN_ROWS: one split
+    split, rows = tsp._split(1 << 20, 9, 64 * 64 * 9)  # a 64 -> 64 3x3 layer, M = 1M rows
+    assert split > 8 and rows % tsp.ROW_ALIGN == 0 and (split - 1) * rows < 1 << 20 <= split * rows
+    assert tsp._split(1 << 20, 8 * 9 * 8, 512 * 512 * 9)[0] == 2  # 576 tiles already: two splits
+    assert tsp._split(1 << 30, 1, 10)[0] == tsp.MAX_SPLIT
+    for L in (1 << 20, 1 << 24, 1 << 26):
+        assert tsp._split(1 << 30, 1, L)[0] * L <= max(tsp.MAX_WORKSPACE, L)
+
+
+def test_spike_grad_weight_through_the_spike_training_path():
+    """The op where training calls it: the backward of spike_ternary_conv2d_ste(path="spike")."""
+    x = _spikes(2, 70, 6, 5)
+    w = torch.randn(5, 70, 3, 3) * 0.1
+    gy = torch.randn(2, 5, 3, 3)
+    grads = []
+    for route in (contextlib.nullcontext, routed):
+        wa = w.clone().requires_grad_()
+        with route():
+            y = F.spike_ternary_conv2d_ste(x, wa, None, 2, 1, path="spike")
+            y.backward(gy)
+        grads.append(wa.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("geometry", [([2, 2], [2, 2], [0, 0], [1, 1], False),
@@ -727,6 +862,21 @@ def _bad_inputs():
         "spike_ternary_conv2d_lif tau=0": (
             lambda: op.spike_ternary_conv2d_lif(cbits, conv.words, conv.scale, None, 6, *geo, 1, 1, 0.0, True, 1.0, 0.0,
                                                False), "tau must be a finite number > 0"),
+        "spike_conv2d_grad_weight bits dtype": (
+            lambda: op.spike_conv2d_grad_weight(torch.randn(2, 4, 5, 5), cbits.int(), 6, [3, 3], *geo),
+            "spike_bits must be int64 packed spike words"),
+        "spike_conv2d_grad_weight C": (
+            lambda: op.spike_conv2d_grad_weight(torch.randn(2, 4, 5, 5), cbits, 70, [3, 3], *geo),
+            r"spike_bits must have shape \[B, H, W, 2\] \(C = 70"),
+        "spike_conv2d_grad_weight grad_y shape": (
+            lambda: op.spike_conv2d_grad_weight(torch.randn(2, 4, 4, 4), cbits, 6, [3, 3], *geo),
+            r"grad_y must have shape \[2, N, 5, 5\]"),
+        "spike_conv2d_grad_weight int grad_y": (
+            lambda: op.spike_conv2d_grad_weight(torch.ones(2, 4, 5, 5, dtype=torch.int32), cbits, 6, [3, 3], *geo),
+            "grad_y must be a floating-point tensor"),
+        "spike_conv2d_grad_weight kernel_size": (
+            lambda: op.spike_conv2d_grad_weight(torch.randn(2, 4, 5, 5), cbits, 6, [0, 3], *geo),
+            r"kernel_size must be 2 values >= 1"),
         "spike_max_pool2d bad value": (lambda: op.spike_max_pool2d(torch.full((1, 2, 4, 4), 0.5), *pool),
                                        "spikes must contain only 0 and 1"),
         "spike_max_pool2d 3-D": (lambda: op.spike_max_pool2d(torch.zeros(2, 4, 4), *pool), r"x must be \[N, C, H, W\]"),

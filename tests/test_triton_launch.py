@@ -22,12 +22,13 @@ from tna_kernels import reference as R  # noqa: E402
 from tna_kernels._utils import triton_test_device as triton_device  # noqa: E402
 from tna_kernels.triton import _launch  # noqa: E402
 from tna_kernels.triton import lif as tlif  # noqa: E402
+from tna_kernels.triton import spike_train as tsp  # noqa: E402
 from tna_kernels.triton import ternary as tt  # noqa: E402
 from tna_kernels.triton import twin_loss as ttw  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 interp_only = pytest.mark.skipif(not INTERPRET, reason="inspects the interpreter (TRITON_INTERPRET=1)")
-MODULES = (tlif, tt, ttw)
+MODULES = (tlif, tsp, tt, ttw)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,6 +53,10 @@ def _call_every_launcher(dev):
     tt.spike_ternary_conv2d(torch.zeros(1, 4, 4, 2, dtype=torch.int64, device=dev), wc, scale, None, 70,
                             [1, 1], [1, 1], [1, 1], 1)
     tt.ternary_conv2d(torch.randn(1, 70, 4, 4, device=dev), wc, scale, None, [1, 1], [1, 1], [1, 1], 1)
+    sbits = tt.pack_spikes(torch.randint(0, 2, (2, 70, 4, 4), device=dev).float(), 1)
+    for dt in (torch.float32, torch.bfloat16):
+        tsp.spike_conv2d_grad_weight(torch.randn(2, 5, 4, 4, device=dev).to(dt), sbits, 70, [3, 3], [1, 1], [1, 1],
+                                     [1, 1])
     a = torch.randn(3, 10, device=dev)
     y = torch.tensor([1, 2, 3], device=dev)
     ttw.twin_loss_fwd(a, a + 1, y, 1.0, 1.0, 0.1, 0, 0.0, -100, True, True)
@@ -81,7 +86,7 @@ def test_launchers_never_call_wrap_triton(monkeypatch):
 # ---- 2. autotune keys are bucketed ----------------------------------------------------------------
 
 AUTOTUNED = [tlif._lif_fwd_kernel, tlif._lif_bwd_kernel, tt._spike_conv_kernel, tt._float_linear_kernel,
-             ttw._twin_loss_fwd_kernel]
+             ttw._twin_loss_fwd_kernel, tsp._spike_grad_weight_kernel, tsp._spike_grad_weight_f32_kernel]
 
 
 @pytest.mark.parametrize("kernel", AUTOTUNED, ids=lambda k: k.base_fn.__name__)
@@ -219,6 +224,9 @@ def test_offsets_are_formed_in_int64():
     tsrc = inspect.getsource(tt)
     assert tsrc.count("pid_m = (pid // n_tiles).to(tl.int64)") == 2
     assert "g = tl.program_id(0).to(tl.int64) * WORDS" in tsrc
+    ssrc = inspect.getsource(tsp)  # the weight-gradient GEMM: rows, workspace slices, sum offsets
+    assert "rm = m0 + tl.arange(0, BM).to(tl.int64)" in ssrc and "m_lo = split.to(tl.int64) * ROWS_PER_SPLIT" in ssrc
+    assert "off = split.to(tl.int64) * N * C * KHW" in ssrc and "tl.cast(s, tl.int64) * L + e" in ssrc
 
 
 # ---- 4. grids within CUDA's limits ----------------------------------------------------------------
@@ -277,6 +285,23 @@ def test_word_launchers_use_a_one_dimensional_grid(monkeypatch, launch):
         tt.ternarize(torch.zeros(2, K), "twn", True, True)
     assert spy.grids and all(_within(g) for g in spy.grids), spy.grids
     assert spy.grids[-1] == (triton.cdiv(2 * kw, _launch.WORDS),)
+
+
+def test_grad_weight_launcher_uses_one_dimensional_grids(monkeypatch):
+    """spike_conv2d_grad_weight at M = 2^20 rows (a linear layer, grad_y expanded: no memory; the
+    kernels replaced by a spy): a split GEMM grid and the sum's grid, both 1-D and within limits."""
+    spy = _GridSpy()
+    for name in ("_spike_grad_weight_kernel", "_spike_grad_weight_f32_kernel", "_split_sum_kernel"):
+        monkeypatch.setattr(tsp, name, spy)
+    M, N, C = 1 << 20, 10, 512
+    gy = torch.zeros(1, 1, 1, 1).expand(M, N, 1, 1)
+    bits = torch.zeros(M, 1, 1, C // 64, dtype=torch.int64)
+    tsp.spike_conv2d_grad_weight(gy, bits, C, [1, 1], [1, 1], [0, 0], [1, 1])
+    split, rows = tsp._split(M, 8, N * C)
+    assert split > 1 and len(spy.grids) == 2
+    gemm = spy.grids[0]({"BN": 64, "BM": 16})
+    assert gemm == (8 * split,) and _within(gemm)
+    assert spy.grids[1] == (triton.cdiv(N * C, tsp.REDUCE_BLOCK),)
 
 
 @pytest.mark.triton

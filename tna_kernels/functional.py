@@ -7,6 +7,7 @@ from .formats import FORMAT_VERSION as TERNARY_FORMAT_VERSION
 from .formats import MSE_REDUCTIONS, SURROGATES
 from .ops.lif import lif, tau_from_beta
 from .ops.lif_pack import lif_pack
+from .ops.spike_train import spike_ternary_conv2d_ste, spike_ternary_linear_ste
 from .ops.ternary import (
     PackedTernary,
     pack_spikes,
@@ -22,7 +23,6 @@ from .ops.ternary import (
     unpack_spikes,
     unpack_ternary,
 )
-from .ops.spike_train import spike_ternary_conv2d_ste, spike_ternary_linear_ste
 from .ops.twin_loss import dml_loss, kd_loss, twin_loss
 
 __all__ = ["lif", "tau_from_beta", "SURROGATES",

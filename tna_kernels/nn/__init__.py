@@ -13,13 +13,14 @@ from .spiking import (
     fold_time,
     set_recompute,
     set_train_path,
-    train_paths,
     spiking_layers,
+    train_paths,
     unfold_time,
 )
 from .ternary import PackedTernaryConv2d, PackedTernaryLinear, TernaryConv2d, TernaryLinear
 
 __all__ = ["LIF", "TernaryLinear", "TernaryConv2d", "PackedTernaryLinear", "PackedTernaryConv2d",
            "TernaryLIFConv2d", "TernaryLIFLinear", "SeqToANN", "SpikeMaxPool2d", "MeanOverTime", "fold_time",
-           "unfold_time", "spiking_layers", "set_recompute", "set_train_path", "train_paths", "firing_rates", "TwinLoss", "KDLoss", "DMLLoss",
+           "unfold_time", "spiking_layers", "set_recompute", "set_train_path", "train_paths", "firing_rates",
+           "TwinLoss", "KDLoss", "DMLLoss",
            "PackedConv2d", "PackedLIFConv2d", "lif_pack", "or_pool2d", "pack"]
