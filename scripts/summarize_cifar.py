@@ -23,6 +23,9 @@ LABELS = {
     "cifar10_vgg_dml": "ternary + DML",
     "cifar10_vgg_tna_fptwin": "ternary + TNA, fp32 twin",
     "cifar10_vgg_tna_fp": "fp32 + TNA",
+    # scripts/train_path_recipe.sh (issue 18)
+    "cifar10_vgg_tna_dense": "ternary + TNA, dense QAT (train_path=dense)",
+    "cifar10_vgg_tna_auto": "ternary + TNA, spike arithmetic where faster (train_path=auto)",
 }
 
 

@@ -259,7 +259,9 @@ def choose_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilati
 def resolve_train_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilation, path: str) -> str:
     """``path`` ("auto" | "spike" | "dense") for this call: "auto" measures (:func:`choose_path`);
     the spike kernels run float32 only, so other dtypes and autocast regions take "dense" under
-    "auto" (an explicit "spike" under autocast computes in float32: exact integer sums anyway)."""
+    "auto" (an explicit "spike" under autocast computes in float32: exact integer sums anyway).
+    Under torch.compile "auto" cannot measure (host timing in a traced graph): "spike" on the CPU,
+    "dense" elsewhere."""
     if path not in TRAIN_PATHS:
         raise ValueError(f"path must be one of {TRAIN_PATHS}, got {path!r}")
     f32 = x.dtype == torch.float32 and weight.dtype == torch.float32
@@ -270,6 +272,8 @@ def resolve_train_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding,
         return path
     if not f32 or torch.is_autocast_enabled(x.device.type):
         return "dense"
+    if torch.compiler.is_compiling():  # no measuring inside a traced graph: the CPU's usual winner
+        return "spike" if x.is_cpu else "dense"
     return choose_path(x, bits, weight, stride, padding, dilation)[0]
 
 
