@@ -54,3 +54,34 @@ def test_empty_output_shapes_strides_and_formats():
     assert cl.shape == (8, 64, 128, 128) and cl.is_contiguous(memory_format=torch.channels_last)
     if _native.HUGE_PAGES:
         assert big.data_ptr() % _native.HUGE_PAGE == 0 and cl.data_ptr() % _native.HUGE_PAGE == 0
+
+
+@pytest.mark.skipif(not _native.HUGE_PAGES, reason="big outputs are plain torch.empty here (TNA_HUGEPAGES=0)")
+def test_big_outputs_reuse_only_blocks_nothing_else_holds(monkeypatch):
+    monkeypatch.setattr(_native, "_blocks", [])
+    shape = (2, 1 << 22)  # 32 MiB
+    a = _native.empty_output(shape, torch.float32)
+    ptr = a.data_ptr()
+    held = _native.empty_output(shape, torch.float32)  # `a` is alive: a new block
+    assert held.data_ptr() != ptr
+    view = a[1]
+    del a
+    b = _native.empty_output(shape, torch.float32)  # a view still holds a's block
+    assert b.data_ptr() not in (ptr, held.data_ptr())
+    del view
+    c = _native.empty_output(shape, torch.float32)  # now a's block is idle: reused
+    assert c.data_ptr() == ptr
+    c.fill_(1.0)
+    held.fill_(2.0)  # distinct memory
+    assert float(c[0, 0]) == 1.0
+    other = _native.empty_output((3, 1 << 22), torch.float32)  # another size: a new block
+    assert other.data_ptr() not in (ptr, held.data_ptr(), b.data_ptr())
+    assert len(_native._blocks) <= _native.REUSE_BLOCKS
+
+
+@pytest.mark.skipif(not _native.HUGE_PAGES, reason="big outputs are plain torch.empty here (TNA_HUGEPAGES=0)")
+def test_kept_blocks_are_bounded(monkeypatch):
+    monkeypatch.setattr(_native, "_blocks", [])
+    held = [_native.empty_output((2, (1 << 22) + 1024 * i), torch.float32) for i in range(_native.REUSE_BLOCKS + 3)]
+    assert len(_native._blocks) == _native.REUSE_BLOCKS
+    assert len({t.data_ptr() for t in held}) == len(held)

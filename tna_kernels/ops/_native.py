@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import torch
 from torch import Tensor
@@ -56,13 +57,22 @@ def shape_str(shape) -> str:
 
 # Outputs of 32 MiB or more: glibc maps such blocks fresh from the kernel and unmaps them on free,
 # so every call pays first-touch page faults (~1.2 us per 4 KiB page on the VMs this is developed
-# on: ~20 ms for a 64 MiB output against ~1.4 ms of stores). A 2 MiB-aligned range advised with
-# MADV_HUGEPAGE before its first touch faults once per 2 MiB instead. The buffer comes from torch's
-# own allocator (2 MiB larger, to align), so the result is an ordinary, resizable CPU tensor that
-# torch's memory accounting sees. TNA_HUGEPAGES=0 turns this off.
+# on: ~20 ms for a 64 MiB output against ~1.4 ms of stores). Two answers, both on by default:
+# * reuse: the last REUSE_BLOCKS such blocks are kept, and a block nothing else references any
+#   more (its storage's use count is ours alone) serves the next output of its size. A training
+#   step asks for the same sizes every step, so after the first step its big outputs cost no
+#   faults. The price: up to REUSE_BLOCKS idle blocks stay allocated between calls.
+# * huge pages: a new block is 2 MiB-aligned and advised MADV_HUGEPAGE before its first touch, so it
+#   faults once per 2 MiB; with the kernel's defrag=madvise that first touch may also stall on
+#   compaction (measured 6 ms to 54 ms for 32 MiB here), one more reason to reuse.
+# The buffer comes from torch's own allocator (2 MiB larger, to align), so the result is an
+# ordinary, resizable CPU tensor that torch's memory accounting sees. TNA_HUGEPAGES=0 turns both off.
 HUGE_PAGE = 2 << 20
 HUGE_MIN_BYTES = 32 << 20
 HUGE_PAGES = os.environ.get("TNA_HUGEPAGES", "1") != "0" and C.HUGE_PAGES_SUPPORTED
+REUSE_BLOCKS = 8
+_blocks: list[tuple[torch.UntypedStorage, int]] = []  # (storage, aligned offset), newest last
+_blocks_lock = threading.Lock()
 
 
 def _contiguous_strides(shape, memory_format) -> list[int]:
@@ -78,15 +88,31 @@ def _contiguous_strides(shape, memory_format) -> list[int]:
 
 def empty_output(shape, dtype: torch.dtype, memory_format=torch.contiguous_format) -> Tensor:
     """``torch.empty(shape, dtype=dtype, memory_format=memory_format)`` on the CPU; from 32 MiB up,
-    on transparent huge pages (see above)."""
+    a reused idle block or a new one on transparent huge pages (see above)."""
     itemsize = dtype.itemsize
     nbytes = math.prod(shape) * itemsize
     if nbytes < HUGE_MIN_BYTES or not HUGE_PAGES:
         return torch.empty(shape, dtype=dtype, memory_format=memory_format)
     span = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
-    storage = torch.empty(span + HUGE_PAGE, dtype=torch.uint8).untyped_storage()
-    offset = -storage.data_ptr() % HUGE_PAGE
-    C.advise_huge_pages(storage.data_ptr() + offset, span)
+    storage, offset = _block(span)
     out = torch.empty(0, dtype=dtype)
     return out.set_(storage, offset // itemsize, tuple(shape), _contiguous_strides(shape, memory_format))
+
+
+def _block(span: int) -> tuple[torch.UntypedStorage, int]:
+    """A 2 MiB-aligned range of ``span`` bytes: a kept block nothing else uses, or a new one."""
+    need = span + HUGE_PAGE
+    with _blocks_lock:  # the check and the hand-out must not interleave between threads
+        for i, (storage, offset) in enumerate(_blocks):
+            if storage.nbytes() == need and torch._C._storage_Use_Count(storage._cdata) == 1:
+                _blocks.append(_blocks.pop(i))
+                return storage, offset
+        storage = torch.empty(need, dtype=torch.uint8).untyped_storage()
+        offset = -storage.data_ptr() % HUGE_PAGE
+        C.advise_huge_pages(storage.data_ptr() + offset, span)
+        idle = [i for i, (s, _) in enumerate(_blocks) if torch._C._storage_Use_Count(s._cdata) == 1]
+        if len(_blocks) >= REUSE_BLOCKS:  # drop the oldest idle block (or the oldest, still in use elsewhere)
+            _blocks.pop(idle[0] if idle else 0)
+        _blocks.append((storage, offset))
+        return storage, offset
 
