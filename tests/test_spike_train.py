@@ -88,8 +88,8 @@ def test_grad_weight_other_dtypes(dtype):
 
 
 def test_grad_weight_same_bits_for_any_thread_count():
-    x = spikes((8, 96, 8, 8))
-    grad_y = torch.randn(8, 40, 8, 8)
+    x = spikes((64, 96, 8, 8))  # several tiles of samples, several output-channel chunks
+    grad_y = torch.randn(64, 200, 8, 8)
     old = torch.get_num_threads()
     try:
         results = []

@@ -1,13 +1,13 @@
 // Event-driven weight gradient of spike-input conv2d / linear layers (spike_train.h).
 //
 // grad_w[n, c, r, s] = sum over positions where spike x[b, c, ih, iw] = 1 of grad_y at the output
-// position that tap (r, s) maps (ih, iw) to. Organisation, per thread (threads own disjoint input
-// channels, so no reduction between threads):
+// position that tap (r, s) maps (ih, iw) to. Organisation, per work unit (a chunk of output
+// channels x a block of input channels; units own disjoint parts of grad_w, so no reduction):
 //   for each tile of samples (its grad_y rows fit in L2; other layouts than channels-last are
 //   transposed into a per-thread tile buffer first):
 //     list the tile's spikes per channel (a counting sort of the set bits: one pass counts, one fills);
-//     for each channel, each tap, each chunk of N: sum the grad_y rows of the channel's spikes in
-//     registers (up to 256 floats: 16 zmm), then add the chunk to the thread's grad_w^T [c][tap][N].
+//     for each channel, each tap, each chunk of the unit's columns: sum the grad_y rows of the
+//     channel's spikes in registers (up to 256 floats: 16 zmm), then add it to the unit's grad_w^T.
 // The work is spikes x taps x N/16 vector adds, against B*OH*OW*C*taps*N multiply-adds for the dense
 // GEMM: at 15 % density about 13x fewer operations, but each add gathers a grad_y row from L2 while
 // the dense GEMM reuses its operands in registers, so the measured gain is ~2x at 15 % density on
@@ -38,8 +38,10 @@ struct Event {
 };
 
 struct Problem {
-  const float* G;  // grad_y rows of the tile's first sample, [*, OH, OW, N]
-  int64_t N, OH, OW;
+  const float* G;  // grad_y rows of the tile's first sample, [*, OH, OW, ld], at this unit's first column
+  int64_t ld;      // row stride of G
+  int64_t N;       // the columns this unit sums (a chunk of the output channels)
+  int64_t OH, OW;
   ConvGeometry g;
 };
 
@@ -63,7 +65,7 @@ __attribute__((always_inline)) inline void accumulate(const Problem& p, const Ev
     if (static_cast<uint64_t>(oh) >= static_cast<uint64_t>(p.OH) ||
         static_cast<uint64_t>(ow) >= static_cast<uint64_t>(p.OW))
       continue;
-    const float* row = G + ((ev[e].b * p.OH + oh) * p.OW + ow) * p.N;
+    const float* row = G + ((ev[e].b * p.OH + oh) * p.OW + ow) * p.ld;
     for (int v = 0; v < NV; ++v) {
       V x;
       std::memcpy(&x, row + v * L, sizeof(V));
@@ -152,77 +154,92 @@ void spike_conv2d_grad_weight(const float* grad_y, int64_t sb, int64_t sn, int64
   TNA_CHECK(H + g.ph <= INT32_MAX && W + g.pw <= INT32_MAX, "spike_conv2d_grad_weight: input too large");
   const int64_t taps = g.kh * g.kw;
   const int64_t CW = (C + 63) / 64;
+  const int64_t P = OH * OW;
   const ChannelFn kernel = channel_kernel(ternary::select_isa());
-  const int64_t sample_bytes = OH * OW * N * static_cast<int64_t>(sizeof(float));
+  const bool rows = sn == 1 && sp == N && sb == P * N;  // channels-last: gathered in place
+  // Work units: chunks of output channels (multiples of 16 floats) x blocks of input channels. The
+  // output-channel split comes first: each thread then reads (and, for other layouts than
+  // channels-last, transposes) only its columns of grad_y; input-channel blocks split the rest.
+  const int64_t threads = std::max<int64_t>(1, num_threads());
+  const int64_t n_chunks = std::clamp<int64_t>((N + 15) / 16, 1, threads);
+  const int64_t n_step = ((N + n_chunks - 1) / n_chunks + 15) / 16 * 16;
+  const int64_t n_units = (N + n_step - 1) / n_step;
+  const int64_t c_blocks = std::clamp<int64_t>((threads + n_units - 1) / n_units, 1, C);
+  const int64_t c_step = (C + c_blocks - 1) / c_blocks;
+  // The tile depends on the sizes only, never on the thread count: each sum is then grouped the
+  // same way (per tile, in sample order) whatever the threads, and the result is the same bits.
+  const int64_t sample_bytes = P * std::min<int64_t>(N, 128) * static_cast<int64_t>(sizeof(float));
   const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(B, kTileBytes / std::max<int64_t>(1, sample_bytes)));
-  // Threads split the channels; a channel's work is taps * N floats per spike, so a grain of a few
-  // channels keeps chunks worth a thread.
-  parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    const int64_t nc = c1 - c0;
-    std::vector<float> acc(static_cast<size_t>(nc * taps * N), 0.0f);  // grad_w^T [c][tap][N]
-    std::vector<int64_t> start(static_cast<size_t>(nc + 1));
-    std::vector<Event> events;
-    const bool rows = sn == 1 && sp == N && sb == OH * OW * N;  // channels-last: gathered in place
-    std::vector<float> tile_rows(rows ? 0 : static_cast<size_t>(tile * OH * OW * N));
-    const int64_t w0 = c0 / 64, w1 = (c1 - 1) / 64 + 1;
-    auto word_mask = [&](int64_t w) {  // the bits of word w that are channels in [c0, c1)
-      uint64_t m = ~uint64_t{0};
-      if (w * 64 < c0) m &= ~uint64_t{0} << (c0 - w * 64);
-      if ((w + 1) * 64 > c1) m &= ~uint64_t{0} >> ((w + 1) * 64 - c1);
-      return m;
-    };
-    for (int64_t b0 = 0; b0 < B; b0 += tile) {
-      const int64_t b1 = std::min(B, b0 + tile);
-      const uint64_t* S = bits + b0 * H * W * CW;
-      const int64_t positions = (b1 - b0) * H * W;
-      // counting sort of the tile's spikes by channel
-      std::fill(start.begin(), start.end(), 0);
-      for (int64_t q = 0; q < positions; ++q) {
-        for (int64_t w = w0; w < w1; ++w) {
-          uint64_t m = S[q * CW + w] & word_mask(w);
-          while (m) {
-            ++start[static_cast<size_t>(w * 64 + __builtin_ctzll(m) - c0 + 1)];
-            m &= m - 1;
+  parallel_for(0, n_units * c_blocks, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n0 = (u / c_blocks) * n_step, n1 = std::min(N, n0 + n_step), nn = n1 - n0;
+      const int64_t c0 = (u % c_blocks) * c_step, c1 = std::min(C, c0 + c_step), nc = c1 - c0;
+      if (nc <= 0) continue;
+      std::vector<float> acc(static_cast<size_t>(nc * taps * nn), 0.0f);  // grad_w^T [c][tap][n0, n1)
+      std::vector<int64_t> start(static_cast<size_t>(nc + 1));
+      std::vector<Event> events;
+      std::vector<float> tile_rows(rows ? 0 : static_cast<size_t>(tile * P * nn));
+      const int64_t w0 = c0 / 64, w1 = (c1 - 1) / 64 + 1;
+      auto word_mask = [&](int64_t w) {  // the bits of word w that are channels in [c0, c1)
+        uint64_t m = ~uint64_t{0};
+        if (w * 64 < c0) m &= ~uint64_t{0} << (c0 - w * 64);
+        if ((w + 1) * 64 > c1) m &= ~uint64_t{0} >> ((w + 1) * 64 - c1);
+        return m;
+      };
+      for (int64_t b0 = 0; b0 < B; b0 += tile) {
+        const int64_t b1 = std::min(B, b0 + tile);
+        const uint64_t* S = bits + b0 * H * W * CW;
+        const int64_t positions = (b1 - b0) * H * W;
+        // counting sort of the tile's spikes by channel
+        std::fill(start.begin(), start.end(), 0);
+        for (int64_t q = 0; q < positions; ++q) {
+          for (int64_t w = w0; w < w1; ++w) {
+            uint64_t m = S[q * CW + w] & word_mask(w);
+            while (m) {
+              ++start[static_cast<size_t>(w * 64 + __builtin_ctzll(m) - c0 + 1)];
+              m &= m - 1;
+            }
           }
         }
-      }
-      for (int64_t c = 0; c < nc; ++c) start[c + 1] += start[c];
-      events.resize(static_cast<size_t>(start[nc]));
-      std::vector<int64_t> fill(start.begin(), start.end() - 1);
-      for (int64_t q = 0; q < positions; ++q) {
-        const Event e{static_cast<int32_t>(q / (H * W)), static_cast<int32_t>((q / W) % H + g.ph),
-                      static_cast<int32_t>(q % W + g.pw)};
-        for (int64_t w = w0; w < w1; ++w) {
-          uint64_t m = S[q * CW + w] & word_mask(w);
-          while (m) {
-            events[static_cast<size_t>(fill[static_cast<size_t>(w * 64 + __builtin_ctzll(m) - c0)]++)] = e;
-            m &= m - 1;
+        for (int64_t c = 0; c < nc; ++c) start[c + 1] += start[c];
+        if (start[nc] == 0) continue;
+        events.resize(static_cast<size_t>(start[nc]));
+        std::vector<int64_t> fill(start.begin(), start.end() - 1);
+        for (int64_t q = 0; q < positions; ++q) {
+          const Event e{static_cast<int32_t>(q / (H * W)), static_cast<int32_t>((q / W) % H + g.ph),
+                        static_cast<int32_t>(q % W + g.pw)};
+          for (int64_t w = w0; w < w1; ++w) {
+            uint64_t m = S[q * CW + w] & word_mask(w);
+            while (m) {
+              events[static_cast<size_t>(fill[static_cast<size_t>(w * 64 + __builtin_ctzll(m) - c0)]++)] = e;
+              m &= m - 1;
+            }
           }
         }
-      }
-      const float* G = grad_y + b0 * sb;
-      if (!rows) {  // this tile as [positions, N] rows: blocks of 16 channels, one position at a time
-        const int64_t P = OH * OW;
-        for (int64_t b = b0; b < b1; ++b) {
-          const float* src = grad_y + b * sb;
-          float* dst = tile_rows.data() + (b - b0) * P * N;
-          for (int64_t n0 = 0; n0 < N; n0 += 16) {
-            const int64_t n1 = std::min(N, n0 + 16);
-            for (int64_t q = 0; q < P; ++q)
-              for (int64_t n = n0; n < n1; ++n) dst[q * N + n] = src[n * sn + q * sp];
+        Problem p{grad_y + b0 * sb + n0, N, nn, OH, OW, g};
+        if (!rows) {  // this tile's columns [n0, n1) as [positions, nn] rows, 16 columns at a time
+          for (int64_t b = b0; b < b1; ++b) {
+            const float* src = grad_y + b * sb;
+            float* dst = tile_rows.data() + (b - b0) * P * nn;
+            for (int64_t m0 = n0; m0 < n1; m0 += 16) {
+              const int64_t m1 = std::min(n1, m0 + 16);
+              for (int64_t q = 0; q < P; ++q)
+                for (int64_t n = m0; n < m1; ++n) dst[q * nn + n - n0] = src[n * sn + q * sp];
+            }
           }
+          p.G = tile_rows.data();
+          p.ld = nn;
         }
-        G = tile_rows.data();
+        for (int64_t c = 0; c < nc; ++c) {
+          const int64_t n_ev = start[c + 1] - start[c];
+          if (n_ev) kernel(p, events.data() + start[c], n_ev, acc.data() + c * taps * nn);
+        }
       }
-      const Problem p{G, N, OH, OW, g};
-      for (int64_t c = 0; c < nc; ++c) {
-        const int64_t n_ev = start[c + 1] - start[c];
-        if (n_ev) kernel(p, events.data() + start[c], n_ev, acc.data() + c * taps * N);
-      }
+      for (int64_t n = 0; n < nn; ++n)  // grad_w [N, C, kh, kw]
+        for (int64_t c = 0; c < nc; ++c)
+          for (int64_t t = 0; t < taps; ++t)
+            grad_w[((n0 + n) * C + c0 + c) * taps + t] = acc[(c * taps + t) * nn + n];
     }
-    for (int64_t n = 0; n < N; ++n)  // grad_w [N, C, kh, kw]
-      for (int64_t c = 0; c < nc; ++c)
-        for (int64_t t = 0; t < taps; ++t) grad_w[(n * C + c0 + c) * taps + t] = acc[(c * taps + t) * N + n];
   });
 }
 
