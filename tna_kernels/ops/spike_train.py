@@ -162,7 +162,7 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             with torch.profiler.record_function(GRAD_INPUT_LABEL):
-                grad_x = _grad_input(grad_y, wq.to(grad_y.dtype), shape, stride, padding, dilation, path)
+                grad_x = torch.nn.grad.conv2d_input(shape, wq.to(grad_y.dtype), grad_y, stride, padding, dilation)
         if ctx.needs_input_grad[2]:
             with torch.profiler.record_function(GRAD_WEIGHT_LABEL):
                 grad_w = _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path)
@@ -170,19 +170,6 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, None, grad_w, grad_b, None, None, None, None, None, None, None
-
-
-def _grad_input(grad_y, wq, shape, stride, padding, dilation, path):
-    """grad_input = the transposed conv of grad_y with codes * scale. The spike path runs it as
-    conv_transpose2d, which oneDNN runs ~25-30 % faster on this CPU than the backward-data
-    convolution dense QAT's autograd calls (nn.grad.conv2d_input; the same sums in another order,
-    equal within float32 rounding); the dense path keeps dense QAT's op."""
-    if path != "spike":
-        return torch.nn.grad.conv2d_input(shape, wq, grad_y, stride, padding, dilation)
-    k = wq.shape[2:]
-    output_padding = [shape[2 + i] - ((grad_y.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
-                                       + dilation[i] * (k[i] - 1) + 1) for i in range(2)]
-    return torch.nn.functional.conv_transpose2d(grad_y, wq, None, stride, padding, output_padding, 1, dilation)
 
 
 def _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path):
