@@ -119,3 +119,12 @@ def test_without_triton_no_op_claims_a_cuda_kernel():
             "print([n for n in names if 'CUDA' in kernel_keys(n)])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_info_main_called_from_code_ignores_the_callers_command_line(monkeypatch, capsys):
+    """scripts/gpu_bench.py calls info.main() inside its own command (``env --info``)."""
+    from tna_kernels import info
+
+    monkeypatch.setattr(sys, "argv", ["gpu_bench.py", "env", "--info"])
+    info.main()
+    assert "tna_kernels" in capsys.readouterr().out

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-paths", metavar="ARCH", help="also measure which training path train_path='auto' "
                     "picks for each spike-input conv of SpikingVGG(ARCH) (tiny, small, medium, vgg11) here")
     ap.add_argument("--batch", type=int, default=32, help="batch for --train-paths (default 32)")
-    args = ap.parse_args(argv)
+    args = ap.parse_args([] if argv is None else argv)  # called from code: no command line to read
 
     print(f"tna_kernels {tna_kernels.__version__}")
     print(f"torch       {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
@@ -97,4 +97,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
