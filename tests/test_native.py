@@ -59,6 +59,7 @@ def test_empty_output_shapes_strides_and_formats():
 @pytest.mark.skipif(not _native.HUGE_PAGES, reason="big outputs are plain torch.empty here (TNA_HUGEPAGES=0)")
 def test_big_outputs_reuse_only_blocks_nothing_else_holds(monkeypatch):
     monkeypatch.setattr(_native, "_blocks", [])
+    monkeypatch.setattr(_native, "REUSE_BLOCKS", 8)
     shape = (2, 1 << 22)  # 32 MiB
     a = _native.empty_output(shape, torch.float32)
     ptr = a.data_ptr()
@@ -80,8 +81,13 @@ def test_big_outputs_reuse_only_blocks_nothing_else_holds(monkeypatch):
 
 
 @pytest.mark.skipif(not _native.HUGE_PAGES, reason="big outputs are plain torch.empty here (TNA_HUGEPAGES=0)")
-def test_kept_blocks_are_bounded(monkeypatch):
+@pytest.mark.parametrize("kept", [0, 1, 3])
+def test_kept_blocks_are_bounded(monkeypatch, kept):
     monkeypatch.setattr(_native, "_blocks", [])
-    held = [_native.empty_output((2, (1 << 22) + 1024 * i), torch.float32) for i in range(_native.REUSE_BLOCKS + 3)]
-    assert len(_native._blocks) == _native.REUSE_BLOCKS
+    monkeypatch.setattr(_native, "REUSE_BLOCKS", kept)
+    held = [_native.empty_output((2, (1 << 22) + 1024 * i), torch.float32) for i in range(kept + 3)]
+    assert len(_native._blocks) == kept
     assert len({t.data_ptr() for t in held}) == len(held)
+    del held
+    again = _native.empty_output((2, (1 << 22) + 1024 * (kept + 2)), torch.float32)  # the newest size
+    assert (again.untyped_storage().data_ptr() == _native._blocks[-1][0].data_ptr()) if kept else not _native._blocks

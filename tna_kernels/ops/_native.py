@@ -58,10 +58,12 @@ def shape_str(shape) -> str:
 # Outputs of 32 MiB or more: glibc maps such blocks fresh from the kernel and unmaps them on free,
 # so every call pays first-touch page faults (~1.2 us per 4 KiB page on the VMs this is developed
 # on: ~20 ms for a 64 MiB output against ~1.4 ms of stores). Two answers, both on by default:
-# * reuse: the last REUSE_BLOCKS such blocks are kept, and a block nothing else references any
-#   more (its storage's use count is ours alone) serves the next output of its size. A training
-#   step asks for the same sizes every step, so after the first step its big outputs cost no
-#   faults. The price: up to REUSE_BLOCKS idle blocks stay allocated between calls.
+# * reuse: the last REUSE_BLOCKS such blocks are kept (TNA_REUSE_BLOCKS, default 1; 0 keeps none),
+#   and a block nothing else references any more (its storage's use count is ours alone) serves the
+#   next output of its size. Training asks for the same sizes every step, so the hot big outputs
+#   stop paying faults. The price: kept blocks stay allocated while idle. One block measured as
+#   fast as eight on the training benchmark while leaving the memory per image unchanged (1.29
+#   MiB, benchmarks/train_memory.py); two or more kept idle blocks raised it to 2.28 MiB.
 # * huge pages: a new block is 2 MiB-aligned and advised MADV_HUGEPAGE before its first touch, so it
 #   faults once per 2 MiB; with the kernel's defrag=madvise that first touch may also stall on
 #   compaction (measured 6 ms to 54 ms for 32 MiB here), one more reason to reuse.
@@ -70,7 +72,7 @@ def shape_str(shape) -> str:
 HUGE_PAGE = 2 << 20
 HUGE_MIN_BYTES = 32 << 20
 HUGE_PAGES = os.environ.get("TNA_HUGEPAGES", "1") != "0" and C.HUGE_PAGES_SUPPORTED
-REUSE_BLOCKS = 8
+REUSE_BLOCKS = int(os.environ.get("TNA_REUSE_BLOCKS", "1"))
 _blocks: list[tuple[torch.UntypedStorage, int]] = []  # (storage, aligned offset), newest last
 _blocks_lock = threading.Lock()
 
@@ -110,9 +112,12 @@ def _block(span: int) -> tuple[torch.UntypedStorage, int]:
         storage = torch.empty(need, dtype=torch.uint8).untyped_storage()
         offset = -storage.data_ptr() % HUGE_PAGE
         C.advise_huge_pages(storage.data_ptr() + offset, span)
+        if REUSE_BLOCKS <= 0:
+            return storage, offset
         idle = [i for i, (s, _) in enumerate(_blocks) if torch._C._storage_Use_Count(s._cdata) == 1]
-        if len(_blocks) >= REUSE_BLOCKS:  # drop the oldest idle block (or the oldest, still in use elsewhere)
-            _blocks.pop(idle[0] if idle else 0)
+        while len(_blocks) >= REUSE_BLOCKS:  # drop the oldest idle block (or the oldest, in use elsewhere)
+            _blocks.pop(idle.pop(0) if idle else 0)
+            idle = [i for i, (s, _) in enumerate(_blocks) if torch._C._storage_Use_Count(s._cdata) == 1]
         _blocks.append((storage, offset))
         return storage, offset
 
