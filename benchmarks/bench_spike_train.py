@@ -14,28 +14,18 @@ Fresh gradients each call come from a pool made outside the timed region.
 Run: python -m pytest benchmarks/bench_spike_train.py --benchmark-only   (TNA_BENCH_THREADS=1: one thread)
 """
 
-import os
 
 import pytest
 import torch
 
 from tna_kernels import functional as F
 
+pytestmark = pytest.mark.usefixtures("bench_threads")
+
 N_SAMPLES = 128  # T = 4 x batch 32
 LAYERS = {"64->128 3x3 @16x16": (64, 128, 16), "128->256 3x3 @8x8": (128, 256, 8),
           "256->256 3x3 @8x8": (256, 256, 8)}
 DENSITIES = (0.05, 0.15, 0.3)
-
-
-@pytest.fixture(autouse=True)
-def _bench_threads():
-    """TNA_BENCH_THREADS=n pins torch and our kernels to n threads (same for every provider)."""
-    n = os.environ.get("TNA_BENCH_THREADS")
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    yield
-    torch.set_num_threads(before)
 
 
 def _inputs(C, N, H, density, pool=3):

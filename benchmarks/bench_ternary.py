@@ -23,6 +23,8 @@ import torch.nn.functional as NF
 
 from tna_kernels import functional as F
 
+pytestmark = pytest.mark.usefixtures("bench_threads")
+
 T, B = 4, 32
 DENSITY = 0.15
 
@@ -34,17 +36,6 @@ FLOAT_LINEAR = {"float linear 4096->512 M=128": (T * B, 4096, 512),
 FLOAT_CONV = {"float conv 3->128 3x3 @32x32 B=32": (B, 3, 128, 32)}
 
 SPIKE_PROVIDERS = ["torch_fp32", "dense_codes", "int_mm", "tna", "tna_with_pack"]
-
-
-@pytest.fixture(autouse=True)
-def _bench_threads():
-    """TNA_BENCH_THREADS=n pins torch and our kernels to n threads (same for every provider)."""
-    n = os.environ.get("TNA_BENCH_THREADS")
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    yield
-    torch.set_num_threads(before)
 
 
 def _algo_env():

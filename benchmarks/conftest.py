@@ -53,3 +53,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def bench_threads():
+    """TNA_BENCH_THREADS=n pins torch and our kernels to n threads (same for every provider); the
+    kernel benchmarks that honour it use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = os.environ.get("TNA_BENCH_THREADS")
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    yield
+    torch.set_num_threads(before)

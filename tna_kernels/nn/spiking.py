@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .. import functional as F
-from ..ops.spike_train import TRAIN_PATHS, _SpikeTernaryConv2dSTE, resolve_train_path
-from ..ops.ternary import PackedTernary
+from ..ops.spike_train import TRAIN_PATHS, conv_ste
+from ..ops.ternary import PackedTernary, _check_ste
 from .bn_lif import uses_batch_stats
 from .lif import LIF
 from .ternary import TernaryConv2d, TernaryLinear, _use_packed_path
@@ -239,12 +239,11 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
                              f"(input shape {tuple(x.shape)})")
         if self.spike_input and torch.is_grad_enabled() and self.training:
             if self.ternary:
-                bits = F.pack_spikes(x, dim=1)  # raises if x is not 0/1
-                path = resolve_train_path(x, bits, self.weight, self.stride, self.padding, self.dilation,
-                                          self.train_path)
-                self.last_train_path = path
-                return _SpikeTernaryConv2dSTE.apply(x, bits, self.weight, self.bias, self.stride, self.padding,
-                                                    self.dilation, self.method, self.per_channel, self.clip, path)
+                clip = _check_ste(self.weight, self.method, self.per_channel, self.clip)  # as ternary_ste checks
+                y, self.last_train_path = conv_ste(x, self.weight, self.bias, self.stride, self.padding,
+                                                   self.dilation, self.method, self.per_channel, clip,
+                                                   self.train_path)
+                return y
             return _SpikeInputConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         if self.ternary:
             return TernaryConv2d.forward(self, x)

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..formats import FORMAT_VERSION
 from ._native import LIB, dtype_str, empty_output, ptr, shape_str, threads
 from ._native import C as NATIVE
-from .ternary import TERNARY_METHODS, conv_geometry, pack_spikes, unpack_spikes
+from .ternary import _check_ste, conv_geometry, pack_spikes, unpack_spikes
 
 # The tna:: schema of this family (the only place it is written).
 # grad_y [B, N, OH, OW] floating (any layout), spike_bits [B, H, W, ceil(C/64)]
@@ -281,14 +281,22 @@ def spike_ternary_conv2d_ste(x: Tensor, weight: Tensor, bias: Tensor | None = No
     dense QAT's exactly; outputs and gradients agree within float32 rounding. Raises on inputs
     other than 0/1."""
     stride, padding, dilation = conv_geometry(stride, padding, dilation)
-    _check_ste_args(x, weight, bias, method, per_channel, clip)
+    clip = _check_ste_args(x, weight, bias, method, per_channel, clip)
+    return conv_ste(x, weight, bias, stride, padding, dilation, method, per_channel, clip, path)[0]
+
+
+def conv_ste(x, weight, bias, stride, padding, dilation, method, per_channel, clip, path) -> tuple[Tensor, str]:
+    """spike_ternary_conv2d_ste on checked arguments (TernaryLIFConv2d's training forward calls it
+    directly); returns the output and the path taken."""
     bits = pack_spikes(x, dim=1)  # raises if x is not 0/1
     chosen = resolve_train_path(x, bits, weight, stride, padding, dilation, path)
-    return _SpikeTernaryConv2dSTE.apply(x, bits, weight, bias, stride, padding, dilation, method, per_channel,
-                                        clip, chosen)
+    y = _SpikeTernaryConv2dSTE.apply(x, bits, weight, bias, stride, padding, dilation, method, per_channel, clip,
+                                     chosen)
+    return y, chosen
 
 
-def _check_ste_args(x, weight, bias, method, per_channel, clip) -> None:
+def _check_ste_args(x, weight, bias, method, per_channel, clip) -> float | None:
+    """x, weight and bias here; the ternariser's arguments by ternary_ste's own checker."""
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.dtype.is_floating_point:
         raise ValueError(f"x must be a floating-point [B, C, H, W] tensor of 0/1 spikes, got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
@@ -299,12 +307,7 @@ def _check_ste_args(x, weight, bias, method, per_channel, clip) -> None:
         raise ValueError(f"x and weight must be on one device, got {x.device} and {weight.device}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"bias must be None or [{weight.shape[0]}], got {tuple(bias.shape)}")
-    if method not in TERNARY_METHODS:
-        raise ValueError(f"method must be one of {TERNARY_METHODS}, got {method!r}")
-    if not isinstance(per_channel, bool):
-        raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
-    if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
-        raise ValueError(f"clip must be None or a finite number > 0, got {clip!r}")
+    return _check_ste(weight, method, per_channel, clip)
 
 
 def spike_ternary_linear_ste(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, method: str = "twn",
