@@ -56,6 +56,13 @@ def main() -> int:
     ref, _ = R.twin_loss(a, b, t)
     check("twin_loss", torch.allclose(loss, ref, rtol=1e-5, atol=1e-6))
 
+    # batch_norm: training batch norm with torch's bits (the installed torch's rounding, probed at import)
+    from tna_kernels.ops import batch_norm
+    xb = torch.randn(6, 12, 5, 5) * 2 + 1
+    want = torch.native_batch_norm(xb, None, None, None, None, True, 0.1, 1e-5)
+    got = torch.ops.tna.batch_norm_forward(xb, None, None, None, None, 0.1, 1e-5)
+    check("batch_norm_forward", batch_norm.reproduces_torch() and all(torch.equal(g, e) for g, e in zip(got, want)))
+
     print("smoke_ops:", "FAILED " + ", ".join(failures) if failures else "all families ok")
     return 1 if failures else 0
 

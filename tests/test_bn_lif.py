@@ -126,8 +126,8 @@ def test_bad_arguments_raise_clear_errors():
 @pytest.mark.parametrize("T", [2, 8])
 def test_spike_input_layer_saves_only_packed_input_bn_input_and_weights(T):
     """Saved for backward: the bit-packed spike input, the BN input (the one float tensor of the
-    conv output's size: no LIF membrane), the ternary weight, γ and β; as many tensors for any T
-    (no graph per time step)."""
+    conv output's size: no LIF membrane), the ternary weight, γ and β, and the batch mean and invstd
+    of the native batch norm; as many tensors for any T (no graph per time step)."""
     layer = tnn.TernaryLIFConv2d(8, 16, 3, padding=1, spike_input=True)
     x = (torch.rand(T, 2, 8, 6, 6) < 0.3).float()
     saved = []
@@ -135,7 +135,7 @@ def test_spike_input_layer_saves_only_packed_input_bn_input_and_weights(T):
         out = layer(x)
     out.sum().backward()
     want = [(torch.int64, (T * 2, 6, 6, 1)), (torch.float32, (16, 8, 3, 3)), (torch.float32, (T * 2, 16, 6, 6)),
-            (torch.float32, (16,)), (torch.float32, (16,))]
+            (torch.float32, (16,)), (torch.float32, (16,)), (torch.float32, (16,)), (torch.float32, (16,))]
     assert sorted((str(t.dtype), tuple(t.shape)) for t in saved) == sorted((str(d), s) for d, s in want)
 
 

@@ -52,7 +52,8 @@ from tna_kernels.ops.lif import _lif_hyper
 pytestmark = pytest.mark.gpu_path  # skipped (tests/conftest.py) without Triton and TRITON_INTERPRET=1
 
 OPS = torch.ops.tna
-NOT_ROUTED = {"ternary_kmajor"}  # CPU-only: the K-major layout of the C++ event-driven kernels
+NOT_ROUTED = {"ternary_kmajor",  # CPU-only: the K-major layout of the C++ event-driven kernels
+              "batch_norm_forward", "batch_norm_apply"}  # CPU-only: on CUDA bn_lif runs torch's batch norm
 
 
 @contextlib.contextmanager

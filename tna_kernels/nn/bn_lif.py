@@ -2,12 +2,18 @@
 
 Unfused, ``nn.BatchNorm`` saves its input and the LIF saves its pre-spike membrane ``h``: two
 float tensors per layer, ``h`` T times the BN input for a static first layer. This function saves
-only the BN input. Its backward recomputes the BN output from it with the same op (same input,
-same arithmetic: bit-identical output and batch statistics), runs the LIF backward on it slice by
-slice (``lif_bwd_recompute``: the membrane is recomputed in cache, never stored), then the
-batch-norm backward op. Spikes and running statistics are those of ``nn.BatchNorm`` +
+only the BN input (and the batch mean and invstd, a few numbers per channel). Its backward
+recomputes the BN output from it with the same arithmetic (bit-identical), runs the LIF backward on
+it slice by slice (``lif_bwd_recompute``: the membrane is recomputed in cache, never stored), then
+torch's batch-norm backward op. Spikes and running statistics are those of ``nn.BatchNorm`` +
 :func:`tna_kernels.functional.lif`, gradients too up to float32 rounding. The price is compute:
-the batch-norm and LIF forwards run again in backward.
+the batch-norm output and the LIF forward are computed again in backward.
+
+On the CPU (contiguous float32 BN inputs with more than one value per channel and sample) the
+batch norm is this library's (:mod:`tna_kernels.ops.batch_norm`): torch's arithmetic and bits
+without torch's latency-bound statistics loop, and backward recomputes the output from the saved
+mean and invstd (no second statistics pass). Elsewhere it is ``torch.native_batch_norm``, run
+again in backward on the saved input (same input, same op: the same bits).
 
 An ``nn.SyncBatchNorm`` with more than one process takes its statistics over every rank's batch
 (T·B per rank) and all-reduces their gradients, as ``nn.SyncBatchNorm`` does
@@ -23,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import chunks
+from ..ops import batch_norm as batch_norm_ops
 from ..ops.lif import _lif_hyper as lif_hyper
 from . import sync_bn
 
@@ -40,9 +47,14 @@ class _BNLIF(torch.autograd.Function):
     def forward(ctx, x, weight, bias, bn, momentum, eps, T, static, hyper, group):
         if group is None:
             running = bn.training and bn.track_running_stats
-            y = torch.native_batch_norm(x, weight, bias, bn.running_mean if running else None,
-                                        bn.running_var if running else None, True, momentum, eps)[0]
-            ctx.save_for_backward(x, weight, bias)
+            running_mean, running_var = (bn.running_mean, bn.running_var) if running else (None, None)
+            if _native_batch_norm(x, weight, bias, running_mean, running_var):
+                y, mean, invstd = torch.ops.tna.batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                                                   momentum, eps)
+                ctx.save_for_backward(x, weight, bias, mean, invstd)
+            else:
+                y = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)[0]
+                ctx.save_for_backward(x, weight, bias)
         else:
             mean, var, n = sync_bn.global_batch_stats(x, group)
             if bn.training and bn.track_running_stats:
@@ -58,9 +70,12 @@ class _BNLIF(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         eps, T, static, hyper, group = ctx.conf
         if group is None:
-            x, weight, bias = ctx.saved_tensors
-            # the forward's op on the same input: the same BN output and batch statistics, bit for bit
-            y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+            x, weight, bias, *stats = ctx.saved_tensors
+            if stats:  # the native forward's output again from its statistics (no second statistics pass)
+                mean, invstd = stats
+                y = torch.ops.tna.batch_norm_apply(x, mean, invstd, weight, bias)
+            else:  # the forward's op on the same input: the same BN output and batch statistics, bit for bit
+                y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
         else:
             x, weight, bias, mean, var, n = ctx.saved_tensors
             y = sync_bn.normalize(x, weight, bias, mean, var, eps)  # the forward's op and statistics
@@ -91,6 +106,15 @@ class _BNLIF(torch.autograd.Function):
         else:
             grad_x, grad_w, grad_b = sync_bn.sync_batch_norm_backward(y, x, weight, mean, var, n, eps, group, mask)
         return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
+
+
+def _native_batch_norm(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether tna::batch_norm_forward serves this input: it equals torch's batch norm bit for bit
+    on contiguous float32 CPU inputs [N, C, S] with S > 1 (tna_kernels/ops/batch_norm.py)."""
+    return (x.is_cpu and x.dtype == torch.float32 and x.dim() >= 3 and x.is_contiguous()
+            and x.numel() > x.shape[0] * x.shape[1]
+            and all(p is None or (p.dtype == torch.float32 and p.is_cpu) for p in params)
+            and batch_norm_ops.reproduces_torch())
 
 
 def _time_major(y: Tensor, T: int, static: bool) -> Tensor:

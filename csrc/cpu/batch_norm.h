@@ -1,0 +1,36 @@
+// Batch norm with batch statistics (training) on the native core (batch_norm.cpp): raw pointers and
+// sizes. tna_kernels/ops/batch_norm.py checks the tensors, allocates the outputs and calls these;
+// tna_kernels/nn/bn_lif.py runs them in the fused BN + LIF layer.
+//
+// x is a contiguous float32 [N, C, S] (S = H*W; 1 for a [N, C] input). The forward reproduces
+// torch.native_batch_norm's CPU arithmetic for that layout bit for bit, so the spikes downstream are
+// those of nn.BatchNorm: per channel, a float64 sum of x in (n, s) order -> mean = float32(sum / M)
+// (M = N*S); a float64 sum of the float32 squares (x - mean)^2 in the same order -> var_sum
+// (float32); invstd = float32(1 / sqrt(float32(var_sum / M) + eps)) in float64; a = invstd * weight,
+// then with `fused` (torch's AVX2 / AVX-512 kernels) b = fma(-mean, a, bias), y = fma(x, a, b), or
+// without (torch's portable kernel) b = bias - mean * a, y = x * a + b, each product rounded.
+// tna_kernels/ops/batch_norm.py finds which one the torch at hand uses by running both on a probe.
+// Running statistics, when given, are updated as torch does in float32:
+//   running_mean = momentum * mean + (1 - momentum) * running_mean,
+//   running_var = fma(momentum, var_sum / (M - 1), (1 - momentum) * running_var).
+// torch runs each channel's sums as one sequential chain; here eight channels' chains run side by
+// side (same order within each), and a block of channels is normalised while it is still in cache.
+#pragma once
+#include <cstdint>
+
+#include "../core.h"
+
+namespace tna {
+
+// y, mean [C], invstd [C] from x (M = N*S >= 2); weight / bias may be null (1 / 0), running_mean /
+// running_var too (not updated).
+void batch_norm_forward(const float* x, const float* weight, const float* bias, float* running_mean,
+                        float* running_var, float* y, float* mean, float* invstd, int64_t N, int64_t C,
+                        int64_t S, double momentum, double eps, bool fused);
+
+// y = fma(x, a, b) with the forward's a, b from given mean / invstd (the forward's output again,
+// without the statistics pass: the fused layer's backward recomputes it this way).
+void batch_norm_apply(const float* x, const float* mean, const float* invstd, const float* weight,
+                      const float* bias, float* y, int64_t N, int64_t C, int64_t S, bool fused);
+
+}  // namespace tna

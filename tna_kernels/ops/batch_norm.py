@@ -1,0 +1,182 @@
+"""The training batch-norm family: tna::batch_norm_forward and tna::batch_norm_apply, batch norm
+with batch statistics on the native core (CPU, contiguous float32 [N, C, S] with S > 1), for the
+fused BN + LIF layer (:mod:`tna_kernels.nn.bn_lif`).
+
+Why: torch's CPU batch norm sums each channel in one float64 chain, latency-bound (3-8 ms for one
+8-17 MB layer of the training benchmark on one core, ten times a copy of it), and the fused layer's
+backward ran it a second time to recompute its output. Here eight channels' chains run side by
+side in the same order of additions per channel, and the normalisation rounds as torch's kernel
+rounds it, so the output and the batch and running statistics equal ``torch.native_batch_norm``'s
+bit for bit (the spikes after them are nn.BatchNorm's, and torch's backward, given the same mean
+and invstd, gives the same gradients); ``batch_norm_apply`` recomputes the output from the saved
+mean and invstd without the statistics pass. torch sends inputs with S == 1 ([N, C], or 1×1
+images) to its channels-last kernel, which sums in another order: those stay on torch's op.
+
+How torch rounds the normalisation depends on the kernel it dispatched: its AVX2 / AVX-512 kernels
+fuse ``x * a + b`` into one FMA, its portable one rounds the product first.
+:func:`torch_rounding` (found at import) ran torch's batch norm and both of ours on probe inputs and says which
+matches (``"fused"``, ``"unfused"``) or ``None``; the ops use the matching one, and
+:func:`reproduces_torch` (what bn_lif asks before using them) is False when neither does.
+
+No autograd: the fused BN + LIF layer's ``autograd.Function`` calls torch's batch-norm backward
+itself. No CUDA kernel: on other devices that layer keeps torch's batch norm.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._native import LIB, C, dtype_str, empty_output, ptr, shape_str, threads
+
+# The tna:: schemas of this family (the only place they are written).
+# Training batch norm over x [N, C, *] (contiguous float32): (y, mean [C], invstd [C]) as
+# torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps) returns
+# them; running_mean / running_var (float32 [C], optional) are updated in place as torch does.
+LIB.define(
+    "batch_norm_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? "
+    "running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)")
+# The forward's y again from its mean and invstd (no statistics pass).
+LIB.define("batch_norm_apply(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias) -> Tensor")
+
+ROUNDINGS = ("fused", "unfused")
+
+
+# ---- Argument checks ---------------------------------------------------------------------------
+
+def _check_x(x: Tensor, name: str = "x") -> tuple[int, int, int]:
+    """x: a CPU float32 [N, C, *] tensor; returns (N, C, S) with S the product of the trailing sizes."""
+    if not x.is_cpu:
+        raise RuntimeError(f"{name} must be a CPU tensor, got {x.device}")
+    if x.dtype != torch.float32:
+        raise RuntimeError(f"{name} must have dtype Float, got {dtype_str(x.dtype)}")
+    if x.dim() < 2:
+        raise RuntimeError(f"{name} must be [N, C, ...] with at least 2 dims, got shape {shape_str(x.shape)}")
+    n, c = x.shape[:2]
+    return n, c, x.numel() // max(n * c, 1)
+
+
+def _check_channel(t: Tensor | None, name: str, c: int) -> None:
+    """An optional per-channel float32 CPU vector of length c."""
+    if t is None:
+        return
+    if not t.is_cpu:
+        raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
+    if t.dtype != torch.float32:
+        raise RuntimeError(f"{name} must have dtype Float, got {dtype_str(t.dtype)}")
+    if tuple(t.shape) != (c,):
+        raise RuntimeError(f"{name} must have shape [{c}], got {shape_str(t.shape)}")
+
+
+def _check_running(t: Tensor | None, name: str, c: int) -> None:
+    _check_channel(t, name, c)
+    if t is not None and not t.is_contiguous():
+        raise RuntimeError(f"{name} must be contiguous (it is updated in place)")
+
+
+def _vec(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+# ---- CPU kernels -------------------------------------------------------------------------------
+
+def _forward(x, weight, bias, running_mean, running_var, momentum, eps, fused):
+    n, c, s = _check_x(x)
+    for t, name in ((weight, "weight"), (bias, "bias")):
+        _check_channel(t, name, c)
+    _check_running(running_mean, "running_mean", c)
+    _check_running(running_var, "running_var", c)
+    if n * s < 2:
+        raise RuntimeError(f"batch norm in training needs more than one value per channel, got input shape "
+                           f"{shape_str(x.shape)}")
+    xc, w, b = x.contiguous(), _vec(weight), _vec(bias)
+    y = empty_output(tuple(x.shape), torch.float32)
+    mean, invstd = torch.empty(c), torch.empty(c)
+    C.batch_norm_forward(xc.data_ptr(), ptr(w), ptr(b), ptr(running_mean), ptr(running_var), y.data_ptr(),
+                         mean.data_ptr(), invstd.data_ptr(), n, c, s, float(momentum), float(eps), fused, threads())
+    return y, mean, invstd
+
+
+def _apply(x, mean, invstd, weight, bias, fused):
+    n, c, s = _check_x(x)
+    for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight"), (bias, "bias")):
+        _check_channel(t, name, c)
+    xc = x.contiguous()
+    y = empty_output(tuple(x.shape), torch.float32)
+    C.batch_norm_apply(xc.data_ptr(), mean.contiguous().data_ptr(), invstd.contiguous().data_ptr(),
+                       ptr(_vec(weight)), ptr(_vec(bias)), y.data_ptr(), n, c, s, fused, threads())
+    return y
+
+
+def _batch_norm_forward_cpu(x, weight, bias, running_mean, running_var, momentum, eps):
+    return _forward(x, weight, bias, running_mean, running_var, momentum, eps, _rounding_fused())
+
+
+def _batch_norm_apply_cpu(x, mean, invstd, weight, bias):
+    return _apply(x, mean, invstd, weight, bias, _rounding_fused())
+
+
+LIB.impl("batch_norm_forward", _batch_norm_forward_cpu, "CPU")
+LIB.impl("batch_norm_apply", _batch_norm_apply_cpu, "CPU")
+
+
+@torch.library.register_fake("tna::batch_norm_forward")
+def _batch_norm_forward_fake(x, weight, bias, running_mean, running_var, momentum, eps):
+    torch._check(x.dim() >= 2, lambda: f"x must be [N, C, ...], got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((c,)), x.new_empty((c,))
+
+
+@torch.library.register_fake("tna::batch_norm_apply")
+def _batch_norm_apply_fake(x, mean, invstd, weight, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# ---- Which rounding torch uses here --------------------------------------------------------------
+
+def _probe_inputs() -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """Fixed pseudo-random inputs on which the two roundings of the normalisation differ in many
+    elements: a [N, C, H, W] and a [N, C, L] case, with affine parameters and running statistics."""
+    g = torch.Generator().manual_seed(20261203)
+    cases = []
+    for shape in ((5, 12, 6, 7), (9, 12, 13)):
+        c = shape[1]
+        x = torch.randn(shape, generator=g) * 3 + torch.randn(c, *([1] * (len(shape) - 2)), generator=g)
+        cases.append((x, torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g),
+                      torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5))
+    return cases
+
+
+def _detect_rounding() -> str | None:
+    for rounding in ROUNDINGS:
+        ok = True
+        for x, w, b, rm, rv in _probe_inputs():
+            rm_t, rv_t, rm_o, rv_o = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+            want = torch.native_batch_norm(x, w, b, rm_t, rv_t, True, 0.3, 1e-5)
+            got = _forward(x, w, b, rm_o, rv_o, 0.3, 1e-5, rounding == "fused")
+            again = _apply(x, got[1], got[2], w, b, rounding == "fused")
+            ok = ok and all(torch.equal(a, e) for a, e in zip((*got, rm_o, rv_o, again), (*want, rm_t, rv_t, want[0])))
+        if ok:
+            return rounding
+    return None
+
+
+# Found once, at import (well under a millisecond of work), so that a torch.compile trace reads a
+# constant instead of running the probe.
+TORCH_ROUNDING: str | None = _detect_rounding()
+
+
+def torch_rounding() -> str | None:
+    """``"fused"`` or ``"unfused"``: the rounding of torch's CPU batch norm in this process (its
+    output, batch and running statistics equal ours with it on the probe inputs), or None when
+    neither matches (then :func:`reproduces_torch` is False and the fused layer keeps torch's)."""
+    return TORCH_ROUNDING
+
+
+def reproduces_torch() -> bool:
+    """Whether these ops give ``torch.native_batch_norm``'s bits in this process."""
+    return TORCH_ROUNDING is not None
+
+
+def _rounding_fused() -> bool:
+    return TORCH_ROUNDING != "unfused"
