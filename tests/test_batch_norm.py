@@ -117,6 +117,9 @@ def test_portable_torch_kernel_is_reproduced_too():
         got = torch.ops.tna.batch_norm_forward(x, w, b, None, None, 0.1, 1e-5)
         assert all(torch.equal(a, e) for a, e in zip(got, want))
         assert torch.equal(torch.ops.tna.batch_norm_apply(x, got[1], got[2], w, b), want[0])
+        got = torch.ops.tna.batch_norm_forward(x.contiguous(memory_format=torch.channels_last), w, b, None, None,
+                                               0.1, 1e-5)
+        assert all(torch.equal(a, e) for a, e in zip(got, want))
         print("ok")
     """)
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
@@ -125,8 +128,9 @@ def test_portable_torch_kernel_is_reproduced_too():
 
 
 def test_fused_layer_uses_these_ops_where_they_reproduce_torch(monkeypatch):
-    """bn_lif routes contiguous float32 CPU inputs with S > 1 here; [N, C] and channels-last inputs
-    (torch's channels-last kernel, another order) and other dtypes stay on torch's op."""
+    """bn_lif routes float32 CPU inputs with S > 1 here, NCHW or channels-last (read in place);
+    [N, C] inputs (torch's channels-last kernel: another order of sums) and other dtypes stay on
+    torch's op."""
     calls = []
     real = bn_lif._native_batch_norm
     monkeypatch.setattr(bn_lif, "_native_batch_norm", lambda *a: calls.append(real(*a)) or calls[-1])
@@ -137,7 +141,9 @@ def test_fused_layer_uses_these_ops_where_they_reproduce_torch(monkeypatch):
     lin((torch.rand(2, 3, 5) < 0.5).float()).sum().backward()
     cl = tnn.TernaryLIFConv2d(3, 4, 1, T=2)
     cl(torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)).sum().backward()
-    assert calls == [True, False, False]
+    wide = tnn.TernaryLIFConv2d(3, 4, 3, T=2, dtype=torch.float64)
+    wide(torch.randn(2, 3, 6, 6, dtype=torch.float64)).sum().backward()
+    assert calls == [True, False, True, False]
 
 
 def test_opcheck():
@@ -170,3 +176,20 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(RuntimeError):
         OPS.batch_norm_forward(x, w, b, rm, rv[:3], 0.1, 1e-5)
     assert torch.equal(rv, rv_before)  # nothing written before the checks pass
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 7, 3), (6, 40, 4, 4), (32, 64, 8, 8), (3, 17, 1, 5)], ids=str)
+def test_channels_last_input_gives_torchs_nchw_bits(shape):
+    """A channels-last x (the spike conv's output) is read in place: the same sums per channel in
+    the same order, so the bits of torch's batch norm on the NCHW copy; y keeps x's layout."""
+    x, w, b, rm, rv = inputs(shape, seed=5)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    rm_t, rv_t, rm_o, rv_o = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+    want = torch.native_batch_norm(x, w, b, rm_t, rv_t, True, 0.1, 1e-5)
+    got = OPS.batch_norm_forward(xcl, w, b, rm_o, rv_o, 0.1, 1e-5)
+    assert got[0].is_contiguous(memory_format=torch.channels_last) == batch_norm.channels_last_input(xcl)
+    assert all(torch.equal(g, e) for g, e in zip(got, want, strict=True))
+    assert torch.equal(rm_o, rm_t) and torch.equal(rv_o, rv_t)
+    again = OPS.batch_norm_apply(xcl, got[1], got[2], w, b)
+    assert torch.equal(again, want[0]) and again.stride() == got[0].stride()
+    torch.library.opcheck(OPS.batch_norm_forward.default, (xcl, w, b, rm.clone(), rv.clone(), 0.1, 1e-5))

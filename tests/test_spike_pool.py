@@ -182,3 +182,40 @@ def test_backward_skips_windows_that_lie_wholly_in_the_padding():
     for _ in range(50):  # an out-of-bounds write shows up as a crash or a changed result
         gx = OPS.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry)
         assert torch.equal(gx, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 70, 6, 4), (2, 128, 4, 6), (1, 64, 2, 2)], ids=str)
+@pytest.mark.parametrize("grad_layout", ["nchw", "channels_last"])
+def test_channels_last_2x2_stays_channels_last(shape, grad_layout):
+    """A channels-last input (the fused BN + LIF's spikes after a spike conv) is pooled in place:
+    y and grad_x channels-last, bits = pack_spikes(x, dim=1); values and routing those of the NCHW
+    path, bit for bit, for either layout of grad_y."""
+    geometry = ([2, 2], [2, 2], [0, 0], [1, 1])
+    x = spikes(shape, p=0.25, seed=4)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    y_ref, bits_ref = R.spike_max_pool2d(x, *geometry, False)
+    y, bits = OPS.spike_max_pool2d(xcl, *geometry, False)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, y_ref)
+    assert torch.equal(bits, OPS.pack_spikes(x, 1)) and bits.shape == (shape[0], shape[2], shape[3],
+                                                                       (shape[1] + 63) // 64)
+    g = torch.randn(y.shape)
+    if grad_layout == "channels_last":
+        g = g.contiguous(memory_format=torch.channels_last)
+    want = R.spike_max_pool2d_backward(g.contiguous(), bits_ref, list(shape), *geometry, False)
+    got = OPS.spike_max_pool2d_backward(g, bits, list(shape), *geometry, False)
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want)
+    torch.library.opcheck(OPS.spike_max_pool2d.default, (xcl, *geometry, False))
+    torch.library.opcheck(OPS.spike_max_pool2d_backward.default, (g, bits, list(shape), *geometry, False))
+
+
+def test_channels_last_other_geometries_take_the_nchw_path():
+    x = spikes((2, 3, 7, 7)).contiguous(memory_format=torch.channels_last)
+    y, bits = OPS.spike_max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    assert bits.dim() == 2 and torch.equal(y, R.spike_max_pool2d(x.contiguous(), [3, 3], [2, 2], [1, 1], [1, 1],
+                                                                  False)[0])
+    with pytest.raises(RuntimeError, match="bits \\[N, H, W, CW\\] \\(a channels-last forward\\) go with 2x2"):
+        OPS.spike_max_pool2d_backward(torch.randn(2, 3, 4, 4), torch.zeros(2, 7, 7, 1, dtype=torch.int64),
+                                      [2, 3, 7, 7], [3, 3], [2, 2], [1, 1], [1, 1], False)
+    with pytest.raises(RuntimeError, match="bits must have shape \\[2, 8, 8, 1\\]"):
+        OPS.spike_max_pool2d_backward(torch.randn(2, 3, 4, 4), torch.zeros(2, 8, 8, 2, dtype=torch.int64),
+                                      [2, 3, 8, 8], [2, 2], [2, 2], [0, 0], [1, 1], False)

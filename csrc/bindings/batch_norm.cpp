@@ -11,22 +11,23 @@ TNA_BINDINGS(batch_norm) {
       "batch_norm_forward",
       [](uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t running_mean, uintptr_t running_var,
          uintptr_t y, uintptr_t mean, uintptr_t invstd, int64_t N, int64_t C, int64_t S, double momentum,
-         double eps, bool fused, int threads) {
+         double eps, bool fused, bool channels_last, int threads) {
         tna::ThreadsScope scope(threads);
         tna::batch_norm_forward(tna::as_ptr<const float>(x), tna::as_ptr<const float>(weight),
                                 tna::as_ptr<const float>(bias), tna::as_ptr<float>(running_mean),
                                 tna::as_ptr<float>(running_var), tna::as_ptr<float>(y), tna::as_ptr<float>(mean),
-                                tna::as_ptr<float>(invstd), N, C, S, momentum, eps, fused);
+                                tna::as_ptr<float>(invstd), N, C, S, momentum, eps, fused, channels_last);
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(
       "batch_norm_apply",
       [](uintptr_t x, uintptr_t mean, uintptr_t invstd, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t N,
-         int64_t C, int64_t S, bool fused, int threads) {
+         int64_t C, int64_t S, bool fused, bool channels_last, int threads) {
         tna::ThreadsScope scope(threads);
         tna::batch_norm_apply(tna::as_ptr<const float>(x), tna::as_ptr<const float>(mean),
                               tna::as_ptr<const float>(invstd), tna::as_ptr<const float>(weight),
-                              tna::as_ptr<const float>(bias), tna::as_ptr<float>(y), N, C, S, fused);
+                              tna::as_ptr<const float>(bias), tna::as_ptr<float>(y), N, C, S, fused,
+                              channels_last);
       },
       py::call_guard<py::gil_scoped_release>());
 }

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -174,20 +175,75 @@ void stats(const float* x, int64_t N, int64_t C, int64_t S, int64_t c0, int64_t 
   }
 }
 
+// ---- Channels-last input: x [N, S, C] in memory ------------------------------------------------
+// The same sums in the same (n, s) order per channel. A thread takes a range of channels and walks
+// the positions once per pass, adding that range of each position's row (contiguous) into float64
+// accumulators in cache: the lanes of a vector are channels, without a transpose.
+TNA_MULTIVERSION_FMA void stats_cl(const float* __restrict x, int64_t N, int64_t C, int64_t S, int64_t c0,
+                                   int64_t count, float* __restrict mean, float* __restrict var_sum) {
+  const int64_t M = N * S;
+  std::vector<double> acc(count, 0.0);
+  std::vector<float> m(count);
+  double* __restrict a = acc.data();
+  for (int64_t r = 0; r < M; ++r) {
+    const float* p = x + r * C + c0;
+    for (int64_t j = 0; j < count; ++j) a[j] += static_cast<double>(p[j]);
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    m[j] = static_cast<float>(a[j] / static_cast<double>(M));
+    a[j] = 0.0;
+  }
+  const float* __restrict mm = m.data();
+  for (int64_t r = 0; r < M; ++r) {
+    const float* p = x + r * C + c0;
+    for (int64_t j = 0; j < count; ++j) {
+      const float d = p[j] - mm[j];
+      a[j] += static_cast<double>(d * d);
+    }
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    mean[j] = m[j];
+    var_sum[j] = static_cast<float>(a[j]);
+  }
+}
+
+// y[r, c] = x[r, c] * a[c] + b[c] over rows [r0, r1) of `count` channels starting at c0 (row
+// length C), rounded as torch's kernel for that `fused` setting.
+TNA_MULTIVERSION_FMA void affine_cl(const float* __restrict x, float* __restrict y, int64_t r0, int64_t r1,
+                                    int64_t C, int64_t c0, int64_t count, const float* a, const float* b,
+                                    bool fused) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* p = x + r * C + c0;
+    float* q = y + r * C + c0;
+    if (fused) {
+      for (int64_t j = 0; j < count; ++j) q[j] = std::fma(p[j], a[j], b[j]);
+    } else {
+      for (int64_t j = 0; j < count; ++j) q[j] = p[j] * a[j] + b[j];
+    }
+  }
+}
+
 }  // namespace
 
 void batch_norm_forward(const float* x, const float* weight, const float* bias, float* running_mean,
                         float* running_var, float* y, float* mean, float* invstd, int64_t N, int64_t C,
-                        int64_t S, double momentum, double eps, bool fused) {
+                        int64_t S, double momentum, double eps, bool fused, bool channels_last) {
   const int64_t M = N * S;
   TNA_CHECK(M >= 2, "batch norm in training needs more than one value per channel, got ", N, " x ", S);
   const int64_t blocks = (C + kBlock - 1) / kBlock;
   const float mom = static_cast<float>(momentum), keep = 1.0f - mom;
-  parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t c0 = blk * kBlock, count = std::min<int64_t>(kBlock, C - c0);
-      float var_sum[kBlock];
-      stats(x, N, C, S, c0, count, mean + c0, var_sum);
+  // NCHW: blocks of kBlock channels, each normalised while in cache; channels-last: one range of
+  // blocks per thread (the range's part of each position's row is contiguous)
+  const int64_t per_task = channels_last ? (blocks + num_threads() - 1) / std::max(1, num_threads()) : 1;
+  parallel_for(0, (blocks + per_task - 1) / per_task, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = t * per_task * kBlock, count = std::min<int64_t>(per_task * kBlock, C - c0);
+      std::vector<float> var_sum(count), a(count), b(count);
+      if (channels_last) {
+        stats_cl(x, N, C, S, c0, count, mean + c0, var_sum.data());
+      } else {
+        stats(x, N, C, S, c0, count, mean + c0, var_sum.data());
+      }
       for (int64_t j = 0; j < count; ++j) {
         const int64_t c = c0 + j;
         // torch: var_sum / M in float32, then 1 / sqrt(var + eps) in float64
@@ -198,16 +254,24 @@ void batch_norm_forward(const float* x, const float* weight, const float* bias, 
           const float unbiased = var_sum[j] / static_cast<float>(M - 1);
           running_var[c] = std::fma(mom, unbiased, keep * running_var[c]);
         }
-        float a, b;
-        affine_terms(mean[c], invstd[c], weight, bias, c, fused, a, b);
-        for (int64_t n = 0; n < N; ++n) affine_row(x + (n * C + c) * S, y + (n * C + c) * S, S, a, b, fused);
+        affine_terms(mean[c], invstd[c], weight, bias, c, fused, a[j], b[j]);
+        if (!channels_last)
+          for (int64_t n = 0; n < N; ++n) affine_row(x + (n * C + c) * S, y + (n * C + c) * S, S, a[j], b[j], fused);
       }
+      if (channels_last) affine_cl(x, y, 0, M, C, c0, count, a.data(), b.data(), fused);
     }
   });
 }
 
 void batch_norm_apply(const float* x, const float* mean, const float* invstd, const float* weight,
-                      const float* bias, float* y, int64_t N, int64_t C, int64_t S, bool fused) {
+                      const float* bias, float* y, int64_t N, int64_t C, int64_t S, bool fused,
+                      bool channels_last) {
+  if (channels_last) {
+    std::vector<float> a(C), b(C);
+    for (int64_t c = 0; c < C; ++c) affine_terms(mean[c], invstd[c], weight, bias, c, fused, a[c], b[c]);
+    parallel_for(0, N * S, 64, [&](int64_t r0, int64_t r1) { affine_cl(x, y, r0, r1, C, 0, C, a.data(), b.data(), fused); });
+    return;
+  }
   parallel_for(0, N * C, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t c = r % C;

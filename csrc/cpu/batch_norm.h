@@ -2,7 +2,8 @@
 // sizes. tna_kernels/ops/batch_norm.py checks the tensors, allocates the outputs and calls these;
 // tna_kernels/nn/bn_lif.py runs them in the fused BN + LIF layer.
 //
-// x is a contiguous float32 [N, C, S] (S = H*W; 1 for a [N, C] input). The forward reproduces
+// x is a contiguous float32 [N, C, S] (S = H*W; 1 for a [N, C] input), or with channels_last a
+// [N, C, H, W] tensor in channels-last memory ([N, S, C]); y has x's layout. The forward reproduces
 // torch.native_batch_norm's CPU arithmetic for that layout bit for bit, so the spikes downstream are
 // those of nn.BatchNorm: per channel, a float64 sum of x in (n, s) order -> mean = float32(sum / M)
 // (M = N*S); a float64 sum of the float32 squares (x - mean)^2 in the same order -> var_sum
@@ -26,11 +27,12 @@ namespace tna {
 // running_var too (not updated).
 void batch_norm_forward(const float* x, const float* weight, const float* bias, float* running_mean,
                         float* running_var, float* y, float* mean, float* invstd, int64_t N, int64_t C,
-                        int64_t S, double momentum, double eps, bool fused);
+                        int64_t S, double momentum, double eps, bool fused, bool channels_last);
 
 // y = fma(x, a, b) with the forward's a, b from given mean / invstd (the forward's output again,
 // without the statistics pass: the fused layer's backward recomputes it this way).
 void batch_norm_apply(const float* x, const float* mean, const float* invstd, const float* weight,
-                      const float* bias, float* y, int64_t N, int64_t C, int64_t S, bool fused);
+                      const float* bias, float* y, int64_t N, int64_t C, int64_t S, bool fused,
+                      bool channels_last);
 
 }  // namespace tna

@@ -174,6 +174,68 @@ void unpool_plane(const uint64_t* words, int64_t base, const scalar_t* gy, scala
   }
 }
 
+// ---- Channels-last 2x2 pools (x [N, H, W, C] in memory; the spike conv's layout) ----------------
+// y[n, oh, ow, :] = the first maximum of the window's four channel rows, as pool2x2_plane.
+template <typename scalar_t>
+TNA_MULTIVERSION void pool2x2_cl_row(const scalar_t* __restrict x, scalar_t* __restrict y, int64_t OW, int64_t W,
+                                     int64_t C) {
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    const scalar_t* r00 = x + 2 * ow * C;
+    const scalar_t* r01 = r00 + C;
+    const scalar_t* r10 = r00 + W * C;
+    const scalar_t* r11 = r10 + C;
+    scalar_t* out = y + ow * C;
+    for (int64_t c = 0; c < C; ++c) {
+      float a = static_cast<float>(r00[c]);
+      const float b = static_cast<float>(r01[c]), d = static_cast<float>(r10[c]), e = static_cast<float>(r11[c]);
+      a = b > a ? b : a;
+      a = d > a ? d : a;
+      a = e > a ? e : a;
+      out[c] = static_cast<scalar_t>(a);
+    }
+  }
+}
+
+// The backward of pool2x2_cl_row for one output row: bits [H, W, CW] of one sample (pack_spikes
+// along channels), grad_y element (c, ow) at gy[c * gsc + ow * gsp]; grad_x rows 2oh, 2oh + 1
+// written whole.
+template <typename scalar_t>
+TNA_MULTIVERSION void unpool2x2_cl_row(const uint64_t* bits0, const uint64_t* bits1, const scalar_t* gy,
+                                       int64_t gsc, int64_t gsp, scalar_t* __restrict gx0,
+                                       scalar_t* __restrict gx1, int64_t OW, int64_t C, int64_t CW) {
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    const uint64_t* w00 = bits0 + 2 * ow * CW;
+    const uint64_t* w01 = w00 + CW;
+    const uint64_t* w10 = bits1 + 2 * ow * CW;
+    const uint64_t* w11 = w10 + CW;
+    scalar_t* x00 = gx0 + 2 * ow * C;
+    scalar_t* x01 = x00 + C;
+    scalar_t* x10 = gx1 + 2 * ow * C;
+    scalar_t* x11 = x10 + C;
+    const scalar_t* g = gy + ow * gsp;
+    for (int64_t k = 0; k < CW; ++k) {
+      const uint64_t a = w00[k], b = w01[k], d = w10[k], e = w11[k];
+      // which element takes each channel's gradient: the first spike, else the first element
+      const uint64_t f00 = a | ~(b | d | e), f01 = ~a & b, f10 = ~a & ~b & d, f11 = ~a & ~b & ~d & e;
+      const int64_t c0 = k * 64, n = std::min<int64_t>(64, C - c0);
+      // 16 channels at a time on 32-bit masks (lane l tests bit l): vectorises as blends
+      for (int64_t j0 = 0; j0 < n; j0 += 16) {
+        const uint32_t m00 = uint32_t(f00 >> j0), m01 = uint32_t(f01 >> j0), m10 = uint32_t(f10 >> j0),
+                       m11 = uint32_t(f11 >> j0);
+        const int64_t len = std::min<int64_t>(16, n - j0), c = c0 + j0;
+        for (int64_t l = 0; l < len; ++l) {
+          const scalar_t v = g[(c + l) * gsc], zero = scalar_t(0.0f);
+          const uint32_t bit = uint32_t(1) << l;
+          x00[c + l] = (m00 & bit) ? v : zero;
+          x01[c + l] = (m01 & bit) ? v : zero;
+          x10[c + l] = (m10 & bit) ? v : zero;
+          x11[c + l] = (m11 & bit) ? v : zero;
+        }
+      }
+    }
+  }
+}
+
 // "[a, b, ...]", as torch prints a size list in its messages.
 std::string list_str(const std::vector<int64_t>& v) {
   std::ostringstream os;
@@ -262,6 +324,42 @@ void spike_max_pool2d_backward(DType dtype, const void* grad_y, const uint64_t* 
           std::fill(gxp + p * H * W, gxp + (p + 1) * H * W, scalar_t(0.0f));
           unpool_plane(words, base, gyp + p * OH * OW, gxp + p * H * W, H, W, OH, OW, g);
         }
+      }
+    });
+  });
+}
+
+void spike_max_pool2d_2x2_cl(DType dtype, const void* x, void* y, int64_t N, int64_t C, int64_t H, int64_t W) {
+  TNA_CHECK(H % 2 == 0 && W % 2 == 0, "the channels-last 2x2 pool needs even H and W, got ", H, " x ", W);
+  const int64_t OH = H / 2, OW = W / 2;
+  dispatch_floating(dtype, "x", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    const scalar_t* xp = static_cast<const scalar_t*>(x);
+    scalar_t* yp = static_cast<scalar_t*>(y);
+    parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / OH, oh = r % OH;
+        pool2x2_cl_row(xp + ((n * H + 2 * oh) * W) * C, yp + r * OW * C, OW, W, C);
+      }
+    });
+  });
+}
+
+void spike_max_pool2d_2x2_cl_backward(DType dtype, const void* grad_y, int64_t gsn, int64_t gsc, int64_t gsh,
+                                      int64_t gsw, const uint64_t* bits, void* grad_x, int64_t N, int64_t C,
+                                      int64_t H, int64_t W) {
+  TNA_CHECK(H % 2 == 0 && W % 2 == 0, "the channels-last 2x2 pool needs even H and W, got ", H, " x ", W);
+  const int64_t OH = H / 2, OW = W / 2, CW = (C + 63) / 64;
+  dispatch_floating(dtype, "grad_y", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    const scalar_t* gyp = static_cast<const scalar_t*>(grad_y);
+    scalar_t* gxp = static_cast<scalar_t*>(grad_x);
+    parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / OH, oh = r % OH;
+        const uint64_t* b0 = bits + ((n * H + 2 * oh) * W) * CW;
+        scalar_t* x0 = gxp + ((n * H + 2 * oh) * W) * C;
+        unpool2x2_cl_row(b0, b0 + W * CW, gyp + n * gsn + oh * gsh, gsc, gsw, x0, x0 + W * C, OW, C, CW);
       }
     });
   });

@@ -64,7 +64,7 @@ class _BNLIF(torch.autograd.Function):
         # static: y_t is y expanded over T (stride 0), which the kernel reads in place
         spikes = torch.ops.tna.lif_fwd(_time_major(y, T, static), None, *hyper, False)[0]
         ctx.conf = (eps, T, static, hyper, group)
-        return spikes.view(T, -1, *x.shape[1:])
+        return _sequence_like(spikes, y, T, static)
 
     @staticmethod
     def backward(ctx, grad_spikes):
@@ -79,8 +79,9 @@ class _BNLIF(torch.autograd.Function):
         else:
             x, weight, bias, mean, var, n = ctx.saved_tensors
             y = sync_bn.normalize(x, weight, bias, mean, var, eps)  # the forward's op and statistics
-        y = y.contiguous()  # a copy only for other layouts (channels-last): the slices below write through views
-        y_t, g_t = _time_major(y, T, static), grad_spikes.reshape(T, -1)
+        if not _channels_last(y):
+            y = y.contiguous()  # a copy only for other layouts: the slices below write through views
+        y_t, g_t = _time_major(y, T, static), _time_major_grad(grad_spikes, y, T)
         # each slice of y is read before its gradient overwrites it: y's buffer becomes grad_y.
         # On a GPU the slices are large (chunk_elems): a VGG-11 step makes 16 calls, not 296.
         slices = chunks(y_t.shape[1], T, y.device)
@@ -92,9 +93,9 @@ class _BNLIF(torch.autograd.Function):
             else:
                 grad_y = g
             if len(slices) == 1:  # one call covered y (the GPU's case): its result is grad_y, no copy
-                y = grad_y.view(y.shape)
+                y = _shaped_like(grad_y, y)
             elif static:
-                y.view(-1)[sl] = grad_y
+                _memory_order(y)[sl] = grad_y
             else:
                 y_t[:, sl] = grad_y
             del g, grad_y
@@ -109,18 +110,57 @@ class _BNLIF(torch.autograd.Function):
 
 
 def _native_batch_norm(x: Tensor, *params: Tensor | None) -> bool:
-    """Whether tna::batch_norm_forward serves this input: it equals torch's batch norm bit for bit
-    on contiguous float32 CPU inputs [N, C, S] with S > 1 (tna_kernels/ops/batch_norm.py)."""
-    return (x.is_cpu and x.dtype == torch.float32 and x.dim() >= 3 and x.is_contiguous()
+    """Whether tna::batch_norm_forward serves this input: float32 CPU inputs [N, C, S] with S > 1,
+    NCHW-contiguous or channels-last (it equals torch's batch norm on the NCHW layout bit for bit:
+    tna_kernels/ops/batch_norm.py)."""
+    return (x.is_cpu and x.dtype == torch.float32 and x.dim() >= 3
+            and (x.is_contiguous() or batch_norm_ops.channels_last_input(x))
             and x.numel() > x.shape[0] * x.shape[1]
             and all(p is None or (p.dtype == torch.float32 and p.is_cpu) for p in params)
             and batch_norm_ops.reproduces_torch())
 
 
+# The LIF runs on the neurons in y's memory order: a channels-last BN output (from a channels-last
+# BN input, the spike conv's output) gives channels-last spikes, and its backward takes the spikes'
+# gradient in that order, so no layer converts.
+
+def _channels_last(t: Tensor) -> bool:
+    return batch_norm_ops.channels_last_input(t)
+
+
+def _memory_order(y: Tensor) -> Tensor:
+    """y's elements in memory order: a flat view for a contiguous or channels-last y."""
+    return y.permute(0, 2, 3, 1).reshape(-1) if _channels_last(y) else y.reshape(-1)
+
+
+def _shaped_like(flat: Tensor, like: Tensor) -> Tensor:
+    """Memory-ordered data as a tensor of like's shape and layout (the inverse of _memory_order)."""
+    if _channels_last(like):
+        n, c, h, w = like.shape
+        return flat.view(n, h, w, c).permute(0, 3, 1, 2)
+    return flat.view(like.shape)
+
+
 def _time_major(y: Tensor, T: int, static: bool) -> Tensor:
     """The neuron input as ``[T, neurons]`` (a view: a static input is expanded, not copied)."""
-    flat = y.reshape(-1)
+    flat = _memory_order(y)
     return flat.expand(T, -1) if static else flat.view(T, -1)
+
+
+def _sequence_like(spikes: Tensor, y: Tensor, T: int, static: bool) -> Tensor:
+    """The LIF's ``[T, neurons]`` output as ``[T, B, C, ...]`` in y's layout."""
+    if _channels_last(y):
+        n, c, h, w = y.shape
+        return spikes.view(T, n if static else n // T, h, w, c).permute(0, 1, 4, 2, 3)
+    return spikes.view(T, -1, *y.shape[1:])
+
+
+def _time_major_grad(grad_spikes: Tensor, y: Tensor, T: int) -> Tensor:
+    """The spikes' gradient ``[T, B, C, ...]`` as ``[T, neurons]`` in y's memory order (a copy only
+    when it comes in another layout)."""
+    if _channels_last(y):
+        return grad_spikes.permute(0, 1, 3, 4, 2).reshape(T, -1)
+    return grad_spikes.reshape(T, -1)
 
 
 def uses_batch_stats(bn: nn.Module) -> bool:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .. import functional as F
+from ..ops import batch_norm as batch_norm_ops
 from ..ops.spike_train import TRAIN_PATHS, conv_ste
 from ..ops.ternary import PackedTernary, _check_ste
 from .bn_lif import uses_batch_stats
@@ -176,7 +177,7 @@ class _SpikingMixin:
             raise ValueError(f"{type(self).__name__} expects [T, B, ...] with {sample_dims} sample dims "
                              f"(or a static [B, ...]), got shape {tuple(x.shape)}")
         if self._fused_bn_lif():  # through the neuron module, so its forward hooks still see the spikes
-            return self.neuron(self._affine(x), bn=self.bn, T=T_, static=static)
+            return self.neuron(self._affine(x, layout_free=True), bn=self.bn, T=T_, static=static)
         y = self._pre_neuron(x)
         y = y.unsqueeze(0).expand(T_, *y.shape) if static else unfold_time(y, T_)
         return y if self.neuron is None else self.neuron(y)
@@ -233,7 +234,10 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
         self.train_path = train_path
         self.last_train_path: str | None = None  # the path the last training forward took
 
-    def _affine(self, x: Tensor) -> Tensor:
+    def _affine(self, x: Tensor, layout_free: bool = False) -> Tensor:
+        """The conv; ``layout_free``: the caller (the fused BN + LIF) reads a channels-last output
+        as well, which the spike path then returns without a transpose when that batch norm is the
+        native one (tna_kernels.ops.batch_norm: the same bits for either layout)."""
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
@@ -242,7 +246,7 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
                 clip = _check_ste(self.weight, self.method, self.per_channel, self.clip)  # as ternary_ste checks
                 y, self.last_train_path = conv_ste(x, self.weight, self.bias, self.stride, self.padding,
                                                    self.dilation, self.method, self.per_channel, clip,
-                                                   self.train_path)
+                                                   self.train_path, layout_free and batch_norm_ops.reproduces_torch())
                 return y
             return _SpikeInputConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         if self.ternary:
@@ -280,7 +284,7 @@ class TernaryLIFLinear(_SpikingMixin, TernaryLinear):
         norm = nn.BatchNorm1d(out_features, bn_eps, bn_momentum, device=device, dtype=dtype) if bn else None
         self._init_spiking(ternary, norm, lif, T, neuron, recompute)
 
-    def _affine(self, x: Tensor) -> Tensor:
+    def _affine(self, x: Tensor, layout_free: bool = False) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected {self.in_features} input features, got {x.shape[-1]}")
         if self.ternary:

@@ -1,6 +1,7 @@
 """The training batch-norm family: tna::batch_norm_forward and tna::batch_norm_apply, batch norm
-with batch statistics on the native core (CPU, contiguous float32 [N, C, S] with S > 1), for the
-fused BN + LIF layer (:mod:`tna_kernels.nn.bn_lif`).
+with batch statistics on the native core (CPU, float32 [N, C, S] with S > 1, NCHW-contiguous or
+4-D channels-last, the output in the input's layout), for the fused BN + LIF layer
+(:mod:`tna_kernels.nn.bn_lif`).
 
 Why: torch's CPU batch norm sums each channel in one float64 chain, latency-bound (3-8 ms for one
 8-17 MB layer of the training benchmark on one core, ten times a copy of it), and the fused layer's
@@ -30,7 +31,8 @@ from torch import Tensor
 from ._native import LIB, C, dtype_str, empty_output, ptr, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
-# Training batch norm over x [N, C, *] (contiguous float32): (y, mean [C], invstd [C]) as
+# Training batch norm over x [N, C, *] (float32; a 4-D channels-last x is read in place and y is
+# channels-last too, otherwise y is contiguous): (y, mean [C], invstd [C]) as
 # torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps) returns
 # them; running_mean / running_var (float32 [C], optional) are updated in place as torch does.
 LIB.define(
@@ -74,6 +76,17 @@ def _check_running(t: Tensor | None, name: str, c: int) -> None:
         raise RuntimeError(f"{name} must be contiguous (it is updated in place)")
 
 
+def channels_last_input(x: Tensor) -> bool:
+    """Whether the kernels read x in its channels-last memory ([N, H, W, C]) rather than as an
+    NCHW-contiguous tensor (a copy when x is neither). Both give the same bits: the sums run per
+    channel in the same order whatever the layout."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _output_format(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if channels_last_input(x) else torch.contiguous_format
+
+
 def _vec(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
@@ -89,11 +102,13 @@ def _forward(x, weight, bias, running_mean, running_var, momentum, eps, fused):
     if n * s < 2:
         raise RuntimeError(f"batch norm in training needs more than one value per channel, got input shape "
                            f"{shape_str(x.shape)}")
-    xc, w, b = x.contiguous(), _vec(weight), _vec(bias)
-    y = empty_output(tuple(x.shape), torch.float32)
+    cl = channels_last_input(x)
+    xc, w, b = (x if cl else x.contiguous()), _vec(weight), _vec(bias)
+    y = empty_output(tuple(x.shape), torch.float32, _output_format(x))
     mean, invstd = torch.empty(c), torch.empty(c)
     C.batch_norm_forward(xc.data_ptr(), ptr(w), ptr(b), ptr(running_mean), ptr(running_var), y.data_ptr(),
-                         mean.data_ptr(), invstd.data_ptr(), n, c, s, float(momentum), float(eps), fused, threads())
+                         mean.data_ptr(), invstd.data_ptr(), n, c, s, float(momentum), float(eps), fused, cl,
+                         threads())
     return y, mean, invstd
 
 
@@ -101,10 +116,11 @@ def _apply(x, mean, invstd, weight, bias, fused):
     n, c, s = _check_x(x)
     for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight"), (bias, "bias")):
         _check_channel(t, name, c)
-    xc = x.contiguous()
-    y = empty_output(tuple(x.shape), torch.float32)
+    cl = channels_last_input(x)
+    xc = x if cl else x.contiguous()
+    y = empty_output(tuple(x.shape), torch.float32, _output_format(x))
     C.batch_norm_apply(xc.data_ptr(), mean.contiguous().data_ptr(), invstd.contiguous().data_ptr(),
-                       ptr(_vec(weight)), ptr(_vec(bias)), y.data_ptr(), n, c, s, fused, threads())
+                       ptr(_vec(weight)), ptr(_vec(bias)), y.data_ptr(), n, c, s, fused, cl, threads())
     return y
 
 
@@ -124,12 +140,12 @@ LIB.impl("batch_norm_apply", _batch_norm_apply_cpu, "CPU")
 def _batch_norm_forward_fake(x, weight, bias, running_mean, running_var, momentum, eps):
     torch._check(x.dim() >= 2, lambda: f"x must be [N, C, ...], got shape {tuple(x.shape)}")
     c = x.shape[1]
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((c,)), x.new_empty((c,))
+    return torch.empty_like(x, memory_format=_output_format(x)), x.new_empty((c,)), x.new_empty((c,))
 
 
 @torch.library.register_fake("tna::batch_norm_apply")
 def _batch_norm_apply_fake(x, mean, invstd, weight, bias):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x, memory_format=_output_format(x))
 
 
 # ---- Which rounding torch uses here --------------------------------------------------------------

@@ -18,7 +18,10 @@ from ._native import LIB, C, dtype_code, dtype_str, empty_output, shape_str, thr
 # x [N, C, H, W] floating, values 0 or 1 only -> (y = max_pool2d(x) [N, C, OH, OW], bits =
 # pack_spikes(x.reshape(N, -1)) int64 [N, ceil(C*H*W/64)]). The backward takes grad_y and bits
 # and returns grad_x [input_size], each output's gradient at the element max_pool2d's indices
-# pick (the window's first spike, else its first element).
+# pick (the window's first spike, else its first element). On the CPU a channels-last x with 2x2
+# windows (stride 2, no padding, even H and W) stays channels-last: y and, in backward, grad_x are
+# channels-last and bits = pack_spikes(x, dim=1) [N, H, W, ceil(C/64)] (the backward reads the
+# layout from bits' rank).
 LIB.define(
     "spike_max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool "
     "ceil_mode) -> (Tensor, Tensor)")
@@ -39,6 +42,9 @@ def _spike_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = x.shape
     oh, ow = (_pooled(v, k, s, p, d, ceil_mode)
               for v, k, s, p, d in zip((h, w), kernel_size, stride, padding, dilation, strict=True))
+    if x.device.type == "cpu" and channels_last_2x2(x, kernel_size, stride, padding, dilation):
+        return (x.new_empty((n, c, oh, ow)).contiguous(memory_format=torch.channels_last),
+                x.new_empty((n, h, w, (c + 63) // 64), dtype=torch.int64))
     return x.new_empty((n, c, oh, ow)), x.new_empty((n, (c * h * w + 63) // 64), dtype=torch.int64)
 
 
@@ -46,6 +52,8 @@ def _spike_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode)
 def _spike_max_pool2d_backward_fake(grad_y, bits, input_size, kernel_size, stride, padding, dilation,
                                     ceil_mode):
     torch._check(len(input_size) == 4, lambda: f"input_size must be [N, C, H, W], got {input_size}")
+    if bits.dim() == 4:
+        return grad_y.new_empty(input_size).contiguous(memory_format=torch.channels_last)
     return grad_y.new_empty(input_size)
 
 
@@ -70,6 +78,17 @@ def _check_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
     return pool, C.spike_pool_output_size(list(x.shape), *pool, ceil_mode)
 
 
+def channels_last_2x2(x, kernel_size, stride, padding, dilation) -> bool:
+    """Whether the CPU pools x in its channels-last memory (see the schema comment)."""
+    return (x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            and _is_2x2(x.shape, kernel_size, stride, padding, dilation))
+
+
+def _is_2x2(shape, kernel_size, stride, padding, dilation) -> bool:
+    return (list(kernel_size) == [2, 2] and list(stride) == [2, 2] and list(padding) == [0, 0]
+            and list(dilation) == [1, 1] and shape[2] % 2 == 0 and shape[3] % 2 == 0)
+
+
 def _check_backward(grad_y, bits, input_size, kernel_size, stride, padding, dilation, ceil_mode):
     """grad_y, bits, input_size and the pooling arguments (after the device checks)."""
     _check_floating(grad_y, "grad_y")
@@ -82,9 +101,17 @@ def _check_backward(grad_y, bits, input_size, kernel_size, stride, padding, dila
         raise RuntimeError(f"grad_y must have shape {shape_str((n, c, oh, ow))}, got {shape_str(grad_y.shape)}")
     if bits.dtype != torch.int64:
         raise RuntimeError(f"bits must be int64 packed spike words, got {dtype_str(bits.dtype)}")
-    kw = (c * h * w + 63) // 64
-    if tuple(bits.shape) != (n, kw):
-        raise RuntimeError(f"bits must have shape {shape_str((n, kw))}, got {shape_str(bits.shape)}")
+    if bits.dim() == 4:  # channels-last forward: pack_spikes(x, dim=1)
+        want = (n, h, w, (c + 63) // 64)
+        if not _is_2x2(input_size, kernel_size, stride, padding, dilation):
+            raise RuntimeError("bits [N, H, W, CW] (a channels-last forward) go with 2x2 windows, stride 2, no "
+                               f"padding or dilation and even H, W; got kernel_size {list(kernel_size)}, stride "
+                               f"{list(stride)}, padding {list(padding)}, dilation {list(dilation)}, input size "
+                               f"{list(input_size)}")
+    else:
+        want = (n, (c * h * w + 63) // 64)
+    if tuple(bits.shape) != want:
+        raise RuntimeError(f"bits must have shape {shape_str(want)}, got {shape_str(bits.shape)}")
     return pool
 
 
@@ -92,6 +119,11 @@ def _spike_max_pool2d_cpu(x, kernel_size, stride, padding, dilation, ceil_mode):
     _check_floating_cpu(x, "x")
     pool, (oh, ow) = _check_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = x.shape
+    if channels_last_2x2(x, kernel_size, stride, padding, dilation):  # in place: no NCHW copy
+        bits = torch.ops.tna.pack_spikes(x, 1)  # [N, H, W, CW]; raises if x is not 0/1
+        y = empty_output((n, c, oh, ow), x.dtype, torch.channels_last)
+        C.spike_max_pool2d_2x2_cl(dtype_code(x), x.data_ptr(), y.data_ptr(), n, c, h, w, threads())
+        return y, bits
     xc = x.contiguous()
     bits = torch.ops.tna.pack_spikes(xc.view(n, c * h * w), -1)  # raises if x is not 0/1
     y = empty_output((n, c, oh, ow), x.dtype)
@@ -106,6 +138,12 @@ def _spike_max_pool2d_backward_cpu(grad_y, bits, input_size, kernel_size, stride
         raise RuntimeError(f"bits must be a CPU tensor, got {bits.device}")
     pool = _check_backward(grad_y, bits, input_size, kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = input_size
+    if bits.dim() == 4:  # the channels-last forward's bits: grad_x channels-last, grad_y read in place
+        b = bits.contiguous()
+        grad_x = empty_output((n, c, h, w), grad_y.dtype, torch.channels_last)  # written whole
+        C.spike_max_pool2d_2x2_cl_backward(dtype_code(grad_y), grad_y.data_ptr(), list(grad_y.stride()), b.data_ptr(),
+                                           grad_x.data_ptr(), n, c, h, w, threads())
+        return grad_x
     gy, b = grad_y.contiguous(), bits.contiguous()
     grad_x = empty_output((n, c, h, w), grad_y.dtype)  # written whole by the kernel
     C.spike_max_pool2d_backward(dtype_code(gy), gy.data_ptr(), b.data_ptr(), grad_x.data_ptr(), [n, c, h, w],

@@ -136,7 +136,7 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
     Both: grad_input = conv2d_input(grad_y, codes * scale), the weight quantised once per call."""
 
     @staticmethod
-    def forward(ctx, x, bits, weight, bias, stride, padding, dilation, method, per_channel, clip, path):
+    def forward(ctx, x, bits, weight, bias, stride, padding, dilation, method, per_channel, clip, path, channels_last):
         with torch.profiler.record_function(FORWARD_LABEL):
             codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), method, per_channel,
                                                            path == "spike")
@@ -145,10 +145,12 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
             wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.to(x.dtype).view(-1, 1, 1, 1)).contiguous()
             if path == "spike":
                 b = None if bias is None else bias.detach().to(torch.float32)
-                # the kernel writes channels-last; the layer's output is NCHW as dense QAT's (torch's
-                # batch norm backward on a channels-last input with an NCHW gradient is a slow path)
+                # the kernel writes channels-last; that is returned as it is when the caller reads any
+                # layout (channels_last: the fused BN + LIF layer), else NCHW as dense QAT's
                 y = torch.ops.tna.spike_ternary_conv2d(bits, packed, scale, b, x.shape[1], stride, padding, dilation,
-                                                       FORMAT_VERSION, None).contiguous()
+                                                       FORMAT_VERSION, None)
+                if not channels_last:
+                    y = y.contiguous()
             else:
                 y = torch.nn.functional.conv2d(x, wq, bias, stride, padding, dilation)
         ctx.save_for_backward(bits, wq, weight if clip is not None else None)
@@ -162,14 +164,21 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             with torch.profiler.record_function(GRAD_INPUT_LABEL):
-                grad_x = torch.nn.grad.conv2d_input(shape, wq.to(grad_y.dtype), grad_y, stride, padding, dilation)
+                w = wq.to(grad_y.dtype)
+                if _is_channels_last(grad_y):  # torch's conv then runs channels-last without reorders
+                    w = w.contiguous(memory_format=torch.channels_last)
+                grad_x = torch.nn.grad.conv2d_input(shape, w, grad_y, stride, padding, dilation)
         if ctx.needs_input_grad[2]:
             with torch.profiler.record_function(GRAD_WEIGHT_LABEL):
                 grad_w = _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path)
             grad_w = _weight_grad_mask(grad_w, weight, clip).to(wq.dtype)
         if has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_y.sum((0, 2, 3))
-        return grad_x, None, grad_w, grad_b, None, None, None, None, None, None, None
+        return grad_x, None, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path):
@@ -285,13 +294,16 @@ def spike_ternary_conv2d_ste(x: Tensor, weight: Tensor, bias: Tensor | None = No
     return conv_ste(x, weight, bias, stride, padding, dilation, method, per_channel, clip, path)[0]
 
 
-def conv_ste(x, weight, bias, stride, padding, dilation, method, per_channel, clip, path) -> tuple[Tensor, str]:
+def conv_ste(x, weight, bias, stride, padding, dilation, method, per_channel, clip, path,
+             channels_last: bool = False) -> tuple[Tensor, str]:
     """spike_ternary_conv2d_ste on checked arguments (TernaryLIFConv2d's training forward calls it
-    directly); returns the output and the path taken."""
+    directly); returns the output and the path taken. ``channels_last``: the caller reads any
+    layout, so the spike path's output stays in the kernel's channels-last memory (no transpose
+    pass), and so does the input gradient computed from a channels-last output gradient."""
     bits = pack_spikes(x, dim=1)  # raises if x is not 0/1
     chosen = resolve_train_path(x, bits, weight, stride, padding, dilation, path)
     y = _SpikeTernaryConv2dSTE.apply(x, bits, weight, bias, stride, padding, dilation, method, per_channel, clip,
-                                     chosen)
+                                     chosen, channels_last)
     return y, chosen
 
 

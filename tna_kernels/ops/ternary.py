@@ -332,10 +332,15 @@ def _pack_spikes_cpu(spikes, dim=-1):
         code = None
     if spikes.is_complex() or code is None:
         _fail("spikes must be a real or bool tensor of 0/1 values, got ", dtype_str(spikes.dtype))
-    s = spikes.contiguous()
     K = shape[dim]
     out = torch.empty((*shape[:dim], *shape[dim + 1:], words_for(K)), dtype=_I64)
-    C.pack_spikes(ptr(s), code, math.prod(shape[:dim]), K, math.prod(shape[dim + 1:]), ptr(out), threads())
+    if (nd == 4 and dim == 1 and not spikes.is_contiguous()
+            and spikes.is_contiguous(memory_format=torch.channels_last)):
+        # channels-last [B, C, H, W]: the channels are already the last memory axis (no copy)
+        s, outer, inner = spikes.permute(0, 2, 3, 1), shape[0] * shape[2] * shape[3], 1
+    else:
+        s, outer, inner = spikes.contiguous(), math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    C.pack_spikes(ptr(s), code, outer, K, inner, ptr(out), threads())
     return out
 
 
