@@ -193,3 +193,49 @@ def test_channels_last_input_gives_torchs_nchw_bits(shape):
     again = OPS.batch_norm_apply(xcl, got[1], got[2], w, b)
     assert torch.equal(again, want[0]) and again.stride() == got[0].stride()
     torch.library.opcheck(OPS.batch_norm_forward.default, (xcl, w, b, rm.clone(), rv.clone(), 0.1, 1e-5))
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 7, 3), (32, 40, 8, 8), (3, 17, 1, 5)], ids=str)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+def test_channels_last_backward_equals_torchs(shape, affine):
+    """tna::batch_norm_backward_channels_last: torch's batch-norm backward (float tolerance), grad_x
+    channels-last, from a channels-last or NCHW grad_y; masked outputs empty."""
+    x, w, _, _, _ = inputs(shape, seed=7)
+    w = w if affine else None
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    _, mean, invstd = OPS.batch_norm_forward(xcl, w, None, None, None, 0.1, 1e-5)
+    g = torch.randn(shape)
+    want = torch.ops.aten.native_batch_norm_backward(g, x, w, None, None, mean, invstd, True, 1e-5,
+                                                     [True, affine, True])
+    for gy in (g, g.contiguous(memory_format=torch.channels_last)):
+        got = OPS.batch_norm_backward_channels_last(gy, xcl, mean, invstd, w, [True, True, True])
+        assert got[0].is_contiguous(memory_format=torch.channels_last) or shape[1] == 1
+        torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+        if affine:
+            torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
+        else:
+            assert got[1].numel() == 0
+        torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-4)
+    masked = OPS.batch_norm_backward_channels_last(g, xcl, mean, invstd, w, [False, True, False])
+    assert masked[0].numel() == 0 and masked[2].numel() == 0
+    torch.library.opcheck(OPS.batch_norm_backward_channels_last.default, (g, xcl, mean, invstd, w, [True, True, True]))
+
+
+def test_channels_last_backward_refuses_nchw_input():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="x must be a channels-last \\[N, C, H, W\\] tensor"):
+        OPS.batch_norm_backward_channels_last(x, x, torch.zeros(3), torch.ones(3), None, [True, True, True])
+
+
+def test_channels_last_backward_same_bits_for_any_thread_count():
+    x = inputs((16, 24, 9, 9))[0].contiguous(memory_format=torch.channels_last)
+    _, mean, invstd = OPS.batch_norm_forward(x, None, None, None, None, 0.1, 1e-5)
+    g = torch.randn(x.shape).contiguous(memory_format=torch.channels_last)
+    before, outs = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(OPS.batch_norm_backward_channels_last(g, x, mean, invstd, None, [True, False, True]))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for o in outs[1:] for a, b in zip(o, outs[0], strict=True))

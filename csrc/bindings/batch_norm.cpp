@@ -30,4 +30,15 @@ TNA_BINDINGS(batch_norm) {
                               channels_last);
       },
       py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "batch_norm_backward_cl",
+      [](uintptr_t grad_y, uintptr_t x, uintptr_t mean, uintptr_t invstd, uintptr_t weight, uintptr_t grad_x,
+         uintptr_t grad_weight, uintptr_t grad_bias, int64_t N, int64_t C, int64_t S, int threads) {
+        tna::ThreadsScope scope(threads);
+        tna::batch_norm_backward_cl(tna::as_ptr<const float>(grad_y), tna::as_ptr<const float>(x),
+                                    tna::as_ptr<const float>(mean), tna::as_ptr<const float>(invstd),
+                                    tna::as_ptr<const float>(weight), tna::as_ptr<float>(grad_x),
+                                    tna::as_ptr<float>(grad_weight), tna::as_ptr<float>(grad_bias), N, C, S);
+      },
+      py::call_guard<py::gil_scoped_release>());
 }

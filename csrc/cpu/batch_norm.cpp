@@ -6,6 +6,7 @@
 // same order per channel.
 #include "batch_norm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -223,6 +224,38 @@ TNA_MULTIVERSION_FMA void affine_cl(const float* __restrict x, float* __restrict
   }
 }
 
+// ---- Backward on channels-last tensors ------------------------------------------------------------
+// Per chunk of kRows positions, float32 partial sums of dy and (x - mean) * dy for every channel
+// (contiguous rows: the lanes are channels).
+constexpr int64_t kRows = 256;
+
+TNA_MULTIVERSION_FMA void chunk_sums_cl(const float* __restrict dy, const float* __restrict x,
+                                        const float* __restrict mean, int64_t r0, int64_t r1, int64_t C,
+                                        float* __restrict f1, float* __restrict f2) {
+  std::fill(f1, f1 + C, 0.0f);
+  std::fill(f2, f2 + C, 0.0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* g = dy + r * C;
+    const float* p = x + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      f1[c] += g[c];
+      f2[c] += (p[c] - mean[c]) * g[c];
+    }
+  }
+}
+
+TNA_MULTIVERSION_FMA void grad_rows_cl(const float* dy, const float* __restrict x, const float* __restrict mean,
+                                       const float* __restrict gm, const float* __restrict k,
+                                       const float* __restrict scale, float* grad_x, int64_t r0, int64_t r1,
+                                       int64_t C) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* g = dy + r * C;
+    const float* p = x + r * C;
+    float* o = grad_x + r * C;  // may be dy itself: each element is read before it is written
+    for (int64_t c = 0; c < C; ++c) o[c] = (g[c] - gm[c] - (p[c] - mean[c]) * k[c]) * scale[c];
+  }
+}
+
 }  // namespace
 
 void batch_norm_forward(const float* x, const float* weight, const float* bias, float* running_mean,
@@ -279,6 +312,37 @@ void batch_norm_apply(const float* x, const float* mean, const float* invstd, co
       affine_terms(mean[c], invstd[c], weight, bias, c, fused, a, b);
       affine_row(x + r * S, y + r * S, S, a, b, fused);
     }
+  });
+}
+
+void batch_norm_backward_cl(const float* grad_y, const float* x, const float* mean, const float* invstd,
+                            const float* weight, float* grad_x, float* grad_weight, float* grad_bias, int64_t N,
+                            int64_t C, int64_t S) {
+  const int64_t M = N * S, chunks = (M + kRows - 1) / kRows;
+  std::vector<float> part(static_cast<size_t>(chunks * 2 * C));
+  parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q)
+      chunk_sums_cl(grad_y, x, mean, q * kRows, std::min(M, (q + 1) * kRows), C, &part[q * 2 * C],
+                    &part[q * 2 * C + C]);
+  });
+  // chunk partials summed in chunk order in float64: the same result for any thread count
+  std::vector<float> gm(C), k(C), scale(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t q = 0; q < chunks; ++q) {
+      s1 += part[q * 2 * C + c];
+      s2 += part[q * 2 * C + C + c];
+    }
+    const double inv = invstd[c];
+    if (grad_weight) grad_weight[c] = static_cast<float>(s2 * inv);
+    if (grad_bias) grad_bias[c] = static_cast<float>(s1);
+    gm[c] = static_cast<float>(s1 / static_cast<double>(M));
+    k[c] = static_cast<float>(s2 * inv * inv / static_cast<double>(M));
+    scale[c] = static_cast<float>(inv * (weight ? weight[c] : 1.0f));
+  }
+  if (!grad_x) return;
+  parallel_for(0, M, 64, [&](int64_t r0, int64_t r1) {
+    grad_rows_cl(grad_y, x, mean, gm.data(), k.data(), scale.data(), grad_x, r0, r1, C);
   });
 }
 

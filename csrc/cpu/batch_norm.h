@@ -35,4 +35,15 @@ void batch_norm_apply(const float* x, const float* mean, const float* invstd, co
                       const float* bias, float* y, int64_t N, int64_t C, int64_t S, bool fused,
                       bool channels_last);
 
+// Gradients of the training forward for channels-last x and grad_y ([N, S, C] memory):
+// per channel sum_dy = sum(grad_y), dotp = sum((x - mean) * grad_y) (float32 over each chunk of 256
+// positions, the chunks' sums added in order in float64),
+// grad_x = (grad_y - sum_dy / M - (x - mean) * dotp * invstd^2 / M) * invstd * weight (channels-last;
+// may be grad_y itself), grad_weight = dotp * invstd, grad_bias = sum_dy; any output may be null.
+// The formula of torch's batch-norm backward, summed in another order (float tolerance); chunks are
+// fixed, so the result does not depend on the thread count.
+void batch_norm_backward_cl(const float* grad_y, const float* x, const float* mean, const float* invstd,
+                            const float* weight, float* grad_x, float* grad_weight, float* grad_bias, int64_t N,
+                            int64_t C, int64_t S);
+
 }  // namespace tna

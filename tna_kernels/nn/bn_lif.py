@@ -101,7 +101,12 @@ class _BNLIF(torch.autograd.Function):
             del g, grad_y
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
-        if group is None:
+        if group is None and stats and _channels_last(x):
+            grad_x, grad_w, grad_b = torch.ops.tna.batch_norm_backward_channels_last(y, x, mean, invstd, weight, mask)
+            grad_w = grad_w if mask[1] else None
+            grad_b = grad_b if mask[2] else None
+            grad_x = grad_x if mask[0] else None
+        elif group is None:
             grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
                 y, x, weight, None, None, mean, invstd, True, eps, mask)
         else:

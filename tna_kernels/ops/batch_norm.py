@@ -19,8 +19,11 @@ fuse ``x * a + b`` into one FMA, its portable one rounds the product first.
 matches (``"fused"``, ``"unfused"``) or ``None``; the ops use the matching one, and
 :func:`reproduces_torch` (what bn_lif asks before using them) is False when neither does.
 
-No autograd: the fused BN + LIF layer's ``autograd.Function`` calls torch's batch-norm backward
-itself. No CUDA kernel: on other devices that layer keeps torch's batch norm.
+``batch_norm_backward_channels_last`` is the backward for channels-last inputs (torch's backward
+is slow when it gets one with an NCHW gradient, and no faster than this with both channels-last);
+for NCHW inputs torch's backward is as fast as a native one and is used. No autograd: the fused
+BN + LIF layer's ``autograd.Function`` calls the backward itself. No CUDA kernel: on other devices
+that layer keeps torch's batch norm.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ LIB.define(
     "running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)")
 # The forward's y again from its mean and invstd (no statistics pass).
 LIB.define("batch_norm_apply(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias) -> Tensor")
+# Gradients of the training forward for a channels-last x (the spike conv's layout; for NCHW
+# inputs torch's native_batch_norm_backward is as fast): (grad_x channels-last, grad_weight [C],
+# grad_bias [C]); an output masked off by output_mask is an empty tensor, as is grad_weight without
+# a weight. torch's formula, summed per channel in position order (float tolerance against torch).
+LIB.define(
+    "batch_norm_backward_channels_last(Tensor grad_y, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, "
+    "bool[3] output_mask) -> (Tensor, Tensor, Tensor)")
 
 ROUNDINGS = ("fused", "unfused")
 
@@ -132,7 +142,33 @@ def _batch_norm_apply_cpu(x, mean, invstd, weight, bias):
     return _apply(x, mean, invstd, weight, bias, _rounding_fused())
 
 
+def _batch_norm_backward_channels_last_cpu(grad_y, x, mean, invstd, weight, output_mask):
+    n, c, s = _check_x(x)
+    if not channels_last_input(x):
+        raise RuntimeError(f"x must be a channels-last [N, C, H, W] tensor, got shape {shape_str(x.shape)} with "
+                           f"strides {list(x.stride())} (for NCHW inputs use torch's native_batch_norm_backward)")
+    _check_x(grad_y, "grad_y")
+    if grad_y.shape != x.shape:
+        raise RuntimeError(f"grad_y must have x's shape {shape_str(x.shape)}, got {shape_str(grad_y.shape)}")
+    for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight")):
+        _check_channel(t, name, c)
+    if len(output_mask) != 3:
+        raise RuntimeError(f"output_mask must have 3 entries, got {len(output_mask)}")
+    want_x, want_w, want_b = output_mask
+    want_w = want_w and weight is not None
+    gy = grad_y.contiguous(memory_format=torch.channels_last)
+    grad_x = empty_output(tuple(x.shape), torch.float32, torch.channels_last) if want_x else x.new_empty((0,))
+    grad_w = torch.empty(c) if want_w else x.new_empty((0,))
+    grad_b = torch.empty(c) if want_b else x.new_empty((0,))
+    C.batch_norm_backward_cl(gy.data_ptr(), x.data_ptr(), mean.contiguous().data_ptr(),
+                             invstd.contiguous().data_ptr(), ptr(_vec(weight)), grad_x.data_ptr() if want_x else 0,
+                             grad_w.data_ptr() if want_w else 0, grad_b.data_ptr() if want_b else 0, n, c, s,
+                             threads())
+    return grad_x, grad_w, grad_b
+
+
 LIB.impl("batch_norm_forward", _batch_norm_forward_cpu, "CPU")
+LIB.impl("batch_norm_backward_channels_last", _batch_norm_backward_channels_last_cpu, "CPU")
 LIB.impl("batch_norm_apply", _batch_norm_apply_cpu, "CPU")
 
 
@@ -146,6 +182,14 @@ def _batch_norm_forward_fake(x, weight, bias, running_mean, running_var, momentu
 @torch.library.register_fake("tna::batch_norm_apply")
 def _batch_norm_apply_fake(x, mean, invstd, weight, bias):
     return torch.empty_like(x, memory_format=_output_format(x))
+
+
+@torch.library.register_fake("tna::batch_norm_backward_channels_last")
+def _batch_norm_backward_channels_last_fake(grad_y, x, mean, invstd, weight, output_mask):
+    c = x.shape[1]
+    want_w = output_mask[1] and weight is not None
+    grad_x = (torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else x.new_empty((0,)))
+    return grad_x, x.new_empty((c,) if want_w else (0,)), x.new_empty((c,) if output_mask[2] else (0,))
 
 
 # ---- Which rounding torch uses here --------------------------------------------------------------
