@@ -12,7 +12,9 @@ registered function, its argument handling, the Triton launchers and kernels, an
 the compositions. Nothing here copies a GPU kernel or launcher.
 
 Not routed: ops with no CUDA kernel (``ternary_kmajor``: the CPU event-driven layout, which the
-Triton launchers ignore; the composite ops ``twin_loss`` and ``ternary_cpu_isa``). Python-level
+Triton launchers ignore; the ``batch_norm_*`` ops: the CPU's way to torch's batch-norm bits, on CUDA
+the fused BN + LIF layer runs torch's batch norm; the composite ops ``twin_loss`` and
+``ternary_cpu_isa``). Python-level
 device policy above the ops stays as on the CPU: ``functional.lif`` saves the membrane only off the
 CPU (so F.lif trains through ``lif_bwd_recompute``, which on this path is the Triton forward with
 ``save_h`` then the Triton ``lif_bwd``; the GPU's ``lif_fwd(save_h=True)`` -> ``lif_bwd`` autograd is

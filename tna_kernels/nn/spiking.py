@@ -246,7 +246,8 @@ class TernaryLIFConv2d(_SpikingMixin, TernaryConv2d):
                 clip = _check_ste(self.weight, self.method, self.per_channel, self.clip)  # as ternary_ste checks
                 y, self.last_train_path = conv_ste(x, self.weight, self.bias, self.stride, self.padding,
                                                    self.dilation, self.method, self.per_channel, clip,
-                                                   self.train_path, layout_free and batch_norm_ops.reproduces_torch())
+                                                   self.train_path,
+                                                   layout_free and x.is_cpu and batch_norm_ops.reproduces_torch())
                 return y
             return _SpikeInputConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         if self.ternary:
