@@ -1,9 +1,10 @@
 // Batch norm with batch statistics on the native core; the arithmetic is described in batch_norm.h.
-// Work is split over blocks of 16 channels: a block's sums, then its normalisation, while its
-// rows are still in cache. torch's own CPU kernel sums each channel in one float64 chain,
-// latency-bound; here 16 channels' chains run side by side (AVX2: a 16-channel block as four
-// 4-lane float64 vectors, fed by 8x8 transposes of the rows; otherwise eight scalar chains), in the
-// same order per channel.
+// torch's own CPU kernel sums each channel in one float64 chain, latency-bound; here many
+// channels' chains run side by side, in the same order per channel. NCHW: work is split over
+// blocks of 16 channels, a block's sums then its normalisation while its rows are still in cache
+// (AVX2: the block as four 4-lane float64 vectors fed by 8x8 transposes of the rows; otherwise
+// eight scalar chains). Channels-last: a thread takes a range of channels and walks the positions,
+// the lanes being adjacent channels.
 #include "batch_norm.h"
 
 #include <algorithm>

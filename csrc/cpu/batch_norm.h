@@ -14,8 +14,8 @@
 // Running statistics, when given, are updated as torch does in float32:
 //   running_mean = momentum * mean + (1 - momentum) * running_mean,
 //   running_var = fma(momentum, var_sum / (M - 1), (1 - momentum) * running_var).
-// torch runs each channel's sums as one sequential chain; here eight channels' chains run side by
-// side (same order within each), and a block of channels is normalised while it is still in cache.
+// torch runs each channel's sums as one sequential chain; here many channels' chains run side by
+// side (same order within each): see batch_norm.cpp.
 #pragma once
 #include <cstdint>
 
