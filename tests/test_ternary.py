@@ -84,6 +84,21 @@ def test_pack_spikes_dtypes(dtype):
         assert torch.equal(F.pack_spikes(t, dim=1), R.pack_spikes(s4.movedim(1, -1)))
 
 
+@pytest.mark.parametrize("shape", [(2, 70, 5, 4), (3, 64, 2, 3), (1, 5, 3, 3), (2, 130, 1, 2)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_pack_spikes_along_channels_reads_channels_last_in_place(shape, dtype):
+    """A channels-last [B, C, H, W] packs along C straight from memory (no NCHW copy): the same
+    words as the NCHW tensor, and 0/1 still checked."""
+    s = rand_spikes(*shape, density=0.4).to(dtype)
+    cl = s.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(F.pack_spikes(cl, dim=1), F.pack_spikes(s, dim=1))
+    if dtype == torch.float32:
+        bad = cl.clone()
+        bad[0, 0, 0, 0] = 0.5
+        with pytest.raises(RuntimeError, match="0 and 1"):
+            F.pack_spikes(bad, dim=1)
+
+
 def test_packing_never_modifies_inputs():
     codes = rand_codes(5, 130).t().contiguous().t()  # non-contiguous view
     s = rand_spikes(3, 130)[:, ::1]
