@@ -141,8 +141,11 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
             codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), method, per_channel,
                                                            path == "spike")
             # ternary_ste(w) in torch's layout (a channels-last weight would make torch's conv pick
-            # channels-last outputs and gradients)
-            wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.to(x.dtype).view(-1, 1, 1, 1)).contiguous()
+            # channels-last outputs and gradients), except on the channels-last spike path, where
+            # it only serves grad_input, computed channels-last
+            layout = torch.channels_last if channels_last and path == "spike" else torch.contiguous_format
+            wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.to(x.dtype).view(-1, 1, 1, 1)).contiguous(
+                memory_format=layout)
             if path == "spike":
                 b = None if bias is None else bias.detach().to(torch.float32)
                 # the kernel writes channels-last; that is returned as it is when the caller reads any
