@@ -4,6 +4,8 @@ activations of the training benchmark's spiking VGG (T·B = 128 samples), float3
 Providers:
   tna       ``tna::spike_max_pool2d`` and its backward: pooling + bit-packing, then the gradient
             routed from the bits (what ``SpikeMaxPool2d`` runs on the CPU)
+  tna_channels_last  the same on channels-last spikes and gradient (the spike-path layers'
+            layout): pooled in place, bits packed along channels, channels-last grad_x
   unfused   the same result composed of pack_spikes + max_pool2d, then unpack_spikes +
             max_pool2d_with_indices + its backward per slice of samples (``SpikeMaxPool2d`` before,
             and its CUDA path now)
@@ -42,17 +44,19 @@ class _Unfused(torch.autograd.Function):
         return _spike_max_pool2d_backward_composed(grad_y, ctx.saved_tensors[0], ctx.shape, *GEOMETRY, False)
 
 
-@pytest.mark.parametrize("provider", ["tna", "unfused", "torch"])
+@pytest.mark.parametrize("provider", ["tna", "tna_channels_last", "unfused", "torch"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_spike_max_pool_fwd_bwd(benchmark, shape, provider):
     benchmark.group = f"spike max-pool 2x2 fwd+bwd {list(shape)} fp32"
-    x = (torch.rand(shape) < 0.2).float().requires_grad_()
-    pool = {"tna": SpikeMaxPool2d(2), "unfused": _Unfused.apply, "torch": nn.MaxPool2d(2)}[provider]
-    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    layout = torch.channels_last if provider == "tna_channels_last" else torch.contiguous_format
+    x = (torch.rand(shape) < 0.2).float().contiguous(memory_format=layout).requires_grad_()
+    pool = {"tna": SpikeMaxPool2d(2), "tna_channels_last": SpikeMaxPool2d(2), "unfused": _Unfused.apply,
+            "torch": nn.MaxPool2d(2)}[provider]
+    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2).contiguous(memory_format=layout)
 
     def step():
         return torch.autograd.grad(pool(x), x, g)
 
     n = x.numel()
-    run(benchmark, step, provider=provider, nbytes=(14.3 * n) if provider == "tna" else None,
+    run(benchmark, step, provider=provider, nbytes=(14.3 * n) if provider.startswith("tna") else None,
         rounds=10, shape=list(shape), device="cpu")

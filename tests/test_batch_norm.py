@@ -11,6 +11,7 @@ import textwrap
 import pytest
 import torch
 
+from tna_kernels._utils import is_channels_last
 from tna_kernels.nn import bn_lif
 from tna_kernels.ops import batch_norm
 
@@ -187,7 +188,7 @@ def test_channels_last_input_gives_torchs_nchw_bits(shape):
     rm_t, rv_t, rm_o, rv_o = rm.clone(), rv.clone(), rm.clone(), rv.clone()
     want = torch.native_batch_norm(x, w, b, rm_t, rv_t, True, 0.1, 1e-5)
     got = OPS.batch_norm_forward(xcl, w, b, rm_o, rv_o, 0.1, 1e-5)
-    assert got[0].is_contiguous(memory_format=torch.channels_last) == batch_norm.channels_last_input(xcl)
+    assert got[0].is_contiguous(memory_format=torch.channels_last) == is_channels_last(xcl)
     assert all(torch.equal(g, e) for g, e in zip(got, want, strict=True))
     assert torch.equal(rm_o, rm_t) and torch.equal(rv_o, rv_t)
     again = OPS.batch_norm_apply(xcl, got[1], got[2], w, b)

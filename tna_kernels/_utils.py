@@ -60,6 +60,12 @@ CHUNK_ELEMS = 1 << 20
 GPU_CHUNK_ELEMS = 1 << 28
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-D tensor in channels-last memory ([N, H, W, C]) that is not also NCHW-contiguous (C == 1
+    or H == W == 1 make both hold; those take the NCHW paths)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def chunk_elems(device: torch.device | None) -> int:
     """Elements per slice of :func:`chunks` on ``device`` (None: the CPU's)."""
     return CHUNK_ELEMS if device is None or device.type == "cpu" else GPU_CHUNK_ELEMS

@@ -9,11 +9,13 @@ torch's batch-norm backward op. Spikes and running statistics are those of ``nn.
 :func:`tna_kernels.functional.lif`, gradients too up to float32 rounding. The price is compute:
 the batch-norm output and the LIF forward are computed again in backward.
 
-On the CPU (contiguous float32 BN inputs with more than one value per channel and sample) the
-batch norm is this library's (:mod:`tna_kernels.ops.batch_norm`): torch's arithmetic and bits
-without torch's latency-bound statistics loop, and backward recomputes the output from the saved
-mean and invstd (no second statistics pass). Elsewhere it is ``torch.native_batch_norm``, run
-again in backward on the saved input (same input, same op: the same bits).
+On the CPU (float32 BN inputs with more than one value per channel and sample, NCHW or
+channels-last) the batch norm is this library's (:mod:`tna_kernels.ops.batch_norm`): torch's
+arithmetic and bits without torch's latency-bound statistics loop; backward recomputes the output
+from the saved mean and invstd (no second statistics pass) and, for a channels-last input (the
+spike conv's output), takes the batch-norm gradients with the native channels-last backward.
+Elsewhere it is ``torch.native_batch_norm``, run again in backward on the saved input (same input,
+same op: the same bits).
 
 An ``nn.SyncBatchNorm`` with more than one process takes its statistics over every rank's batch
 (T·B per rank) and all-reduces their gradients, as ``nn.SyncBatchNorm`` does
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .._utils import chunks
+from .._utils import chunks, is_channels_last
 from ..ops import batch_norm as batch_norm_ops
 from ..ops.lif import _lif_hyper as lif_hyper
 from . import sync_bn
@@ -79,7 +81,7 @@ class _BNLIF(torch.autograd.Function):
         else:
             x, weight, bias, mean, var, n = ctx.saved_tensors
             y = sync_bn.normalize(x, weight, bias, mean, var, eps)  # the forward's op and statistics
-        if not _channels_last(y):
+        if not is_channels_last(y):
             y = y.contiguous()  # a copy only for other layouts: the slices below write through views
         y_t, g_t = _time_major(y, T, static), _time_major_grad(grad_spikes, y, T)
         # each slice of y is read before its gradient overwrites it: y's buffer becomes grad_y.
@@ -101,7 +103,7 @@ class _BNLIF(torch.autograd.Function):
             del g, grad_y
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
-        if group is None and stats and _channels_last(x):
+        if group is None and stats and is_channels_last(x):
             grad_x, grad_w, grad_b = torch.ops.tna.batch_norm_backward_channels_last(y, x, mean, invstd, weight, mask)
             grad_w = grad_w if mask[1] else None
             grad_b = grad_b if mask[2] else None
@@ -119,7 +121,7 @@ def _native_batch_norm(x: Tensor, *params: Tensor | None) -> bool:
     NCHW-contiguous or channels-last (it equals torch's batch norm on the NCHW layout bit for bit:
     tna_kernels/ops/batch_norm.py)."""
     return (x.is_cpu and x.dtype == torch.float32 and x.dim() >= 3
-            and (x.is_contiguous() or batch_norm_ops.channels_last_input(x))
+            and (x.is_contiguous() or is_channels_last(x))
             and x.numel() > x.shape[0] * x.shape[1]
             and all(p is None or (p.dtype == torch.float32 and p.is_cpu) for p in params)
             and batch_norm_ops.reproduces_torch())
@@ -129,18 +131,14 @@ def _native_batch_norm(x: Tensor, *params: Tensor | None) -> bool:
 # BN input, the spike conv's output) gives channels-last spikes, and its backward takes the spikes'
 # gradient in that order, so no layer converts.
 
-def _channels_last(t: Tensor) -> bool:
-    return batch_norm_ops.channels_last_input(t)
-
-
 def _memory_order(y: Tensor) -> Tensor:
     """y's elements in memory order: a flat view for a contiguous or channels-last y."""
-    return y.permute(0, 2, 3, 1).reshape(-1) if _channels_last(y) else y.reshape(-1)
+    return y.permute(0, 2, 3, 1).reshape(-1) if is_channels_last(y) else y.reshape(-1)
 
 
 def _shaped_like(flat: Tensor, like: Tensor) -> Tensor:
     """Memory-ordered data as a tensor of like's shape and layout (the inverse of _memory_order)."""
-    if _channels_last(like):
+    if is_channels_last(like):
         n, c, h, w = like.shape
         return flat.view(n, h, w, c).permute(0, 3, 1, 2)
     return flat.view(like.shape)
@@ -154,7 +152,7 @@ def _time_major(y: Tensor, T: int, static: bool) -> Tensor:
 
 def _sequence_like(spikes: Tensor, y: Tensor, T: int, static: bool) -> Tensor:
     """The LIF's ``[T, neurons]`` output as ``[T, B, C, ...]`` in y's layout."""
-    if _channels_last(y):
+    if is_channels_last(y):
         n, c, h, w = y.shape
         return spikes.view(T, n if static else n // T, h, w, c).permute(0, 1, 4, 2, 3)
     return spikes.view(T, -1, *y.shape[1:])
@@ -163,7 +161,7 @@ def _sequence_like(spikes: Tensor, y: Tensor, T: int, static: bool) -> Tensor:
 def _time_major_grad(grad_spikes: Tensor, y: Tensor, T: int) -> Tensor:
     """The spikes' gradient ``[T, B, C, ...]`` as ``[T, neurons]`` in y's memory order (a copy only
     when it comes in another layout)."""
-    if _channels_last(y):
+    if is_channels_last(y):
         return grad_spikes.permute(0, 1, 3, 4, 2).reshape(T, -1)
     return grad_spikes.reshape(T, -1)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._utils import is_channels_last
 from ._native import LIB, C, dtype_str, empty_output, ptr, shape_str, threads
 
 # The tna:: schemas of this family (the only place they are written).
@@ -86,15 +87,12 @@ def _check_running(t: Tensor | None, name: str, c: int) -> None:
         raise RuntimeError(f"{name} must be contiguous (it is updated in place)")
 
 
-def channels_last_input(x: Tensor) -> bool:
-    """Whether the kernels read x in its channels-last memory ([N, H, W, C]) rather than as an
-    NCHW-contiguous tensor (a copy when x is neither). Both give the same bits: the sums run per
-    channel in the same order whatever the layout."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
+# The kernels read a channels-last x ([N, H, W, C] memory: _utils.is_channels_last) in place and
+# anything else as an NCHW-contiguous tensor (a copy when x is neither). Both give the same bits:
+# the sums run per channel in the same order whatever the layout.
 
 def _output_format(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if channels_last_input(x) else torch.contiguous_format
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
 def _vec(t: Tensor | None) -> Tensor | None:
@@ -112,7 +110,7 @@ def _forward(x, weight, bias, running_mean, running_var, momentum, eps, fused):
     if n * s < 2:
         raise RuntimeError(f"batch norm in training needs more than one value per channel, got input shape "
                            f"{shape_str(x.shape)}")
-    cl = channels_last_input(x)
+    cl = is_channels_last(x)
     xc, w, b = (x if cl else x.contiguous()), _vec(weight), _vec(bias)
     y = empty_output(tuple(x.shape), torch.float32, _output_format(x))
     mean, invstd = torch.empty(c), torch.empty(c)
@@ -126,7 +124,7 @@ def _apply(x, mean, invstd, weight, bias, fused):
     n, c, s = _check_x(x)
     for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight"), (bias, "bias")):
         _check_channel(t, name, c)
-    cl = channels_last_input(x)
+    cl = is_channels_last(x)
     xc = x if cl else x.contiguous()
     y = empty_output(tuple(x.shape), torch.float32, _output_format(x))
     C.batch_norm_apply(xc.data_ptr(), mean.contiguous().data_ptr(), invstd.contiguous().data_ptr(),
@@ -144,7 +142,7 @@ def _batch_norm_apply_cpu(x, mean, invstd, weight, bias):
 
 def _batch_norm_backward_channels_last_cpu(grad_y, x, mean, invstd, weight, output_mask):
     n, c, s = _check_x(x)
-    if not channels_last_input(x):
+    if not is_channels_last(x):
         raise RuntimeError(f"x must be a channels-last [N, C, H, W] tensor, got shape {shape_str(x.shape)} with "
                            f"strides {list(x.stride())} (for NCHW inputs use torch's native_batch_norm_backward)")
     _check_x(grad_y, "grad_y")

@@ -9,7 +9,7 @@ a time (only a slice of the float input and its indices exists at once)."""
 
 import torch
 
-from .._utils import HAS_TRITON, chunks
+from .._utils import HAS_TRITON, chunks, is_channels_last
 from . import register_cuda
 from ._native import LIB, C, dtype_code, dtype_str, empty_output, shape_str, threads
 
@@ -80,8 +80,7 @@ def _check_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
 
 def channels_last_2x2(x, kernel_size, stride, padding, dilation) -> bool:
     """Whether the CPU pools x in its channels-last memory (see the schema comment)."""
-    return (x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-            and _is_2x2(x.shape, kernel_size, stride, padding, dilation))
+    return is_channels_last(x) and _is_2x2(x.shape, kernel_size, stride, padding, dilation)
 
 
 def _is_2x2(shape, kernel_size, stride, padding, dilation) -> bool:

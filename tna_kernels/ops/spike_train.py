@@ -24,6 +24,7 @@ import time
 import torch
 from torch import Tensor
 
+from .._utils import is_channels_last
 from ..formats import FORMAT_VERSION
 from ._native import LIB, dtype_str, empty_output, ptr, shape_str, threads
 from ._native import C as NATIVE
@@ -168,7 +169,7 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             with torch.profiler.record_function(GRAD_INPUT_LABEL):
                 w = wq.to(grad_y.dtype)
-                if _is_channels_last(grad_y):  # torch's conv then runs channels-last without reorders
+                if is_channels_last(grad_y):  # torch's conv then runs channels-last without reorders
                     w = w.contiguous(memory_format=torch.channels_last)
                 grad_x = torch.nn.grad.conv2d_input(shape, w, grad_y, stride, padding, dilation)
         if ctx.needs_input_grad[2]:
@@ -178,10 +179,6 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, None, grad_w, grad_b, None, None, None, None, None, None, None, None
-
-
-def _is_channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path):

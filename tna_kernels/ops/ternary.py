@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import HAS_TRITON
+from .._utils import HAS_TRITON, is_channels_last
 from .._utils import check_device as _check_device
 from ..formats import FORMAT_VERSION, TERNARY_METHODS, PackedTernary, words_for
 from . import register_cuda
@@ -334,8 +334,7 @@ def _pack_spikes_cpu(spikes, dim=-1):
         _fail("spikes must be a real or bool tensor of 0/1 values, got ", dtype_str(spikes.dtype))
     K = shape[dim]
     out = torch.empty((*shape[:dim], *shape[dim + 1:], words_for(K)), dtype=_I64)
-    if (nd == 4 and dim == 1 and not spikes.is_contiguous()
-            and spikes.is_contiguous(memory_format=torch.channels_last)):
+    if dim == 1 and is_channels_last(spikes):
         # channels-last [B, C, H, W]: the channels are already the last memory axis (no copy)
         s, outer, inner = spikes.permute(0, 2, 3, 1), shape[0] * shape[2] * shape[3], 1
     else:
