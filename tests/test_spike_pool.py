@@ -219,3 +219,48 @@ def test_channels_last_other_geometries_take_the_nchw_path():
     with pytest.raises(RuntimeError, match="bits must have shape \\[2, 8, 8, 1\\]"):
         OPS.spike_max_pool2d_backward(torch.randn(2, 3, 4, 4), torch.zeros(2, 8, 8, 2, dtype=torch.int64),
                                       [2, 3, 8, 8], [2, 2], [2, 2], [0, 0], [1, 1], False)
+
+
+def same_bits(a, b) -> bool:
+    """Equal values bit for bit: -0.0 is not +0.0, NaN equals NaN with the same payload."""
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.contiguous().view(ints), b.contiguous().view(ints))
+
+
+@pytest.mark.parametrize("width", [2, 6, 8, 10, 16, 24, 70, 130], ids=lambda w: f"W{w}")
+@pytest.mark.parametrize("grad_layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_nchw_2x2_backward_reads_grad_y_in_any_layout(width, grad_layout, dtype):
+    """The NCHW 2x2 backward reads grad_y in place whatever its strides (the spike conv hands it a
+    channels-last gradient); widths cover the vector blocks of four windows, their tails and rows of
+    more than 32 windows. Bit for bit the reference's: a routed -0.0 lands as +0.0 (torch adds the
+    gradient onto zeros), NaN and inf go through, +0.0 everywhere else."""
+    geometry = ([2, 2], [2, 2], [0, 0], [1, 1])
+    shape = (2, 5, 4, width)
+    x = spikes(shape, p=0.3, seed=width).to(dtype)
+    y, bits = OPS.spike_max_pool2d(x, *geometry, False)
+    g = torch.randn(y.shape).to(dtype)
+    g.view(-1)[:4] = torch.tensor([-0.0, float("nan"), float("inf"), -0.0]).to(dtype)
+    if grad_layout == "channels_last":
+        g = g.contiguous(memory_format=torch.channels_last)
+    elif grad_layout == "strided":
+        g = torch.stack([g, torch.randn(y.shape).to(dtype)], -1)[..., 0]
+    want = R.spike_max_pool2d_backward(g.contiguous(), bits, list(shape), *geometry, False)
+    got = OPS.spike_max_pool2d_backward(g, bits, list(shape), *geometry, False)
+    assert got.is_contiguous() and same_bits(got, want)
+
+
+@pytest.mark.parametrize("grad_layout", ["nchw", "channels_last"])
+def test_channels_last_2x2_backward_matches_the_reference_bits(grad_layout):
+    """The channels-last 2x2 backward, bit for bit the reference's (-0.0, NaN and inf gradients)."""
+    geometry = ([2, 2], [2, 2], [0, 0], [1, 1])
+    x = spikes((2, 70, 4, 6), p=0.3, seed=9)
+    y, bits = OPS.spike_max_pool2d(x.contiguous(memory_format=torch.channels_last), *geometry, False)
+    g = torch.randn(y.shape)
+    g.view(-1)[:6] = torch.tensor([-0.0, float("nan"), float("inf"), -0.0, -0.0, -0.0])
+    if grad_layout == "channels_last":
+        g = g.contiguous(memory_format=torch.channels_last)
+    want = R.spike_max_pool2d_backward(g.contiguous(), R.spike_max_pool2d(x, *geometry, False)[1], list(x.shape),
+                                       *geometry, False)
+    got = OPS.spike_max_pool2d_backward(g, bits, list(x.shape), *geometry, False)
+    assert same_bits(got.contiguous(), want)

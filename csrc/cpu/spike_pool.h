@@ -39,6 +39,12 @@ void spike_max_pool2d_backward(DType dtype, const void* grad_y, const uint64_t* 
                                int64_t N, int64_t C, int64_t H, int64_t W, const PoolGeometry& g,
                                bool ceil_mode);
 
+// The 2x2 backward (windows 2x2, stride 2, no padding, even H and W) with grad_y element (n, c, oh, ow)
+// at grad_y[n*gsn + c*gsc + oh*gsh + ow*gsw] (any layout, read in place); bits and grad_x as above.
+void spike_max_pool2d_2x2_backward(DType dtype, const void* grad_y, int64_t gsn, int64_t gsc, int64_t gsh,
+                                   int64_t gsw, const uint64_t* bits, void* grad_x, int64_t N, int64_t C, int64_t H,
+                                   int64_t W);
+
 // The spiking VGG's pools (2x2 windows, stride 2, no padding, even H and W) on channels-last
 // spikes: x and y in channels-last memory ([N, H, W, C], [N, OH, OW, C]); the backward reads the
 // input's spikes as pack_spikes along channels, bits [N, H, W, CW] (CW = ceil(C / 64): the spike
