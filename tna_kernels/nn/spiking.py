@@ -17,7 +17,7 @@ from torch.nn.modules.utils import _pair
 
 from .. import functional as F
 from ..ops import batch_norm as batch_norm_ops
-from ..ops.spike_train import TRAIN_PATHS, conv_ste
+from ..ops.spike_train import TRAIN_PATHS, conv2d_input, conv_ste
 from ..ops.ternary import PackedTernary, _check_ste
 from .bn_lif import uses_batch_stats
 from .lif import LIF
@@ -85,7 +85,7 @@ class _SpikeInputConv2d(torch.autograd.Function):
         # (the 0/1 input is exact in any float dtype); without autocast this casts nothing.
         w = weight.to(grad_y.dtype)
         if ctx.needs_input_grad[0]:
-            grad_x = nn.grad.conv2d_input(shape, w, grad_y, stride, padding, dilation).to(dtype)
+            grad_x = conv2d_input(shape, w, grad_y, stride, padding, dilation).to(dtype)
         if ctx.needs_input_grad[1]:
             x = F.unpack_spikes(bits, shape[1], dim=1, dtype=grad_y.dtype)
             grad_w = nn.grad.conv2d_weight(x, weight.shape, grad_y, stride, padding,

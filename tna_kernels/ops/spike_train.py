@@ -23,6 +23,7 @@ import time
 
 import torch
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 
 from .._utils import is_channels_last
 from ..formats import FORMAT_VERSION
@@ -171,7 +172,7 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
                 w = wq.to(grad_y.dtype)
                 if is_channels_last(grad_y):  # torch's conv then runs channels-last without reorders
                     w = w.contiguous(memory_format=torch.channels_last)
-                grad_x = torch.nn.grad.conv2d_input(shape, w, grad_y, stride, padding, dilation)
+                grad_x = conv2d_input(shape, w, grad_y, stride, padding, dilation)
         if ctx.needs_input_grad[2]:
             with torch.profiler.record_function(GRAD_WEIGHT_LABEL):
                 grad_w = _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path)
@@ -179,6 +180,18 @@ class _SpikeTernaryConv2dSTE(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_y.sum((0, 2, 3))
         return grad_x, None, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
+def conv2d_input(input_size, weight, grad_y, stride, padding, dilation) -> Tensor:
+    """``torch.nn.grad.conv2d_input`` (groups 1) without its placeholder copy: torch's CPU convolution
+    backward makes its input argument contiguous in the weight's memory format even when only
+    grad_input is asked for, which turns conv2d_input's ``expand()``ed one-element placeholder into a
+    write of the whole input (4 MB per call on the spike path). An uninitialised tensor already in
+    that format takes its place; no backend reads the input's values for grad_input alone."""
+    layout = torch.channels_last if is_channels_last(weight) else torch.contiguous_format
+    x = torch.empty(tuple(input_size), dtype=grad_y.dtype, device=grad_y.device, memory_format=layout)
+    return torch.ops.aten.convolution_backward(grad_y, x, weight, None, _pair(stride), _pair(padding),
+                                               _pair(dilation), False, [0], 1, (True, False, False))[0]
 
 
 def _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path):
