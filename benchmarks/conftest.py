@@ -1,5 +1,3 @@
-import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 
@@ -7,26 +5,13 @@ import pytest
 import torch
 
 import tna_kernels  # noqa: F401
+from tna_kernels.malloc import tune_malloc
 
 
-def _keep_freed_memory() -> None:
-    """A tuned setting, off by default (headline figures use the default allocator, as a user's
-    code runs): with TNA_BENCH_TUNED_MALLOC=1, raise glibc's mmap and trim thresholds so freed large
-    blocks are reused instead of paying page faults and zeroing on every fresh output (~10 ms per
-    64 MB here), as jemalloc/tcmalloc do; it applies to every provider alike."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name)
-    if hasattr(libc, "mallopt"):
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 30)
-        libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-
-
-TUNED_MALLOC = os.environ.get("TNA_BENCH_TUNED_MALLOC") == "1"
-if TUNED_MALLOC:
-    _keep_freed_memory()
+# A tuned setting, off by default (headline figures use the default allocator, as a user's code
+# runs): TNA_BENCH_TUNED_MALLOC=1 applies tna_kernels.malloc.tune_malloc (the trainer's default)
+# before any provider runs, so it applies to every provider alike.
+TUNED_MALLOC = os.environ.get("TNA_BENCH_TUNED_MALLOC") == "1" and tune_malloc()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

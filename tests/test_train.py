@@ -116,11 +116,22 @@ def test_non_finite_loss(tmp_path, policy):
     (["twin.frozen=true"], "twin.pretrained"),
     (["train.epochs=0"], "train.epochs"),
     (["train.train_path=sparse"], "train.train_path must be auto, spike or dense"),
+    (["train.tune_malloc=1"], "train.tune_malloc must be true or false"),
     (["nonsense"], "key=value"),
 ])
 def test_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_cpu_training_tunes_malloc_unless_told_not_to(tmp_path, monkeypatch, tune):
+    from tna_kernels.train import trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "tune_malloc", lambda: calls.append(True) or True)
+    Trainer(tiny_cfg(tmp_path, "mode=baseline", f"train.tune_malloc={str(tune).lower()}"))
+    assert calls == ([True] if tune else [])
 
 
 def test_missing_dataset_gives_one_clear_message(tmp_path):

@@ -89,6 +89,9 @@ DEFAULTS: dict = {
         # spike-input ternary convs: "auto" (measured per layer and spike density), "spike" (popcount
         # forward, event-driven weight gradient) or "dense" (dense QAT)
         "train_path": "auto",
+        # training on a CPU: keep freed memory in the process instead of page-faulting each step's
+        # buffers in again (glibc mallopt, process-wide; tna_kernels.malloc.tune_malloc)
+        "tune_malloc": True,
     },
 }
 
@@ -164,6 +167,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"schedule.name must be cosine, step or constant, got {cfg['schedule']['name']!r}")
     if cfg["train"]["train_path"] not in ("auto", "spike", "dense"):
         raise ConfigError(f"train.train_path must be auto, spike or dense, got {cfg['train']['train_path']!r}")
+    if not isinstance(cfg["train"]["tune_malloc"], bool):
+        raise ConfigError(f"train.tune_malloc must be true or false, got {cfg['train']['tune_malloc']!r}")
     if cfg["train"]["nan_policy"] not in ("stop", "skip"):
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got {cfg['train']['nan_policy']!r}")
     for key in ("epochs",):

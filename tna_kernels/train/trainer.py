@@ -21,6 +21,7 @@ from torch import nn
 from .. import functional as F
 from ..data import BatchLoader, get_dataset
 from ..models import build_model, make_twin
+from ..malloc import tune_malloc
 from ..nn.spiking import set_recompute, set_train_path, spiking_layers, train_paths
 from ..nn.sync_bn import convert_sync_batchnorm
 from ..ops import spike_train
@@ -141,6 +142,8 @@ class Trainer:
         seed_everything(cfg["seed"])
         self.device = resolve_device(cfg["device"])
         self.dist = distributed.setup(self.device)
+        if cfg["train"]["tune_malloc"] and self.device.type == "cpu":
+            tune_malloc()
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
