@@ -7,7 +7,6 @@ import torch
 import tna_kernels  # noqa: F401
 from tna_kernels.malloc import tune_malloc
 
-
 # A tuned setting, off by default (headline figures use the default allocator, as a user's code
 # runs): TNA_BENCH_TUNED_MALLOC=1 applies tna_kernels.malloc.tune_malloc (the trainer's default)
 # before any provider runs, so it applies to every provider alike.
