@@ -61,7 +61,8 @@ def main() -> int:
     xb = torch.randn(6, 12, 5, 5) * 2 + 1
     want = torch.native_batch_norm(xb, None, None, None, None, True, 0.1, 1e-5)
     got = torch.ops.tna.batch_norm_forward(xb, None, None, None, None, 0.1, 1e-5)
-    check("batch_norm_forward", batch_norm.reproduces_torch() and all(torch.equal(g, e) for g, e in zip(got, want)))
+    same = all(torch.equal(g, e) for g, e in zip(got, want, strict=True))
+    check("batch_norm_forward", batch_norm.reproduces_torch() and same)
 
     print("smoke_ops:", "FAILED " + ", ".join(failures) if failures else "all families ok")
     return 1 if failures else 0

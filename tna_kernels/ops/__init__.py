@@ -22,5 +22,5 @@ def register_cuda(name: str, fn: Callable, backend: str) -> None:
 
 from . import batch_norm, lif, lif_pack, spike_pool, spike_train, ternary, twin_loss  # noqa: E402  (each registers its ops on import)
 
-__all__ = ["CUDA_BACKENDS", "CUDA_KERNELS", "register_cuda", "batch_norm", "lif", "lif_pack", "spike_pool", "spike_train", "ternary",
-           "twin_loss"]
+__all__ = ["CUDA_BACKENDS", "CUDA_KERNELS", "register_cuda", "batch_norm", "lif", "lif_pack", "spike_pool",
+           "spike_train", "ternary", "twin_loss"]

@@ -213,7 +213,8 @@ def _detect_rounding() -> str | None:
             want = torch.native_batch_norm(x, w, b, rm_t, rv_t, True, 0.3, 1e-5)
             got = _forward(x, w, b, rm_o, rv_o, 0.3, 1e-5, rounding == "fused")
             again = _apply(x, got[1], got[2], w, b, rounding == "fused")
-            ok = ok and all(torch.equal(a, e) for a, e in zip((*got, rm_o, rv_o, again), (*want, rm_t, rv_t, want[0])))
+            pairs = zip((*got, rm_o, rv_o, again), (*want, rm_t, rv_t, want[0]), strict=True)
+            ok = ok and all(torch.equal(a, e) for a, e in pairs)
         if ok:
             return rounding
     return None

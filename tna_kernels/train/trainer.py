@@ -20,8 +20,8 @@ from torch import nn
 
 from .. import functional as F
 from ..data import BatchLoader, get_dataset
-from ..models import build_model, make_twin
 from ..malloc import tune_malloc
+from ..models import build_model, make_twin
 from ..nn.spiking import set_recompute, set_train_path, spiking_layers, train_paths
 from ..nn.sync_bn import convert_sync_batchnorm
 from ..ops import spike_train
