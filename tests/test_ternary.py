@@ -122,6 +122,19 @@ def test_bad_codes_rejected():
         F.pack_ternary(rand_codes(2, 3, 4))
 
 
+@pytest.mark.parametrize("K,where", [(64, 5), (64, 40), (130, 70), (130, 101), (130, 129)])
+def test_bad_code_found_in_full_words_and_tails(K, where):
+    """A code outside {-1, 0, 1} anywhere in a row (the vector path's two 32-code halves of a full
+    word, the scalar tail) is rejected with its flat index; valid rows pack as the reference."""
+    codes = rand_codes(3, K)
+    assert torch.equal(torch.ops.tna.pack_ternary(codes), R.pack_ternary(codes))
+    for bad in (2, -2, 127, -128):
+        c = codes.clone()
+        c[1, where] = bad
+        with pytest.raises(RuntimeError, match=rf"found {bad} at flat index {K + where}"):
+            torch.ops.tna.pack_ternary(c)
+
+
 def test_bad_spikes_rejected():
     s = rand_spikes(3, 80)
     s[1, 5] = 0.5
@@ -216,7 +229,7 @@ def test_ops_reject_wrong_version_and_shapes():
 
 @pytest.mark.parametrize("method", ["twn", "absmean"])
 @pytest.mark.parametrize("per_channel", [True, False])
-@pytest.mark.parametrize("shape", [(5, 33), (6, 3, 3, 3), (1, 1)])
+@pytest.mark.parametrize("shape", [(5, 33), (6, 3, 3, 3), (1, 1), (4, 300), (8, 3, 3, 67)])  # + vector rows
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_ternarize_matches_reference(method, per_channel, shape, dtype):
     w = (torch.randn(shape) * torch.rand(shape[0], *([1] * (len(shape) - 1))) * 3).to(dtype)
