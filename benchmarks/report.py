@@ -3,6 +3,7 @@ benchmark file (bench_<kernel>.py -> section <kernel>).
 
     python benchmarks/report.py build/bench.json                          # print the tables
     python benchmarks/report.py build/bench.json --out docs/BENCHMARKS.md # update the doc
+    python benchmarks/report.py a.json b.json --out docs/BENCHMARKS.md    # several runs, in order
 
 With --out, each section's tables replace the block between `<!-- report:SECTION:begin -->` and
 `<!-- report:SECTION:end -->` in that file (appended at the end if absent); sections the JSON does
@@ -72,11 +73,15 @@ def update(doc: str, section: str, text: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("json_file")
+    ap.add_argument("json_files", nargs="+", metavar="json_file",
+                    help="pytest-benchmark JSON; with several, a section shows each run's tables in turn "
+                         "(e.g. the default allocator, then TNA_BENCH_TUNED_MALLOC=1)")
     ap.add_argument("--out")
     args = ap.parse_args()
-    data = json.loads(Path(args.json_file).read_text())
-    found = sections(data)
+    found: dict[str, str] = {}
+    for path in args.json_files:
+        for name, text in sections(json.loads(Path(path).read_text())).items():
+            found[name] = f"{found[name]}\n\n{text}" if name in found else text
     if not args.out:
         for name, text in found.items():
             print(f"## {name}\n\n{text}")
