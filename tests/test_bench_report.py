@@ -22,13 +22,13 @@ def run_json(path: Path, tuned: bool, tna_s: float, peer_s: float) -> Path:
 def test_two_runs_fill_one_section_in_order_and_keep_the_others(tmp_path):
     doc = tmp_path / "B.md"
     doc.write_text("# B\n\n<!-- report:lif:begin -->\nkept\n<!-- report:lif:end -->\n\n"
-                   "<!-- report:train_step:begin -->\nold\n<!-- report:train_step:end -->\n")
+                   "<!-- report:train_step:begin -->\nSTALE-TABLE\n<!-- report:train_step:end -->\n")
     a = run_json(tmp_path / "a.json", False, 0.4, 1.0)
     b = run_json(tmp_path / "b.json", True, 0.35, 0.9)
     subprocess.run([sys.executable, str(SCRIPT), str(a), str(b), "--out", str(doc)], check=True)
     text = doc.read_text()
     block = text.split("<!-- report:train_step:begin -->")[1].split("<!-- report:train_step:end -->")[0]
-    assert "old" not in block and "kept" in text
+    assert "STALE-TABLE" not in block and "kept" in text
     assert block.index("default allocator") < block.index("glibc thresholds raised (tuned)")
     assert "| spikingjelly | 1000.00 | 900.00 | 2.50 | - | 32.0 |" in block
     assert "| spikingjelly | 900.00 | 810.00 | 2.57 | - | 35.6 |" in block
