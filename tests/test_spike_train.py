@@ -300,3 +300,24 @@ def test_info_lists_the_training_paths():
     lines = train_path_table("tiny", batch=4)
     assert "features.2" in lines[0] and len(lines) >= 2
     assert all(("spike (" in ln or "dense (" in ln) for ln in lines[1:])
+
+
+def test_measurement_times_both_gradients_in_the_spike_paths_layout(monkeypatch):
+    """The path chooser times forward, weight gradient and input gradient; on the channels-last
+    spike path the output gradient and the grad_input weight are channels-last, as in training."""
+    seen = []
+    real = spike_train.conv2d_input
+
+    def spy(input_size, weight, grad_y, *args):
+        seen.append((spike_train.is_channels_last(weight), spike_train.is_channels_last(grad_y)))
+        return real(input_size, weight, grad_y, *args)
+
+    monkeypatch.setattr(spike_train, "conv2d_input", spy)
+    x, w = spikes((2, 8, 6, 6)), torch.randn(5, 8, 3, 3)
+    path, t_spike, t_dense = spike_train._measure_conv(x, F.pack_spikes(x, dim=1), w, [1, 1], [1, 1], [1, 1],
+                                                       True)
+    assert path in ("spike", "dense") and t_spike > 0 and t_dense > 0
+    assert (True, True) in seen and (False, False) in seen  # the spike path's and dense QAT's
+    seen.clear()
+    spike_train._measure_conv(x, F.pack_spikes(x, dim=1), w, [1, 1], [1, 1], [1, 1], False)
+    assert set(seen) == {(False, False)}

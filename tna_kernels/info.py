@@ -39,7 +39,7 @@ def train_path_table(arch: str, batch: int, T: int = 4) -> list[str]:
     """Runs two forward + backward passes of a spiking VGG ``arch`` in training mode on random 32×32
     images (batch ``batch``, ``T`` steps) and returns one line per spike-input ternary conv: the training path
     ``train_path="auto"`` chose on this machine, the input's spike density and the two paths' measured
-    forward + weight-gradient times."""
+    forward + weight- and input-gradient times."""
     from .models import SpikingVGG
     from .nn import train_paths
     from .ops import spike_train
@@ -58,7 +58,7 @@ def train_path_table(arch: str, batch: int, T: int = 4) -> list[str]:
         x_shape, w_shape, *_, band = key
         t_spike, t_dense = spike_train.PATH_TIMES[key]
         lines.append(f"  input {list(x_shape)} weight {list(w_shape)} density <= {band}: {path} "
-                     f"(spike {t_spike * 1e3:.1f} ms, dense {t_dense * 1e3:.1f} ms: forward + weight gradient)")
+                     f"(spike {t_spike * 1e3:.1f} ms, dense {t_dense * 1e3:.1f} ms: forward + both gradients)")
     return lines
 
 

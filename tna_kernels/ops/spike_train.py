@@ -205,7 +205,7 @@ def _grad_weight(grad_y, bits, shape, wq, stride, padding, dilation, path):
 TRAIN_PATHS = ("auto", "spike", "dense")
 # (layer shape, density band) -> "spike" | "dense", measured once per process (choose_path).
 PATH_CHOICES: dict[tuple, str] = {}
-PATH_TIMES: dict[tuple, list[float]] = {}  # the same keys -> [spike s, dense s] (forward + weight gradient)
+PATH_TIMES: dict[tuple, list[float]] = {}  # the same keys -> [spike s, dense s] (forward + both gradients)
 # Upper edges of the spike-density bands a choice is measured for (a layer's density drifts in
 # training; a new band is measured when it crosses an edge).
 DENSITY_BANDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
@@ -224,35 +224,45 @@ def _best_time(fn, repeats: int = 2) -> float:
     return best
 
 
-def _measure_conv(x, bits, weight, stride, padding, dilation) -> str:
-    """Times the forward and the weight gradient of both paths on this layer's input (the
-    grad_input is the same dense op in both); returns the faster path and both times (s)."""
+def _measure_conv(x, bits, weight, stride, padding, dilation, channels_last: bool = False) -> str:
+    """Times one training step of this conv layer on both paths, as each runs it here: forward,
+    weight gradient and input gradient. The spike path's output, and so its output gradient, is
+    channels-last when ``channels_last`` (the fused BN + LIF layer reads it in place), and its input
+    gradient then runs on a channels-last weight; dense QAT's stay in the input's layout. Returns the
+    faster path and both times (s)."""
     codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), "twn", True, True)
     wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.view(-1, 1, 1, 1)).contiguous()
-    C = x.shape[1]
+    C, shape = x.shape[1], tuple(x.shape)
     y = torch.nn.functional.conv2d(x, wq, None, stride, padding, dilation)
     grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)  # not the global RNG
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    grad_y_spike, wq_spike = grad_y.contiguous(memory_format=layout), wq.contiguous(memory_format=layout)
     k = list(wq.shape[2:])
 
     def spike():
         torch.ops.tna.spike_ternary_conv2d(bits, packed, scale, None, C, stride, padding, dilation, FORMAT_VERSION,
                                            None)
-        torch.ops.tna.spike_conv2d_grad_weight(grad_y, bits, C, k, stride, padding, dilation)
+        torch.ops.tna.spike_conv2d_grad_weight(grad_y_spike, bits, C, k, stride, padding, dilation)
+        conv2d_input(shape, wq_spike, grad_y_spike, stride, padding, dilation)
 
     def dense():
         torch.nn.functional.conv2d(x, wq, None, stride, padding, dilation)
         torch.nn.grad.conv2d_weight(unpack_spikes(bits, C, dim=1, dtype=x.dtype), wq.shape, grad_y, stride, padding,
                                     dilation)
+        conv2d_input(shape, wq, grad_y, stride, padding, dilation)
 
     with torch.no_grad():
-        t_spike, t_dense = _best_time(spike), _best_time(dense)
+        t_spike, t_dense = _best_time(spike, 3), _best_time(dense, 3)
     return ("spike" if t_spike <= t_dense else "dense"), t_spike, t_dense
 
 
-def choose_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilation) -> tuple[str, float]:
+def choose_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilation,
+                channels_last: bool = False) -> tuple[str, float]:
     """The faster training path for this conv layer at this input's spike density, measured on
     the first call per (shape, density band) and remembered in :data:`PATH_CHOICES`; returns
-    ``(path, density)``. Not measured on CUDA (never run on a GPU yet): ``"dense"`` there."""
+    ``(path, density)``. Not measured on CUDA (never run on a GPU yet): ``"dense"`` there.
+    ``channels_last``: the layout the spike path would run in (see :func:`_measure_conv`); a
+    layer's calls all pass the same, so it is not part of the key (which checkpoints store)."""
     density = spike_density(bits, x.numel())
     if not x.is_cpu:  # measured on GPUs once one has run this path; until then dense QAT there
         return "dense", density
@@ -260,12 +270,13 @@ def choose_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilati
            density_band(density))
     path = PATH_CHOICES.get(key)
     if path is None:
-        path, *PATH_TIMES[key] = _measure_conv(x.detach(), bits, weight, stride, padding, dilation)
+        path, *PATH_TIMES[key] = _measure_conv(x.detach(), bits, weight, stride, padding, dilation, channels_last)
         PATH_CHOICES[key] = path
     return path, density
 
 
-def resolve_train_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilation, path: str) -> str:
+def resolve_train_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding, dilation, path: str,
+                       channels_last: bool = False) -> str:
     """``path`` ("auto" | "spike" | "dense") for this call: "auto" measures (:func:`choose_path`);
     the spike kernels run float32 only, so other dtypes and autocast regions take "dense" under
     "auto" (an explicit "spike" under autocast computes in float32: exact integer sums anyway).
@@ -283,7 +294,7 @@ def resolve_train_path(x: Tensor, bits: Tensor, weight: Tensor, stride, padding,
         return "dense"
     if torch.compiler.is_compiling():  # no measuring inside a traced graph: the CPU's usual winner
         return "spike" if x.is_cpu else "dense"
-    return choose_path(x, bits, weight, stride, padding, dilation)[0]
+    return choose_path(x, bits, weight, stride, padding, dilation, channels_last)[0]
 
 
 def spike_ternary_conv2d_ste(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
@@ -314,7 +325,7 @@ def conv_ste(x, weight, bias, stride, padding, dilation, method, per_channel, cl
     layout, so the spike path's output stays in the kernel's channels-last memory (no transpose
     pass), and so does the input gradient computed from a channels-last output gradient."""
     bits = pack_spikes(x, dim=1)  # raises if x is not 0/1
-    chosen = resolve_train_path(x, bits, weight, stride, padding, dilation, path)
+    chosen = resolve_train_path(x, bits, weight, stride, padding, dilation, path, channels_last)
     y = _SpikeTernaryConv2dSTE.apply(x, bits, weight, bias, stride, padding, dilation, method, per_channel, clip,
                                      chosen, channels_last)
     return y, chosen
