@@ -6,6 +6,8 @@ Providers:
             routed from the bits (what ``SpikeMaxPool2d`` runs on the CPU)
   tna_channels_last  the same on channels-last spikes and gradient (the spike-path layers'
             layout): pooled in place, bits packed along channels, channels-last grad_x
+  tna_grad_channels_last  NCHW spikes, channels-last grad_y (a first layer's pool in front of a
+            spike-path conv, whose input gradient comes back channels-last): read in place
   unfused   the same result composed of pack_spikes + max_pool2d, then unpack_spikes +
             max_pool2d_with_indices + its backward per slice of samples (``SpikeMaxPool2d`` before,
             and its CUDA path now)
@@ -44,15 +46,15 @@ class _Unfused(torch.autograd.Function):
         return _spike_max_pool2d_backward_composed(grad_y, ctx.saved_tensors[0], ctx.shape, *GEOMETRY, False)
 
 
-@pytest.mark.parametrize("provider", ["tna", "tna_channels_last", "unfused", "torch"])
+@pytest.mark.parametrize("provider", ["tna", "tna_channels_last", "tna_grad_channels_last", "unfused", "torch"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_spike_max_pool_fwd_bwd(benchmark, shape, provider):
     benchmark.group = f"spike max-pool 2x2 fwd+bwd {list(shape)} fp32"
     layout = torch.channels_last if provider == "tna_channels_last" else torch.contiguous_format
     x = (torch.rand(shape) < 0.2).float().contiguous(memory_format=layout).requires_grad_()
-    pool = {"tna": SpikeMaxPool2d(2), "tna_channels_last": SpikeMaxPool2d(2), "unfused": _Unfused.apply,
-            "torch": nn.MaxPool2d(2)}[provider]
-    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2).contiguous(memory_format=layout)
+    pool = _Unfused.apply if provider == "unfused" else nn.MaxPool2d(2) if provider == "torch" else SpikeMaxPool2d(2)
+    grad_layout = torch.channels_last if provider == "tna_grad_channels_last" else layout
+    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2).contiguous(memory_format=grad_layout)
 
     def step():
         return torch.autograd.grad(pool(x), x, g)
