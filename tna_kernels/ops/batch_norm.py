@@ -45,8 +45,8 @@ LIB.define(
     "running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)")
 # The forward's y again from its mean and invstd (no statistics pass).
 LIB.define("batch_norm_apply(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias) -> Tensor")
-# Gradients of the training forward for a channels-last x (the spike conv's layout; for NCHW
-# inputs torch's native_batch_norm_backward is as fast): (grad_x channels-last, grad_weight [C],
+# Gradients of the training forward for a channels-last x (the spike conv's layout; NCHW inputs
+# use torch's native_batch_norm_backward): (grad_x channels-last, grad_weight [C],
 # grad_bias [C]); an output masked off by output_mask is an empty tensor, as is grad_weight without
 # a weight. torch's formula, summed per channel in position order (float tolerance against torch).
 LIB.define(
