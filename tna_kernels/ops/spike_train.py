@@ -229,30 +229,38 @@ def _measure_conv(x, bits, weight, stride, padding, dilation, channels_last: boo
     weight gradient and input gradient. The spike path's output, and so its output gradient, is
     channels-last when ``channels_last`` (the fused BN + LIF layer reads it in place), and its input
     gradient then runs on a channels-last weight; dense QAT's stay in the input's layout. Returns the
-    faster path and both times (s)."""
+    faster path and both times (s). Measured inside the training forward, so it holds as little as
+    it can beside the step's live tensors: one output-sized gradient at a time."""
     codes, scale, packed = torch.ops.tna.ternarize(weight.detach().permute(0, 2, 3, 1), "twn", True, True)
     wq = (codes.permute(0, 3, 1, 2).to(x.dtype) * scale.view(-1, 1, 1, 1)).contiguous()
-    C, shape = x.shape[1], tuple(x.shape)
-    y = torch.nn.functional.conv2d(x, wq, None, stride, padding, dilation)
-    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)  # not the global RNG
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    grad_y_spike, wq_spike = grad_y.contiguous(memory_format=layout), wq.contiguous(memory_format=layout)
-    k = list(wq.shape[2:])
+    C, shape, k = x.shape[1], tuple(x.shape), list(wq.shape[2:])
+    out_shape = torch.nn.functional.conv2d(x.to("meta"), wq.to("meta"), None, stride, padding, dilation).shape
+    generator = torch.Generator().manual_seed(0)  # not the global RNG
 
-    def spike():
-        torch.ops.tna.spike_ternary_conv2d(bits, packed, scale, None, C, stride, padding, dilation, FORMAT_VERSION,
-                                           None)
-        torch.ops.tna.spike_conv2d_grad_weight(grad_y_spike, bits, C, k, stride, padding, dilation)
-        conv2d_input(shape, wq_spike, grad_y_spike, stride, padding, dilation)
-
-    def dense():
-        torch.nn.functional.conv2d(x, wq, None, stride, padding, dilation)
-        torch.nn.grad.conv2d_weight(unpack_spikes(bits, C, dim=1, dtype=x.dtype), wq.shape, grad_y, stride, padding,
-                                    dilation)
-        conv2d_input(shape, wq, grad_y, stride, padding, dilation)
+    def random_grad(layout):
+        return torch.empty(out_shape, dtype=x.dtype, memory_format=layout).normal_(generator=generator)
 
     with torch.no_grad():
-        t_spike, t_dense = _best_time(spike, 3), _best_time(dense, 3)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        grad_y, w = random_grad(layout), wq.contiguous(memory_format=layout)
+
+        def spike():
+            torch.ops.tna.spike_ternary_conv2d(bits, packed, scale, None, C, stride, padding, dilation,
+                                               FORMAT_VERSION, None)
+            torch.ops.tna.spike_conv2d_grad_weight(grad_y, bits, C, k, stride, padding, dilation)
+            conv2d_input(shape, w, grad_y, stride, padding, dilation)
+
+        t_spike = _best_time(spike, 3)
+        del grad_y, w
+        grad_y = random_grad(torch.contiguous_format)
+
+        def dense():
+            torch.nn.functional.conv2d(x, wq, None, stride, padding, dilation)
+            torch.nn.grad.conv2d_weight(unpack_spikes(bits, C, dim=1, dtype=x.dtype), wq.shape, grad_y, stride,
+                                        padding, dilation)
+            conv2d_input(shape, wq, grad_y, stride, padding, dilation)
+
+        t_dense = _best_time(dense, 3)
     return ("spike" if t_spike <= t_dense else "dense"), t_spike, t_dense
 
 
