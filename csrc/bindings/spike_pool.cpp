@@ -40,17 +40,6 @@ TNA_BINDINGS(spike_pool) {
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(
-      "spike_max_pool2d_2x2_backward",
-      [](int dtype, uintptr_t grad_y, const IntList& grad_y_strides, uintptr_t bits, uintptr_t grad_x, int64_t N,
-         int64_t C, int64_t H, int64_t W, int threads) {
-        TNA_CHECK(grad_y_strides.size() == 4, "grad_y must be 4-D");
-        tna::ThreadsScope scope(threads);
-        tna::spike_max_pool2d_2x2_backward(tna::to_dtype(dtype), tna::as_ptr<const void>(grad_y), grad_y_strides[0],
-                                           grad_y_strides[1], grad_y_strides[2], grad_y_strides[3],
-                                           tna::as_ptr<const uint64_t>(bits), tna::as_ptr<void>(grad_x), N, C, H, W);
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
       "spike_max_pool2d_2x2_cl",
       [](int dtype, uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W, int threads) {
         tna::ThreadsScope scope(threads);
@@ -59,15 +48,15 @@ TNA_BINDINGS(spike_pool) {
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(
-      "spike_max_pool2d_2x2_cl_backward",
+      "spike_max_pool2d_2x2_backward",
       [](int dtype, uintptr_t grad_y, const IntList& grad_y_strides, uintptr_t bits, uintptr_t grad_x, int64_t N,
-         int64_t C, int64_t H, int64_t W, int threads) {
+         int64_t C, int64_t H, int64_t W, bool channels_last, int threads) {
         TNA_CHECK(grad_y_strides.size() == 4, "grad_y must be 4-D");
         tna::ThreadsScope scope(threads);
-        tna::spike_max_pool2d_2x2_cl_backward(tna::to_dtype(dtype), tna::as_ptr<const void>(grad_y),
-                                              grad_y_strides[0], grad_y_strides[1], grad_y_strides[2],
-                                              grad_y_strides[3], tna::as_ptr<const uint64_t>(bits),
-                                              tna::as_ptr<void>(grad_x), N, C, H, W);
+        tna::spike_max_pool2d_2x2_backward(tna::to_dtype(dtype), tna::as_ptr<const void>(grad_y), grad_y_strides[0],
+                                           grad_y_strides[1], grad_y_strides[2], grad_y_strides[3],
+                                           tna::as_ptr<const uint64_t>(bits), tna::as_ptr<void>(grad_x), N, C, H, W,
+                                           channels_last);
       },
       py::call_guard<py::gil_scoped_release>());
 }

@@ -390,22 +390,19 @@ void spike_max_pool2d_backward(DType dtype, const void* grad_y, const uint64_t* 
   const int64_t K = C * H * W, KW = (K + 63) / 64;
   const int64_t OH = pooled_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
   const int64_t OW = pooled_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
-  const bool fast = is_2x2(g, H, W);
+  if (is_2x2(g, H, W)) {  // contiguous grad_y
+    spike_max_pool2d_2x2_backward(dtype, grad_y, C * OH * OW, OH * OW, OW, 1, bits, grad_x, N, C, H, W, false);
+    return;
+  }
   dispatch_floating(dtype, "grad_y", [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     const scalar_t* gyp = static_cast<const scalar_t*>(grad_y);
     scalar_t* gxp = static_cast<scalar_t*>(grad_x);
-    // planes write disjoint parts of grad_x
+    // planes write disjoint parts of grad_x; overlapping windows add up, so each plane is zeroed first
     parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (H * W)), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
-        const uint64_t* words = bits + (p / C) * KW;
-        const int64_t base = (p % C) * H * W;
-        if (fast) {  // writes the whole plane
-          unpool2x2(words, base, gyp + p * OH * OW, OW, 1, gxp + p * H * W, OH, OW, W);
-        } else {  // adds onto the plane: zero it first
-          std::fill(gxp + p * H * W, gxp + (p + 1) * H * W, scalar_t(0.0f));
-          unpool_plane(words, base, gyp + p * OH * OW, gxp + p * H * W, H, W, OH, OW, g);
-        }
+        std::fill(gxp + p * H * W, gxp + (p + 1) * H * W, scalar_t(0.0f));
+        unpool_plane(bits + (p / C) * KW, (p % C) * H * W, gyp + p * OH * OW, gxp + p * H * W, H, W, OH, OW, g);
       }
     });
   });
@@ -413,14 +410,28 @@ void spike_max_pool2d_backward(DType dtype, const void* grad_y, const uint64_t* 
 
 void spike_max_pool2d_2x2_backward(DType dtype, const void* grad_y, int64_t gsn, int64_t gsc, int64_t gsh,
                                    int64_t gsw, const uint64_t* bits, void* grad_x, int64_t N, int64_t C, int64_t H,
-                                   int64_t W) {
+                                   int64_t W, bool channels_last) {
   TNA_CHECK(H % 2 == 0 && W % 2 == 0, "the 2x2 pool's backward needs even H and W, got ", H, " x ", W);
-  const int64_t KW = (C * H * W + 63) / 64, OH = H / 2, OW = W / 2;
+  const int64_t OH = H / 2, OW = W / 2;
   dispatch_floating(dtype, "grad_y", [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     const scalar_t* gyp = static_cast<const scalar_t*>(grad_y);
     scalar_t* gxp = static_cast<scalar_t*>(grad_x);
-    // planes of one sample are neighbours: a channels-last grad_y's lines are reused from cache
+    if (channels_last) {  // bits [N, H, W, CW], grad_x [N, H, W, C]: a pair of input rows per task
+      const int64_t CW = (C + 63) / 64;
+      parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t n = r / OH, oh = r % OH;
+          const uint64_t* b0 = bits + ((n * H + 2 * oh) * W) * CW;
+          scalar_t* x0 = gxp + ((n * H + 2 * oh) * W) * C;
+          unpool2x2_cl_row(b0, b0 + W * CW, gyp + n * gsn + oh * gsh, gsc, gsw, x0, x0 + W * C, OW, C, CW);
+        }
+      });
+      return;
+    }
+    // bits [N, KW], grad_x NCHW: a plane per task; planes of one sample are neighbours, so a
+    // channels-last grad_y's lines are reused from cache
+    const int64_t KW = (C * H * W + 63) / 64;
     parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (H * W)), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n = p / C, c = p % C;
@@ -441,26 +452,6 @@ void spike_max_pool2d_2x2_cl(DType dtype, const void* x, void* y, int64_t N, int
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / OH, oh = r % OH;
         pool2x2_cl_row(xp + ((n * H + 2 * oh) * W) * C, yp + r * OW * C, OW, W, C);
-      }
-    });
-  });
-}
-
-void spike_max_pool2d_2x2_cl_backward(DType dtype, const void* grad_y, int64_t gsn, int64_t gsc, int64_t gsh,
-                                      int64_t gsw, const uint64_t* bits, void* grad_x, int64_t N, int64_t C,
-                                      int64_t H, int64_t W) {
-  TNA_CHECK(H % 2 == 0 && W % 2 == 0, "the channels-last 2x2 pool needs even H and W, got ", H, " x ", W);
-  const int64_t OH = H / 2, OW = W / 2, CW = (C + 63) / 64;
-  dispatch_floating(dtype, "grad_y", [&](auto tag) {
-    using scalar_t = typename decltype(tag)::type;
-    const scalar_t* gyp = static_cast<const scalar_t*>(grad_y);
-    scalar_t* gxp = static_cast<scalar_t*>(grad_x);
-    parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / OH, oh = r % OH;
-        const uint64_t* b0 = bits + ((n * H + 2 * oh) * W) * CW;
-        scalar_t* x0 = gxp + ((n * H + 2 * oh) * W) * C;
-        unpool2x2_cl_row(b0, b0 + W * CW, gyp + n * gsn + oh * gsh, gsc, gsw, x0, x0 + W * C, OW, C, CW);
       }
     });
   });

@@ -39,20 +39,17 @@ void spike_max_pool2d_backward(DType dtype, const void* grad_y, const uint64_t* 
                                int64_t N, int64_t C, int64_t H, int64_t W, const PoolGeometry& g,
                                bool ceil_mode);
 
-// The 2x2 backward (windows 2x2, stride 2, no padding, even H and W) with grad_y element (n, c, oh, ow)
-// at grad_y[n*gsn + c*gsc + oh*gsh + ow*gsw] (any layout, read in place); bits and grad_x as above.
+// The spiking VGG's pools (2x2 windows, stride 2, no padding, even H and W). Forward on
+// channels-last spikes: x and y in channels-last memory ([N, H, W, C], [N, OH, OW, C]).
+void spike_max_pool2d_2x2_cl(DType dtype, const void* x, void* y, int64_t N, int64_t C, int64_t H, int64_t W);
+
+// Backward of either 2x2 forward, same routing as spike_max_pool2d_backward; grad_y element
+// (n, c, oh, ow) at grad_y[n*gsn + c*gsc + oh*gsh + ow*gsw] (any layout, read in place).
+// channels_last: bits [N, H, W, CW] (CW = ceil(C / 64): pack_spikes along channels, the channels-last
+// forward's) and grad_x [N, H, W, C] in memory; else bits [N, ceil(C*H*W/64)] and grad_x NCHW.
+// grad_x is written whole.
 void spike_max_pool2d_2x2_backward(DType dtype, const void* grad_y, int64_t gsn, int64_t gsc, int64_t gsh,
                                    int64_t gsw, const uint64_t* bits, void* grad_x, int64_t N, int64_t C, int64_t H,
-                                   int64_t W);
-
-// The spiking VGG's pools (2x2 windows, stride 2, no padding, even H and W) on channels-last
-// spikes: x and y in channels-last memory ([N, H, W, C], [N, OH, OW, C]); the backward reads the
-// input's spikes as pack_spikes along channels, bits [N, H, W, CW] (CW = ceil(C / 64): the spike
-// conv's input format), grad_y element (n, c, oh, ow) at grad_y[n*gsn + c*gsc + oh*gsh + ow*gsw]
-// (any layout), and writes grad_x [N, H, W, C] whole. Same routing as spike_max_pool2d_backward.
-void spike_max_pool2d_2x2_cl(DType dtype, const void* x, void* y, int64_t N, int64_t C, int64_t H, int64_t W);
-void spike_max_pool2d_2x2_cl_backward(DType dtype, const void* grad_y, int64_t gsn, int64_t gsc, int64_t gsh,
-                                      int64_t gsw, const uint64_t* bits, void* grad_x, int64_t N, int64_t C,
-                                      int64_t H, int64_t W);
+                                   int64_t W, bool channels_last);
 
 }  // namespace tna

@@ -140,15 +140,15 @@ def _spike_max_pool2d_backward_cpu(grad_y, bits, input_size, kernel_size, stride
     if bits.dim() == 4:  # the channels-last forward's bits: grad_x channels-last, grad_y read in place
         b = bits.contiguous()
         grad_x = empty_output((n, c, h, w), grad_y.dtype, torch.channels_last)  # written whole
-        C.spike_max_pool2d_2x2_cl_backward(dtype_code(grad_y), grad_y.data_ptr(), list(grad_y.stride()), b.data_ptr(),
-                                           grad_x.data_ptr(), n, c, h, w, threads())
+        C.spike_max_pool2d_2x2_backward(dtype_code(grad_y), grad_y.data_ptr(), list(grad_y.stride()), b.data_ptr(),
+                                        grad_x.data_ptr(), n, c, h, w, True, threads())
         return grad_x
     b = bits.contiguous()
     grad_x = empty_output((n, c, h, w), grad_y.dtype)  # written whole by the kernel
     if _is_2x2(input_size, kernel_size, stride, padding, dilation):
         # grad_y read in place (the spike conv's channels-last gradient: no NCHW copy)
         C.spike_max_pool2d_2x2_backward(dtype_code(grad_y), grad_y.data_ptr(), list(grad_y.stride()), b.data_ptr(),
-                                        grad_x.data_ptr(), n, c, h, w, threads())
+                                        grad_x.data_ptr(), n, c, h, w, False, threads())
         return grad_x
     gy = grad_y.contiguous()
     C.spike_max_pool2d_backward(dtype_code(gy), gy.data_ptr(), b.data_ptr(), grad_x.data_ptr(), [n, c, h, w],
