@@ -239,4 +239,18 @@ inline T* as_ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
+// ---- CPU features -------------------------------------------------------------------------------
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Whether this CPU runs AVX2 (asked once): the hand-written AVX2 paths (target("avx2") functions)
+// dispatch on it and keep a portable path beside.
+inline bool cpu_has_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+  }();
+  return yes;
+}
+#endif
+
 }  // namespace tna

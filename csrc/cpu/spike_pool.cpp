@@ -12,7 +12,7 @@
 // the training benchmark took 15.1 ms forward and 32 ms backward on this machine's two cores.
 #include "spike_pool.h"
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(TNA_AVX2_DISPATCH)
 #include <immintrin.h>
 #endif
 
@@ -169,7 +169,7 @@ void unpool2x2_plane(const uint64_t* words, int64_t base, const scalar_t* gy, in
   }
 }
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(TNA_AVX2_DISPATCH)
 // bits e .. e + 7 of m -> lane masks (lane l all ones when bit e + l is set)
 __attribute__((target("avx2"))) inline __m256 spread8(uint64_t m, int64_t e) {
   const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -207,19 +207,15 @@ __attribute__((target("avx2"))) void unpool2x2_plane_avx2(const uint64_t* words,
   }
 }
 
-bool pool_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2");
-  return ok;
-}
 #endif
 
 // unpool2x2_plane, on AVX2 for float when the CPU has it.
 template <typename scalar_t>
 void unpool2x2(const uint64_t* words, int64_t base, const scalar_t* gy, int64_t gsh, int64_t gsw, scalar_t* gx,
                int64_t OH, int64_t OW, int64_t W) {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(TNA_AVX2_DISPATCH)
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (pool_avx2()) return unpool2x2_plane_avx2(words, base, gy, gsh, gsw, gx, OH, OW, W);
+    if (cpu_has_avx2()) return unpool2x2_plane_avx2(words, base, gy, gsh, gsw, gx, OH, OW, W);
   }
 #endif
   unpool2x2_plane(words, base, gy, gsh, gsw, gx, OH, OW, W);

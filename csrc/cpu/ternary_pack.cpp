@@ -39,14 +39,6 @@ constexpr int64_t kNoBad = std::numeric_limits<int64_t>::max();
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TNA_HAVE_PACK_AVX2 1
 
-bool has_avx2() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
-  }();
-  return yes;
-}
-
 // 8x8 bit-matrix transpose: bit (r, c) at 8r + c moves to 8c + r (Hacker's Delight 7-3).
 inline uint64_t transpose8x8(uint64_t x) {
   uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
@@ -184,7 +176,7 @@ __attribute__((target("avx2"))) void pack_codes_row_avx2(const int8_t* __restric
 
 inline void pack_codes_row(const int8_t* c, int64_t K, uint64_t* p, uint64_t* n, bool* ok) {
 #ifdef TNA_HAVE_PACK_AVX2
-  if (has_avx2()) return pack_codes_row_avx2(c, K, p, n, ok);
+  if (cpu_has_avx2()) return pack_codes_row_avx2(c, K, p, n, ok);
 #endif
   pack_codes_row_scalar(c, K, p, n, ok);
 }
@@ -232,7 +224,7 @@ void pack_spikes_typed(const T* sp, int64_t A, int64_t K, int64_t P, uint64_t* o
         int64_t i0 = 0;
 #ifdef TNA_HAVE_PACK_AVX2
         if constexpr (std::is_same_v<T, float>) {
-          if (has_avx2()) {
+          if (cpu_has_avx2()) {
             i0 = K / 64;  // full words; the tail word goes through the generic loop
             if (!pack_f32_row_avx2(row, i0, op + r * KW)) record_bad(bad, r * K);
           }
@@ -266,7 +258,7 @@ void pack_spikes_typed(const T* sp, int64_t A, int64_t K, int64_t P, uint64_t* o
         int64_t done = 0;  // pixels handled by the AVX2 float path
 #ifdef TNA_HAVE_PACK_AVX2
         if constexpr (std::is_same_v<T, float>) {
-          if (has_avx2()) {
+          if (cpu_has_avx2()) {
             done = np / 8 * 8;
             ok = pack_f32_planes_avx2(sp + (a * K + i * 64) * P + p0, P, len, done, buf);
           }
@@ -375,7 +367,7 @@ template <typename T>
 void row_above(const T* w, int64_t n, double delta, double& sum, double& count) {
 #ifdef TNA_HAVE_PACK_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    if (has_avx2()) return row_above_f32_avx2(w, n, delta, sum, count);
+    if (cpu_has_avx2()) return row_above_f32_avx2(w, n, delta, sum, count);
   }
 #endif
   row_above_scalar(w, n, delta, sum, count);
