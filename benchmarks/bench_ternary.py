@@ -153,3 +153,32 @@ def test_float_conv(benchmark, shape, provider):
         fn, nbytes = (lambda: F.ternary_conv2d(x, w, 1, 1)), x.numel() * 4 + wp + Bn * N * H * H * 4
     _info(benchmark, provider, flops, nbytes, w32, wp)
     _run(benchmark, fn, flops)
+
+
+# The latent weight quantised each training step: TWN codes and per-channel scales, ours also
+# packed into the 2-bit format (one fused call, as the spike training path runs it).
+QUANTISE = {"ternarize 256x256x3x3": (256, 256, 3), "ternarize 128x64x3x3": (128, 64, 3)}
+
+
+def _twn_torch(w):
+    """TWN per output channel in torch ops (as the peers' training code writes it): codes, scale."""
+    flat = w.flatten(1)
+    a = flat.abs()
+    mask = a > 0.7 * a.mean(1, keepdim=True)
+    scale = (a * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return (torch.sign(flat) * mask).to(torch.int8).view_as(w), scale
+
+
+@pytest.mark.parametrize("provider", ["tna", "torch"])
+@pytest.mark.parametrize("shape", list(QUANTISE), ids=list(QUANTISE))
+def test_ternarize(benchmark, shape, provider):
+    n, c, k = QUANTISE[shape]
+    benchmark.group = f"{shape} (codes + scales, ours also packed) fp32"
+    w = torch.randn(n, c, k, k) * 0.05
+    if provider == "tna":
+        wk = w.permute(0, 2, 3, 1)  # the spike path quantises the [N, kh, kw, C] view (a copy inside)
+        fn = lambda: torch.ops.tna.ternarize(wk, "twn", True, True)  # noqa: E731
+    else:
+        fn = lambda: _twn_torch(w)  # noqa: E731
+    _info(benchmark, provider, 0, w.numel() * 4, w.numel() * 4, w.numel() // 4)
+    _run(benchmark, fn, 0)
