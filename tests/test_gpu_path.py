@@ -56,7 +56,7 @@ pytestmark = pytest.mark.gpu_path  # skipped (tests/conftest.py) without Triton 
 OPS = torch.ops.tna
 NOT_ROUTED = {"ternary_kmajor",  # CPU-only: the K-major layout of the C++ event-driven kernels
               "batch_norm_forward", "batch_norm_apply",  # CPU-only: on CUDA bn_lif runs torch's batch norm
-              "batch_norm_backward_channels_last"}
+              "batch_norm_backward_channels_last", "batch_norm_lif_forward", "batch_norm_lif_backward"}
 
 
 @contextlib.contextmanager

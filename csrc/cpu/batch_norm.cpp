@@ -6,6 +6,7 @@
 // eight scalar chains). Channels-last: a thread takes a range of channels and walks the positions,
 // the lanes being adjacent channels.
 #include "batch_norm.h"
+#include "batch_norm_rows.h"
 
 #include <algorithm>
 #include <cmath>
@@ -29,14 +30,6 @@ TNA_MULTIVERSION_FMA void affine_row(const float* __restrict x, float* __restric
   } else {
     for (int64_t s = 0; s < S; ++s) y[s] = x[s] * a + b;
   }
-}
-
-// a = invstd * weight, b = bias - mean * a (fused: one rounding), as torch computes them.
-inline void affine_terms(float mean, float invstd, const float* weight, const float* bias, int64_t c, bool fused,
-                         float& a, float& b) {
-  a = invstd * (weight ? weight[c] : 1.0f);
-  const float beta = bias ? bias[c] : 0.0f;
-  b = fused ? std::fma(-mean, a, beta) : beta - mean * a;
 }
 
 // Channel sums of a block of L channels starting at c0, each in torch's (n, s) order.
@@ -209,6 +202,10 @@ TNA_MULTIVERSION_FMA void stats_cl(const float* __restrict x, int64_t N, int64_t
   }
 }
 
+}  // namespace
+
+namespace bn_rows {
+
 // y[r, c] = x[r, c] * a[c] + b[c] over rows [r0, r1) of `count` channels starting at c0 (row
 // length C), rounded as torch's kernel for that `fused` setting.
 TNA_MULTIVERSION_FMA void affine_cl(const float* __restrict x, float* __restrict y, int64_t r0, int64_t r1,
@@ -225,16 +222,9 @@ TNA_MULTIVERSION_FMA void affine_cl(const float* __restrict x, float* __restrict
   }
 }
 
-// ---- Backward on channels-last tensors ------------------------------------------------------------
-// Per chunk of kRows positions, float32 partial sums of dy and (x - mean) * dy for every channel
-// (contiguous rows: the lanes are channels).
-constexpr int64_t kRows = 256;
-
-TNA_MULTIVERSION_FMA void chunk_sums_cl(const float* __restrict dy, const float* __restrict x,
-                                        const float* __restrict mean, int64_t r0, int64_t r1, int64_t C,
-                                        float* __restrict f1, float* __restrict f2) {
-  std::fill(f1, f1 + C, 0.0f);
-  std::fill(f2, f2 + C, 0.0f);
+TNA_MULTIVERSION_FMA void accumulate_sums_cl(const float* __restrict dy, const float* __restrict x,
+                                             const float* __restrict mean, int64_t r0, int64_t r1, int64_t C,
+                                             float* __restrict f1, float* __restrict f2) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* g = dy + r * C;
     const float* p = x + r * C;
@@ -245,10 +235,29 @@ TNA_MULTIVERSION_FMA void chunk_sums_cl(const float* __restrict dy, const float*
   }
 }
 
-TNA_MULTIVERSION_FMA void grad_rows_cl(const float* dy, const float* __restrict x, const float* __restrict mean,
-                                       const float* __restrict gm, const float* __restrict k,
-                                       const float* __restrict scale, float* grad_x, int64_t r0, int64_t r1,
-                                       int64_t C) {
+GradTerms finish_sums(const std::vector<float>& part, int64_t chunks, int64_t M, int64_t C, const float* invstd,
+                      const float* weight, float* grad_weight, float* grad_bias) {
+  GradTerms g{std::vector<float>(C), std::vector<float>(C), std::vector<float>(C)};
+  for (int64_t c = 0; c < C; ++c) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t q = 0; q < chunks; ++q) {
+      s1 += part[q * 2 * C + c];
+      s2 += part[q * 2 * C + C + c];
+    }
+    const double inv = invstd[c];
+    if (grad_weight) grad_weight[c] = static_cast<float>(s2 * inv);
+    if (grad_bias) grad_bias[c] = static_cast<float>(s1);
+    g.gm[c] = static_cast<float>(s1 / static_cast<double>(M));
+    g.k[c] = static_cast<float>(s2 * inv * inv / static_cast<double>(M));
+    g.scale[c] = static_cast<float>(inv * (weight ? weight[c] : 1.0f));
+  }
+  return g;
+}
+
+namespace {
+TNA_MULTIVERSION_FMA void grad_rows(const float* dy, const float* __restrict x, const float* __restrict mean,
+                                    const float* __restrict gm, const float* __restrict k,
+                                    const float* __restrict scale, float* grad_x, int64_t r0, int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* g = dy + r * C;
     const float* p = x + r * C;
@@ -256,8 +265,16 @@ TNA_MULTIVERSION_FMA void grad_rows_cl(const float* dy, const float* __restrict 
     for (int64_t c = 0; c < C; ++c) o[c] = (g[c] - gm[c] - (p[c] - mean[c]) * k[c]) * scale[c];
   }
 }
-
 }  // namespace
+
+void grad_rows_cl(const float* dy, const float* x, const float* mean, const GradTerms& g, float* grad_x, int64_t r0,
+                  int64_t r1, int64_t C) {
+  grad_rows(dy, x, mean, g.gm.data(), g.k.data(), g.scale.data(), grad_x, r0, r1, C);
+}
+
+}  // namespace bn_rows
+
+using namespace bn_rows;
 
 void batch_norm_forward(const float* x, const float* weight, const float* bias, float* running_mean,
                         float* running_var, float* y, float* mean, float* invstd, int64_t N, int64_t C,
@@ -289,10 +306,10 @@ void batch_norm_forward(const float* x, const float* weight, const float* bias, 
           running_var[c] = std::fma(mom, unbiased, keep * running_var[c]);
         }
         affine_terms(mean[c], invstd[c], weight, bias, c, fused, a[j], b[j]);
-        if (!channels_last)
+        if (!channels_last && y)
           for (int64_t n = 0; n < N; ++n) affine_row(x + (n * C + c) * S, y + (n * C + c) * S, S, a[j], b[j], fused);
       }
-      if (channels_last) affine_cl(x, y, 0, M, C, c0, count, a.data(), b.data(), fused);
+      if (channels_last && y) affine_cl(x, y, 0, M, C, c0, count, a.data(), b.data(), fused);
     }
   });
 }
@@ -320,31 +337,15 @@ void batch_norm_backward_cl(const float* grad_y, const float* x, const float* me
                             const float* weight, float* grad_x, float* grad_weight, float* grad_bias, int64_t N,
                             int64_t C, int64_t S) {
   const int64_t M = N * S, chunks = (M + kRows - 1) / kRows;
-  std::vector<float> part(static_cast<size_t>(chunks * 2 * C));
+  std::vector<float> part(static_cast<size_t>(chunks * 2 * C), 0.0f);
   parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q)
-      chunk_sums_cl(grad_y, x, mean, q * kRows, std::min(M, (q + 1) * kRows), C, &part[q * 2 * C],
-                    &part[q * 2 * C + C]);
+      accumulate_sums_cl(grad_y, x, mean, q * kRows, std::min(M, (q + 1) * kRows), C, &part[q * 2 * C],
+                         &part[q * 2 * C + C]);
   });
-  // chunk partials summed in chunk order in float64: the same result for any thread count
-  std::vector<float> gm(C), k(C), scale(C);
-  for (int64_t c = 0; c < C; ++c) {
-    double s1 = 0.0, s2 = 0.0;
-    for (int64_t q = 0; q < chunks; ++q) {
-      s1 += part[q * 2 * C + c];
-      s2 += part[q * 2 * C + C + c];
-    }
-    const double inv = invstd[c];
-    if (grad_weight) grad_weight[c] = static_cast<float>(s2 * inv);
-    if (grad_bias) grad_bias[c] = static_cast<float>(s1);
-    gm[c] = static_cast<float>(s1 / static_cast<double>(M));
-    k[c] = static_cast<float>(s2 * inv * inv / static_cast<double>(M));
-    scale[c] = static_cast<float>(inv * (weight ? weight[c] : 1.0f));
-  }
+  const GradTerms g = finish_sums(part, chunks, M, C, invstd, weight, grad_weight, grad_bias);
   if (!grad_x) return;
-  parallel_for(0, M, 64, [&](int64_t r0, int64_t r1) {
-    grad_rows_cl(grad_y, x, mean, gm.data(), k.data(), scale.data(), grad_x, r0, r1, C);
-  });
+  parallel_for(0, M, 64, [&](int64_t r0, int64_t r1) { grad_rows_cl(grad_y, x, mean, g, grad_x, r0, r1, C); });
 }
 
 }  // namespace tna

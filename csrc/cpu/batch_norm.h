@@ -20,11 +20,12 @@
 #include <cstdint>
 
 #include "../core.h"
+#include "lif.h"
 
 namespace tna {
 
 // y, mean [C], invstd [C] from x (M = N*S >= 2); weight / bias may be null (1 / 0), running_mean /
-// running_var too (not updated).
+// running_var too (not updated); y null: the statistics only.
 void batch_norm_forward(const float* x, const float* weight, const float* bias, float* running_mean,
                         float* running_var, float* y, float* mean, float* invstd, int64_t N, int64_t C,
                         int64_t S, double momentum, double eps, bool fused, bool channels_last);
@@ -45,5 +46,21 @@ void batch_norm_apply(const float* x, const float* mean, const float* invstd, co
 void batch_norm_backward_cl(const float* grad_y, const float* x, const float* mean, const float* invstd,
                             const float* weight, float* grad_x, float* grad_weight, float* grad_bias, int64_t N,
                             int64_t C, int64_t S);
+
+// Batch norm + LIF fused (batch_norm_lif.cpp), for a channels-last x [N = T*B, C, H, W] ([N, S, C]
+// memory, sample t*B + b at step t) and the LIF over the T steps of each of the B*S*C neurons
+// (membrane from the reset value). Forward: mean, invstd and the running statistics as
+// batch_norm_forward, and spikes [T, B*S*C] (x's memory order) as lif_fwd on its output.
+void batch_norm_lif_forward_cl(const float* x, const float* weight, const float* bias, float* running_mean,
+                               float* running_var, float* mean, float* invstd, float* spikes, int64_t T, int64_t N,
+                               int64_t C, int64_t S, double momentum, double eps, bool fused, const LifHyper& p);
+
+// Backward from the spikes' gradient (T rows of B*S*C, gs_stride apart): grad_x (channels-last,
+// not null), grad_weight / grad_bias (nullable) as batch_norm_backward_cl on lif_bwd_recompute's
+// gradient of batch_norm_apply's output.
+void batch_norm_lif_backward_cl(const float* grad_spikes, int64_t gs_stride, const float* x, const float* mean,
+                                const float* invstd, const float* weight, const float* bias, float* grad_x,
+                                float* grad_weight, float* grad_bias, int64_t T, int64_t N, int64_t C, int64_t S,
+                                bool fused, const LifHyper& p);
 
 }  // namespace tna

@@ -515,3 +515,71 @@ void lif_bwd_recompute(DType dtype, const void* grad_spikes, int64_t gs_stride,
 }
 
 }  // namespace tna
+
+namespace tna {
+
+// The serial passes dispatch like the entry points above (tiles for whole 64-neuron tiles on AVX2,
+// the block kernels for the rest), without threads and with plain stores.
+void lif_fwd_f32_serial(const float* x, int64_t x_stride, int64_t T, int64_t n, const LifHyper& p,
+                        float* spikes, int64_t stride, float* v_scratch) {
+  const float v_init = p.soft_reset ? 0.0f : float(p.v_reset);
+  const float tau = float(p.tau), v_th = float(p.v_threshold), v_reset = float(p.v_reset);
+  [[maybe_unused]] const bool tiles = use_tiles(DType::kFloat32, T, kTileFwdMaxT, n, false, {});
+  dispatch_bool(p.decay_input, [&](auto kDecay) {
+    dispatch_bool(p.soft_reset, [&](auto kSoft) {
+      constexpr bool kD = decltype(kDecay)::value, kS = decltype(kSoft)::value;
+      int64_t b = 0;
+#if defined(TNA_AVX2_DISPATCH)
+      if (tiles) {
+        b = n - n % kTile;
+        if (b > 0)
+          lif_fwd_tiles<kD, kS, false>(x, x_stride, nullptr, v_init, spikes, nullptr, v_scratch, b, T, stride, tau,
+                                       v_th, v_reset, false);
+      }
+#endif
+      for (; b < n; b += kBlock) {
+        lif_fwd_block<float, float, kD, kS, false>(x + b, x_stride, nullptr, v_init, spikes + b, nullptr,
+                                                   v_scratch + b, std::min(kBlock, n - b), T, stride, tau, v_th,
+                                                   v_reset, false);
+      }
+    });
+  });
+}
+
+int64_t lif_bwd_recompute_f32_scratch(int64_t T) { return 2 * T * recompute_block(T); }
+
+void lif_bwd_recompute_f32_serial(const float* grad_spikes, int64_t gs_stride, const float* x, int64_t x_stride,
+                                  int64_t T, int64_t n, const LifHyper& p, float* grad_x, int64_t stride,
+                                  float* scratch) {
+  const float v_init = p.soft_reset ? 0.0f : float(p.v_reset);
+  const float tau = float(p.tau), v_th = float(p.v_threshold), v_reset = float(p.v_reset),
+              alpha = float(p.alpha);
+  [[maybe_unused]] const bool tiles = use_tiles(DType::kFloat32, T, kTileBwdMaxT, n, false, {});
+  dispatch_surrogate(static_cast<Surrogate>(p.surrogate), [&](auto kSur) {
+    dispatch_bool(p.decay_input, [&](auto kDecay) {
+      dispatch_bool(p.soft_reset, [&](auto kSoft) {
+        dispatch_bool(p.detach_reset, [&](auto kDetach) {
+          constexpr Surrogate kS = decltype(kSur)::value;
+          constexpr bool kD = decltype(kDecay)::value, kR = decltype(kSoft)::value,
+                         kDt = decltype(kDetach)::value;
+          int64_t b = 0;
+#if defined(TNA_AVX2_DISPATCH)
+          if (tiles) {
+            b = n - n % kTile;
+            if (b > 0)
+              lif_bwd_recompute_tiles<kS, kD, kR, kDt>(x, x_stride, nullptr, v_init, grad_spikes, gs_stride, nullptr,
+                                                       grad_x, nullptr, b, T, stride, tau, v_th, v_reset, alpha,
+                                                       false);
+          }
+#endif
+          if (b < n)
+            lif_bwd_recompute_range<float, float, kS, kD, kR, kDt>(
+                x + b, x_stride, nullptr, v_init, grad_spikes + b, gs_stride, nullptr, grad_x + b, nullptr, scratch,
+                n - b, std::min(n - b, recompute_block(T)), T, stride, tau, v_th, v_reset, alpha, false);
+        });
+      });
+    });
+  });
+}
+
+}  // namespace tna

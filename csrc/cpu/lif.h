@@ -50,4 +50,20 @@ void lif_bwd_recompute(DType dtype, const void* grad_spikes, int64_t gs_stride,
                        const void* grad_v_last, const void* x, int64_t x_stride, const void* v0,
                        int64_t T, int64_t N, const LifHyper& p, void* grad_x, void* grad_v0);
 
+// Serial float32 passes over n neurons for a caller already running on a worker thread (the fused
+// batch norm + LIF, batch_norm_lif.cpp), with plain stores so the results stay in cache: the same
+// step code as lif_fwd / lif_bwd_recompute, so the same bits. The membrane starts at the reset
+// value (no v0, no carried gradient). x rows x_stride apart, output rows `stride` apart.
+// v_scratch: n floats.
+void lif_fwd_f32_serial(const float* x, int64_t x_stride, int64_t T, int64_t n, const LifHyper& p,
+                        float* spikes, int64_t stride, float* v_scratch);
+
+// Floats of scratch lif_bwd_recompute_f32_serial needs for T steps (any n).
+int64_t lif_bwd_recompute_f32_scratch(int64_t T);
+
+// grad_spikes rows gs_stride apart; writes grad_x, rows `stride` apart (not overlapping x).
+void lif_bwd_recompute_f32_serial(const float* grad_spikes, int64_t gs_stride, const float* x, int64_t x_stride,
+                                  int64_t T, int64_t n, const LifHyper& p, float* grad_x, int64_t stride,
+                                  float* scratch);
+
 }  // namespace tna

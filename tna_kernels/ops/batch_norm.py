@@ -34,6 +34,7 @@ from torch import Tensor
 
 from .._utils import is_channels_last
 from ._native import LIB, C, dtype_str, empty_output, ptr, shape_str, threads
+from .lif import _SURROGATE_INDEX
 
 # The tna:: schemas of this family (the only place they are written).
 # Training batch norm over x [N, C, *] (float32; a 4-D channels-last x is read in place and y is
@@ -53,6 +54,24 @@ LIB.define(
     "batch_norm_backward_channels_last(Tensor grad_y, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, "
     "bool[3] output_mask) -> (Tensor, Tensor, Tensor)")
 
+# Batch norm (batch statistics) + LIF fused, for a channels-last float32 x [T*B, C, H, W] (sample
+# t*B + b at step t; the LIF runs over the T steps of each of the B*C*H*W neurons from its reset
+# value): (spikes [T*B, C, H, W] channels-last, mean [C], invstd [C]), equal bit for bit to
+# batch_norm_forward then lif_fwd on its output in memory order; the batch norm's output is never
+# written (csrc/cpu/batch_norm_lif.cpp). The LIF arguments are lif_fwd's.
+LIB.define(
+    "batch_norm_lif_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? "
+    "running_var, float momentum, float eps, int T, float tau, bool decay_input, float v_threshold, float v_reset, "
+    "bool soft_reset, bool detach_reset, str surrogate, float alpha) -> (Tensor, Tensor, Tensor)")
+# Its backward from the spikes' gradient [T*B, C, H, W]: (grad_x channels-last, grad_weight [C],
+# grad_bias [C]) as batch_norm_apply, lif_bwd_recompute and batch_norm_backward_channels_last give
+# them (bit for bit when B*H*W is a multiple of 256; otherwise in float rounding); an output masked
+# off by output_mask is an empty tensor, as is grad_weight without a weight.
+LIB.define(
+    "batch_norm_lif_backward(Tensor grad_spikes, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? "
+    "bias, int T, float tau, bool decay_input, float v_threshold, float v_reset, bool soft_reset, bool "
+    "detach_reset, str surrogate, float alpha, bool[3] output_mask) -> (Tensor, Tensor, Tensor)")
+
 ROUNDINGS = ("fused", "unfused")
 
 
@@ -68,6 +87,12 @@ def _check_x(x: Tensor, name: str = "x") -> tuple[int, int, int]:
         raise RuntimeError(f"{name} must be [N, C, ...] with at least 2 dims, got shape {shape_str(x.shape)}")
     n, c = x.shape[:2]
     return n, c, x.numel() // max(n * c, 1)
+
+
+def _check_values_per_channel(x: Tensor, values: int) -> None:
+    if values < 2:
+        raise RuntimeError(f"batch norm in training needs more than one value per channel, got input shape "
+                           f"{shape_str(x.shape)}")
 
 
 def _check_channel(t: Tensor | None, name: str, c: int) -> None:
@@ -108,9 +133,7 @@ def _forward(x, weight, bias, running_mean, running_var, momentum, eps, fused):
         _check_channel(t, name, c)
     _check_running(running_mean, "running_mean", c)
     _check_running(running_var, "running_var", c)
-    if n * s < 2:
-        raise RuntimeError(f"batch norm in training needs more than one value per channel, got input shape "
-                           f"{shape_str(x.shape)}")
+    _check_values_per_channel(x, n * s)
     cl = is_channels_last(x)
     xc, w, b = (x if cl else x.contiguous()), _vec(weight), _vec(bias)
     y = empty_output(tuple(x.shape), torch.float32, _output_format(x))
@@ -143,7 +166,7 @@ def _batch_norm_apply_cpu(x, mean, invstd, weight, bias):
 
 def _batch_norm_backward_channels_last_cpu(grad_y, x, mean, invstd, weight, output_mask):
     n, c, s = _check_x(x)
-    if not is_channels_last(x):
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         raise RuntimeError(f"x must be a channels-last [N, C, H, W] tensor, got shape {shape_str(x.shape)} with "
                            f"strides {list(x.stride())} (for NCHW inputs use torch's native_batch_norm_backward)")
     _check_x(grad_y, "grad_y")
@@ -166,9 +189,67 @@ def _batch_norm_backward_channels_last_cpu(grad_y, x, mean, invstd, weight, outp
     return grad_x, grad_w, grad_b
 
 
+def _check_lif_input(x: Tensor, T: int, surrogate: str) -> tuple[int, int, int]:
+    """x for the fused batch norm + LIF: channels-last [T*B, C, H, W]; returns (N, C, S)."""
+    n, c, s = _check_x(x)
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        raise RuntimeError(f"x must be a channels-last [N, C, H, W] tensor, got shape {shape_str(x.shape)} with "
+                           f"strides {list(x.stride())}")
+    if T < 1 or n % T:
+        raise RuntimeError(f"x must have T*B samples for T = {T} (T >= 1), got {n}")
+    if surrogate not in _SURROGATE_INDEX:
+        raise RuntimeError(f"surrogate must be one of {sorted(_SURROGATE_INDEX)}, got {surrogate!r}")
+    return n, c, s
+
+
+def _batch_norm_lif_forward_cpu(x, weight, bias, running_mean, running_var, momentum, eps, T, tau, decay_input,
+                                v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha):
+    n, c, s = _check_lif_input(x, T, surrogate)
+    for t, name in ((weight, "weight"), (bias, "bias")):
+        _check_channel(t, name, c)
+    _check_running(running_mean, "running_mean", c)
+    _check_running(running_var, "running_var", c)
+    _check_values_per_channel(x, n * s)
+    spikes = empty_output(tuple(x.shape), torch.float32, torch.channels_last)
+    mean, invstd = torch.empty(c), torch.empty(c)
+    C.batch_norm_lif_forward_cl(x.data_ptr(), ptr(_vec(weight)), ptr(_vec(bias)), ptr(running_mean),
+                                ptr(running_var), mean.data_ptr(), invstd.data_ptr(), spikes.data_ptr(), T, n, c, s,
+                                float(momentum), float(eps), _rounding_fused(), tau, decay_input, v_threshold,
+                                v_reset, soft_reset, detach_reset, _SURROGATE_INDEX[surrogate], alpha, threads())
+    return spikes, mean, invstd
+
+
+def _batch_norm_lif_backward_cpu(grad_spikes, x, mean, invstd, weight, bias, T, tau, decay_input, v_threshold,
+                                 v_reset, soft_reset, detach_reset, surrogate, alpha, output_mask):
+    n, c, s = _check_lif_input(x, T, surrogate)
+    _check_values_per_channel(x, n * s)
+    _check_x(grad_spikes, "grad_spikes")
+    if grad_spikes.shape != x.shape:
+        raise RuntimeError(f"grad_spikes must have x's shape {shape_str(x.shape)}, got "
+                           f"{shape_str(grad_spikes.shape)}")
+    for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight"), (bias, "bias")):
+        _check_channel(t, name, c)
+    if len(output_mask) != 3:
+        raise RuntimeError(f"output_mask must have 3 entries, got {len(output_mask)}")
+    want_x, want_w, want_b = output_mask
+    want_w = want_w and weight is not None
+    gs = grad_spikes.contiguous(memory_format=torch.channels_last)
+    grad_x = empty_output(tuple(x.shape), torch.float32, torch.channels_last)  # also the kernel's scratch
+    grad_w = torch.empty(c) if want_w else x.new_empty((0,))
+    grad_b = torch.empty(c) if want_b else x.new_empty((0,))
+    C.batch_norm_lif_backward_cl(gs.data_ptr(), n // T * s * c, x.data_ptr(), mean.contiguous().data_ptr(),
+                                 invstd.contiguous().data_ptr(), ptr(_vec(weight)), ptr(_vec(bias)), grad_x.data_ptr(),
+                                 grad_w.data_ptr() if want_w else 0, grad_b.data_ptr() if want_b else 0, T, n, c, s,
+                                 _rounding_fused(), tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
+                                 _SURROGATE_INDEX[surrogate], alpha, threads())
+    return (grad_x if want_x else x.new_empty((0,))), grad_w, grad_b
+
+
 LIB.impl("batch_norm_forward", _batch_norm_forward_cpu, "CPU")
 LIB.impl("batch_norm_backward_channels_last", _batch_norm_backward_channels_last_cpu, "CPU")
 LIB.impl("batch_norm_apply", _batch_norm_apply_cpu, "CPU")
+LIB.impl("batch_norm_lif_forward", _batch_norm_lif_forward_cpu, "CPU")
+LIB.impl("batch_norm_lif_backward", _batch_norm_lif_backward_cpu, "CPU")
 
 
 @torch.library.register_fake("tna::batch_norm_forward")
@@ -189,6 +270,20 @@ def _batch_norm_backward_channels_last_fake(grad_y, x, mean, invstd, weight, out
     want_w = output_mask[1] and weight is not None
     grad_x = (torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else x.new_empty((0,)))
     return grad_x, x.new_empty((c,) if want_w else (0,)), x.new_empty((c,) if output_mask[2] else (0,))
+
+
+@torch.library.register_fake("tna::batch_norm_lif_forward")
+def _batch_norm_lif_forward_fake(x, weight, bias, running_mean, running_var, momentum, eps, T, tau, decay_input,
+                                 v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha):
+    torch._check(x.dim() == 4, lambda: f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    return torch.empty_like(x, memory_format=torch.channels_last), x.new_empty((c,)), x.new_empty((c,))
+
+
+@torch.library.register_fake("tna::batch_norm_lif_backward")
+def _batch_norm_lif_backward_fake(grad_spikes, x, mean, invstd, weight, bias, T, tau, decay_input, v_threshold,
+                                  v_reset, soft_reset, detach_reset, surrogate, alpha, output_mask):
+    return _batch_norm_backward_channels_last_fake(grad_spikes, x, mean, invstd, weight, output_mask)
 
 
 # ---- Which rounding torch uses here --------------------------------------------------------------
