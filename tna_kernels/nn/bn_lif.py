@@ -17,6 +17,12 @@ spike conv's output), takes the batch-norm gradients with the native channels-la
 Elsewhere it is ``torch.native_batch_norm``, run again in backward on the saved input (same input,
 same op: the same bits).
 
+On the CPU, for a channels-last input (not a static one) the batch norm and the LIF are one op each
+way (``tna::batch_norm_lif_forward`` / ``_backward``): the batch-norm output never reaches memory,
+which saves two passes over it in the forward and three in the backward (≈ 7 % of the TNA step of
+``benchmarks/bench_train_step.py`` on one thread); the same spikes and statistics, and gradients
+bit for bit whenever a step's positions are a multiple of 256 (else within float rounding).
+
 An ``nn.SyncBatchNorm`` with more than one process takes its statistics over every rank's batch
 (T·B per rank) and all-reduces their gradients, as ``nn.SyncBatchNorm`` does
 (:mod:`tna_kernels.nn.sync_bn`); its backward recomputes the BN output from the saved input and
@@ -50,6 +56,13 @@ class _BNLIF(torch.autograd.Function):
         if group is None:
             running = bn.training and bn.track_running_stats
             running_mean, running_var = (bn.running_mean, bn.running_var) if running else (None, None)
+            if not static and _fused_batch_norm_lif(x, weight, bias, running_mean, running_var):
+                spikes, mean, invstd = torch.ops.tna.batch_norm_lif_forward(
+                    x, weight, bias, running_mean, running_var, momentum, eps, T, *hyper)
+                ctx.save_for_backward(x, weight, bias, mean, invstd)
+                ctx.conf = (eps, T, static, hyper, group)
+                ctx.fused = True
+                return spikes.unflatten(0, (T, -1))  # [T, B, C, H, W], channels-last per step
             if _native_batch_norm(x, weight, bias, running_mean, running_var):
                 y, mean, invstd = torch.ops.tna.batch_norm_forward(x, weight, bias, running_mean, running_var,
                                                                    momentum, eps)
@@ -66,11 +79,20 @@ class _BNLIF(torch.autograd.Function):
         # static: y_t is y expanded over T (stride 0), which the kernel reads in place
         spikes = torch.ops.tna.lif_fwd(_time_major(y, T, static), None, *hyper, False)[0]
         ctx.conf = (eps, T, static, hyper, group)
+        ctx.fused = False
         return _sequence_like(spikes, y, T, static)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         eps, T, static, hyper, group = ctx.conf
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        if ctx.fused:
+            x, weight, bias, mean, invstd = ctx.saved_tensors
+            mask[1] = mask[1] and weight is not None
+            mask[2] = mask[2] and bias is not None
+            grads = torch.ops.tna.batch_norm_lif_backward(grad_spikes.flatten(0, 1), x, mean, invstd, weight, bias,
+                                                          T, *hyper, mask)
+            return (*(g if m else None for g, m in zip(grads, mask)), None, None, None, None, None, None, None)
         if group is None:
             x, weight, bias, *stats = ctx.saved_tensors
             if stats:  # the native forward's output again from its statistics (no second statistics pass)
@@ -114,6 +136,13 @@ class _BNLIF(torch.autograd.Function):
         else:
             grad_x, grad_w, grad_b = sync_bn.sync_batch_norm_backward(y, x, weight, mean, var, n, eps, group, mask)
         return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
+
+
+def _fused_batch_norm_lif(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether tna::batch_norm_lif_forward serves this input: what :func:`_native_batch_norm`
+    serves, 4-D and channels-last (the spike convolution's output; its output, spikes, is then
+    channels-last as the unfused path's is)."""
+    return is_channels_last(x) and _native_batch_norm(x, *params)
 
 
 def _native_batch_norm(x: Tensor, *params: Tensor | None) -> bool:
