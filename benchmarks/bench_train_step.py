@@ -105,10 +105,10 @@ def snntorch_vgg():
     return Net()
 
 
-def _step_fn(base, twin, fused_loss):
+def _step_fn(base, twin, fused_loss, batch=B):
     params = list(base.parameters()) + list(twin.parameters())
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    x, y = torch.randn(B, 3, 32, 32), torch.randint(0, 10, (B,))
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -117,7 +117,7 @@ def _step_fn(base, twin, fused_loss):
             loss = F.twin_loss(lb, lt, y, mse_weight=0.005)
         else:
             loss = (nn.functional.cross_entropy(lb, y) + nn.functional.cross_entropy(lt, y)
-                    + 0.005 * ((lb - lt) ** 2).sum() / B)
+                    + 0.005 * ((lb - lt) ** 2).sum() / batch)
         loss.backward()
         opt.step()
 
