@@ -33,6 +33,11 @@ GEOMS = [
     (2, 130, 5, 5, 6, (1, 1), 1, 0, 1),
     (1, 16, 11, 10, 3, (3, 3), 2, 2, 2),
     (2, 5, 4, 4, 7, (4, 4), 1, 0, 1),
+    # C <= 32 packs several taps per gathered word (64 // C of them): a last word half full (32),
+    # a C that does not divide 64 (24), and 33 channels, one tap per word again
+    (2, 32, 6, 6, 33, (3, 3), 1, 1, 1),
+    (2, 24, 5, 7, 9, (3, 3), 1, 1, 1),
+    (1, 33, 5, 5, 4, (3, 3), 1, 1, 1),
 ]
 
 
@@ -54,6 +59,19 @@ def test_spike_conv_with_cached_kmajor(isa):
     s = (torch.rand(2, 70, 6, 5) < 0.1).float()
     bits = F.pack_spikes(s, dim=1)
     y = torch.ops.tna.spike_ternary_conv2d(bits, p.words, p.scale, p.bias, 70, [1, 1], [1, 1], [1, 1], 1, km)
+    assert torch.equal(y, R.spike_ternary_conv2d(s, codes, scale, b, 1, 1, 1))
+
+
+@pytest.mark.parametrize("C", [16, 32, 3])
+def test_spike_conv_with_cached_kmajor_taps_sharing_words(isa, C):
+    """With C <= 32 the K-major copy has a row per bit of the gathered row (taps share words):
+    16 channels x 9 taps in 3 words, 32 x 9 in 5, 3 x 9 in 1."""
+    codes, scale, b, p = make(40, C, (3, 3))
+    km = torch.ops.tna.ternary_kmajor(p.words, C, 1)
+    assert km.shape == ({16: 3, 32: 5, 3: 1}[C] * 64, 128)
+    s = (torch.rand(4, C, 6, 5) < 0.15).float()
+    y = torch.ops.tna.spike_ternary_conv2d(F.pack_spikes(s, dim=1), p.words, p.scale, p.bias, C, [1, 1], [1, 1],
+                                           [1, 1], 1, km)
     assert torch.equal(y, R.spike_ternary_conv2d(s, codes, scale, b, 1, 1, 1))
 
 

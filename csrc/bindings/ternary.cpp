@@ -26,6 +26,7 @@ TNA_BINDINGS(ternary) {
   // Queries (no kernel runs, so no thread count).
   m.def("ternary_cpu_isa", [] { return std::string(tt::isa_name(tt::select_isa())); });
   m.def("ternary_gemm_block_cols", &tt::gemm_block_cols, py::arg("N"), py::arg("K"));
+  m.def("conv_row_words", &tt::conv_row_words, py::arg("C"), py::arg("taps"));
 
   m.def(
       "pack_ternary",

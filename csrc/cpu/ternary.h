@@ -38,6 +38,13 @@ constexpr const char* kMethodNames[] = {"twn", "absmean"};
 constexpr int kNumMethods = 2;
 
 inline int64_t words_for(int64_t k) { return (k + 63) / 64; }
+// A spike conv's gathered row (and regrouped weight plane) with C channels and `taps` taps: taps
+// share a word when C <= 32 (per = 64 / C of them), else each tap has its own CW words.
+inline int64_t taps_per_word(int64_t C, int64_t taps) { return taps > 1 && C <= 32 ? 64 / C : 1; }
+inline int64_t conv_row_words(int64_t C, int64_t taps) {
+  const int64_t per = taps_per_word(C, taps);
+  return per > 1 ? (taps + per - 1) / per : taps * words_for(C);
+}
 
 // "version: this build reads packed ternary format v1 only, got v<version> (...)"
 void check_version(int64_t version);
@@ -161,7 +168,8 @@ void spike_ternary_conv2d_lif(const ConvShape& g, const int64_t* S, const int64_
                               const float* scale, const float* bias, int64_t T,
                               const LifPackParams& lif, const int8_t* kmajor, int64_t* out);
 // K-major copy of packed [N, taps, 2, CW] (taps = 1: linear) for the event-driven kernels:
-// out int8 [taps * CW * 64, kmajor_ld(N)]. Validates the words ("packed_w").
+// out int8 [conv_row_words(K, taps) * 64, kmajor_ld(N)] (rows: the bits of a gathered row). Validates
+// the words ("packed_w").
 void ternary_kmajor(const int64_t* W, int64_t N, int64_t taps, int64_t K, int8_t* out);
 
 }  // namespace tna::ternary

@@ -28,14 +28,25 @@ using tna::LifPackParams;
 using tna::check_lif_pack_params;
 using tna::lif_pack_rows;
 
-// [N, taps, 2, CW] -> [N, 2, taps * CW]: each plane's taps contiguous, as the micro-kernels read.
-std::vector<uint64_t> regroup_taps(const uint64_t* w, int64_t N, int64_t taps, int64_t CW) {
-  std::vector<uint64_t> out(static_cast<size_t>(N * 2 * taps * CW));
+// [N, taps, 2, CW] -> [N, 2, conv_row_words]: each plane's taps contiguous, as the micro-kernels
+// read. With C <= 32 channels several taps share a word (tap t's C bits at bit (t % per) * C of
+// word t / per, per = 64 / C): a 16-channel 3x3 row is 3 words, not 9 words of 16 used bits, so
+// the popcount kernels read a third as many words and the event loop leaves a third as many words
+// (a mispredicted branch each). The gathered input rows use the same layout (SpikeConv::gather).
+std::vector<uint64_t> regroup_taps(const uint64_t* w, int64_t N, int64_t taps, int64_t C) {
+  const int64_t CW = words_for(C), KW = conv_row_words(C, taps), per = taps_per_word(C, taps);
+  std::vector<uint64_t> out(static_cast<size_t>(N * 2 * KW), 0);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t t = 0; t < taps; ++t)
-      for (int64_t pl = 0; pl < 2; ++pl)
-        std::memcpy(&out[(n * 2 + pl) * taps * CW + t * CW], w + ((n * taps + t) * 2 + pl) * CW,
-                    CW * sizeof(uint64_t));
+      for (int64_t pl = 0; pl < 2; ++pl) {
+        const uint64_t* src = w + ((n * taps + t) * 2 + pl) * CW;
+        uint64_t* dst = &out[(n * 2 + pl) * KW];
+        if (per > 1) {
+          dst[t / per] |= src[0] << ((t % per) * C);
+        } else {
+          std::memcpy(dst + t * CW, src, CW * sizeof(uint64_t));
+        }
+      }
   return out;
 }
 
@@ -53,7 +64,7 @@ void check_geometry(const ConvShape& g) {
 // the im2col gather of one output pixel and the GEMM of a tile of gathered pixels.
 struct SpikeConv {
   ConvShape g;
-  int64_t CW, OH, OW, KW;
+  int64_t CW, OH, OW, KW, per;
   const uint64_t* S;
   const float* scale;
   const float* bias;
@@ -73,9 +84,10 @@ struct SpikeConv {
     TNA_CHECK(OH >= 1 && OW >= 1, "the input ", g.H, "x", g.W, " is too small for kernel ", g.kh, "x",
               g.kw, " with this padding/dilation (output would be ", OH, "x", OW, ")");
     const int64_t taps = g.kh * g.kw;
-    KW = taps * CW;
+    KW = conv_row_words(g.C, taps);
+    per = taps_per_word(g.C, taps);
     check_packed_rows(packed_w, g.N * taps, g.C, "packed_w");
-    wbuf = regroup_taps(reinterpret_cast<const uint64_t*>(packed_w), g.N, taps, CW);
+    wbuf = regroup_taps(reinterpret_cast<const uint64_t*>(packed_w), g.N, taps, g.C);
     isa = select_isa();
     algo = select_algo(isa, KW, g.N, spike_density(S, g.B * g.H * g.W * CW, g.B * g.H * g.W * g.C),
                        kmajor != nullptr);
@@ -83,8 +95,30 @@ struct SpikeConv {
   }
 
   // The KW words of output pixel (oh, ow) of image b: per tap, the CW words of its input pixel
-  // (zero words for padding).
+  // (zero words for padding), or with several taps per word (regroup_taps) their C bits shifted
+  // into place. The padding bits of a spike word are zero (the packed-format contract), so taps
+  // OR together without masking.
   void gather(uint64_t* dst, int64_t b, int64_t oh, int64_t ow) const {
+    if (CW == 1) {  // up to 64 channels (the small layers, where this loop is a real part of the cost)
+      uint64_t word = 0;
+      int64_t slot = 0;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+        const bool row_in = ih >= 0 && ih < g.H;
+        const uint64_t* src = row_in ? S + (b * g.H + ih) * g.W : S;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = ow * g.sw - g.pw + j * g.dw;
+          word |= ((row_in && iw >= 0 && iw < g.W) ? src[iw] : 0) << (slot * g.C);
+          if (++slot == per) {
+            *dst++ = word;
+            word = 0;
+            slot = 0;
+          }
+        }
+      }
+      if (slot != 0) *dst = word;
+      return;
+    }
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t ih = oh * g.sh - g.ph + i * g.dh;
       for (int64_t j = 0; j < g.kw; ++j, dst += CW) {
@@ -124,8 +158,8 @@ void ternary_kmajor(const int64_t* W, int64_t N, int64_t taps, int64_t K, int8_t
   const auto* wp = reinterpret_cast<const uint64_t*>(W);
   if (N == 0) return;
   if (taps == 1) return kmajor_codes(wp, N, CW, out);
-  const std::vector<uint64_t> g = regroup_taps(wp, N, taps, CW);
-  kmajor_codes(g.data(), N, taps * CW, out);
+  const std::vector<uint64_t> g = regroup_taps(wp, N, taps, K);
+  kmajor_codes(g.data(), N, conv_row_words(K, taps), out);
 }
 
 void spike_ternary_conv2d(const ConvShape& shape, const int64_t* spikes, const int64_t* packed_w,

@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "ternary.h"
@@ -298,8 +299,47 @@ TNA_AVX512 void tile_avx512(const uint64_t* S, int64_t lds, int64_t M, const uin
 }
 
 // ---- event-driven (sparse spikes): add the K-major int8 weight row of every set bit ------------
-// acc[n] (int16, exact while K <= 32767) += c[n, k] for each k with s[k] = 1; the row of 128 codes
-// (one chunk of N) stays in registers, so cost ~ (#set bits) x 128 / lanes, independent of K.
+// acc[n] (int16, exact while K <= 32767) += c[n, k] for each k with s[k] = 1; a chunk of up to 128
+// codes stays in registers, so cost ~ (#set bits) x chunk / lanes, independent of K. A chunk is
+// held in only the V vectors its columns need (compile-time V): a narrow layer (N = 32) adds 2
+// AVX2 vectors per set bit, not the 8 of a full chunk.
+
+template <int V>
+TNA_AVX2 void event_avx2_chunk(const uint64_t* S, int64_t lds, int64_t M, const int8_t* Wk, int64_t ldk,
+                               int64_t KW, int64_t n0, int64_t nc, const float* scale, const float* bias,
+                               float* out, int64_t ldo) {
+  for (int64_t m = 0; m < M; ++m) {
+    __m256i a[V];
+    for (int v = 0; v < V; ++v) a[v] = _mm256_setzero_si256();
+    const uint64_t* row = S + m * lds;
+    for (int64_t w = 0; w < KW; ++w) {
+      uint64_t bits = row[w];
+      while (bits) {
+        const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
+        bits &= bits - 1;
+        for (int v = 0; v < V; ++v) {
+          a[v] = _mm256_add_epi16(
+              a[v], _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + 16 * v))));
+        }
+      }
+    }
+    alignas(32) int16_t acc[V * 16];
+    for (int v = 0; v < V; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(acc + 16 * v), a[v]);
+    float* o = out + m * ldo + n0;
+    int64_t j = 0;
+    for (; j + 8 <= nc; j += 8) {
+      const __m256i iv = _mm256_cvtepi16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(acc + j)));
+      __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(iv), _mm256_loadu_ps(scale + n0 + j));
+      if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias + n0 + j));
+      _mm256_storeu_ps(o + j, y);
+    }
+    for (; j < nc; ++j) {
+      float y = static_cast<float>(acc[j]) * scale[n0 + j];
+      if (bias != nullptr) y = y + bias[n0 + j];
+      o[j] = y;
+    }
+  }
+}
 
 TNA_AVX2 void event_avx2(const uint64_t* S, int64_t lds, int64_t M, const int8_t* Wk, int64_t ldk,
                          int64_t KW, int64_t N, const float* scale, const float* bias, float* out,
@@ -307,36 +347,50 @@ TNA_AVX2 void event_avx2(const uint64_t* S, int64_t lds, int64_t M, const int8_t
   constexpr int64_t kChunk = 128;
   for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
     const int64_t nc = std::min(kChunk, N - n0);
-    for (int64_t m = 0; m < M; ++m) {
-      __m256i a[8];
-      for (int v = 0; v < 8; ++v) a[v] = _mm256_setzero_si256();
-      const uint64_t* row = S + m * lds;
-      for (int64_t w = 0; w < KW; ++w) {
-        uint64_t bits = row[w];
-        while (bits) {
-          const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
-          bits &= bits - 1;
-          for (int v = 0; v < 8; ++v) {
-            a[v] = _mm256_add_epi16(a[v], _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                              reinterpret_cast<const __m128i*>(wr + 16 * v))));
-          }
+    const auto run = [&](auto vectors) {
+      event_avx2_chunk<decltype(vectors)::value>(S, lds, M, Wk, ldk, KW, n0, nc, scale, bias, out, ldo);
+    };
+    switch ((nc + 15) / 16) {
+      case 1: run(std::integral_constant<int, 1>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      case 4: run(std::integral_constant<int, 4>{}); break;
+      case 5: run(std::integral_constant<int, 5>{}); break;
+      case 6: run(std::integral_constant<int, 6>{}); break;
+      case 7: run(std::integral_constant<int, 7>{}); break;
+      default: run(std::integral_constant<int, 8>{}); break;
+    }
+  }
+}
+
+template <int V>
+TNA_AVX512 void event_avx512_chunk(const uint64_t* S, int64_t lds, int64_t M, const int8_t* Wk, int64_t ldk,
+                                   int64_t KW, int64_t n0, int64_t nc, const float* scale, const float* bias,
+                                   float* out, int64_t ldo) {
+  for (int64_t m = 0; m < M; ++m) {
+    __m512i a[V];
+    for (int v = 0; v < V; ++v) a[v] = _mm512_setzero_si512();
+    const uint64_t* row = S + m * lds;
+    for (int64_t w = 0; w < KW; ++w) {
+      uint64_t bits = row[w];
+      while (bits) {
+        const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
+        bits &= bits - 1;
+        for (int v = 0; v < V; ++v) {
+          a[v] = _mm512_add_epi16(
+              a[v], _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 32 * v))));
         }
       }
-      alignas(32) int16_t acc[kChunk];
-      for (int v = 0; v < 8; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(acc + 16 * v), a[v]);
-      float* o = out + m * ldo + n0;
-      int64_t j = 0;
-      for (; j + 8 <= nc; j += 8) {
-        const __m256i iv = _mm256_cvtepi16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(acc + j)));
-        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(iv), _mm256_loadu_ps(scale + n0 + j));
-        if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias + n0 + j));
-        _mm256_storeu_ps(o + j, y);
-      }
-      for (; j < nc; ++j) {
-        float y = static_cast<float>(acc[j]) * scale[n0 + j];
-        if (bias != nullptr) y = y + bias[n0 + j];
-        o[j] = y;
-      }
+    }
+    alignas(64) int16_t acc[V * 32];
+    for (int v = 0; v < V; ++v) _mm512_store_si512(acc + 32 * v, a[v]);
+    float* o = out + m * ldo + n0;
+    for (int64_t j = 0; j < nc; j += 16) {
+      const __mmask16 lanes = nc - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nc - j)) - 1);
+      const __m512i iv = _mm512_cvtepi16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + j)));
+      __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(iv), _mm512_maskz_loadu_ps(lanes, scale + n0 + j));
+      if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(lanes, bias + n0 + j));
+      _mm512_mask_storeu_ps(o + j, lanes, y);
     }
   }
 }
@@ -347,31 +401,14 @@ TNA_AVX512 void event_avx512(const uint64_t* S, int64_t lds, int64_t M, const in
   constexpr int64_t kChunk = 128;
   for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
     const int64_t nc = std::min(kChunk, N - n0);
-    for (int64_t m = 0; m < M; ++m) {
-      __m512i a[4];
-      for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_si512();
-      const uint64_t* row = S + m * lds;
-      for (int64_t w = 0; w < KW; ++w) {
-        uint64_t bits = row[w];
-        while (bits) {
-          const int8_t* wr = Wk + (w * 64 + __builtin_ctzll(bits)) * ldk + n0;
-          bits &= bits - 1;
-          for (int v = 0; v < 4; ++v) {
-            a[v] = _mm512_add_epi16(a[v], _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                                              reinterpret_cast<const __m256i*>(wr + 32 * v))));
-          }
-        }
-      }
-      alignas(64) int16_t acc[kChunk];
-      for (int v = 0; v < 4; ++v) _mm512_store_si512(acc + 32 * v, a[v]);
-      float* o = out + m * ldo + n0;
-      for (int64_t j = 0; j < nc; j += 16) {
-        const __mmask16 lanes = nc - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nc - j)) - 1);
-        const __m512i iv = _mm512_cvtepi16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + j)));
-        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(iv), _mm512_maskz_loadu_ps(lanes, scale + n0 + j));
-        if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(lanes, bias + n0 + j));
-        _mm512_mask_storeu_ps(o + j, lanes, y);
-      }
+    const auto run = [&](auto vectors) {
+      event_avx512_chunk<decltype(vectors)::value>(S, lds, M, Wk, ldk, KW, n0, nc, scale, bias, out, ldo);
+    };
+    switch ((nc + 31) / 32) {
+      case 1: run(std::integral_constant<int, 1>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      default: run(std::integral_constant<int, 4>{}); break;
     }
   }
 }

@@ -114,12 +114,18 @@ def _ternary_linear_grad_input_fake(grad_y, packed_w, scale, K, version):
     return grad_y.new_empty((*grad_y.shape[:-1], K))
 
 
+def _kmajor_rows(K: int, taps: int) -> int:
+    """Rows of ternary_kmajor's copy: the bits of a gathered row, where a conv with K <= 32 input
+    channels packs several taps per word (csrc/cpu/ternary.h, conv_row_words)."""
+    return C.conv_row_words(K, taps) * 64
+
+
 @torch.library.register_fake("tna::ternary_kmajor")
 def _ternary_kmajor_fake(packed_w, K, version):
     _check_version(version)
     taps = packed_w.shape[1] * packed_w.shape[2] if packed_w.dim() == 5 else 1
     ld = (packed_w.shape[0] + 127) // 128 * 128
-    return packed_w.new_empty((taps * packed_w.shape[-1] * 64, ld), dtype=torch.int8)
+    return packed_w.new_empty((_kmajor_rows(K, taps), ld), dtype=torch.int8)
 
 
 @torch.library.register_fake("tna::spike_ternary_linear")
@@ -523,7 +529,7 @@ def _op_spike_conv(spike_bits, packed_w, scale, bias, c_in, stride, padding, dil
         _fail("the input ", h, "x", wd, " is too small for kernel ", kh, "x", kw,
               " with this padding/dilation (output would be ", oh, "x", ow, ")")
     if kmajor is not None:
-        _op_kmajor(kmajor, kh * kw * cw, n)
+        _op_kmajor(kmajor, _kmajor_rows(c_in, kh * kw) // 64, n)
     keep = (spike_bits.contiguous(), packed_w.contiguous(), scale.contiguous(),
             None if bias is None else bias.contiguous())
     s, w, sc, b = keep
@@ -566,7 +572,7 @@ def _ternary_kmajor_cpu(packed_w, K, version):
     w = packed_w.contiguous()
     n = w.shape[0]
     taps = w.shape[1] * w.shape[2] if w.dim() == 5 else 1
-    out = torch.empty((taps * w.shape[-1] * 64, (n + 127) // 128 * 128), dtype=_I8)
+    out = torch.empty((_kmajor_rows(K, taps), (n + 127) // 128 * 128), dtype=_I8)
     C.ternary_kmajor(ptr(w), n, taps, K, ptr(out), threads())
     return out
 
