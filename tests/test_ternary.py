@@ -84,6 +84,20 @@ def test_pack_spikes_dtypes(dtype):
         assert torch.equal(F.pack_spikes(t, dim=1), R.pack_spikes(s4.movedim(1, -1)))
 
 
+@pytest.mark.parametrize("K", [8, 16, 20, 24, 32, 63, 72, 130])
+def test_pack_spikes_float_rows_in_groups_of_eight(K):
+    """float32 rows pack 8 values per compare (a partial last word too: 16- and 32-channel rows);
+    the K % 8 values left over join the same word. A value other than 0/1 is refused wherever it
+    sits (in a group of 8 or among the leftovers)."""
+    s = rand_spikes(9, K, density=0.4)
+    assert torch.equal(torch.ops.tna.pack_spikes(s), R.pack_spikes(s))
+    for col in {0, K // 2, K - 1}:
+        bad = s.clone()
+        bad[4, col] = 2.0
+        with pytest.raises(RuntimeError, match="0 and 1"):
+            torch.ops.tna.pack_spikes(bad)
+
+
 @pytest.mark.parametrize("shape", [(2, 70, 5, 4), (3, 64, 2, 3), (1, 5, 3, 3), (2, 130, 1, 2)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
 def test_pack_spikes_along_channels_reads_channels_last_in_place(shape, dtype):

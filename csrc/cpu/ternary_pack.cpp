@@ -78,23 +78,29 @@ __attribute__((target("avx2"))) bool pack_f32_planes_avx2(const float* src, int6
   }
   return bad == 0;
 }
-// float32 row, packing along the contiguous axis: `words` full 64-element words, 8 lanes per
-// compare + movemask. Returns false on a value other than 0 and 1.
-__attribute__((target("avx2"))) bool pack_f32_row_avx2(const float* src, int64_t words, uint64_t* out) {
+// float32 row of K elements, packing along the contiguous axis: every whole group of 8 (the first
+// K / 8 * 8 elements, a partial last word included, so 16- and 32-channel rows take this path too),
+// one compare + movemask per group. Returns the elements packed; *ok false on a value other than 0
+// and 1.
+__attribute__((target("avx2"))) int64_t pack_f32_row_avx2(const float* src, int64_t K, uint64_t* out, bool* ok) {
   const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+  const int64_t groups = K / 8;
   int bad = 0;
-  for (int64_t i = 0; i < words; ++i) {
-    uint64_t w = 0;
-    for (int g = 0; g < 8; ++g) {
-      const __m256 v = _mm256_loadu_ps(src + i * 64 + g * 8);
-      const __m256 is1 = _mm256_cmp_ps(v, one, _CMP_EQ_OQ);
-      const __m256 is0 = _mm256_cmp_ps(v, zero, _CMP_EQ_OQ);
-      bad |= _mm256_movemask_ps(_mm256_or_ps(is0, is1)) ^ 0xff;
-      w |= uint64_t(_mm256_movemask_ps(is1)) << (8 * g);
+  uint64_t w = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256 v = _mm256_loadu_ps(src + g * 8);
+    const __m256 is1 = _mm256_cmp_ps(v, one, _CMP_EQ_OQ);
+    const __m256 is0 = _mm256_cmp_ps(v, zero, _CMP_EQ_OQ);
+    bad |= _mm256_movemask_ps(_mm256_or_ps(is0, is1)) ^ 0xff;
+    w |= uint64_t(_mm256_movemask_ps(is1)) << (8 * (g % 8));
+    if (g % 8 == 7) {
+      out[g / 8] = w;
+      w = 0;
     }
-    out[i] = w;
   }
-  return bad == 0;
+  if (groups % 8 != 0) out[groups / 8] = w;
+  *ok = bad == 0;
+  return groups * 8;
 }
 #endif
 
@@ -221,20 +227,22 @@ void pack_spikes_typed(const T* sp, int64_t A, int64_t K, int64_t P, uint64_t* o
     parallel_for(0, A, std::max<int64_t>(1, 32768 / K), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const T* row = sp + r * K;
-        int64_t i0 = 0;
+        int64_t done = 0;  // elements packed by the AVX2 float path (whole groups of 8)
 #ifdef TNA_HAVE_PACK_AVX2
         if constexpr (std::is_same_v<T, float>) {
           if (cpu_has_avx2()) {
-            i0 = K / 64;  // full words; the tail word goes through the generic loop
-            if (!pack_f32_row_avx2(row, i0, op + r * KW)) record_bad(bad, r * K);
+            bool fast_ok = true;
+            done = pack_f32_row_avx2(row, K, op + r * KW, &fast_ok);
+            if (!fast_ok) record_bad(bad, r * K);
           }
         }
 #endif
-        for (int64_t i = i0; i < KW; ++i) {
+        for (int64_t i = done / 64; i < KW; ++i) {  // the last K % 8 elements, into a started word
           const int64_t len = std::min<int64_t>(64, K - i * 64);
-          uint64_t word = 0;
+          const int64_t j0 = std::max<int64_t>(0, done - i * 64);
+          uint64_t word = j0 > 0 ? op[r * KW + i] : 0;
           bool ok = true;
-          for (int64_t j = 0; j < len; ++j) {
+          for (int64_t j = j0; j < len; ++j) {
             const T v = row[i * 64 + j];
             ok &= is_binary(v);
             word |= uint64_t(is_one(v)) << j;
