@@ -6,7 +6,10 @@
 #   3. λ sweep of TNA on seed 0 (0.001 0.02 0.1; 0.005 is stage 1's value), then the best λ on
 #      seeds 1 and 2 (chosen by scripts/convergence_report.py from the finished sweep)
 # Every run checkpoints each epoch and continues with --resume auto, so the script can be killed
-# and started again at any time; finished runs (base.json written) are skipped.
+# and started again at any time; finished runs (base.json written) are skipped. A finished run's
+# record (metrics.csv and base.json; the weights too for the fp32 KD teachers) is copied to
+# $RECORDS (results/converge, committed), so the table, the figures and the KD stage survive the
+# loss of the run folders; a run with a record is not run again.
 #   THREADS=1 nohup bash scripts/convergence_study.sh > runs/converge.log 2>&1 &
 #   STAGES="1" bash scripts/convergence_study.sh       # only stage 1
 # The runs import tna_kernels from the current directory (python -m), so a long study can run
@@ -15,19 +18,36 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/converge}
+RECORDS=${RECORDS:-results/converge}
 SEEDS=${SEEDS:-"0 1 2"}
 STAGES=${STAGES:-"1 2 3"}
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}
 mkdir -p "$OUT"
 
+record() {  # name: copy a finished run's record into $RECORDS (atomically: files first, base.json last)
+  local name=$1 src="$OUT/$1" dst="$RECORDS/$1"
+  mkdir -p "$dst"
+  cp "$src/metrics.csv" "$dst/metrics.csv.tmp" && mv "$dst/metrics.csv.tmp" "$dst/metrics.csv"
+  case $name in *_fp_s*) cp "$src/base.safetensors" "$dst/base.safetensors.tmp" && mv "$dst/base.safetensors.tmp" "$dst/base.safetensors" ;; esac
+  cp "$src/base.json" "$dst/base.json.tmp" && mv "$dst/base.json.tmp" "$dst/base.json"
+}
+
 run() {  # name config seed [overrides...]
   local name=$1 cfg=$2 seed=$3; shift 3
-  if [ -f "$OUT/$name/base.json" ]; then echo "skip $name (done)"; return; fi
-  echo "== $name start $(date -u +%FT%TZ) threads=$OMP_NUM_THREADS"
-  /usr/bin/time -f "== $name wall %e s, peak RSS %M KB" \
-    "$PYTHON" -m tna_kernels.cli train --config "configs/$cfg.yaml" "seed=$seed" "name=$name" train.progress=false \
-    --out "$OUT" --resume auto "$@"
+  if [ -f "$RECORDS/$name/base.json" ]; then echo "skip $name (recorded)"; return; fi
+  if [ ! -f "$OUT/$name/base.json" ]; then
+    echo "== $name start $(date -u +%FT%TZ) threads=$OMP_NUM_THREADS"
+    /usr/bin/time -f "== $name wall %e s, peak RSS %M KB" \
+      "$PYTHON" -m tna_kernels.cli train --config "configs/$cfg.yaml" "seed=$seed" "name=$name" train.progress=false \
+      --out "$OUT" --resume auto "$@"
+  fi
+  record "$name"
+}
+
+teacher() {  # seed: the fp32 teacher's checkpoint, from its record when the run folder is gone
+  local name="cifar10_vgg_converge_baseline_fp_s$1"
+  if [ -f "$OUT/$name/base.json" ]; then echo "$OUT/$name/base.json"; else echo "$RECORDS/$name/base.json"; fi
 }
 
 for stage in $STAGES; do
@@ -39,12 +59,12 @@ for stage in $STAGES; do
   2) for s in $SEEDS; do
        run "cifar10_vgg_converge_baseline_fp_s$s" cifar10_vgg_converge_baseline_fp "$s"
        run "cifar10_vgg_converge_kd_s$s" cifar10_vgg_converge_kd "$s" \
-         "loss.teacher=$OUT/cifar10_vgg_converge_baseline_fp_s$s/base.json"
+         "loss.teacher=$(teacher "$s")"
      done ;;
   3) for lam in 0.001 0.02 0.1; do
        run "cifar10_vgg_converge_tna_lam${lam}_s0" cifar10_vgg_converge_tna 0 "loss.mse_weight=$lam"
      done
-     best=$("$PYTHON" scripts/convergence_report.py "$OUT" --best-lambda)
+     best=$("$PYTHON" scripts/convergence_report.py "$RECORDS" --best-lambda)
      echo "best λ on seed 0: $best"
      if [ "$best" != 0.005 ]; then
        for s in 1 2; do

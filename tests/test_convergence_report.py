@@ -73,3 +73,52 @@ def test_main_writes_the_figure(study, tmp_path, capsys):
     assert (tmp_path / "fig" / "cifar10_convergence.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "missing")])
+
+
+STUDY = SCRIPT.parent / "convergence_study.sh"
+FAKE_TRAIN = """#!/usr/bin/env python3
+# stands in for `python -m tna_kernels.cli train ...`: logs its arguments, writes a finished run
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(Path(__file__).with_name("calls.log"), "a") as f:
+    f.write(" ".join(args) + "\\n")
+name = next(a[5:] for a in args if a.startswith("name="))
+run = Path(args[args.index("--out") + 1]) / name
+run.mkdir(parents=True, exist_ok=True)
+(run / "metrics.csv").write_text("epoch,val_acc\\n1,0.5\\n")
+(run / "base.safetensors").write_bytes(b"weights")
+(run / "base.json").write_text(json.dumps({"name": name}))
+"""
+
+
+def test_study_script_records_finished_runs_and_reuses_them(tmp_path):
+    """convergence_study.sh copies each finished run's record (metrics, base.json; weights for
+    the fp32 teachers) into RECORDS, does not run a recorded run again, and takes a KD teacher
+    from its record once the run folders are gone."""
+    import os
+    import shutil
+    import subprocess
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_TRAIN)
+    fake.chmod(0o755)
+    out, records = tmp_path / "runs", tmp_path / "records"
+    env = dict(os.environ, PYTHON=str(fake), OUT=str(out), RECORDS=str(records), STAGES="2", SEEDS="0")
+
+    def study():
+        return subprocess.run(["bash", str(STUDY)], env=env, capture_output=True, text=True, check=True).stdout
+
+    study()
+    fp, kd = "cifar10_vgg_converge_baseline_fp_s0", "cifar10_vgg_converge_kd_s0"
+    assert sorted(p.name for p in (records / fp).iterdir()) == ["base.json", "base.safetensors", "metrics.csv"]
+    assert sorted(p.name for p in (records / kd).iterdir()) == ["base.json", "metrics.csv"]
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 2 and f"loss.teacher={out}/{fp}/base.json" in calls[1]
+    assert "skip" in study() and len((tmp_path / "calls.log").read_text().splitlines()) == 2
+
+    shutil.rmtree(out)
+    shutil.rmtree(records / kd)
+    study()
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 3 and f"loss.teacher={records}/{fp}/base.json" in calls[2]
