@@ -29,7 +29,9 @@ T, B = 4, 32
 DENSITY = 0.15
 
 LINEAR = {"linear 4096->512 M=128": (T * B, 4096, 512), "linear 4096->512 M=4 (GEMV)": (4, 4096, 512)}
-CONV = {"conv 128->128 3x3 @16x16": (T * B, 128, 128, 16), "conv 256->256 3x3 @8x8": (T * B, 256, 256, 8)}
+# The narrow layer is the tiny VGG's (16 input channels: several taps per packed word).
+CONV = {"conv 128->128 3x3 @16x16": (T * B, 128, 128, 16), "conv 256->256 3x3 @8x8": (T * B, 256, 256, 8),
+        "conv 16->32 3x3 @16x16": (T * B, 16, 32, 16)}
 FLOAT_LINEAR = {"float linear 4096->512 M=128": (T * B, 4096, 512),
                 "float linear 4096->512 M=4": (4, 4096, 512)}
 # First layer (direct encoding): the float image is convolved once per sample, not per timestep.

@@ -97,12 +97,74 @@ __attribute__((always_inline)) inline void tail_chunks(const Problem& p, const E
   }
 }
 
-// All taps and all of N for one channel's events: chunks of NVMAX vectors, then the tail.
+// The three taps (r, 0..2) of a 3-wide kernel at stride 1 together: an event reaches three
+// neighbouring output positions of one row, so one row computation serves three taps and their
+// grad_y rows are adjacent in memory (3 * NV accumulators). Sums in the same order as accumulate.
+template <typename V, int NV>
+__attribute__((always_inline)) inline void accumulate_row3(const Problem& p, const Event* ev, int64_t n_ev,
+                                                           int64_t r, int64_t co, float* out) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  V acc[3][NV];
+  for (int s = 0; s < 3; ++s)
+    for (int v = 0; v < NV; ++v) acc[s][v] = V{} - V{};
+  const int64_t rh = r * p.g.dh, dw = p.g.dw;
+  const float* G = p.G + co;
+  for (int64_t e = 0; e < n_ev; ++e) {
+    const int64_t oh = ev[e].h - rh;
+    if (static_cast<uint64_t>(oh) >= static_cast<uint64_t>(p.OH)) continue;
+    const int64_t ow0 = ev[e].w;
+    const float* row = G + (ev[e].b * p.OH + oh) * p.OW * p.ld;
+    for (int s = 0; s < 3; ++s) {
+      const int64_t ow = ow0 - s * dw;
+      if (static_cast<uint64_t>(ow) >= static_cast<uint64_t>(p.OW)) continue;
+      const float* src = row + ow * p.ld;
+      for (int v = 0; v < NV; ++v) {
+        V x;
+        std::memcpy(&x, src + v * L, sizeof(V));
+        acc[s][v] += x;
+      }
+    }
+  }
+  for (int s = 0; s < 3; ++s) {
+    for (int v = 0; v < NV; ++v) {
+      V o;
+      std::memcpy(&o, out + s * p.N + v * L, sizeof(V));
+      o += acc[s][v];
+      std::memcpy(out + s * p.N + v * L, &o, sizeof(V));
+    }
+  }
+}
+
+// Every row of taps of a 3-wide kernel, three taps at a time, in chunks of NV vectors (the largest
+// NV that divides N's columns); false when none does (the caller takes the taps one by one).
+template <typename V, int NV>
+__attribute__((always_inline)) inline bool rows_of_three(const Problem& p, const Event* ev, int64_t n_ev,
+                                                         float* out_c) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  if (p.N % (NV * L) == 0) {
+    for (int64_t r = 0; r < p.g.kh; ++r)
+      for (int64_t co = 0; co < p.N; co += NV * L)
+        accumulate_row3<V, NV>(p, ev, n_ev, r, co, out_c + r * 3 * p.N + co);
+    return true;
+  }
+  if constexpr (NV > 1) {
+    return rows_of_three<V, NV / 2>(p, ev, n_ev, out_c);
+  } else {
+    return false;
+  }
+}
+
+// All taps and all of N for one channel's events: chunks of NVMAX vectors, then the tail. A 3-wide
+// kernel at stride 1 takes its rows three taps at a time (chunks of at most NVMAX / 2 vectors: 3/2
+// NVMAX accumulators).
 template <typename V, int NVMAX, bool UNIT_STRIDE>
 __attribute__((always_inline)) inline void channel_taps(const Problem& p, const Event* ev, int64_t n_ev,
                                                         float* out_c) {
   constexpr int64_t L = sizeof(V) / sizeof(float);
   const int64_t N = p.N;
+  if constexpr (UNIT_STRIDE) {
+    if (p.g.kw == 3 && rows_of_three<V, NVMAX / 2>(p, ev, n_ev, out_c)) return;
+  }
   for (int64_t r = 0; r < p.g.kh; ++r) {
     for (int64_t s = 0; s < p.g.kw; ++s) {
       float* out = out_c + (r * p.g.kw + s) * N;
