@@ -108,9 +108,8 @@ def snntorch_vgg():
 def _step_fn(base, twin, fused_loss, batch=B):
     params = list(base.parameters()) + list(twin.parameters())
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-
-    def step():
+    def step():  # fresh inputs each step, as a training loop's
+        x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
         opt.zero_grad(set_to_none=True)
         lb, lt = base(x), twin(x)
         if fused_loss:
