@@ -95,6 +95,21 @@ def _check_values_per_channel(x: Tensor, values: int) -> None:
                            f"{shape_str(x.shape)}")
 
 
+def _check_backward_args(grad: Tensor, grad_name: str, x: Tensor, c: int, mean: Tensor, invstd: Tensor,
+                         weight: Tensor | None, bias: Tensor | None, output_mask) -> tuple[bool, bool, bool]:
+    """A backward's output gradient (x's shape), per-channel tensors and mask; returns the outputs
+    to compute (grad_weight only with a weight)."""
+    _check_x(grad, grad_name)
+    if grad.shape != x.shape:
+        raise RuntimeError(f"{grad_name} must have x's shape {shape_str(x.shape)}, got {shape_str(grad.shape)}")
+    for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight"), (bias, "bias")):
+        _check_channel(t, name, c)
+    if len(output_mask) != 3:
+        raise RuntimeError(f"output_mask must have 3 entries, got {len(output_mask)}")
+    want_x, want_w, want_b = output_mask
+    return bool(want_x), bool(want_w and weight is not None), bool(want_b)
+
+
 def _check_channel(t: Tensor | None, name: str, c: int) -> None:
     """An optional per-channel float32 CPU vector of length c."""
     if t is None:
@@ -169,15 +184,7 @@ def _batch_norm_backward_channels_last_cpu(grad_y, x, mean, invstd, weight, outp
     if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         raise RuntimeError(f"x must be a channels-last [N, C, H, W] tensor, got shape {shape_str(x.shape)} with "
                            f"strides {list(x.stride())} (for NCHW inputs use torch's native_batch_norm_backward)")
-    _check_x(grad_y, "grad_y")
-    if grad_y.shape != x.shape:
-        raise RuntimeError(f"grad_y must have x's shape {shape_str(x.shape)}, got {shape_str(grad_y.shape)}")
-    for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight")):
-        _check_channel(t, name, c)
-    if len(output_mask) != 3:
-        raise RuntimeError(f"output_mask must have 3 entries, got {len(output_mask)}")
-    want_x, want_w, want_b = output_mask
-    want_w = want_w and weight is not None
+    want_x, want_w, want_b = _check_backward_args(grad_y, "grad_y", x, c, mean, invstd, weight, None, output_mask)
     gy = grad_y.contiguous(memory_format=torch.channels_last)
     grad_x = empty_output(tuple(x.shape), torch.float32, torch.channels_last) if want_x else x.new_empty((0,))
     grad_w = torch.empty(c) if want_w else x.new_empty((0,))
@@ -223,16 +230,8 @@ def _batch_norm_lif_backward_cpu(grad_spikes, x, mean, invstd, weight, bias, T, 
                                  v_reset, soft_reset, detach_reset, surrogate, alpha, output_mask):
     n, c, s = _check_lif_input(x, T, surrogate)
     _check_values_per_channel(x, n * s)
-    _check_x(grad_spikes, "grad_spikes")
-    if grad_spikes.shape != x.shape:
-        raise RuntimeError(f"grad_spikes must have x's shape {shape_str(x.shape)}, got "
-                           f"{shape_str(grad_spikes.shape)}")
-    for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight"), (bias, "bias")):
-        _check_channel(t, name, c)
-    if len(output_mask) != 3:
-        raise RuntimeError(f"output_mask must have 3 entries, got {len(output_mask)}")
-    want_x, want_w, want_b = output_mask
-    want_w = want_w and weight is not None
+    want_x, want_w, want_b = _check_backward_args(grad_spikes, "grad_spikes", x, c, mean, invstd, weight, bias,
+                                                  output_mask)
     gs = grad_spikes.contiguous(memory_format=torch.channels_last)
     grad_x = empty_output(tuple(x.shape), torch.float32, torch.channels_last)  # also the kernel's scratch
     grad_w = torch.empty(c) if want_w else x.new_empty((0,))
