@@ -1,10 +1,19 @@
 import os
+import shutil
+import tempfile
 
-import pytest
-import torch
+# torch.compile tests get a fresh inductor cache per session: inductor's on-disk graph cache does not
+# key on a custom op's fake, so a graph compiled before a change of this library (an op's output
+# shape, say) would be reused with the old shapes baked in. Set before torch is imported.
+_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="tna_inductor_")
 
-import tna_kernels  # noqa: F401  (registers the tna:: ops)
-from tna_kernels._utils import HAS_TRITON, triton_test_device
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import tna_kernels  # noqa: E402, F401  (registers the tna:: ops)
+from tna_kernels._utils import HAS_TRITON, triton_test_device  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -71,3 +80,8 @@ def isa(request, monkeypatch):
         pytest.skip(str(exc))
     assert got == isa
     return request.param
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _INDUCTOR_CACHE is not None:
+        shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
