@@ -55,8 +55,9 @@ def load_runs(root: Path) -> tuple[dict, list[str]]:
 
 
 def _ms(values) -> str:
+    """Mean ± sample std in percent; a single run has no spread, so its value alone."""
     v = np.asarray(values, dtype=float) * 100
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
 
 
 def table(runs: dict) -> str:

@@ -122,3 +122,8 @@ def test_study_script_records_finished_runs_and_reuses_them(tmp_path):
     study()
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 3 and f"loss.teacher={records}/{fp}/base.json" in calls[2]
+
+
+def test_a_single_run_has_no_spread():
+    assert report._ms([0.5]) == "50.00"
+    assert report._ms([0.5, 0.6]) == "55.00 ± 7.07"
