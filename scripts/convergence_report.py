@@ -100,13 +100,17 @@ def comparisons(runs: dict) -> list[str]:
             for m in runs if m != "baseline" and m != "baseline_fp"]
 
 
-def best_lambda(runs: dict) -> str:
-    """The λ with the highest final validation accuracy on seed 0 (stage 1's run counts for 0.005)."""
+def best_lambda(runs: dict, known: dict[float, float] | None = None) -> str:
+    """The λ with the highest final validation accuracy on seed 0 (stage 1's run counts for 0.005).
+    ``known`` maps λ to a seed-0 final accuracy (fraction) measured by a run whose folder is gone;
+    a finished run's own record takes precedence over it."""
     scores = {BASE_LAMBDA: [r for r in runs.get("tna", []) if r["seed"] == 0]}
     for m, rs in runs.items():
         if m.startswith("tna_lam"):
             scores[float(m[len("tna_lam"):])] = [r for r in rs if r["seed"] == 0]
     scores = {lam: rs[0]["rows"][-1]["val_acc"] for lam, rs in scores.items() if rs}
+    for lam, acc in (known or {}).items():
+        scores.setdefault(lam, acc)
     if not scores:
         raise SystemExit("no finished TNA run on seed 0")
     return f"{max(scores, key=scores.get):g}"
@@ -143,17 +147,30 @@ def figures(runs: dict, out: Path) -> list[Path]:
     return [path]
 
 
+def _known_pair(text: str) -> tuple[float, float]:
+    try:
+        lam, acc = (float(x) for x in text.split("="))
+    except ValueError:
+        raise SystemExit(f"--known: expected LAMBDA=ACC (e.g. 0.005=0.7364), got {text!r}") from None
+    if not 0.0 <= acc <= 1.0:
+        raise SystemExit(f"--known: ACC is a fraction in [0, 1], got {acc:g} in {text!r}")
+    return lam, acc
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="the study's output folder (runs/converge)")
     ap.add_argument("--figures", type=Path, default=None, help="write the PNG figures here")
     ap.add_argument("--best-lambda", action="store_true", help="print only the best λ of the seed-0 sweep")
+    ap.add_argument("--known", action="append", default=[], metavar="LAMBDA=ACC",
+                    help="with --best-lambda: a seed-0 final val accuracy (fraction) for a λ whose "
+                         "run has no record (e.g. 0.005=0.7364); repeatable")
     args = ap.parse_args(argv)
     if not args.root.is_dir():
         ap.error(f"{args.root} is not a folder")
     runs, unfinished = load_runs(args.root)
     if args.best_lambda:
-        print(best_lambda(runs))
+        print(best_lambda(runs, {lam: acc for lam, acc in map(_known_pair, args.known)}))
         return
     print(table(runs))
     print()

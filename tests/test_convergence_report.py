@@ -2,6 +2,7 @@
 runs, the λ choice and the figure."""
 
 import csv
+import sys
 import importlib.util
 from pathlib import Path
 
@@ -67,6 +68,21 @@ def test_best_lambda_counts_the_stage_one_run_for_the_default(study, tmp_path):
     assert report.best_lambda(report.load_runs(other)[0]) == "0.005"
 
 
+def test_best_lambda_takes_a_known_score_only_where_no_record_exists(tmp_path, capsys):
+    make_run(tmp_path, "tna_lam0.02_s0", [0.66])
+    make_run(tmp_path, "tna_lam0.1_s0", [0.61])
+    runs = report.load_runs(tmp_path)[0]
+    assert report.best_lambda(runs) == "0.02"
+    assert report.best_lambda(runs, {0.005: 0.7}) == "0.005"
+    assert report.best_lambda(runs, {0.005: 0.6}) == "0.02"
+    assert report.best_lambda(runs, {0.02: 0.1, 0.005: 0.65}) == "0.02"  # the record wins
+    report.main([str(tmp_path), "--best-lambda", "--known", "0.005=0.7"])
+    assert capsys.readouterr().out.strip() == "0.005"
+    for bad in ("0.005", "0.005=73.6", "x=0.5"):
+        with pytest.raises(SystemExit, match="--known"):
+            report.main([str(tmp_path), "--best-lambda", "--known", bad])
+
+
 def test_main_writes_the_figure(study, tmp_path, capsys):
     report.main([str(study), "--figures", str(tmp_path / "fig")])
     assert "ternary baseline" in capsys.readouterr().out
@@ -127,3 +143,29 @@ def test_study_script_records_finished_runs_and_reuses_them(tmp_path):
 def test_a_single_run_has_no_spread():
     assert report._ms([0.5]) == "50.00"
     assert report._ms([0.5, 0.6]) == "55.00 ± 7.07"
+
+
+def test_study_script_splits_the_sweep_and_chooses_lambda_only_when_it_is_complete(tmp_path):
+    """STAGES=3 with LAMBDAS runs only those sweep runs; the best λ is chosen (and its seeds 1-2
+    run) only once every sweep λ is recorded, counting stage 1's seed-0 score for 0.005."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_TRAIN)
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), OUT=str(tmp_path / "runs"), RECORDS=str(tmp_path / "records"),
+               STAGES="3", LAMBDAS="0.001")
+    out = subprocess.run(["bash", str(STUDY)], env=env, capture_output=True, text=True, check=True).stdout
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 1 and "loss.mse_weight=0.001" in calls[0]
+    assert "λ sweep not finished (missing: 0.02 0.1)" in out
+    env["LAMBDAS"] = "0.02 0.1"
+    env["PYTHON"] = sys.executable  # the report runs with a real interpreter; training stays fake
+    env["PATH"] = f"{tmp_path}:{env['PATH']}"
+    script = tmp_path / "study.sh"  # the same script, with the stand-in trainer for `-m tna_kernels.cli`
+    script.write_text(STUDY.read_text().replace('"$PYTHON" -m tna_kernels.cli train', f'"{fake}"')
+                      .replace('cd "$(dirname "$0")/.."', f'cd "{SCRIPT.parent.parent}"'))
+    out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 3 and "best λ on seed 0: 0.005" in out  # stage 1's 73.64 % beats the stand-ins' 50 %
