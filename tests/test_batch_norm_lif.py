@@ -183,3 +183,152 @@ def test_training_layer_takes_the_fused_ops_for_a_channels_last_input(monkeypatc
     (out, *grads), (want, *want_grads) = outs
     assert out.stride() == want.stride() and torch.equal(out, want)
     assert all(torch.equal(g, e) for g, e in zip(grads, want_grads, strict=True))  # B*H*W = 256
+
+
+# ---- the CUDA kernels (Triton: tna_kernels/triton/batch_norm.py), by the interpreter on the CPU ----
+# Against torch's batch norm statistics (float tolerance: the sums run in another order) and, given
+# the kernels' own mean and invstd, against the unfused arithmetic: spikes of the LIF on
+# x * a + b bit for bit (the interpreter rounds the product and the sum as torch does), gradients
+# of torch's batch-norm backward after lif_bwd_recompute within float rounding.
+
+# (T, B, C, H, W): tiles cut in both directions, one position per map, many channels, T = 1
+TRITON_SHAPES = [(4, 3, 5, 7, 3), (2, 2, 9, 1, 1), (1, 3, 6, 5, 5), (3, 2, 17, 4, 4)]
+
+
+def _unfused_given_stats(x, w, b, mean, invstd, gs, T, hyper, eps=1e-5):
+    """Spikes of lif(x * a + b) and the gradients of the unfused layer, from the given statistics."""
+    a = invstd * (w if w is not None else 1.0)
+    shift = (b if b is not None else 0.0) - mean * a
+    y = x.float() * a[:, None, None] + shift[:, None, None]
+    spikes = OPS.lif_fwd(y.reshape(T, -1), None, *hyper, False)[0].reshape(x.shape)
+    gy = OPS.lif_bwd_recompute(gs.float().reshape(T, -1), None, y.reshape(T, -1), None, *hyper)[0].reshape(x.shape)
+    grads = torch.ops.aten.native_batch_norm_backward(gy, x.float(), w, None, None, mean, invstd, True, eps,
+                                                      [True, w is not None, True])
+    return spikes, grads
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", TRITON_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("neuron", ["hard_reset", "soft_reset_sigmoid", "no_decay_input_detach"])
+def test_triton_kernels_match_torch_and_the_unfused_arithmetic(shape, layout, neuron):
+    from tna_kernels._utils import triton_test_device
+    from tna_kernels.triton import batch_norm as tb
+
+    dev = triton_test_device()
+    T = shape[0]
+    x, w, b, rm, rv = inputs(*shape, seed=11)
+    x = x.contiguous() if layout == "nchw" else x
+    hyper = _lif_hyper(**NEURONS[neuron])
+    affine = neuron != "no_decay_input_detach"
+    if not affine:
+        w = b = None
+    rm_t, rv_t = rm.clone().to(dev), rv.clone().to(dev)
+    spikes, mean, invstd = tb.batch_norm_lif_forward(
+        x.to(dev), None if w is None else w.to(dev), None if b is None else b.to(dev), rm_t, rv_t, 0.1, 1e-5, T,
+        *hyper[:5])
+    _, want_mean, want_invstd = torch.native_batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5)
+    torch.testing.assert_close(mean.cpu(), want_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(invstd.cpu(), want_invstd, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rm_t.cpu(), rm, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rv_t.cpu(), rv, rtol=1e-5, atol=1e-6)  # unbiased variance, as torch
+    assert spikes.stride() == x.stride() and spikes.dtype == x.dtype
+
+    gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    want_spikes, want_grads = _unfused_given_stats(x, w, b, mean.cpu(), invstd.cpu(), gs, T, hyper)
+    assert torch.equal(spikes.cpu(), want_spikes) and 0 < want_spikes.mean() < 1
+    got = tb.batch_norm_lif_backward(gs.to(dev), x.to(dev), mean, invstd, None if w is None else w.to(dev),
+                                     None if b is None else b.to(dev), T, *hyper[:6],
+                                     ["atan", "sigmoid", "fast_sigmoid", "triangle", "rectangle"].index(hyper[6]),
+                                     hyper[7], [True, True, True])
+    assert got[0].stride() == x.stride()
+    torch.testing.assert_close(got[0].cpu(), want_grads[0], rtol=1e-4, atol=1e-5)
+    if affine:
+        torch.testing.assert_close(got[1].cpu(), want_grads[1], rtol=1e-4, atol=1e-5)
+    else:
+        assert got[1].numel() == 0
+    torch.testing.assert_close(got[2].cpu(), want_grads[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_kernels_half_precision(dtype):
+    """A half-precision x (the GPU step under autocast): float32 arithmetic on the converted values,
+    spikes in x's dtype, grad_x rounded once at the end; gradients grad_spikes in x's dtype too."""
+    from tna_kernels._utils import triton_test_device
+    from tna_kernels.triton import batch_norm as tb
+
+    dev = triton_test_device()
+    T, B, C, H, W = 2, 3, 6, 4, 4
+    x, w, b, _, _ = inputs(T, B, C, H, W, seed=12)
+    x = x.to(dtype)
+    hyper = _lif_hyper(tau=2.0)
+    spikes, mean, invstd = tb.batch_norm_lif_forward(x.to(dev), w.to(dev), b.to(dev), None, None, 0.1, 1e-5, T,
+                                                     *hyper[:5])
+    _, want_mean, want_invstd = torch.native_batch_norm(x.float(), w, b, None, None, True, 0.1, 1e-5)
+    torch.testing.assert_close(mean.cpu(), want_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(invstd.cpu(), want_invstd, rtol=1e-5, atol=1e-6)
+    gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(dtype)
+    want_spikes, want_grads = _unfused_given_stats(x, w, b, mean.cpu(), invstd.cpu(), gs, T, hyper)
+    assert spikes.dtype == dtype and torch.equal(spikes.cpu().float(), want_spikes)
+    got = tb.batch_norm_lif_backward(gs.to(dev), x.to(dev), mean, invstd, w.to(dev), b.to(dev), T, *hyper[:6], 0,
+                                     hyper[7], [True, True, True])
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32
+    torch.testing.assert_close(got[0].cpu().float(), want_grads[0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got[1].cpu(), want_grads[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[2].cpu(), want_grads[2], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.triton
+def test_triton_kernels_repeat_bit_for_bit_and_take_any_grad_layout():
+    """The sums are per tile, combined in a fixed order (no atomics): the same bits every run and
+    for a grad_spikes in another layout (read through its own strides, no copy)."""
+    from tna_kernels._utils import triton_test_device
+    from tna_kernels.triton import batch_norm as tb
+
+    dev = triton_test_device()
+    T = 2
+    x, w, b, _, _ = (t.to(dev) for t in inputs(T, 2, 7, 5, 5, seed=13))
+    hyper = _lif_hyper(tau=2.0)
+    gs = torch.randn(x.shape).to(dev)
+    runs = []
+    for g in (gs, gs.contiguous(), gs.contiguous(memory_format=torch.channels_last)):
+        fwd = tb.batch_norm_lif_forward(x, w, b, None, None, 0.1, 1e-5, T, *hyper[:5])
+        runs.append(fwd + tb.batch_norm_lif_backward(g, x, fwd[1], fwd[2], w, b, T, *hyper[:6], 0, hyper[7],
+                                                     [True, True, True]))
+    assert all(torch.equal(a, e) for r in runs[1:] for a, e in zip(r, runs[0], strict=True))
+    only_b = tb.batch_norm_lif_backward(gs, x, runs[0][1], runs[0][2], w, b, T, *hyper[:6], 0, hyper[7],
+                                        [False, False, True])
+    assert only_b[0].numel() == 0 and only_b[1].numel() == 0 and torch.equal(only_b[2], runs[0][5])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cuda_fused_layer_matches_the_unfused_layer(dtype, layout):
+    """On a GPU: bn_lif through the fused CUDA ops against nn.BatchNorm2d + the LIF (cuDNN's batch
+    norm, the Triton LIF): statistics and gradients within float rounding; spikes equal except
+    where the membrane lies within rounding of the threshold (the two sum in different orders)."""
+    import tna_kernels.nn as tnn
+    T, B, C, H, W = 4, 16, 32, 16, 16
+    x = inputs(T, B, C, H, W, seed=14)[0].cuda().to(dtype)
+    x = x.contiguous() if layout == "nchw" else x.contiguous(memory_format=torch.channels_last)
+    gs = torch.randn(T, B, C, H, W, generator=torch.Generator().manual_seed(15)).cuda().to(dtype)
+    outs = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        bn, neuron = torch.nn.BatchNorm2d(C).cuda(), tnn.LIF(tau=2.0)
+        xi = x.clone().requires_grad_()
+        if fused:
+            assert bn_lif._fused_batch_norm_lif(x, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+            out = bn_lif.bn_lif(xi, bn, neuron, T)
+        else:
+            out = neuron(bn(xi).unflatten(0, (T, B)))
+        out.backward(gs)
+        outs.append((out.float(), xi.grad.float(), bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var))
+    (out, *grads), (want, *want_grads) = outs
+    assert (out != want).float().mean() < 1e-3
+    # a flipped spike changes its neuron's gradient: compare whole tensors by relative norm
+    limit = 1e-3 if dtype == torch.float32 else 3e-2
+    for i, (g, e) in enumerate(zip(grads, want_grads, strict=True)):
+        assert (g - e).norm() <= limit * e.norm() + 1e-6, (i, (g - e).norm().item(), e.norm().item())

@@ -55,8 +55,8 @@ pytestmark = pytest.mark.gpu_path  # skipped (tests/conftest.py) without Triton 
 
 OPS = torch.ops.tna
 NOT_ROUTED = {"ternary_kmajor",  # CPU-only: the K-major layout of the C++ event-driven kernels
-              "batch_norm_forward", "batch_norm_apply",  # CPU-only: on CUDA bn_lif runs torch's batch norm
-              "batch_norm_backward_channels_last", "batch_norm_lif_forward", "batch_norm_lif_backward"}
+              # CPU-only: on CUDA the unfused bn_lif runs torch's batch norm (the fused pair is routed)
+              "batch_norm_forward", "batch_norm_apply", "batch_norm_backward_channels_last"}
 
 
 @contextlib.contextmanager
@@ -180,7 +180,14 @@ def _opcheck_samples():
     a, b = torch.randn(4, 37), torch.randn(4, 37)
     y = torch.tensor([3, -100, 0, 36])
     gbits = F.pack_spikes(_spikes(2, 70, 5, 4), dim=1)  # [2, 5, 4, 2]: C = 70, two words
+    xb = (torch.randn(4, 3, 5, 5) * 2 + 0.5).contiguous(memory_format=torch.channels_last)  # T = 2, B = 2
+    wb, bb = torch.rand(3) + 0.5, torch.randn(3)
+    _, mb, ib = OPS.batch_norm_lif_forward(xb, wb, bb, None, None, 0.1, 1e-5, 2, *hyper)
     return {
+        "batch_norm_lif_forward": [(xb, wb, bb, torch.zeros(3), torch.ones(3), 0.1, 1e-5, 2, *hyper),
+                                   (xb, None, None, None, None, 0.1, 1e-5, 2, *soft)],
+        "batch_norm_lif_backward": [(torch.randn(xb.shape), xb, mb, ib, wb, bb, 2, *hyper, [True, True, True]),
+                                    (torch.randn(xb.shape), xb, mb, ib, None, None, 2, *soft, [True, False, True])],
         "lif_fwd": [(x.clone().requires_grad_(), torch.rand(2, 5).requires_grad_(), *hyper, True),
                     (x.clone().requires_grad_(), None, *soft, False)],
         "lif_bwd": [(torch.randn(3, 2, 5), torch.randn(2, 5), h, *hyper),
@@ -722,6 +729,8 @@ def _bad_inputs():
     pool = ([2, 2], [2, 2], [0, 0], [1, 1], False)
     a, y = torch.randn(3, 10), torch.tensor([1, 1, 2])
     twin = (1.0, 1.0, 0.0, 1, 0.0, -100, True, True)
+    xb = torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    mb, ib, wb = torch.zeros(3), torch.ones(3), torch.ones(3)
     op = OPS
     scale5, bias5 = r"scale must .*\[5\]", r"bias must .*\[5\]"
     scale4, bias4 = r"scale must .*\[4\]", r"bias must .*\[4\]"
@@ -925,6 +934,32 @@ def _bad_inputs():
                                           "grad_twin must have dtype"),
         "twin_loss_bwd grad_loss dtype": (lambda: op.twin_loss_bwd(torch.tensor(1.0).double(), a, a),
                                           "grad_loss must have dtype"),
+        "batch_norm_lif_forward T": (lambda: op.batch_norm_lif_forward(xb, None, None, None, None, 0.1, 1e-5, 3,
+                                                                       *hyper), r"x must have T\*B samples for T = 3"),
+        "batch_norm_lif_forward 3-D x": (lambda: op.batch_norm_lif_forward(xb[:, :, 0], None, None, None, None, 0.1,
+                                                                           1e-5, 2, *hyper), r"\[N, C, H, W\]"),
+        "batch_norm_lif_forward double x": (lambda: op.batch_norm_lif_forward(xb.double(), None, None, None, None,
+                                                                              0.1, 1e-5, 2, *hyper), "x must have dtype"),
+        "batch_norm_lif_forward weight shape": (lambda: op.batch_norm_lif_forward(xb, wb[:2], None, None, None, 0.1,
+                                                                                  1e-5, 2, *hyper),
+                                                r"weight must have shape \[3\]"),
+        "batch_norm_lif_forward running_var shape": (
+            lambda: op.batch_norm_lif_forward(xb, None, None, torch.zeros(3), torch.ones(4), 0.1, 1e-5, 2, *hyper),
+            r"running_var must have shape \[3\]"),
+        "batch_norm_lif_forward one value": (
+            lambda: op.batch_norm_lif_forward(torch.randn(1, 3, 1, 1), None, None, None, None, 0.1, 1e-5, 1, *hyper),
+            "more than one value per channel"),
+        "batch_norm_lif_forward surrogate": (
+            lambda: op.batch_norm_lif_forward(xb, None, None, None, None, 0.1, 1e-5, 2, *hyper[:6], "bogus", 2.0),
+            "surrogate must be one of"),
+        "batch_norm_lif_forward tau=0": (
+            lambda: op.batch_norm_lif_forward(xb, None, None, None, None, 0.1, 1e-5, 2, 0.0, *hyper[1:]), "tau must"),
+        "batch_norm_lif_backward grad shape": (
+            lambda: op.batch_norm_lif_backward(torch.randn(4, 3, 5, 4), xb, mb, ib, None, None, 2, *hyper,
+                                               [True] * 3), r"grad_spikes must have x's shape"),
+        "batch_norm_lif_backward invstd shape": (
+            lambda: op.batch_norm_lif_backward(torch.randn(xb.shape), xb, mb, ib[:2], None, None, 2, *hyper,
+                                               [True] * 3), r"invstd must have shape \[3\]"),
     }
 
 

@@ -21,7 +21,11 @@ On the CPU, for a channels-last input (not a static one) the batch norm and the 
 way (``tna::batch_norm_lif_forward`` / ``_backward``): the batch-norm output never reaches memory,
 which saves two passes over it in the forward and three in the backward (≈ 7 % of the TNA step of
 ``benchmarks/bench_train_step.py`` on one thread); the same spikes and statistics, and gradients
-bit for bit whenever a step's positions are a multiple of 256 (else within float rounding).
+bit for bit whenever a step's positions are a multiple of 256 (else within float rounding). On
+CUDA the same two ops run as Triton kernels for NCHW or channels-last float32 / bfloat16 / float16
+inputs (not static ones, not SyncBN): statistics and gradients within float rounding of torch's
+batch norm (sums in another order), so a spike can differ where the membrane lies within rounding
+of the threshold.
 
 An ``nn.SyncBatchNorm`` with more than one process takes its statistics over every rank's batch
 (T·B per rank) and all-reduces their gradients, as ``nn.SyncBatchNorm`` does
@@ -37,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import chunks, is_channels_last
+from ..ops import CUDA_KERNELS
 from ..ops import batch_norm as batch_norm_ops
 from ..ops.lif import _lif_hyper as lif_hyper
 from . import sync_bn
@@ -139,9 +144,15 @@ class _BNLIF(torch.autograd.Function):
 
 
 def _fused_batch_norm_lif(x: Tensor, *params: Tensor | None) -> bool:
-    """Whether tna::batch_norm_lif_forward serves this input: what :func:`_native_batch_norm`
+    """Whether tna::batch_norm_lif_forward serves this input. CPU: what :func:`_native_batch_norm`
     serves, 4-D and channels-last (the spike convolution's output; its output, spikes, is then
-    channels-last as the unfused path's is)."""
+    channels-last as the unfused path's is). CUDA: the Triton kernels' 4-D NCHW or channels-last
+    float32 / bfloat16 / float16 x with float32 parameters on its device (spikes in x's layout)."""
+    if x.is_cuda:
+        return ("batch_norm_lif_forward" in CUDA_KERNELS and x.dim() == 4
+                and x.dtype in batch_norm_ops.GPU_DTYPES and (x.is_contiguous() or is_channels_last(x))
+                and x.numel() > x.shape[0] * x.shape[1]
+                and all(p is None or (p.dtype == torch.float32 and p.device == x.device) for p in params))
     return is_channels_last(x) and _native_batch_norm(x, *params)
 
 

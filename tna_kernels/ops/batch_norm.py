@@ -23,8 +23,13 @@ matches (``"fused"``, ``"unfused"``) or ``None``; the ops use the matching one, 
 is slow when it gets one with an NCHW gradient, and no faster than this with both channels-last);
 NCHW inputs use torch's backward (on one thread ~2x this kernel's time at the same size,
 [256, 32, 16, 16]: an NCHW variant of this kernel is not written yet). No autograd: the fused
-BN + LIF layer's ``autograd.Function`` calls the backward itself. No CUDA kernel: on other devices
-that layer keeps torch's batch norm.
+BN + LIF layer's ``autograd.Function`` calls the backward itself.
+
+On CUDA only the fused pair ``batch_norm_lif_forward`` / ``_backward`` has a kernel (Triton,
+:mod:`tna_kernels.triton.batch_norm`: NCHW or channels-last, float32 / bfloat16 / float16 x, float32
+arithmetic, deterministic sums in another order than torch's, so spikes and statistics equal
+torch's batch norm + LIF up to float rounding); the other ops stay CPU-only and the unfused layer
+keeps torch's batch norm there.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import is_channels_last
+from .._utils import HAS_TRITON, is_channels_last
+from . import register_cuda
 from ._native import LIB, C, dtype_str, empty_output, ptr, shape_str, threads
-from .lif import _SURROGATE_INDEX
+from .lif import _SURROGATE_INDEX, _check_hyper
 
 # The tna:: schemas of this family (the only place they are written).
 # Training batch norm over x [N, C, *] (float32; a 4-D channels-last x is read in place and y is
@@ -73,16 +79,22 @@ LIB.define(
     "detach_reset, str surrogate, float alpha, bool[3] output_mask) -> (Tensor, Tensor, Tensor)")
 
 ROUNDINGS = ("fused", "unfused")
+GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # x and grad_spikes of the CUDA BN + LIF kernels
 
 
 # ---- Argument checks ---------------------------------------------------------------------------
 
-def _check_x(x: Tensor, name: str = "x") -> tuple[int, int, int]:
-    """x: a CPU float32 [N, C, *] tensor; returns (N, C, S) with S the product of the trailing sizes."""
-    if not x.is_cpu:
-        raise RuntimeError(f"{name} must be a CPU tensor, got {x.device}")
-    if x.dtype != torch.float32:
-        raise RuntimeError(f"{name} must have dtype Float, got {dtype_str(x.dtype)}")
+def _check_x(x: Tensor, name: str = "x", gpu: bool = False) -> tuple[int, int, int]:
+    """x: a CPU float32 [N, C, *] tensor (``gpu``: the CUDA kernels' float32, bfloat16 or float16 on
+    any device); returns (N, C, S) with S the product of the trailing sizes."""
+    if gpu:
+        if x.dtype not in GPU_DTYPES:
+            raise RuntimeError(f"{name} must have dtype Float, BFloat16 or Half, got {dtype_str(x.dtype)}")
+    else:
+        if not x.is_cpu:
+            raise RuntimeError(f"{name} must be a CPU tensor, got {x.device}")
+        if x.dtype != torch.float32:
+            raise RuntimeError(f"{name} must have dtype Float, got {dtype_str(x.dtype)}")
     if x.dim() < 2:
         raise RuntimeError(f"{name} must be [N, C, ...] with at least 2 dims, got shape {shape_str(x.shape)}")
     n, c = x.shape[:2]
@@ -96,34 +108,40 @@ def _check_values_per_channel(x: Tensor, values: int) -> None:
 
 
 def _check_backward_args(grad: Tensor, grad_name: str, x: Tensor, c: int, mean: Tensor, invstd: Tensor,
-                         weight: Tensor | None, bias: Tensor | None, output_mask) -> tuple[bool, bool, bool]:
+                         weight: Tensor | None, bias: Tensor | None, output_mask,
+                         gpu: bool = False) -> tuple[bool, bool, bool]:
     """A backward's output gradient (x's shape), per-channel tensors and mask; returns the outputs
     to compute (grad_weight only with a weight)."""
-    _check_x(grad, grad_name)
+    _check_x(grad, grad_name, gpu)
     if grad.shape != x.shape:
         raise RuntimeError(f"{grad_name} must have x's shape {shape_str(x.shape)}, got {shape_str(grad.shape)}")
+    if grad.device != x.device:
+        raise RuntimeError(f"{grad_name} must be on x's device {x.device}, got {grad.device}")
     for t, name in ((mean, "mean"), (invstd, "invstd"), (weight, "weight"), (bias, "bias")):
-        _check_channel(t, name, c)
+        _check_channel(t, name, c, x.device)
     if len(output_mask) != 3:
         raise RuntimeError(f"output_mask must have 3 entries, got {len(output_mask)}")
     want_x, want_w, want_b = output_mask
     return bool(want_x), bool(want_w and weight is not None), bool(want_b)
 
 
-def _check_channel(t: Tensor | None, name: str, c: int) -> None:
-    """An optional per-channel float32 CPU vector of length c."""
+def _check_channel(t: Tensor | None, name: str, c: int, device: torch.device | None = None) -> None:
+    """An optional per-channel float32 vector of length c, on the CPU (or on ``device``)."""
     if t is None:
         return
-    if not t.is_cpu:
-        raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
+    if device is None or device.type == "cpu":
+        if not t.is_cpu:
+            raise RuntimeError(f"{name} must be a CPU tensor, got {t.device}")
+    elif t.device != device:
+        raise RuntimeError(f"{name} must be on x's device {device}, got {t.device}")
     if t.dtype != torch.float32:
         raise RuntimeError(f"{name} must have dtype Float, got {dtype_str(t.dtype)}")
     if tuple(t.shape) != (c,):
         raise RuntimeError(f"{name} must have shape [{c}], got {shape_str(t.shape)}")
 
 
-def _check_running(t: Tensor | None, name: str, c: int) -> None:
-    _check_channel(t, name, c)
+def _check_running(t: Tensor | None, name: str, c: int, device: torch.device | None = None) -> None:
+    _check_channel(t, name, c, device)
     if t is not None and not t.is_contiguous():
         raise RuntimeError(f"{name} must be contiguous (it is updated in place)")
 
@@ -196,10 +214,15 @@ def _batch_norm_backward_channels_last_cpu(grad_y, x, mean, invstd, weight, outp
     return grad_x, grad_w, grad_b
 
 
-def _check_lif_input(x: Tensor, T: int, surrogate: str) -> tuple[int, int, int]:
-    """x for the fused batch norm + LIF: channels-last [T*B, C, H, W]; returns (N, C, S)."""
-    n, c, s = _check_x(x)
-    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+def _check_lif_input(x: Tensor, T: int, surrogate: str, gpu: bool = False) -> tuple[int, int, int]:
+    """x for the fused batch norm + LIF: channels-last [T*B, C, H, W] (``gpu``: NCHW-contiguous or
+    channels-last, the layouts the CUDA step produces); returns (N, C, S)."""
+    n, c, s = _check_x(x, "x", gpu)
+    if gpu:
+        if x.dim() != 4 or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            raise RuntimeError(f"x must be an NCHW-contiguous or channels-last [N, C, H, W] tensor, got shape "
+                               f"{shape_str(x.shape)} with strides {list(x.stride())}")
+    elif x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         raise RuntimeError(f"x must be a channels-last [N, C, H, W] tensor, got shape {shape_str(x.shape)} with "
                            f"strides {list(x.stride())}")
     if T < 1 or n % T:
@@ -250,6 +273,42 @@ LIB.impl("batch_norm_apply", _batch_norm_apply_cpu, "CPU")
 LIB.impl("batch_norm_lif_forward", _batch_norm_lif_forward_cpu, "CPU")
 LIB.impl("batch_norm_lif_backward", _batch_norm_lif_backward_cpu, "CPU")
 
+# ---- CUDA kernels of the fused BN + LIF (Triton): the CPU op's checks on the host, widened to the
+# GPU step's layouts and dtypes (NCHW or channels-last; float32, bfloat16, float16 x), then the
+# launchers. The other ops of this family stay CPU-only: on CUDA the unfused layer runs torch's
+# batch norm (cuDNN), which needs no help reaching its bandwidth.
+
+if HAS_TRITON:
+    from ..triton import batch_norm as _triton_bn
+
+    def _batch_norm_lif_forward_cuda(x, weight, bias, running_mean, running_var, momentum, eps, T, tau, decay_input,
+                                     v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha):
+        n, c, s = _check_lif_input(x, T, surrogate, gpu=True)
+        _check_hyper(tau, v_threshold, v_reset, surrogate, alpha)
+        for t, name in ((weight, "weight"), (bias, "bias")):
+            _check_channel(t, name, c, x.device)
+        _check_running(running_mean, "running_mean", c, x.device)
+        _check_running(running_var, "running_var", c, x.device)
+        _check_values_per_channel(x, n * s)
+        return _triton_bn.batch_norm_lif_forward(x, weight, bias, running_mean, running_var, float(momentum),
+                                                 float(eps), T, tau, decay_input, v_threshold, v_reset, soft_reset)
+
+    def _batch_norm_lif_backward_cuda(grad_spikes, x, mean, invstd, weight, bias, T, tau, decay_input, v_threshold,
+                                      v_reset, soft_reset, detach_reset, surrogate, alpha, output_mask):
+        n, c, s = _check_lif_input(x, T, surrogate, gpu=True)
+        _check_hyper(tau, v_threshold, v_reset, surrogate, alpha)
+        _check_values_per_channel(x, n * s)
+        mask = _check_backward_args(grad_spikes, "grad_spikes", x, c, mean, invstd, weight, bias, output_mask,
+                                    gpu=True)
+        return _triton_bn.batch_norm_lif_backward(grad_spikes, x, mean, invstd, weight, bias, T, tau, decay_input,
+                                                  v_threshold, v_reset, soft_reset, detach_reset,
+                                                  _SURROGATE_INDEX[surrogate], alpha, mask)
+
+    register_cuda("batch_norm_lif_forward", _batch_norm_lif_forward_cuda,
+                  "triton (statistics tiles, then normalise + LIF in one kernel)")
+    register_cuda("batch_norm_lif_backward", _batch_norm_lif_backward_cuda,
+                  "triton (normalise + LIF backward + sums in one kernel, then the gradient)")
+
 
 @torch.library.register_fake("tna::batch_norm_forward")
 def _batch_norm_forward_fake(x, weight, bias, running_mean, running_var, momentum, eps):
@@ -276,13 +335,18 @@ def _batch_norm_lif_forward_fake(x, weight, bias, running_mean, running_var, mom
                                  v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha):
     torch._check(x.dim() == 4, lambda: f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
     c = x.shape[1]
-    return torch.empty_like(x, memory_format=torch.channels_last), x.new_empty((c,)), x.new_empty((c,))
+    stats = x.new_empty((c,), dtype=torch.float32)
+    return torch.empty_like(x, memory_format=_output_format(x)), stats, stats.new_empty((c,))
 
 
 @torch.library.register_fake("tna::batch_norm_lif_backward")
 def _batch_norm_lif_backward_fake(grad_spikes, x, mean, invstd, weight, bias, T, tau, decay_input, v_threshold,
                                   v_reset, soft_reset, detach_reset, surrogate, alpha, output_mask):
-    return _batch_norm_backward_channels_last_fake(grad_spikes, x, mean, invstd, weight, output_mask)
+    c = x.shape[1]
+    want_w = output_mask[1] and weight is not None
+    grad_x = torch.empty_like(x, memory_format=_output_format(x)) if output_mask[0] else x.new_empty((0,))
+    return (grad_x, x.new_empty((c,) if want_w else (0,), dtype=torch.float32),
+            x.new_empty((c,) if output_mask[2] else (0,), dtype=torch.float32))
 
 
 # ---- Which rounding torch uses here --------------------------------------------------------------
