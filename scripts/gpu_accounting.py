@@ -87,10 +87,10 @@ def recorded_triton_kernels(recorder: StepRecorder):
     """Every ``*_kernel`` of tna_kernels.triton replaced by a :class:`_KernelRecorder`."""
     import triton
 
-    from tna_kernels.triton import lif, spike_train, ternary, twin_loss
+    from tna_kernels.triton import batch_norm, lif, spike_train, ternary, twin_loss
 
     kinds = (triton.runtime.jit.JITFunction, triton.runtime.autotuner.Autotuner)
-    saved = [(m, k, v) for m in (lif, spike_train, ternary, twin_loss) for k, v in vars(m).items()
+    saved = [(m, k, v) for m in (batch_norm, lif, spike_train, ternary, twin_loss) for k, v in vars(m).items()
              if k.endswith("_kernel") and isinstance(v, kinds)]
     try:
         for m, k, _ in saved:
@@ -147,12 +147,16 @@ class StepRecorder(TorchDispatchMode):
         return out
 
 
-def tna_step(config: Path, batch: int | None = None, T: int | None = None, bookkeeping: bool = True) -> StepRecorder:
-    """One training step of ``config``'s recipe on fake CUDA tensors, recorded."""
+def tna_step(config: Path, batch: int | None = None, T: int | None = None, bookkeeping: bool = True,
+             fused_bn_lif: bool | None = None) -> StepRecorder:
+    """One training step of ``config``'s recipe on fake CUDA tensors, recorded. ``fused_bn_lif``:
+    whether the BN + LIF layers take the fused CUDA kernels (default: as a CUDA run would,
+    ``tna_kernels.nn.bn_lif.CUDA_FUSED``)."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     from tna_kernels import functional as F
     from tna_kernels.models import build_model, make_twin
+    from tna_kernels.nn import bn_lif
     from tna_kernels.train import load_config
     from tna_kernels.train.trainer import make_optimizer
 
@@ -188,8 +192,13 @@ def tna_step(config: Path, batch: int | None = None, T: int | None = None, bookk
         y = on_fake_gpu(torch.empty(B, dtype=torch.long))
         # the fake tensors are CPU-typed (above): take the GPU's slice sizes, as a CUDA run would
         utils.chunk_elems = lambda device: utils.GPU_CHUNK_ELEMS
+        # ... and the BN + LIF layer's choice of the fused ops, as for CUDA tensors
+        cpu_fused = bn_lif._fused_batch_norm_lif
+        fused = bn_lif.CUDA_FUSED if fused_bn_lif is None else fused_bn_lif
+        bn_lif._fused_batch_norm_lif = lambda x, *params: fused and bn_lif._cuda_fused_serves(x, *params)
         with contextlib.ExitStack() as undo, recorded_triton_kernels(recorder), recorder:
             undo.callback(setattr, utils, "chunk_elems", cpu_chunk_elems)
+            undo.callback(setattr, bn_lif, "_fused_batch_norm_lif", cpu_fused)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 logits, twin_logits = base(x), twin(x)
                 loss = F.twin_loss(logits, twin_logits, y, mse_weight=cfg["loss"]["mse_weight"],
@@ -230,6 +239,20 @@ KIND_LABELS = {"triton": "our Triton kernels", "ours (torch op)": "torch ops ins
                "aten": "torch ops (the rest of the step)"}
 
 
+def host_ms(s: dict) -> float:
+    """The launch-overhead model's host time per step (ms)."""
+    kinds = s["kinds"]
+    launches = sum(k["launches"] for k in kinds.values())
+    triton_launches = kinds.get("triton", {"launches": 0})["launches"]
+    return (triton_launches * TRITON_LAUNCH_US + (launches - triton_launches) * TORCH_LAUNCH_US) / 1e3
+
+
+def totals_line(s: dict, label: str) -> str:
+    kinds = s["kinds"]
+    return (f"{label}: {sum(k['launches'] for k in kinds.values())} launches, "
+            f"{sum(k['bytes'] for k in kinds.values()) / 1e9:.2f} GB, {host_ms(s):.1f} ms of host time per step.")
+
+
 def markdown(s: dict, title: str, top: int = 14) -> str:
     gb, kinds = 1e9, s["kinds"]
     total_bytes = sum(k["bytes"] for k in kinds.values())
@@ -240,11 +263,9 @@ def markdown(s: dict, title: str, top: int = 14) -> str:
                      f"| {k['bytes'] / HBM_BYTES_PER_S * 1e3:.2f} ms |")
     launches = sum(k["launches"] for k in kinds.values())
     lines.append(f"| step | {launches} | {total_bytes / gb:.2f} GB | {total_bytes / HBM_BYTES_PER_S * 1e3:.2f} ms |")
-    triton_launches = kinds.get("triton", {"launches": 0})["launches"]
-    host_ms = (triton_launches * TRITON_LAUNCH_US + (launches - triton_launches) * TORCH_LAUNCH_US) / 1e3
     lines += ["", f"Host syncs per step: {sum(k['syncs'] for k in kinds.values())}. Launch overhead at "
               f"{TORCH_LAUNCH_US:g} µs per torch launch and {TRITON_LAUNCH_US:g} µs per Triton launch: "
-              f"{host_ms:.1f} ms of host time per step.", "",
+              f"{host_ms(s):.1f} ms of host time per step.", "",
               "| kernel or operator | kind | calls | launches | HBM bytes | share of the step's bytes |",
               "|---|---|---:|---:|---:|---:|"]
     ranked = sorted(s["ops"].items(), key=lambda kv: -kv[1]["bytes"])
@@ -267,11 +288,20 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the per-operator figures here")
     ap.add_argument("--markdown", type=Path, default=None,
                     help="replace the text between <!-- gpu-accounting:begin/end --> in this file")
+    ap.add_argument("--fused-bn-lif", choices=("default", "on", "off"), default="default",
+                    help="the BN + LIF layers' fused CUDA kernels (default: tna_kernels.nn.bn_lif.CUDA_FUSED); "
+                         "the other setting's totals are printed below the table")
     args = ap.parse_args(argv)
-    s = summarize(tna_step(args.config, args.batch, args.T))
+    from tna_kernels.nn import bn_lif
+
+    fused = bn_lif.CUDA_FUSED if args.fused_bn_lif == "default" else args.fused_bn_lif == "on"
+    s = summarize(tna_step(args.config, args.batch, args.T, fused_bn_lif=fused))
+    other = summarize(tna_step(args.config, args.batch, args.T, fused_bn_lif=not fused))
     title = (f"One TNA training step of {args.config.name} (base + twin, bf16 autocast"
-             + (f", B = {args.batch}" if args.batch else "") + ")")
-    table = markdown(s, title)
+             + (f", B = {args.batch}" if args.batch else "")
+             + f", fused BN + LIF kernels {'on' if fused else 'off'})")
+    table = (markdown(s, title) + "\n\n"
+             + totals_line(other, f"The same step with the fused BN + LIF kernels {'off' if fused else 'on'}"))
     print(table)
     if args.json:
         args.json.write_text(json.dumps(s, indent=1))

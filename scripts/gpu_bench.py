@@ -8,7 +8,8 @@ inside the steps.
 Steps (what each writes under OUT):
     tests        GPU tests, one pytest process per file          -> tests.log, tests.xml
     launch       µs per call, 10 consecutive calls, tiny sizes     -> bench.json["steps"]["launch"]
-    lif          LIF forward+backward, % of HBM bandwidth          -> bench.json["steps"]["lif"]
+    lif          LIF forward+backward, % of HBM bandwidth; BN + LIF
+                 fused vs unfused                                  -> bench.json["steps"]["lif"]
     ternary      spike/float x ternary GEMM and conv vs bf16       -> bench.json["steps"]["ternary"]
     twin         fused twin loss vs the unfused composition       -> bench.json["steps"]["twin"]
     train_step   TNA training step vs SpikingJelly: img/s, memory  -> bench.json["steps"]["train_step"]
@@ -512,6 +513,36 @@ def cmd_lif(args) -> int:
         return r
 
     run_case(res, deadline, {"provider": "spikingjelly_triton"}, sj_triton)
+
+    # batch norm (batch statistics) + LIF, forward + backward, x [T*B, C, H, W] fp32 NCHW: the fused
+    # CUDA kernels (tna::batch_norm_lif_*) against the unfused layer (cuDNN's batch norm + the Triton
+    # LIF), the measurement that decides tna_kernels.nn.bn_lif.CUDA_FUSED's default. Bytes model: the
+    # fused pair's floor, 36 B per element (forward: x twice, spikes; backward: x and grad_spikes,
+    # grad_y written, grad_y and x read, grad_x written).
+    def bn_lif_case(fused):
+        def go():
+            from tna_kernels import nn as tnn
+            from tna_kernels.nn import bn_lif
+
+            T_, B_, C_, H_, W_ = shape
+            xb = (torch.randn(T_ * B_, C_, H_, W_, generator=g) * 1.5 + 0.6).to(dev).requires_grad_()
+            gb = torch.randn(shape, generator=g).to(dev)
+            bn, neuron = torch.nn.BatchNorm2d(C_).to(dev), tnn.LIF(tau=2.0)
+
+            def step():
+                xb.grad = None
+                bn_lif.bn_lif(xb, bn, neuron, T_).backward(gb)
+
+            before = bn_lif.CUDA_FUSED
+            bn_lif.CUDA_FUSED = fused
+            try:
+                return timed(step, 36 * n, {"bytes_model": "36 B per element (the fused pair's floor)"})()
+            finally:
+                bn_lif.CUDA_FUSED = before
+        return go
+
+    run_case(res, deadline, {"provider": "bn_lif_fused"}, bn_lif_case(True))
+    run_case(res, deadline, {"provider": "bn_lif_unfused"}, bn_lif_case(False))
 
     def sj_cupy():
         site = os.environ.get("GPU_CHECK_SJ014", "")

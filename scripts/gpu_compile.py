@@ -22,7 +22,7 @@ Modes (variants = (specialisation, config) pairs):
   --quick  one variant per kernel (first specialisation, first config).
 Exit status 1 on any compile error (all variants are still attempted and the errors printed).
 
-  python scripts/gpu_compile.py [--arch 90,80] [--quick | --full] [--jobs 2] [--markdown FILE]
+  python scripts/gpu_compile.py [--arch 90,80] [--quick | --full] [--jobs 2] [--markdown FILE] [--only REGEX]
 """
 
 from __future__ import annotations
@@ -80,9 +80,10 @@ def _import_kernels():
         pkg = types.ModuleType("tna_kernels")
         pkg.__path__ = [str(ROOT / "tna_kernels")]
         sys.modules["tna_kernels"] = pkg
-    from tna_kernels.triton import lif, spike_train, ternary, twin_loss
+    from tna_kernels.triton import batch_norm, lif, spike_train, ternary, twin_loss
 
-    return {"lif": lif, "spike_train": spike_train, "ternary": ternary, "twin_loss": twin_loss}
+    return {"batch_norm": batch_norm, "lif": lif, "spike_train": spike_train, "ternary": ternary,
+            "twin_loss": twin_loss}
 
 
 MODULES = _import_kernels()
@@ -130,6 +131,29 @@ def _calls():
         yield (f"{_dt(dt)} decay={int(decay)} soft={int(soft)} detach={int(detach)} {sur} v0={int(with_state)}",
                lambda gs=gs, x=x, v=state, d=decay, s=soft, de=detach, su=sur: lif.lif_bwd_recompute(
                    gs, v, x, v, 2.0, d, 1.0, 0.0, s, de, su, 2.0))
+
+    # fused batch norm + LIF: x's dtype and layout (NCHW: position stride 1; channels-last: channel
+    # stride 1), the neuron's flags and, in the backward, every surrogate; 16x16 maps (the largest
+    # tile, [8 channels, 128 positions]) and 4x4 maps ([64, 16])
+    bn = MODULES["batch_norm"]
+    for dt, layout, hw in itertools.product(FLOATS, ("nchw", "channels_last"), (16, 4)):
+        xb = torch.zeros(8, 64, hw, hw, dtype=dt)
+        if layout == "channels_last":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        for decay, soft in itertools.product((True, False), (False, True)):
+            yield (f"bn+lif forward {_dt(dt)} {layout} {hw}x{hw} decay={int(decay)} soft={int(soft)}",
+                   lambda xb=xb, d=decay, s=soft: bn.batch_norm_lif_forward(
+                       xb, None, None, None, None, 0.1, 1e-5, 4, 2.0, d, 1.0, 0.0, s))
+        mean, invstd = torch.zeros(64), torch.ones(64)
+        flags = [(decay, soft, detach, 0) for decay, soft, detach in itertools.product((True, False), (False, True),
+                                                                                      (False, True))]
+        flags += [(True, False, False, k) for k in range(1, len(R.SURROGATES))]
+        for decay, soft, detach, sur in flags:
+            yield (f"bn+lif backward {_dt(dt)} {layout} {hw}x{hw} decay={int(decay)} soft={int(soft)} "
+                   f"detach={int(detach)} {R.SURROGATES[sur]}",
+                   lambda xb=xb, m=mean, i=invstd, d=decay, s=soft, de=detach, su=sur: bn.batch_norm_lif_backward(
+                       torch.zeros_like(xb), xb, m, i, None, None, 4, 2.0, d, 1.0, 0.0, s, de, su, 2.0,
+                       [True, True, True]))
 
     # ternary: packing / unpacking / decoding
     codes = torch.zeros(256, 512, dtype=torch.int8)
@@ -326,7 +350,14 @@ _G = "gpu_path: tests/test_gpu_path.py"
 # Triton lane (TRITON_INTERPRET=1, CPU): the launchers; "gpu_path" = the op's registered CUDA
 # function on the CPU dispatch (interpreter): opcheck, the reference, bad input, TNA steps and
 # packed inference against the C++ path; "cuda" = tests that need a GPU (none has run on one yet).
+_BN = "test_batch_norm_lif.py"
 OPS = [
+    ("batch_norm_lif_forward", "Triton: statistics tiles (combined in float64), then normalise + LIF",
+     ["_stats_kernel", "_bn_lif_fwd_kernel"],
+     "interp.: " + _BN + "::test_triton_kernels_*; " + _G + "; cuda: " + _BN
+     + "::test_cuda_fused_layer_matches_the_unfused_layer"),
+    ("batch_norm_lif_backward", "Triton: normalise + LIF backward + sums, then the gradient",
+     ["_bn_lif_bwd_kernel", "_bn_grad_kernel"], "as batch_norm_lif_forward"),
     ("lif_fwd", "Triton", ["_lif_fwd_kernel"],
      "interp.: test_lif.py::test_triton_matches_reference, ::test_triton_low_precision, " + _T
      + "; " + _G + "; cuda: test_lif.py::test_cuda_autograd_through_op"),
@@ -453,13 +484,20 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--markdown", type=Path, help="write the tables to this file (markdown)")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
+    ap.add_argument("--only", metavar="REGEX", help="only the kernels whose name matches (no --markdown)")
     a = ap.parse_args(argv)
+    if a.only and a.markdown:
+        ap.error("--only compiles part of the kernels: its tables would not describe them all (drop --markdown)")
     archs = [int(x) for x in a.arch.split(",") if x.strip()]
     mode = "quick" if a.quick else "full" if a.full else "cover"
 
     t0 = time.perf_counter()
     global _RECS
     _RECS = record()
+    if a.only:
+        _RECS = {k: v for k, v in _RECS.items() if re.search(a.only, k)}
+        if not _RECS:
+            ap.error(f"--only {a.only!r} matches no kernel")
     missing = [k for k, v in _RECS.items() if not v]
     vs = variants(_RECS, mode)
     tasks = [(n, s, c, arch) for arch in archs for (n, s, c) in vs]

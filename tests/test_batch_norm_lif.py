@@ -254,7 +254,8 @@ def test_triton_kernels_match_torch_and_the_unfused_arithmetic(shape, layout, ne
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_kernels_half_precision(dtype):
     """A half-precision x (the GPU step under autocast): float32 arithmetic on the converted values,
-    spikes in x's dtype, grad_x rounded once at the end; gradients grad_spikes in x's dtype too."""
+    spikes in x's dtype; the batch norm's output gradient is held in x's dtype (as the unfused
+    layer holds it), its sums taken before that rounding."""
     from tna_kernels._utils import triton_test_device
     from tna_kernels.triton import batch_norm as tb
 
@@ -305,12 +306,13 @@ def test_triton_kernels_repeat_bit_for_bit_and_take_any_grad_layout():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_cuda_fused_layer_matches_the_unfused_layer(dtype, layout):
+def test_cuda_fused_layer_matches_the_unfused_layer(dtype, layout, monkeypatch):
     """On a GPU: bn_lif through the fused CUDA ops against nn.BatchNorm2d + the LIF (cuDNN's batch
     norm, the Triton LIF): statistics and gradients within float rounding; spikes equal except
     where the membrane lies within rounding of the threshold (the two sum in different orders)."""
     import tna_kernels.nn as tnn
     T, B, C, H, W = 4, 16, 32, 16, 16
+    monkeypatch.setattr(bn_lif, "CUDA_FUSED", True)
     x = inputs(T, B, C, H, W, seed=14)[0].cuda().to(dtype)
     x = x.contiguous() if layout == "nchw" else x.contiguous(memory_format=torch.channels_last)
     gs = torch.randn(T, B, C, H, W, generator=torch.Generator().manual_seed(15)).cuda().to(dtype)
@@ -332,3 +334,33 @@ def test_cuda_fused_layer_matches_the_unfused_layer(dtype, layout):
     limit = 1e-3 if dtype == torch.float32 else 3e-2
     for i, (g, e) in enumerate(zip(grads, want_grads, strict=True)):
         assert (g - e).norm() <= limit * e.norm() + 1e-6, (i, (g - e).norm().item(), e.norm().item())
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("programs,finish_p", [(1, 64), (5, 4), (7, 2)])
+def test_triton_statistics_over_chunks_of_samples(monkeypatch, programs, finish_p):
+    """Few statistics programs (several samples per chunk, the last chunk shorter) and finishing
+    kernels that take the partials a few at a time: the same statistics as torch's batch norm, and
+    the backward's sums likewise."""
+    from tna_kernels._utils import triton_test_device
+    from tna_kernels.triton import batch_norm as tb
+
+    monkeypatch.setattr(tb, "STATS_PROGRAMS", programs)
+    monkeypatch.setattr(tb, "FINISH_P", finish_p)
+    dev = triton_test_device()
+    T, B, C, H, W = 3, 4, 6, 5, 4  # 12 samples, 20 positions: two spatial blocks in the interpreter
+    x, w, b, rm, rv = inputs(T, B, C, H, W, seed=16)
+    rm_t, rv_t = rm.clone().to(dev), rv.clone().to(dev)
+    hyper = _lif_hyper(tau=2.0)
+    spikes, mean, invstd = tb.batch_norm_lif_forward(x.to(dev), w.to(dev), b.to(dev), rm_t, rv_t, 0.1, 1e-5, T,
+                                                     *hyper[:5])
+    _, want_mean, want_invstd = torch.native_batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5)
+    torch.testing.assert_close(mean.cpu(), want_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(invstd.cpu(), want_invstd, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rv_t.cpu(), rv, rtol=1e-5, atol=1e-6)
+    gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(17))
+    _, want = _unfused_given_stats(x, w, b, mean.cpu(), invstd.cpu(), gs, T, hyper)
+    got = tb.batch_norm_lif_backward(gs.to(dev), x.to(dev), mean, invstd, w.to(dev), b.to(dev), T, *hyper[:6], 0,
+                                     hyper[7], [True, True, True])
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-4, atol=1e-5)

@@ -25,7 +25,7 @@ bit for bit whenever a step's positions are a multiple of 256 (else within float
 CUDA the same two ops run as Triton kernels for NCHW or channels-last float32 / bfloat16 / float16
 inputs (not static ones, not SyncBN): statistics and gradients within float rounding of torch's
 batch norm (sums in another order), so a spike can differ where the membrane lies within rounding
-of the threshold.
+of the threshold. They are off by default (:data:`CUDA_FUSED`): unmeasured on a GPU yet.
 
 An ``nn.SyncBatchNorm`` with more than one process takes its statistics over every rank's batch
 (T·B per rank) and all-reduces their gradients, as ``nn.SyncBatchNorm`` does
@@ -35,6 +35,7 @@ the forward's global statistics (a few numbers per channel), not from a second a
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -143,17 +144,34 @@ class _BNLIF(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
 
+# Whether bn_lif takes the fused CUDA kernels (Triton) for the inputs they serve. Off by default
+# until a GPU has measured it: scripts/gpu_accounting.py's model of a VGG-11 TNA step at B = 256
+# predicts ~10 % fewer HBM bytes with them (15.4 against 17.1 GB) but ~0.9 ms more host time (each
+# layer launches three Triton kernels each way where the unfused layer launches cuDNN's batch norm
+# and one Triton LIF), and that step is bound by launches in the model; scripts/gpu_bench.py's lif
+# step times both on a GPU.
+# Set TNA_BN_LIF_CUDA_FUSED=1, or this attribute, to take them.
+CUDA_FUSED = os.environ.get("TNA_BN_LIF_CUDA_FUSED", "0") == "1"
+
+
 def _fused_batch_norm_lif(x: Tensor, *params: Tensor | None) -> bool:
     """Whether tna::batch_norm_lif_forward serves this input. CPU: what :func:`_native_batch_norm`
     serves, 4-D and channels-last (the spike convolution's output; its output, spikes, is then
-    channels-last as the unfused path's is). CUDA: the Triton kernels' 4-D NCHW or channels-last
-    float32 / bfloat16 / float16 x with float32 parameters on its device (spikes in x's layout)."""
+    channels-last as the unfused path's is). CUDA: :func:`_cuda_fused_serves`, when
+    :data:`CUDA_FUSED` is set."""
     if x.is_cuda:
-        return ("batch_norm_lif_forward" in CUDA_KERNELS and x.dim() == 4
-                and x.dtype in batch_norm_ops.GPU_DTYPES and (x.is_contiguous() or is_channels_last(x))
-                and x.numel() > x.shape[0] * x.shape[1]
-                and all(p is None or (p.dtype == torch.float32 and p.device == x.device) for p in params))
+        return CUDA_FUSED and _cuda_fused_serves(x, *params)
     return is_channels_last(x) and _native_batch_norm(x, *params)
+
+
+def _cuda_fused_serves(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether the CUDA kernels of the fused pair serve x (on a CUDA device): 4-D, NCHW or
+    channels-last, float32 / bfloat16 / float16, float32 parameters on x's device (spikes come
+    back in x's layout)."""
+    return ("batch_norm_lif_forward" in CUDA_KERNELS and x.dim() == 4
+            and x.dtype in batch_norm_ops.GPU_DTYPES and (x.is_contiguous() or is_channels_last(x))
+            and x.numel() > x.shape[0] * x.shape[1]
+            and all(p is None or (p.dtype == torch.float32 and p.device == x.device) for p in params))
 
 
 def _native_batch_norm(x: Tensor, *params: Tensor | None) -> bool:

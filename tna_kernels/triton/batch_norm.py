@@ -29,9 +29,12 @@ from .._utils import triton_interpreting
 from ._launch import check_grid
 from .lif import _charge_fire_reset, _step_grad
 
-# Elements per tile: 4 warps hold 8 floats per thread per live tile (the backward keeps ~8 live).
+# Elements per tile: 4 warps (the default) hold 8 floats per thread per live tile. The backward keeps
+# about ten tiles live (membrane, carry, x, y, h, gradients, the per-channel terms): 8 warps, 4 floats
+# per thread per tile, keep it under ~64 registers without spills (make gpu-compile reports them).
 TILE = 1024
 MAX_BLOCK_S = 128
+BWD_WARPS = 8
 
 
 def tile_shape(c: int, s: int) -> tuple[int, int]:
@@ -55,28 +58,104 @@ def _tile(n, C, S, sN, sC, sS, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
 
 
 @triton.jit
-def _stats_kernel(x_ptr, mean_ptr, m2_ptr, C, S, sN, sC, sS, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Per tile and channel: the mean and the centred sum of squares of the tile's positions."""
-    n = tl.program_id(0).to(tl.int64)
-    c, mask, offs = _tile(n, C, S, sN, sC, sS, BLOCK_C, BLOCK_S)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    count = tl.minimum(S - tl.program_id(1) * BLOCK_S, BLOCK_S).to(tl.float32)
-    mean = tl.sum(x, axis=1) / count
-    d = tl.where(mask, x - mean[:, None], 0.0)
-    slot = (n * tl.num_programs(1) + tl.program_id(1)) * C + c
-    tl.store(mean_ptr + slot, mean, mask=c < C)
-    tl.store(m2_ptr + slot, tl.sum(d * d, axis=1), mask=c < C)
+def _affine_terms(c, cm, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Per channel of the tile: y = x * a + b with a = invstd * weight, b = bias - mean * a."""
+    mu = tl.load(mean_ptr + c, mask=cm, other=0.0)
+    a = tl.load(invstd_ptr + c, mask=cm, other=0.0)
+    if HAS_WEIGHT:
+        a = a * tl.load(w_ptr + c, mask=cm, other=0.0)
+    shift = -mu * a
+    if HAS_BIAS:
+        shift = tl.load(b_ptr + c, mask=cm, other=0.0) + shift
+    return mu[:, None], a[:, None], shift[:, None]
 
 
 @triton.jit
-def _bn_lif_fwd_kernel(x_ptr, a_ptr, b_ptr, s_ptr, C, S, sN, sC, sS, step, T, tau, v_th, v_reset, vr,
-                       DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+def _stats_kernel(x_ptr, mean_ptr, m2_ptr, N, per, C, S, sN, sC, sS, BLOCK_C: tl.constexpr,
+                  BLOCK_S: tl.constexpr):
+    """Samples [chunk * per, +per) of one tile's channels and positions: each sample's tile mean and
+    centred sum of squares, merged sample by sample (Chan et al.) into this program's partial
+    (count, mean, M2) per channel, written to slot (chunk, spatial block); _partial_counts knows
+    each slot's count."""
+    chunk = tl.program_id(0)
+    n0 = chunk.to(tl.int64) * per
+    c, mask, offs = _tile(n0, C, S, sN, sC, sS, BLOCK_C, BLOCK_S)
+    cm = c < C
+    tile_n = tl.minimum(S - tl.program_id(1) * BLOCK_S, BLOCK_S).to(tl.float32)
+    count = tl.zeros((BLOCK_C,), tl.float32)
+    mean = tl.zeros((BLOCK_C,), tl.float32)
+    m2 = tl.zeros((BLOCK_C,), tl.float32)
+    for i in range(tl.minimum(per, N - n0)):
+        x = tl.load(x_ptr + offs + i * sN, mask=mask, other=0.0).to(tl.float32)
+        tile_mean = tl.sum(x, axis=1) / tile_n
+        d = tl.where(mask, x - tile_mean[:, None], 0.0)
+        total = count + tile_n
+        delta = tile_mean - mean
+        mean += delta * (tile_n / total)
+        m2 += tl.sum(d * d, axis=1) + delta * delta * (count * tile_n / total)
+        count = total
+    slot = chunk * tl.num_programs(1) + tl.program_id(1)
+    tl.store(mean_ptr + slot.to(tl.int64) * C + c, mean, mask=cm)
+    tl.store(m2_ptr + slot.to(tl.int64) * C + c, m2, mask=cm)
+
+
+@triton.jit
+def _partial_counts(p, N, per, S, SB, BLOCK_S: tl.constexpr):
+    """Values behind _stats_kernel's slots p = chunk * SB + spatial block: samples x positions."""
+    chunk = p // SB
+    positions = tl.minimum(S - (p % SB) * BLOCK_S, BLOCK_S)
+    return (tl.minimum(per, N - chunk * per) * positions).to(tl.float64)
+
+
+@triton.jit
+def _finish_stats_kernel(mean_ptr, m2_ptr, N, per, S, SB, C, eps, momentum, out_mean_ptr, out_invstd_ptr, rm_ptr,
+                         rv_ptr, HAS_RUNNING: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_S: tl.constexpr):
+    """The P partials of each channel combined in float64 in a fixed order: mean, invstd (biased
+    variance, as batch norm normalises) and the running statistics (unbiased variance)."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    P = tl.cdiv(N, per) * SB
+    sum_n = tl.zeros((BLOCK_C,), tl.float64)
+    sum_nm = tl.zeros((BLOCK_C,), tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < P
+        n = tl.where(pm, _partial_counts(p, N, per, S, SB, BLOCK_S), 0.0)[:, None]
+        m = tl.load(mean_ptr + p.to(tl.int64)[:, None] * C + c[None, :], mask=pm[:, None] & cm[None, :],
+                    other=0.0).to(tl.float64)
+        sum_n += tl.sum(n + tl.zeros((BLOCK_P, BLOCK_C), tl.float64), axis=0)
+        sum_nm += tl.sum(n * m, axis=0)
+    mean = sum_nm / tl.maximum(sum_n, 1.0)
+    m2 = tl.zeros((BLOCK_C,), tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < P
+        n = tl.where(pm, _partial_counts(p, N, per, S, SB, BLOCK_S), 0.0)[:, None]
+        both = pm[:, None] & cm[None, :]
+        offs = p.to(tl.int64)[:, None] * C + c[None, :]
+        d = tl.load(mean_ptr + offs, mask=both, other=0.0).to(tl.float64) - mean[None, :]
+        m2 += tl.sum(tl.load(m2_ptr + offs, mask=both, other=0.0).to(tl.float64) + n * d * d, axis=0)
+    var = m2 / tl.maximum(sum_n, 1.0)
+    tl.store(out_mean_ptr + c, mean.to(tl.float32), mask=cm)
+    tl.store(out_invstd_ptr + c, (1.0 / tl.sqrt(var + eps)).to(tl.float32), mask=cm)
+    if HAS_RUNNING:
+        unbiased = (m2 / tl.maximum(sum_n - 1.0, 1.0)).to(tl.float32)
+        rm = tl.load(rm_ptr + c, mask=cm, other=0.0)
+        rv = tl.load(rv_ptr + c, mask=cm, other=0.0)
+        tl.store(rm_ptr + c, (1.0 - momentum) * rm + momentum * mean.to(tl.float32), mask=cm)
+        tl.store(rv_ptr + c, (1.0 - momentum) * rv + momentum * unbiased, mask=cm)
+
+
+@triton.jit
+def _bn_lif_fwd_kernel(x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, s_ptr, C, S, sN, sC, sS, step, T, tau, v_th,
+                       v_reset, vr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                       SOFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """Sample b's tile at each of the T steps (sample t*B + b): y = x * a + b, then the LIF from its
     reset value; spikes are written with x's strides (``step``: elements between steps)."""
     n = tl.program_id(0).to(tl.int64)
     c, mask, offs = _tile(n, C, S, sN, sC, sS, BLOCK_C, BLOCK_S)
-    a = tl.load(a_ptr + c, mask=c < C, other=0.0)[:, None]
-    b = tl.load(b_ptr + c, mask=c < C, other=0.0)[:, None]
+    _, a, b = _affine_terms(c, c < C, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_WEIGHT, HAS_BIAS)
     v = tl.zeros((BLOCK_C, BLOCK_S), tl.float32) + vr
     for t in range(T):
         o = offs + tl.cast(t, tl.int64) * step
@@ -86,10 +165,10 @@ def _bn_lif_fwd_kernel(x_ptr, a_ptr, b_ptr, s_ptr, C, S, sN, sC, sS, step, T, ta
 
 
 @triton.jit
-def _bn_lif_bwd_kernel(gs_ptr, gsN, gsC, gsS, x_ptr, a_ptr, b_ptr, mean_ptr, gy_ptr, f1_ptr, f2_ptr, C, S, sN, sC,
-                       sS, step, gs_step, T, tau, v_th, v_reset, vr, alpha, DECAY_INPUT: tl.constexpr,
-                       SOFT: tl.constexpr, DETACH: tl.constexpr, SURROGATE: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_S: tl.constexpr):
+def _bn_lif_bwd_kernel(gs_ptr, gsN, gsC, gsS, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, gy_ptr, f1_ptr, f2_ptr, C,
+                       S, sN, sC, sS, step, gs_step, T, tau, v_th, v_reset, vr, alpha, HAS_WEIGHT: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, DETACH: tl.constexpr,
+                       SURROGATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """The batch norm's output gradient grad_y (written with x's strides) from the spikes' gradient,
     the membrane recomputed from x in registers as in _lif_bwd_recompute_kernel (the same bits as
     the forward), and per tile and channel f1 = sum(grad_y), f2 = sum((x - mean) * grad_y) over
@@ -97,9 +176,7 @@ def _bn_lif_bwd_kernel(gs_ptr, gsN, gsC, gsS, x_ptr, a_ptr, b_ptr, mean_ptr, gy_
     n = tl.program_id(0).to(tl.int64)
     c, mask, offs = _tile(n, C, S, sN, sC, sS, BLOCK_C, BLOCK_S)
     _, _, goffs = _tile(n, C, S, gsN, gsC, gsS, BLOCK_C, BLOCK_S)
-    a = tl.load(a_ptr + c, mask=c < C, other=0.0)[:, None]
-    b = tl.load(b_ptr + c, mask=c < C, other=0.0)[:, None]
-    mu = tl.load(mean_ptr + c, mask=c < C, other=0.0)[:, None]
+    mu, a, b = _affine_terms(c, c < C, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_WEIGHT, HAS_BIAS)
     gv = tl.zeros((BLOCK_C, BLOCK_S), tl.float32)
     f1 = tl.zeros((BLOCK_C,), tl.float32)
     f2 = tl.zeros((BLOCK_C,), tl.float32)
@@ -123,23 +200,58 @@ def _bn_lif_bwd_kernel(gs_ptr, gsN, gsC, gsS, x_ptr, a_ptr, b_ptr, mean_ptr, gy_
 
 
 @triton.jit
-def _bn_grad_kernel(gy_ptr, x_ptr, mean_ptr, gm_ptr, k_ptr, scale_ptr, gx_ptr, C, S, sN, sC, sS,
-                    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+def _finish_grad_kernel(f1_ptr, f2_ptr, P, C, M, invstd_ptr, w_ptr, gw_ptr, gb_ptr, terms_ptr, HAS_WEIGHT: tl.constexpr,
+                        WANT_W: tl.constexpr, WANT_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The P partial sums of each channel added in float64 in a fixed order: grad_weight =
+    f2 * invstd, grad_bias = f1, and the gradient pass's per-channel gm, k, scale (terms [3, C])."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    f1 = tl.zeros((BLOCK_C,), tl.float64)
+    f2 = tl.zeros((BLOCK_C,), tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        both = (p < P)[:, None] & cm[None, :]
+        offs = p.to(tl.int64)[:, None] * C + c[None, :]
+        f1 += tl.sum(tl.load(f1_ptr + offs, mask=both, other=0.0).to(tl.float64), axis=0)
+        f2 += tl.sum(tl.load(f2_ptr + offs, mask=both, other=0.0).to(tl.float64), axis=0)
+    invstd = tl.load(invstd_ptr + c, mask=cm, other=0.0).to(tl.float64)
+    scale = invstd
+    if HAS_WEIGHT:
+        scale = invstd * tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float64)
+    if WANT_W:
+        tl.store(gw_ptr + c, (f2 * invstd).to(tl.float32), mask=cm)
+    if WANT_B:
+        tl.store(gb_ptr + c, f1.to(tl.float32), mask=cm)
+    tl.store(terms_ptr + c, (f1 / M).to(tl.float32), mask=cm)
+    tl.store(terms_ptr + C + c, (f2 / M * invstd * invstd).to(tl.float32), mask=cm)
+    tl.store(terms_ptr + 2 * C + c, scale.to(tl.float32), mask=cm)
+
+
+@triton.jit
+def _bn_grad_kernel(gy_ptr, x_ptr, mean_ptr, terms_ptr, gx_ptr, C, S, sN, sC, sS, BLOCK_C: tl.constexpr,
+                    BLOCK_S: tl.constexpr):
     """grad_x = (grad_y - gm - (x - mean) * k) * scale, per channel's gm, k, scale (x's strides;
     grad_x may be grad_y itself)."""
     n = tl.program_id(0).to(tl.int64)
     c, mask, offs = _tile(n, C, S, sN, sC, sS, BLOCK_C, BLOCK_S)
     cm = c < C
     mu = tl.load(mean_ptr + c, mask=cm, other=0.0)[:, None]
-    gm = tl.load(gm_ptr + c, mask=cm, other=0.0)[:, None]
-    k = tl.load(k_ptr + c, mask=cm, other=0.0)[:, None]
-    scale = tl.load(scale_ptr + c, mask=cm, other=0.0)[:, None]
+    gm = tl.load(terms_ptr + c, mask=cm, other=0.0)[:, None]
+    k = tl.load(terms_ptr + C + c, mask=cm, other=0.0)[:, None]
+    scale = tl.load(terms_ptr + 2 * C + c, mask=cm, other=0.0)[:, None]
     gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(gx_ptr + offs, ((gy - gm - (x - mu) * k) * scale).to(gx_ptr.dtype.element_ty), mask=mask)
 
 
 # ---- launchers ------------------------------------------------------------------------------------
+
+# The finishing kernels: channels per program and partials per iteration.
+FINISH_C, FINISH_P = 32, 64
+# The statistics kernel's programs, at least (samples are split into chunks until there are this
+# many programs or one sample per chunk): enough to fill an H100/H200 several times over.
+STATS_PROGRAMS = 2048
+
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     """(sample, channel, position) strides of a 4-D tensor whose H, W are dense (NCHW or channels-last)."""
@@ -150,47 +262,39 @@ def _grid(samples: int, c: int, s: int, block_c: int, block_s: int) -> tuple[int
     return check_grid((samples, triton.cdiv(s, block_s), triton.cdiv(c, block_c)), "batch norm + LIF")
 
 
-def _affine(mean, invstd, weight, bias):
-    """y = x * a + b: a = invstd * weight, b = bias - mean * a (float32, per channel)."""
-    a = invstd if weight is None else invstd * weight.float()
-    b = -mean * a if bias is None else bias.float() - mean * a
-    return a.contiguous(), b.contiguous()
+def _finish_grid(c: int) -> tuple[int]:
+    return check_grid((triton.cdiv(c, FINISH_C),), "batch norm + LIF")
 
 
 def batch_norm_lif_forward(x, weight, bias, running_mean, running_var, momentum, eps, T, tau, decay_input,
                            v_threshold, v_reset, soft_reset):
     """The CUDA kernel of tna::batch_norm_lif_forward (arguments checked by the caller): spikes in
     x's dtype and layout, batch mean and invstd (float32), running statistics updated in place as
-    torch's batch norm updates them (unbiased variance)."""
+    torch's batch norm updates them (unbiased variance). Three launches."""
     n, c, h, w = x.shape
     s = h * w
     block_c, block_s = tile_shape(c, s)
     sN, sC, sS = _strides(x)
-    grid = _grid(n, c, s, block_c, block_s)
-    tiles = n * grid[1]
-    part_mean = torch.empty(tiles, c, dtype=torch.float32, device=x.device)
-    part_m2 = torch.empty(tiles, c, dtype=torch.float32, device=x.device)
-    _stats_kernel[grid](x, part_mean, part_m2, c, s, sN, sC, sS, BLOCK_C=block_c, BLOCK_S=block_s)
-    # Chan's combination of the tiles' (count, mean, M2), in float64, in tile order
-    counts = torch.full((grid[1],), float(block_s), dtype=torch.float64, device=x.device)
-    counts[-1] = s - (grid[1] - 1) * block_s
-    counts = counts.repeat(n)[:, None]
-    total = float(n * s)
-    pm = part_mean.double()
-    mean64 = (pm * counts).sum(0) / total
-    var64 = (part_m2.double().sum(0) + (counts * (pm - mean64) ** 2).sum(0)) / total
-    mean = mean64.float()
-    invstd = torch.rsqrt(var64 + eps).float()
-    if running_mean is not None:
-        running_mean.mul_(1 - momentum).add_(mean64.float(), alpha=momentum)
-    if running_var is not None:
-        running_var.mul_(1 - momentum).add_((var64 * (total / (total - 1))).float(), alpha=momentum)
-    a, b = _affine(mean, invstd, weight, bias)
+    tiles = _grid(1, c, s, block_c, block_s)
+    per = triton.cdiv(n, min(n, max(1, STATS_PROGRAMS // (tiles[1] * tiles[2]))))
+    chunks = triton.cdiv(n, per)
+    partials = chunks * tiles[1]
+    part = torch.empty(2, partials, c, dtype=torch.float32, device=x.device)
+    _stats_kernel[_grid(chunks, c, s, block_c, block_s)](x, part[0], part[1], n, per, c, s, sN, sC, sS,
+                                                          BLOCK_C=block_c, BLOCK_S=block_s)
+    stats = torch.empty(2, c, dtype=torch.float32, device=x.device)
+    mean, invstd = stats[0], stats[1]
+    running = running_mean is not None and running_var is not None
+    _finish_stats_kernel[_finish_grid(c)](
+        part[0], part[1], n, per, s, tiles[1], c, float(eps), float(momentum), mean, invstd,
+        running_mean if running else mean, running_var if running else invstd, HAS_RUNNING=running,
+        BLOCK_C=FINISH_C, BLOCK_P=FINISH_P, BLOCK_S=block_s)
     spikes = torch.empty_like(x)
     B = n // T
     _bn_lif_fwd_kernel[_grid(B, c, s, block_c, block_s)](
-        x, a, b, spikes, c, s, sN, sC, sS, B * sN, T, float(tau), float(v_threshold), float(v_reset),
-        0.0 if soft_reset else float(v_reset), DECAY_INPUT=decay_input, SOFT=soft_reset,
+        x, mean, invstd, mean if weight is None else weight, mean if bias is None else bias, spikes, c, s, sN, sC,
+        sS, B * sN, T, float(tau), float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset),
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, DECAY_INPUT=decay_input, SOFT=soft_reset,
         BLOCK_C=block_c, BLOCK_S=block_s)
     return spikes, mean, invstd
 
@@ -198,40 +302,38 @@ def batch_norm_lif_forward(x, weight, bias, running_mean, running_var, momentum,
 def batch_norm_lif_backward(grad_spikes, x, mean, invstd, weight, bias, T, tau, decay_input, v_threshold, v_reset,
                             soft_reset, detach_reset, surrogate_index, alpha, output_mask):
     """The CUDA kernel of tna::batch_norm_lif_backward (arguments checked by the caller): grad_x in
-    x's dtype and layout, grad_weight and grad_bias float32; masked-off outputs are empty."""
+    x's dtype and layout, grad_weight and grad_bias float32; masked-off outputs are empty. Three
+    launches (two without grad_x)."""
     n, c, h, w = x.shape
     s = h * w
     want_x, want_w, want_b = output_mask
+    want_w = want_w and weight is not None
     block_c, block_s = tile_shape(c, s)
     sN, sC, sS = _strides(x)
     gs = grad_spikes if grad_spikes.stride(2) == w * grad_spikes.stride(3) else grad_spikes.contiguous()
     B = n // T
     grid_b = _grid(B, c, s, block_c, block_s)
-    tiles = B * grid_b[1]
-    mean, invstd = mean.float().contiguous(), invstd.float().contiguous()
-    a, b = _affine(mean, invstd, weight, bias)
-    # grad_y in float32: grad_x's own buffer when x is float32 (the gradient pass runs in place)
-    gy = torch.empty_like(x, dtype=torch.float32)
-    f1 = torch.empty(tiles, c, dtype=torch.float32, device=x.device)
-    f2 = torch.empty(tiles, c, dtype=torch.float32, device=x.device)
+    partials = B * grid_b[1]
+    mean, invstd = mean.contiguous(), invstd.contiguous()
+    # grad_y in x's dtype, as the unfused layer hands it to torch's batch-norm backward; it is
+    # grad_x's buffer too (the gradient pass runs in place). The sums take it before rounding.
+    gy = torch.empty_like(x)
+    f = torch.empty(2, partials, c, dtype=torch.float32, device=x.device)
     _bn_lif_bwd_kernel[grid_b](
-        gs, gs.stride(0), gs.stride(1), gs.stride(3), x, a, b, mean, gy, f1, f2, c, s, sN, sC, sS, B * sN,
-        B * gs.stride(0), T, float(tau), float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset),
-        float(alpha), DECAY_INPUT=decay_input, SOFT=soft_reset, DETACH=detach_reset, SURROGATE=surrogate_index,
-        BLOCK_C=block_c, BLOCK_S=block_s)
-    sum_gy = f1.double().sum(0)
-    sum_dot = f2.double().sum(0)
-    grad_w = (sum_dot * invstd.double()).float() if want_w and weight is not None else x.new_empty((0,),
-                                                                                                    dtype=torch.float32)
-    grad_b = sum_gy.float() if want_b else x.new_empty((0,), dtype=torch.float32)
+        gs, gs.stride(0), gs.stride(1), gs.stride(3), x, mean, invstd, mean if weight is None else weight,
+        mean if bias is None else bias, gy, f[0], f[1], c, s, sN, sC, sS, B * sN, B * gs.stride(0), T, float(tau),
+        float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset), float(alpha),
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, DECAY_INPUT=decay_input, SOFT=soft_reset,
+        DETACH=detach_reset, SURROGATE=surrogate_index, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=BWD_WARPS)
+    grad_w = torch.empty(c if want_w else 0, dtype=torch.float32, device=x.device)
+    grad_b = torch.empty(c if want_b else 0, dtype=torch.float32, device=x.device)
+    terms = torch.empty(3, c, dtype=torch.float32, device=x.device)
+    _finish_grad_kernel[_finish_grid(c)](
+        f[0], f[1], partials, c, float(n * s), invstd, mean if weight is None else weight,
+        grad_w if want_w else terms, grad_b if want_b else terms, terms, HAS_WEIGHT=weight is not None,
+        WANT_W=want_w, WANT_B=bool(want_b), BLOCK_C=FINISH_C, BLOCK_P=FINISH_P)
     if not want_x:
         return x.new_empty((0,)), grad_w, grad_b
-    total = float(n * s)
-    inv64 = invstd.double()
-    gm = (sum_gy / total).float()
-    k = (sum_dot / total * inv64 * inv64).float()
-    scale = (inv64 if weight is None else inv64 * weight.double()).float()
-    grad_x = gy if x.dtype == torch.float32 else torch.empty_like(x)
-    _bn_grad_kernel[_grid(n, c, s, block_c, block_s)](
-        gy, x, mean, gm, k, scale, grad_x, c, s, sN, sC, sS, BLOCK_C=block_c, BLOCK_S=block_s)
-    return grad_x, grad_w, grad_b
+    _bn_grad_kernel[_grid(n, c, s, block_c, block_s)](gy, x, mean, terms, gy, c, s, sN, sC, sS,
+                                                      BLOCK_C=block_c, BLOCK_S=block_s)
+    return gy, grad_w, grad_b
