@@ -132,28 +132,35 @@ def _calls():
                lambda gs=gs, x=x, v=state, d=decay, s=soft, de=detach, su=sur: lif.lif_bwd_recompute(
                    gs, v, x, v, 2.0, d, 1.0, 0.0, s, de, su, 2.0))
 
-    # fused batch norm + LIF: x's dtype and layout (NCHW: position stride 1; channels-last: channel
-    # stride 1), the neuron's flags and, in the backward, every surrogate; 16x16 maps (the largest
-    # tile, [8 channels, 128 positions]) and 4x4 maps ([64, 16])
+    # fused batch norm + LIF: every x dtype x layout (NCHW: position stride 1; channels-last: channel
+    # stride 1) with the default neuron, then the neuron's flags and every surrogate on float32 NCHW;
+    # 16x16 maps (the largest tile, [8 channels, 128 positions]) and one 4x4 case ([64, 16])
     bn = MODULES["batch_norm"]
-    for dt, layout, hw in itertools.product(FLOATS, ("nchw", "channels_last"), (16, 4)):
+    mean, invstd = torch.zeros(64), torch.ones(64)
+
+    def bn_x(dt, layout, hw=16):
         xb = torch.zeros(8, 64, hw, hw, dtype=dt)
-        if layout == "channels_last":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        for decay, soft in itertools.product((True, False), (False, True)):
-            yield (f"bn+lif forward {_dt(dt)} {layout} {hw}x{hw} decay={int(decay)} soft={int(soft)}",
-                   lambda xb=xb, d=decay, s=soft: bn.batch_norm_lif_forward(
-                       xb, None, None, None, None, 0.1, 1e-5, 4, 2.0, d, 1.0, 0.0, s))
-        mean, invstd = torch.zeros(64), torch.ones(64)
-        flags = [(decay, soft, detach, 0) for decay, soft, detach in itertools.product((True, False), (False, True),
-                                                                                      (False, True))]
-        flags += [(True, False, False, k) for k in range(1, len(R.SURROGATES))]
+        return xb.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else xb
+
+    def bn_cases(dt, layout, hw, flags):
+        xb = bn_x(dt, layout, hw)
         for decay, soft, detach, sur in flags:
-            yield (f"bn+lif backward {_dt(dt)} {layout} {hw}x{hw} decay={int(decay)} soft={int(soft)} "
-                   f"detach={int(detach)} {R.SURROGATES[sur]}",
-                   lambda xb=xb, m=mean, i=invstd, d=decay, s=soft, de=detach, su=sur: bn.batch_norm_lif_backward(
-                       torch.zeros_like(xb), xb, m, i, None, None, 4, 2.0, d, 1.0, 0.0, s, de, su, 2.0,
+            label = (f"{_dt(dt)} {layout} {hw}x{hw} decay={int(decay)} soft={int(soft)} detach={int(detach)} "
+                     f"{R.SURROGATES[sur]}")
+            yield (f"bn+lif forward {label}", lambda xb=xb, d=decay, s=soft: bn.batch_norm_lif_forward(
+                xb, None, None, None, None, 0.1, 1e-5, 4, 2.0, d, 1.0, 0.0, s))
+            yield (f"bn+lif backward {label}",
+                   lambda xb=xb, d=decay, s=soft, de=detach, su=sur: bn.batch_norm_lif_backward(
+                       torch.zeros_like(xb), xb, mean, invstd, None, None, 4, 2.0, d, 1.0, 0.0, s, de, su, 2.0,
                        [True, True, True]))
+
+    for dt, layout in itertools.product(FLOATS, ("nchw", "channels_last")):
+        yield from bn_cases(dt, layout, 16, [(True, False, False, 0)])
+    flags = [(decay, soft, detach, 0) for decay, soft, detach in itertools.product((True, False), (False, True),
+                                                                                  (False, True))]
+    flags += [(True, False, False, k) for k in range(1, len(R.SURROGATES))]
+    yield from bn_cases(torch.float32, "nchw", 16, flags)
+    yield from bn_cases(torch.float32, "channels_last", 4, [(True, False, False, 0)])
 
     # ternary: packing / unpacking / decoding
     codes = torch.zeros(256, 512, dtype=torch.int8)

@@ -364,3 +364,28 @@ def test_triton_statistics_over_chunks_of_samples(monkeypatch, programs, finish_
                                      hyper[7], [True, True, True])
     for g, e in zip(got, want, strict=True):
         torch.testing.assert_close(g.cpu(), e, rtol=1e-4, atol=1e-5)
+
+
+def test_which_inputs_the_cuda_kernels_serve_and_the_switch():
+    """bn_lif's choice on CUDA (checked on CPU tensors: the device is the caller's test): NCHW or
+    channels-last 4-D float32 / bfloat16 / float16 with float32 parameters; off unless
+    TNA_BN_LIF_CUDA_FUSED=1 (the default waits for a GPU's measurement)."""
+    import os
+    import subprocess
+    import sys
+
+    x = torch.randn(4, 3, 5, 5)
+    w = torch.ones(3)
+    serves = bn_lif._cuda_fused_serves
+    assert serves(x, w, None) and serves(x.contiguous(memory_format=torch.channels_last), w, w)
+    assert serves(x.bfloat16(), w, w) and serves(x.half(), None, None)
+    assert not serves(x.double(), w, w) and not serves(x[:, :, 0], w, w) and not serves(x, w.double(), w)
+    assert not serves(x.transpose(2, 3), w, w)  # neither layout
+    assert not serves(torch.randn(4, 3, 1, 1), w, w)  # one value per channel and sample: torch's op
+    code = "import tna_kernels.nn.bn_lif as b; print(b.CUDA_FUSED)"
+    for value, want in ((None, "False"), ("1", "True"), ("0", "False")):
+        env = {k: v for k, v in os.environ.items() if k != "TNA_BN_LIF_CUDA_FUSED"}
+        if value is not None:
+            env["TNA_BN_LIF_CUDA_FUSED"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want

@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'op':<28}{'CPU':<11}{'CUDA':<{width}}fake")
     for name, cpu, cuda, fake in rows:
         print(f"{name:<28}{cpu:<11}{cuda:<{width}}{fake}")
+    from .nn import bn_lif
+
+    print(f"\nBN + LIF layers on CUDA: {'the fused Triton pair' if bn_lif.CUDA_FUSED else 'unfused'} "
+          f"(TNA_BN_LIF_CUDA_FUSED={int(bn_lif.CUDA_FUSED)}); on the CPU the fused pair for channels-last inputs")
     if args.train_paths:
         print()
         print("\n".join(train_path_table(args.train_paths, args.batch)))

@@ -86,7 +86,7 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, N, per, C, S, sN, sC, sS, BLOCK_C: tl
     mean = tl.zeros((BLOCK_C,), tl.float32)
     m2 = tl.zeros((BLOCK_C,), tl.float32)
     for i in range(tl.minimum(per, N - n0)):
-        x = tl.load(x_ptr + offs + i * sN, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs + tl.cast(i, tl.int64) * sN, mask=mask, other=0.0).to(tl.float32)
         tile_mean = tl.sum(x, axis=1) / tile_n
         d = tl.where(mask, x - tile_mean[:, None], 0.0)
         total = count + tile_n
