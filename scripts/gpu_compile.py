@@ -161,6 +161,12 @@ def _calls():
     flags += [(True, False, False, k) for k in range(1, len(R.SURROGATES))]
     yield from bn_cases(torch.float32, "nchw", 16, flags)
     yield from bn_cases(torch.float32, "channels_last", 4, [(True, False, False, 0)])
+    xb, ones = bn_x(torch.float32, "nchw"), torch.ones(64)  # affine, running statistics, partial gradients
+    yield ("bn+lif forward fp32 nchw affine running", lambda: bn.batch_norm_lif_forward(
+        xb, ones, ones, torch.zeros(64), torch.ones(64), 0.1, 1e-5, 4, 2.0, True, 1.0, 0.0, False))
+    for mask in ([True, True, True], [False, True, False], [False, False, True]):
+        yield (f"bn+lif backward fp32 nchw affine mask={mask}", lambda m=mask: bn.batch_norm_lif_backward(
+            torch.zeros_like(xb), xb, mean, invstd, ones, ones, 4, 2.0, True, 1.0, 0.0, False, False, 0, 2.0, m))
 
     # ternary: packing / unpacking / decoding
     codes = torch.zeros(256, 512, dtype=torch.int8)

@@ -155,12 +155,13 @@ def _bn_lif_fwd_kernel(x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, s_ptr, C, S, s
     reset value; spikes are written with x's strides (``step``: elements between steps)."""
     n = tl.program_id(0).to(tl.int64)
     c, mask, offs = _tile(n, C, S, sN, sC, sS, BLOCK_C, BLOCK_S)
-    _, a, b = _affine_terms(c, c < C, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_WEIGHT, HAS_BIAS)
+    # (no `_` for unused results: a name the time loop re-binds must keep its shape for Triton)
+    mu, a, b = _affine_terms(c, c < C, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_WEIGHT, HAS_BIAS)
     v = tl.zeros((BLOCK_C, BLOCK_S), tl.float32) + vr
     for t in range(T):
         o = offs + tl.cast(t, tl.int64) * step
         y = tl.load(x_ptr + o, mask=mask, other=0.0).to(tl.float32) * a + b
-        _, fire, v = _charge_fire_reset(v, y, tau, v_th, v_reset, vr, DECAY_INPUT, SOFT)
+        h, fire, v = _charge_fire_reset(v, y, tau, v_th, v_reset, vr, DECAY_INPUT, SOFT)
         tl.store(s_ptr + o, tl.where(fire, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=mask)
 
 
@@ -175,7 +176,7 @@ def _bn_lif_bwd_kernel(gs_ptr, gsN, gsC, gsS, x_ptr, mean_ptr, invstd_ptr, w_ptr
     the tile's positions and steps."""
     n = tl.program_id(0).to(tl.int64)
     c, mask, offs = _tile(n, C, S, sN, sC, sS, BLOCK_C, BLOCK_S)
-    _, _, goffs = _tile(n, C, S, gsN, gsC, gsS, BLOCK_C, BLOCK_S)
+    gc, gmask, goffs = _tile(n, C, S, gsN, gsC, gsS, BLOCK_C, BLOCK_S)
     mu, a, b = _affine_terms(c, c < C, mean_ptr, invstd_ptr, w_ptr, b_ptr, HAS_WEIGHT, HAS_BIAS)
     gv = tl.zeros((BLOCK_C, BLOCK_S), tl.float32)
     f1 = tl.zeros((BLOCK_C,), tl.float32)
@@ -187,7 +188,7 @@ def _bn_lif_bwd_kernel(gs_ptr, gsN, gsC, gsS, x_ptr, mean_ptr, invstd_ptr, w_ptr
         xt = v
         for t in range(last + 1):
             xt = tl.load(x_ptr + offs + tl.cast(t, tl.int64) * step, mask=mask, other=0.0).to(tl.float32)
-            h, _, v = _charge_fire_reset(v, xt * a + b, tau, v_th, v_reset, vr, DECAY_INPUT, SOFT)
+            h, fire, v = _charge_fire_reset(v, xt * a + b, tau, v_th, v_reset, vr, DECAY_INPUT, SOFT)
         gs = tl.load(gs_ptr + goffs + tl.cast(last, tl.int64) * gs_step, mask=mask, other=0.0).to(tl.float32)
         gy, gv = _step_grad(h, gs, gv, tau, v_th, vr, alpha, DECAY_INPUT, SOFT, DETACH, SURROGATE)
         gy = tl.where(mask, gy, 0.0)
@@ -282,8 +283,8 @@ def batch_norm_lif_forward(x, weight, bias, running_mean, running_var, momentum,
     part = torch.empty(2, partials, c, dtype=torch.float32, device=x.device)
     _stats_kernel[_grid(chunks, c, s, block_c, block_s)](x, part[0], part[1], n, per, c, s, sN, sC, sS,
                                                           BLOCK_C=block_c, BLOCK_S=block_s)
-    stats = torch.empty(2, c, dtype=torch.float32, device=x.device)
-    mean, invstd = stats[0], stats[1]
+    mean = torch.empty(c, dtype=torch.float32, device=x.device)  # two outputs: two tensors, not views of one
+    invstd = torch.empty(c, dtype=torch.float32, device=x.device)
     running = running_mean is not None and running_var is not None
     _finish_stats_kernel[_finish_grid(c)](
         part[0], part[1], n, per, s, tiles[1], c, float(eps), float(momentum), mean, invstd,
