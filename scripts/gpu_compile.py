@@ -365,12 +365,12 @@ _G = "gpu_path: tests/test_gpu_path.py"
 # packed inference against the C++ path; "cuda" = tests that need a GPU (none has run on one yet).
 _BN = "test_batch_norm_lif.py"
 OPS = [
-    ("batch_norm_lif_forward", "Triton: statistics tiles (combined in float64), then normalise + LIF",
-     ["_stats_kernel", "_bn_lif_fwd_kernel"],
+    ("batch_norm_lif_forward", "Triton: statistics tiles, their float64 combination, then normalise + LIF",
+     ["_stats_kernel", "_finish_stats_kernel", "_bn_lif_fwd_kernel"],
      "interp.: " + _BN + "::test_triton_kernels_*; " + _G + "; cuda: " + _BN
      + "::test_cuda_fused_layer_matches_the_unfused_layer"),
-    ("batch_norm_lif_backward", "Triton: normalise + LIF backward + sums, then the gradient",
-     ["_bn_lif_bwd_kernel", "_bn_grad_kernel"], "as batch_norm_lif_forward"),
+    ("batch_norm_lif_backward", "Triton: normalise + LIF backward + sums, their combination, then the gradient",
+     ["_bn_lif_bwd_kernel", "_finish_grad_kernel", "_bn_grad_kernel"], "as batch_norm_lif_forward"),
     ("lif_fwd", "Triton", ["_lif_fwd_kernel"],
      "interp.: test_lif.py::test_triton_matches_reference, ::test_triton_low_precision, " + _T
      + "; " + _G + "; cuda: test_lif.py::test_cuda_autograd_through_op"),
