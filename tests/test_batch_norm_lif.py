@@ -329,9 +329,11 @@ def test_cuda_fused_layer_matches_the_unfused_layer(dtype, layout, monkeypatch):
         out.backward(gs)
         outs.append((out.float(), xi.grad.float(), bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var))
     (out, *grads), (want, *want_grads) = outs
-    assert (out != want).float().mean() < 1e-3
+    # bfloat16: the unfused layer rounds the BN output to bfloat16 before the LIF, the fused one
+    # does not, so near-threshold spikes flip more often; a wrong formula would be off by O(1)
+    flips, limit = (1e-3, 1e-3) if dtype == torch.float32 else (3e-2, 0.25)
+    assert (out != want).float().mean() < flips
     # a flipped spike changes its neuron's gradient: compare whole tensors by relative norm
-    limit = 1e-3 if dtype == torch.float32 else 3e-2
     for i, (g, e) in enumerate(zip(grads, want_grads, strict=True)):
         assert (g - e).norm() <= limit * e.norm() + 1e-6, (i, (g - e).norm().item(), e.norm().item())
 

@@ -17,7 +17,8 @@ SCRIPT = ROOT / "scripts" / "gpu_compile.py"
 KERNELS = ("_lif_fwd_kernel", "_lif_bwd_kernel", "_lif_bwd_recompute_kernel", "_twin_loss_fwd_kernel",
            "_spike_conv_kernel", "_float_linear_kernel", "_decode_kernel", "_unpack_spikes_kernel", "_pack_kernel",
            "_row_stats_kernel", "_quantize_pack_kernel", "_spike_grad_weight_kernel", "_spike_grad_weight_f32_kernel",
-           "_split_sum_kernel")
+           "_split_sum_kernel", "_stats_kernel", "_finish_stats_kernel", "_bn_lif_fwd_kernel", "_bn_lif_bwd_kernel",
+           "_finish_grad_kernel", "_bn_grad_kernel")
 
 
 def _run(*args, timeout=600):
@@ -54,3 +55,14 @@ def test_variant_matrix_is_complete():
     n_full = int(re.search(r"(\d+) compilations", full.stdout).group(1))
     n_cover = int(re.search(r"(\d+) compilations", head).group(1))
     assert n_full > 2 * n_cover >= 2 * specs
+
+
+def test_only_selects_kernels_by_name():
+    proc = _run("--list", "--arch", "90", "--only", "^_bn_grad_kernel$")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.startswith("gpu_compile: 1 kernels,")
+    assert all(" _bn_grad_kernel " in ln for ln in proc.stdout.splitlines()[1:])
+    none = _run("--list", "--only", "no_such_kernel")
+    assert none.returncode == 2 and "matches no kernel" in none.stderr
+    partial_doc = _run("--list", "--only", "_bn_", "--markdown", "x.md")
+    assert partial_doc.returncode == 2 and "drop --markdown" in partial_doc.stderr
