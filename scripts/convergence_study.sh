@@ -14,6 +14,12 @@
 #   THREADS=1 nohup bash scripts/convergence_study.sh > runs/converge.log 2>&1 &
 #   STAGES="1" bash scripts/convergence_study.sh       # only stage 1
 #   STAGES=3 LAMBDAS=0.001 bash scripts/convergence_study.sh   # one run of the sweep
+# A run that cannot finish before its machine goes away is carried over in git: `snapshot` copies
+# each unfinished run's last checkpoint (and its metrics up to that epoch) into $PARTIAL
+# (results/converge/partial, committed), and a later invocation whose run folder is gone resumes
+# from there (exactly: the checkpoint holds the optimiser and RNG states); a recorded run's
+# snapshot is deleted.
+#   bash scripts/convergence_study.sh snapshot
 # The runs import tna_kernels from the current directory (python -m), so a long study can run
 # from a separate worktree (fixed code) with OUT pointing anywhere:
 #   PYTHON=/path/to/.venv/bin/python OUT=/abs/runs/converge bash scripts/convergence_study.sh
@@ -23,6 +29,7 @@ OUT=${OUT:-runs/converge}
 RECORDS=${RECORDS:-results/converge}
 SEEDS=${SEEDS:-"0 1 2"}
 STAGES=${STAGES:-"1 2 3"}
+PARTIAL=${PARTIAL:-$RECORDS/partial}
 SWEEP="0.001 0.02 0.1"
 LAMBDAS=${LAMBDAS:-$SWEEP}
 # Stage 1's λ = 0.005 on seed 0 (docs/RESULTS.md, final validation accuracy), for choosing the
@@ -40,9 +47,41 @@ record() {  # name: copy a finished run's record into $RECORDS (atomically: file
   cp "$src/base.json" "$dst/base.json.tmp" && mv "$dst/base.json.tmp" "$dst/base.json"
 }
 
+snapshot() {  # every unfinished run in $OUT -> $PARTIAL/<name> (checkpoint, metrics up to its epoch)
+  local dir name tmp
+  for dir in "$OUT"/*/; do
+    name=$(basename "$dir")
+    [ -f "$dir/checkpoints/last.json" ] && [ ! -f "$dir/base.json" ] || continue
+    tmp="$PARTIAL/.$name.tmp"
+    rm -rf "$tmp" && mkdir -p "$tmp/checkpoints"
+    cp "$dir/checkpoints/last.json" "$dir/checkpoints/last.safetensors" "$tmp/checkpoints/"
+    "$PYTHON" - "$tmp/checkpoints/last.json" "$dir/metrics.csv" "$tmp/metrics.csv" "$name" <<'PY'
+import csv, json, sys
+epoch = json.load(open(sys.argv[1]))["meta"]["epoch"]  # rows after the checkpoint would repeat on resume
+with open(sys.argv[2], newline="") as f:
+    rows = list(csv.DictReader(f))
+with open(sys.argv[3], "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
+    w.writeheader()
+    w.writerows(r for r in rows if int(r["epoch"]) <= epoch)
+print(f"snapshot {sys.argv[4]}: epoch {epoch}")
+PY
+    rm -rf "$PARTIAL/$name" && mv "$tmp" "$PARTIAL/$name"
+  done
+}
+
+restore() {  # name: a run folder from its snapshot when the folder is gone
+  local name=$1
+  if [ ! -d "$OUT/$name" ] && [ -f "$PARTIAL/$name/checkpoints/last.json" ]; then
+    mkdir -p "$OUT/$name" && cp -r "$PARTIAL/$name/." "$OUT/$name/"
+    echo "resume $name from its snapshot in $PARTIAL"
+  fi
+}
+
 run() {  # name config seed [overrides...]
   local name=$1 cfg=$2 seed=$3; shift 3
-  if [ -f "$RECORDS/$name/base.json" ]; then echo "skip $name (recorded)"; return; fi
+  if [ -f "$RECORDS/$name/base.json" ]; then echo "skip $name (recorded)"; rm -rf "${PARTIAL:?}/$name"; return; fi
+  restore "$name"
   if [ ! -f "$OUT/$name/base.json" ]; then
     echo "== $name start $(date -u +%FT%TZ) threads=$OMP_NUM_THREADS"
     /usr/bin/time -f "== $name wall %e s, peak RSS %M KB" \
@@ -50,12 +89,15 @@ run() {  # name config seed [overrides...]
       --out "$OUT" --resume auto "$@"
   fi
   record "$name"
+  rm -rf "${PARTIAL:?}/$name"
 }
 
 teacher() {  # seed: the fp32 teacher's checkpoint, from its record when the run folder is gone
   local name="cifar10_vgg_converge_baseline_fp_s$1"
   if [ -f "$OUT/$name/base.json" ]; then echo "$OUT/$name/base.json"; else echo "$RECORDS/$name/base.json"; fi
 }
+
+if [ "${1:-}" = snapshot ]; then snapshot; exit 0; fi
 
 for stage in $STAGES; do
   case $stage in

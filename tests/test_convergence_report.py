@@ -169,3 +169,43 @@ def test_study_script_splits_the_sweep_and_chooses_lambda_only_when_it_is_comple
     out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 3 and "best λ on seed 0: 0.005" in out  # stage 1's 73.64 % beats the stand-ins' 50 %
+
+
+def test_study_script_carries_an_unfinished_run_over_in_a_snapshot(tmp_path):
+    """`snapshot` copies an unfinished run's last checkpoint and its metrics up to that epoch into
+    PARTIAL; a later invocation without the run folder resumes from it, and the snapshot goes
+    once the run is recorded."""
+    import json
+    import os
+    import subprocess
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_TRAIN.replace('run.mkdir(parents=True, exist_ok=True)\n', (
+        'run.mkdir(parents=True, exist_ok=True)\n'
+        'rows = (run / "metrics.csv").read_text() if (run / "metrics.csv").exists() else ""\n'
+        'with open(Path(__file__).with_name("resumed.log"), "a") as f:\n'
+        '    f.write(f"{(run / \'checkpoints\' / \'last.json\').exists()} {rows.count(chr(10))}\\n")\n')))
+    fake.chmod(0o755)
+    out, records, partial = tmp_path / "runs", tmp_path / "records", tmp_path / "records" / "partial"
+    name = "cifar10_vgg_converge_tna_lam0.001_s0"
+    ckpt = out / name / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.json").write_text(json.dumps({"meta": {"epoch": 2}}))
+    (ckpt / "last.safetensors").write_bytes(b"state")
+    (out / name / "metrics.csv").write_text("epoch,val_acc\n1,0.3\n2,0.4\n3,0.5\n")  # epoch 3: after the checkpoint
+    (out / "finished_s0").mkdir()
+    (out / "finished_s0" / "base.json").write_text("{}")
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(out), RECORDS=str(records), STAGES="3", LAMBDAS="0.001")
+    got = subprocess.run(["bash", str(STUDY), "snapshot"], env=env, capture_output=True, text=True, check=True)
+    assert f"snapshot {name}: epoch 2" in got.stdout
+    assert sorted(p.name for p in partial.iterdir()) == [name]  # the finished run is not carried
+    assert (partial / name / "metrics.csv").read_text().splitlines() == ["epoch,val_acc", "1,0.3", "2,0.4"]
+    assert (partial / name / "checkpoints" / "last.safetensors").read_bytes() == b"state"
+
+    import shutil
+    shutil.rmtree(out)
+    env["PYTHON"] = str(fake)
+    got = subprocess.run(["bash", str(STUDY)], env=env, capture_output=True, text=True, check=True)
+    assert f"resume {name} from its snapshot" in got.stdout
+    assert (tmp_path / "resumed.log").read_text() == "True 3\n"  # the checkpoint and the header + 2 rows
+    assert (records / name / "base.json").is_file() and not (partial / name).exists()
