@@ -15,11 +15,14 @@ torch's batch norm, the LIF, torch's batch-norm backward):
             [normalise (read x, write y), LIF backward (read y and grad_spikes, write grad_y),
              sums (read grad_y and x), gradient (read grad_y and x, write grad_x)]
 
-Sums are deterministic: each tile writes its partial result to its own slot, and the slots are
-combined by torch in a fixed order (float64) — no atomics, so a run repeats bit for bit. The
-statistics combine per-tile means and centred sums of squares (Chan et al.), so a large mean does
-not cancel the variance. No autotuning: the tile shape fixes the partial sums' grouping, so it is
-chosen from the sizes, not timed. No host synchronisation."""
+Sums are deterministic: each program writes its partial result to its own slot, and a finishing
+kernel (one program per 32 channels) adds the slots in a fixed order in float64 — no atomics, so a
+run repeats bit for bit. The statistics merge means and centred sums of squares (Chan et al.: per
+sample tile, then across a program's chunk of samples, then across the slots), so a large mean
+does not cancel the variance. Three launches each way (statistics, finish, normalise + LIF;
+LIF backward + sums, finish, gradient), no torch operators between them. No autotuning: the tile
+shape fixes the partial sums' grouping, so it is chosen from the sizes, not timed. No host
+synchronisation."""
 
 import torch
 import triton
