@@ -164,6 +164,8 @@ def _calls():
     xb, ones = bn_x(torch.float32, "nchw"), torch.ones(64)  # affine, running statistics, partial gradients
     yield ("bn+lif forward fp32 nchw affine running", lambda: bn.batch_norm_lif_forward(
         xb, ones, ones, torch.zeros(64), torch.ones(64), 0.1, 1e-5, 4, 2.0, True, 1.0, 0.0, False))
+    yield ("bn+lif forward fp32 nchw running mean only", lambda: bn.batch_norm_lif_forward(
+        xb, None, None, torch.zeros(64), None, 0.1, 1e-5, 4, 2.0, True, 1.0, 0.0, False))
     for mask in ([True, True, True], [False, True, False], [False, False, True]):
         yield (f"bn+lif backward fp32 nchw affine mask={mask}", lambda m=mask: bn.batch_norm_lif_backward(
             torch.zeros_like(xb), xb, mean, invstd, ones, ones, 4, 2.0, True, 1.0, 0.0, False, False, 0, 2.0, m))

@@ -391,3 +391,25 @@ def test_which_inputs_the_cuda_kernels_serve_and_the_switch():
             env["TNA_BN_LIF_CUDA_FUSED"] = value
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == want
+
+
+@pytest.mark.triton
+def test_triton_updates_each_running_statistic_given():
+    """Only running_mean, or only running_var: the one given is updated (as by the C++ op), the
+    missing one is not stood in for."""
+    from tna_kernels._utils import triton_test_device
+    from tna_kernels.triton import batch_norm as tb
+
+    dev = triton_test_device()
+    T = 2
+    x, w, b, rm, rv = inputs(T, 3, 5, 4, 4, seed=18)
+    hyper = _lif_hyper(tau=2.0)
+    for given in ("mean", "var"):
+        rm_c, rv_c = (rm.clone(), None) if given == "mean" else (None, rv.clone())
+        OPS.batch_norm_lif_forward(x, w, b, rm_c, rv_c, 0.1, 1e-5, T, *hyper)  # the C++ op
+        rm_t = None if rm_c is None else rm.clone().to(dev)
+        rv_t = None if rv_c is None else rv.clone().to(dev)
+        tb.batch_norm_lif_forward(x.to(dev), w.to(dev), b.to(dev), rm_t, rv_t, 0.1, 1e-5, T, *hyper[:5])
+        got, want = (rm_t, rm_c) if given == "mean" else (rv_t, rv_c)
+        assert not torch.equal(want, rm if given == "mean" else rv)  # the C++ op did update it
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)

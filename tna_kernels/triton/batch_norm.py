@@ -112,7 +112,8 @@ def _partial_counts(p, N, per, S, SB, BLOCK_S: tl.constexpr):
 
 @triton.jit
 def _finish_stats_kernel(mean_ptr, m2_ptr, N, per, S, SB, C, eps, momentum, out_mean_ptr, out_invstd_ptr, rm_ptr,
-                         rv_ptr, HAS_RUNNING: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                         rv_ptr, HAS_RM: tl.constexpr, HAS_RV: tl.constexpr, BLOCK_C: tl.constexpr,
+                         BLOCK_P: tl.constexpr,
                          BLOCK_S: tl.constexpr):
     """The P partials of each channel combined in float64 in a fixed order: mean, invstd (biased
     variance, as batch norm normalises) and the running statistics (unbiased variance)."""
@@ -142,11 +143,12 @@ def _finish_stats_kernel(mean_ptr, m2_ptr, N, per, S, SB, C, eps, momentum, out_
     var = m2 / tl.maximum(sum_n, 1.0)
     tl.store(out_mean_ptr + c, mean.to(tl.float32), mask=cm)
     tl.store(out_invstd_ptr + c, (1.0 / tl.sqrt(var + eps)).to(tl.float32), mask=cm)
-    if HAS_RUNNING:
-        unbiased = (m2 / tl.maximum(sum_n - 1.0, 1.0)).to(tl.float32)
+    if HAS_RM:  # each running statistic given is updated, as torch's batch norm updates it
         rm = tl.load(rm_ptr + c, mask=cm, other=0.0)
-        rv = tl.load(rv_ptr + c, mask=cm, other=0.0)
         tl.store(rm_ptr + c, (1.0 - momentum) * rm + momentum * mean.to(tl.float32), mask=cm)
+    if HAS_RV:
+        unbiased = (m2 / tl.maximum(sum_n - 1.0, 1.0)).to(tl.float32)
+        rv = tl.load(rv_ptr + c, mask=cm, other=0.0)
         tl.store(rv_ptr + c, (1.0 - momentum) * rv + momentum * unbiased, mask=cm)
 
 
@@ -288,11 +290,11 @@ def batch_norm_lif_forward(x, weight, bias, running_mean, running_var, momentum,
                                                           BLOCK_C=block_c, BLOCK_S=block_s)
     mean = torch.empty(c, dtype=torch.float32, device=x.device)  # two outputs: two tensors, not views of one
     invstd = torch.empty(c, dtype=torch.float32, device=x.device)
-    running = running_mean is not None and running_var is not None
     _finish_stats_kernel[_finish_grid(c)](
         part[0], part[1], n, per, s, tiles[1], c, float(eps), float(momentum), mean, invstd,
-        running_mean if running else mean, running_var if running else invstd, HAS_RUNNING=running,
-        BLOCK_C=FINISH_C, BLOCK_P=FINISH_P, BLOCK_S=block_s)
+        mean if running_mean is None else running_mean, invstd if running_var is None else running_var,
+        HAS_RM=running_mean is not None, HAS_RV=running_var is not None, BLOCK_C=FINISH_C, BLOCK_P=FINISH_P,
+        BLOCK_S=block_s)
     spikes = torch.empty_like(x)
     B = n // T
     _bn_lif_fwd_kernel[_grid(B, c, s, block_c, block_s)](
