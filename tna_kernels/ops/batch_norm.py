@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import HAS_TRITON, is_channels_last
+from .._utils import HAS_TRITON, check, is_channels_last
 from . import register_cuda
 from ._native import LIB, C, dtype_str, empty_output, ptr, shape_str, threads
 from .lif import _SURROGATE_INDEX, _check_hyper
@@ -312,7 +312,7 @@ if HAS_TRITON:
 
 @torch.library.register_fake("tna::batch_norm_forward")
 def _batch_norm_forward_fake(x, weight, bias, running_mean, running_var, momentum, eps):
-    torch._check(x.dim() >= 2, lambda: f"x must be [N, C, ...], got shape {tuple(x.shape)}")
+    check(x.dim() >= 2, lambda: f"x must be [N, C, ...], got shape {tuple(x.shape)}")
     c = x.shape[1]
     return torch.empty_like(x, memory_format=_output_format(x)), x.new_empty((c,)), x.new_empty((c,))
 
@@ -333,7 +333,7 @@ def _batch_norm_backward_channels_last_fake(grad_y, x, mean, invstd, weight, out
 @torch.library.register_fake("tna::batch_norm_lif_forward")
 def _batch_norm_lif_forward_fake(x, weight, bias, running_mean, running_var, momentum, eps, T, tau, decay_input,
                                  v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha):
-    torch._check(x.dim() == 4, lambda: f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    check(x.dim() == 4, lambda: f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
     c = x.shape[1]
     stats = x.new_empty((c,), dtype=torch.float32)
     return torch.empty_like(x, memory_format=_output_format(x)), stats, stats.new_empty((c,))

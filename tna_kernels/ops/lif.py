@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import HAS_TRITON, state_dtype, time_rows
+from .._utils import HAS_TRITON, check, state_dtype, time_rows
 from .._utils import check_device as _check_device
 from ..formats import SURROGATES
 from . import register_cuda
@@ -56,26 +56,26 @@ LIB.define(
 # ---- Argument checks of the ops (shared by the fake kernels and the CPU kernels) ---------------
 
 def _check_seq(t, name, what="[T, ...] with at least one time step"):
-    torch._check(t.dim() >= 1 and t.shape[0] >= 1, lambda: f"{name} must be {what}, got shape {tuple(t.shape)}")
+    check(t.dim() >= 1 and t.shape[0] >= 1, lambda: f"{name} must be {what}, got shape {tuple(t.shape)}")
 
 
 def _check_floating(t, name):
-    torch._check(t.dtype.is_floating_point, lambda: f"{name} must be a floating-point tensor, got {t.dtype}")
+    check(t.dtype.is_floating_point, lambda: f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
 def _check_like(t, name, shape, dtype):
     """An optional tensor (None passes) of the given shape and dtype."""
     if t is not None:
-        torch._check(t.shape == shape, lambda: f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-        torch._check(t.dtype == dtype, lambda: f"{name} must have dtype {dtype}, got {t.dtype}")
+        check(t.shape == shape, lambda: f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        check(t.dtype == dtype, lambda: f"{name} must have dtype {dtype}, got {t.dtype}")
 
 
 def _check_hyper(tau, v_threshold, v_reset, surrogate, alpha):
-    torch._check(math.isfinite(tau) and tau > 0, lambda: f"tau must be a finite number > 0, got {tau}")
-    torch._check(math.isfinite(v_threshold), lambda: f"v_threshold must be finite, got {v_threshold}")
-    torch._check(math.isfinite(v_reset), lambda: f"v_reset must be finite, got {v_reset}")
-    torch._check(math.isfinite(alpha) and alpha > 0, lambda: f"alpha must be a finite number > 0, got {alpha}")
-    torch._check(surrogate in _SURROGATE_INDEX,
+    check(math.isfinite(tau) and tau > 0, lambda: f"tau must be a finite number > 0, got {tau}")
+    check(math.isfinite(v_threshold), lambda: f"v_threshold must be finite, got {v_threshold}")
+    check(math.isfinite(v_reset), lambda: f"v_reset must be finite, got {v_reset}")
+    check(math.isfinite(alpha) and alpha > 0, lambda: f"alpha must be a finite number > 0, got {alpha}")
+    check(surrogate in _SURROGATE_INDEX,
                  lambda: f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
 
 
@@ -89,10 +89,10 @@ def _check_lif_fwd(x_seq, v0, tau, v_threshold, v_reset, surrogate, alpha):
 def _check_lif_bwd(grad_spikes, grad_v_last, h_seq, tau, v_threshold, v_reset, surrogate, alpha):
     _check_floating(grad_spikes, "grad_spikes")
     _check_seq(h_seq, "h_seq", "the [T, ...] pre-spike membrane saved by lif_fwd(save_h=True)")
-    torch._check(grad_spikes.shape == h_seq.shape,
+    check(grad_spikes.shape == h_seq.shape,
                  lambda: f"grad_spikes must have shape {tuple(h_seq.shape)}, got {tuple(grad_spikes.shape)}")
     acc = state_dtype(grad_spikes.dtype)
-    torch._check(h_seq.dtype == acc, lambda: f"h_seq must have dtype {acc}, got {h_seq.dtype}")
+    check(h_seq.dtype == acc, lambda: f"h_seq must have dtype {acc}, got {h_seq.dtype}")
     _check_like(grad_v_last, "grad_v_last", h_seq.shape[1:], acc)
     _check_hyper(tau, v_threshold, v_reset, surrogate, alpha)
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import HAS_TRITON
+from .._utils import HAS_TRITON, check
 from . import register_cuda
 from ._native import LIB, C, empty_output, ptr, threads
 from .lif import _check_device, _lif_constants
@@ -23,13 +23,13 @@ LIB.define(
 
 def _check_lif_pack_op(x_seq, tau, v_threshold, v_reset):
     """The op's arguments (fake and CPU kernels)."""
-    torch._check(x_seq.dtype == torch.float32, lambda: f"x_seq must be float32, got {x_seq.dtype}")
-    torch._check(x_seq.dim() >= 2 and x_seq.shape[0] >= 1 and x_seq.shape[-1] >= 1,
+    check(x_seq.dtype == torch.float32, lambda: f"x_seq must be float32, got {x_seq.dtype}")
+    check(x_seq.dim() >= 2 and x_seq.shape[0] >= 1 and x_seq.shape[-1] >= 1,
                  lambda: f"x_seq must be [T, ..., C] (channels last) with T >= 1 and C >= 1, got shape "
                          f"{tuple(x_seq.shape)}")
-    torch._check(math.isfinite(tau) and tau > 0, lambda: f"tau must be a finite number > 0, got {tau}")
-    torch._check(math.isfinite(v_threshold), lambda: f"v_threshold must be finite, got {v_threshold}")
-    torch._check(math.isfinite(v_reset), lambda: f"v_reset must be finite, got {v_reset}")
+    check(math.isfinite(tau) and tau > 0, lambda: f"tau must be a finite number > 0, got {tau}")
+    check(math.isfinite(v_threshold), lambda: f"v_threshold must be finite, got {v_threshold}")
+    check(math.isfinite(v_reset), lambda: f"v_reset must be finite, got {v_reset}")
 
 
 @torch.library.register_fake("tna::lif_pack")

@@ -9,7 +9,7 @@ a time (only a slice of the float input and its indices exists at once)."""
 
 import torch
 
-from .._utils import HAS_TRITON, chunks, is_channels_last
+from .._utils import HAS_TRITON, check, chunks, is_channels_last
 from . import register_cuda
 from ._native import LIB, C, dtype_code, dtype_str, empty_output, shape_str, threads
 
@@ -38,7 +38,7 @@ def _pooled(size, k, s, p, d, ceil_mode):
 
 @torch.library.register_fake("tna::spike_max_pool2d")
 def _spike_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
-    torch._check(x.dim() == 4, lambda: f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    check(x.dim() == 4, lambda: f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
     oh, ow = (_pooled(v, k, s, p, d, ceil_mode)
               for v, k, s, p, d in zip((h, w), kernel_size, stride, padding, dilation, strict=True))
@@ -51,7 +51,7 @@ def _spike_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode)
 @torch.library.register_fake("tna::spike_max_pool2d_backward")
 def _spike_max_pool2d_backward_fake(grad_y, bits, input_size, kernel_size, stride, padding, dilation,
                                     ceil_mode):
-    torch._check(len(input_size) == 4, lambda: f"input_size must be [N, C, H, W], got {input_size}")
+    check(len(input_size) == 4, lambda: f"input_size must be [N, C, H, W], got {input_size}")
     if bits.dim() == 4:
         return grad_y.new_empty(input_size).contiguous(memory_format=torch.channels_last)
     return grad_y.new_empty(input_size)

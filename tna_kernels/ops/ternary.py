@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import HAS_TRITON, is_channels_last
+from .._utils import HAS_TRITON, check, is_channels_last
 from .._utils import check_device as _check_device
 from ..formats import FORMAT_VERSION, TERNARY_METHODS, PackedTernary, words_for
 from . import register_cuda
@@ -65,14 +65,14 @@ LIB.define("ternary_cpu_isa() -> str")
 
 
 def _check_version(version):
-    torch._check(version == FORMAT_VERSION,
+    check(version == FORMAT_VERSION,
                  lambda: f"version: this build reads packed ternary format v{FORMAT_VERSION} only, "
                          f"got v{version}")
 
 
 @torch.library.register_fake("tna::pack_ternary")
 def _pack_ternary_fake(codes):
-    torch._check(codes.dtype == torch.int8, lambda: f"codes must be int8, got {codes.dtype}")
+    check(codes.dtype == torch.int8, lambda: f"codes must be int8, got {codes.dtype}")
     return codes.new_empty((*codes.shape[:-1], 2, words_for(codes.shape[-1])), dtype=torch.int64)
 
 

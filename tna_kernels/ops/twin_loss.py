@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import reference as _reference
-from .._utils import HAS_TRITON, state_dtype
+from .._utils import HAS_TRITON, check, state_dtype
 from .._utils import check_device as _check_device
 from ..formats import MSE_REDUCTIONS
 from . import CUDA_BACKENDS, register_cuda
@@ -160,21 +160,21 @@ LIB.impl("twin_loss_bwd", _twin_loss_bwd_cpu, "CPU")
 def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_weight_twin,
                         mse_weight, mse_reduction, label_smoothing, ignore_index, need_grad_base,
                         need_grad_twin):
-    torch._check(logits_base.dtype.is_floating_point,
+    check(logits_base.dtype.is_floating_point,
                  lambda: f"logits_base must be a floating-point tensor, got {logits_base.dtype}")
-    torch._check(logits_base.dim() == 2,
+    check(logits_base.dim() == 2,
                  lambda: "logits_base must be a 2-D [batch, classes] tensor, got shape "
                          f"{tuple(logits_base.shape)}")
-    torch._check(logits_twin.dtype == logits_base.dtype,
+    check(logits_twin.dtype == logits_base.dtype,
                  lambda: f"logits_twin must have dtype {logits_base.dtype}, got {logits_twin.dtype}")
-    torch._check(logits_twin.shape == logits_base.shape,
+    check(logits_twin.shape == logits_base.shape,
                  lambda: f"logits_twin must have shape {tuple(logits_base.shape)}, "
                          f"got {tuple(logits_twin.shape)}")
-    torch._check(target.dtype == torch.int64,
+    check(target.dtype == torch.int64,
                  lambda: f"target must have dtype torch.int64, got {target.dtype}")
-    torch._check(target.shape == logits_base.shape[:1],
+    check(target.shape == logits_base.shape[:1],
                  lambda: f"target must have shape {tuple(logits_base.shape[:1])}, got {tuple(target.shape)}")
-    torch._check(mse_reduction in (0, 1),
+    check(mse_reduction in (0, 1),
                  lambda: f"mse_reduction must be 0 ('mean') or 1 ('sum_over_batch'), got {mse_reduction}")
     acc = state_dtype(logits_base.dtype)
 
@@ -188,13 +188,13 @@ def _twin_loss_fwd_fake(logits_base, logits_twin, target, ce_weight_base, ce_wei
 
 @torch.library.register_fake("tna::twin_loss_bwd")
 def _twin_loss_bwd_fake(grad_loss, grad_base, grad_twin):
-    torch._check(grad_loss.dim() == 0,
+    check(grad_loss.dim() == 0,
                  lambda: f"grad_loss must be a 0-dim tensor, got shape {tuple(grad_loss.shape)}")
-    torch._check(grad_base.dtype.is_floating_point,
+    check(grad_base.dtype.is_floating_point,
                  lambda: f"grad_base must be a floating-point tensor, got {grad_base.dtype}")
-    torch._check(grad_twin.dtype == grad_base.dtype,
+    check(grad_twin.dtype == grad_base.dtype,
                  lambda: f"grad_twin must have dtype {grad_base.dtype}, got {grad_twin.dtype}")
-    torch._check(grad_loss.dtype == state_dtype(grad_base.dtype),
+    check(grad_loss.dtype == state_dtype(grad_base.dtype),
                  lambda: f"grad_loss must have dtype {state_dtype(grad_base.dtype)}, got {grad_loss.dtype}")
     return (torch.empty_like(grad_base, memory_format=torch.contiguous_format),
             torch.empty_like(grad_twin, memory_format=torch.contiguous_format))
