@@ -50,7 +50,11 @@ VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 # Sizes per mode. GPU: CIFAR spiking-VGG shapes (T = 4); dry: tiny, one or two iterations.
 SIZES = {
     "gpu": {
-        "lif_shape": (4, 32, 128, 32, 32),  # [T, B, C, H, W]: VGG layer 1 activation, B = 32
+        # [T, B, C, H, W]: VGG layer 1's activation at B = 384, 201M neurons (805 MB per fp32 tensor).
+        # The first H200 run's B = 32 was host-bound: its copy took 39 µs against ~220 µs of host
+        # time per op call, so its % of HBM measured the host. 12x the elements puts the copy at
+        # ~470 µs and a LIF forward + backward near 1 ms or more of GPU work per step.
+        "lif_shape": (4, 384, 128, 32, 32),
         "warmup": 3, "reps": 10,
         # (C_in, C_out, H=W) of VGG-11 conv layers on 32x32 input; T*B = 4 * 256 images
         "conv_layers": [(64, 128, 16), (128, 256, 8), (256, 256, 8), (512, 512, 4)], "tb": 1024,
@@ -220,6 +224,18 @@ def time_fn(fn, dev, warmup: int, reps: int) -> dict:
             fn()
             times.append((time.perf_counter() - t) * 1e6)
     return {"median_us": round(statistics.median(times), 2), "min_us": round(min(times), 2), "reps": reps}
+
+
+def module_to_device(module, dev):
+    """``module.to(dev)``, and also the tensors its submodules keep as plain attributes (state a
+    peer library holds outside its registered buffers, which ``.to`` does not move)."""
+    torch = _torch()
+    module = module.to(dev)
+    for sub in module.modules():
+        for name, value in list(vars(sub).items()):
+            if isinstance(value, torch.Tensor) and value.device != dev:
+                setattr(sub, name, value.to(dev))
+    return module
 
 
 def sizes(dry: bool) -> dict:
@@ -463,9 +479,9 @@ def cmd_lif(args) -> int:
                         "writes grad_x (12 B); the least a fused forward+backward that saves h moves. A provider "
                         "that moves more shows a lower %. copy: 8 B per element (read + write).",
             pct_hbm="bytes / median time / 4.8e12 B/s * 100")
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randn(shape, generator=g) * 1.5 + 0.6).to(dev).requires_grad_()
-    grad = torch.randn(shape, generator=g).to(dev)
+    g = torch.Generator(device=dev).manual_seed(0)  # on the device: 201M host randoms take seconds
+    x = (torch.randn(shape, generator=g, device=dev) * 1.5 + 0.6).requires_grad_()
+    grad = torch.randn(shape, generator=g, device=dev)
     v0 = torch.zeros(shape[1:], device=dev)
 
     def fwd_bwd(f):
@@ -525,8 +541,8 @@ def cmd_lif(args) -> int:
             from tna_kernels.nn import bn_lif
 
             T_, B_, C_, H_, W_ = shape
-            xb = (torch.randn(T_ * B_, C_, H_, W_, generator=g) * 1.5 + 0.6).to(dev).requires_grad_()
-            gb = torch.randn(shape, generator=g).to(dev)
+            xb = (torch.randn(T_ * B_, C_, H_, W_, generator=g, device=dev) * 1.5 + 0.6).requires_grad_()
+            gb = torch.randn(shape, generator=g, device=dev)
             bn, neuron = torch.nn.BatchNorm2d(C_).to(dev), tnn.LIF(tau=2.0)
 
             def step():
@@ -561,7 +577,7 @@ def cmd_lif(args) -> int:
         if got.get("status") == "skipped":
             raise SkipCase(got["reason"])
         if got.get("status") == "failed":
-            raise RuntimeError(got["error"])
+            raise RuntimeError(f"{got['error']} (numpy shim: {got.get('numpy_shim') or 'none'})")
         got.pop("status", None)
         got["gbytes_per_s"] = round(nbytes / (got["median_us"] * 1e-6) / 1e9, 1)
         got["pct_hbm"] = round(100 * nbytes / (got["median_us"] * 1e-6) / HBM_BYTES_PER_S, 1)
@@ -586,7 +602,10 @@ def cmd_lif(args) -> int:
             from snntorch import surrogate as ssur
         except ImportError as exc:
             raise SkipCase(f"snnTorch is not importable ({short_error(exc)}); gpu_payload/ carries it") from exc
-        leaky = snn.Leaky(beta=0.5, threshold=1.0, reset_mechanism="zero", spike_grad=ssur.atan(alpha=2.0))
+        # beta, threshold and the membrane are the neuron's buffers: left on the CPU they failed the
+        # first CUDA step ("Expected all tensors to be on the same device")
+        leaky = module_to_device(
+            snn.Leaky(beta=0.5, threshold=1.0, reset_mechanism="zero", spike_grad=ssur.atan(alpha=2.0)), dev)
 
         def f(x):  # snnTorch networks step through time in Python
             mem, out = leaky.init_leaky(), []
@@ -605,15 +624,38 @@ def cmd_lif(args) -> int:
     return res.finish(", ".join(f"{p} {c['pct_hbm']}% HBM" for p, c in ok.items()))
 
 
+# The numpy aliases of builtins that numpy 1.24 removed and SpikingJelly 0.0.0.0.14 still uses:
+# np.int (activation_based/auto_cuda/base.py, in the CuPy kernels' argument check) and np.bool
+# (datasets/cifar10_dvs.py; numpy 2 has np.bool again). Its source uses no other removed name.
+SJ014_NUMPY_ALIASES = {"int": int, "bool": bool}
+
+
+def shim_removed_numpy_aliases(np) -> list[str]:
+    """Puts back on ``np`` the SJ014_NUMPY_ALIASES it lacks; returns what it set ("np.int = int").
+    Called only in the lif-cupy process (an interpreter of its own), before SpikingJelly 0.0.0.0.14
+    is imported: numpy is left as it is everywhere else, and so is this library."""
+    added = []
+    for name, builtin in SJ014_NUMPY_ALIASES.items():
+        try:
+            getattr(np, name)
+        except AttributeError:  # numpy >= 1.24 raises it from its module __getattr__
+            setattr(np, name, builtin)
+            added.append(f"np.{name} = {builtin.__name__}")
+    return added
+
+
 def cmd_lif_cupy(args) -> int:
     """SpikingJelly 0.0.0.0.14's LIFNode(step_mode='m', backend='cupy'), forward + backward; run in
-    a process whose PYTHONPATH puts that release first (2.x dropped the CuPy backend)."""
+    a process whose PYTHONPATH puts that release first (2.x dropped the CuPy backend). That release
+    predates numpy 1.24: the removed aliases it uses are put back in this process first (the result
+    lists them under numpy_shim)."""
     import importlib.util
 
     out = Path(args.json)
+    shim: list[str] = []
 
     def done(**kw):
-        write_json(out, kw)
+        write_json(out, {**kw, "numpy_shim": shim})
         return 0
 
     if importlib.util.find_spec("cupy") is None:
@@ -622,6 +664,9 @@ def cmd_lif_cupy(args) -> int:
         torch = _torch()
         if not torch.cuda.is_available():
             return done(status="skipped", reason="SpikingJelly's CuPy LIF needs CUDA")
+        import numpy
+
+        shim = shim_removed_numpy_aliases(numpy)
         from spikingjelly.activation_based import functional as sjf
         from spikingjelly.activation_based import neuron, surrogate
 
@@ -649,7 +694,7 @@ def cmd_lif_cupy(args) -> int:
         import cupy
 
         return done(status="ok", first_call_s=round(first, 3), spikingjelly=sj_version(),
-                    cupy=cupy.__version__, **r)
+                    cupy=cupy.__version__, numpy=numpy.__version__, **r)
     except Exception as exc:
         traceback.print_exc()
         return done(status="failed", error=short_error(exc))
@@ -1270,7 +1315,8 @@ def headline(bench: dict, train: dict) -> list[str]:
                          f"(first call {c['first_call_us']:.0f} µs) |")
     for c in steps.get("lif", {}).get("cases", []):
         if c.get("status") == "ok":
-            lines.append(f"| lif fwd+bwd | {c['provider']} | {c['median_us']:.0f} µs, {c['pct_hbm']}% of HBM |")
+            lines.append(f"| lif fwd+bwd | {c['provider']} | {c['median_us']:.0f} µs (min {c['min_us']:.0f}), "
+                         f"{c['pct_hbm']}% of HBM |")
         elif c.get("status") != "ok":
             lines.append(f"| lif fwd+bwd | {c['provider']} | {c['status']}: {c.get('reason') or c.get('error')} |")
     for c in steps.get("ternary", {}).get("cases", []):

@@ -4,8 +4,10 @@ and the check of the output folder. The whole script runs in `make gpu-check-dry
 
 import importlib.util
 import json
+import math
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,40 @@ def test_plan_runs_fits_equal_budgets(seconds):
     assert guess["tna"]["rate_source"] == "guess"
     assert gb.plan_runs(100, {}, 2, 40, dry=True)["tna"] == {
         "epochs": 1, "limit_batches": 2, "budget_s": 50.0, "planned_images": 4, "rate_img_s": None}
+
+
+def test_lif_step_sizes_leave_the_host_cost_behind():
+    first_run = 4 * 32 * 128 * 32 * 32  # host-bound on the H200: its copy took 39 µs
+    gpu, dry = gb.SIZES["gpu"]["lif_shape"], gb.SIZES["dry"]["lif_shape"]
+    assert math.prod(gpu) >= 10 * first_run and math.prod(gpu) < 2**31  # 32-bit element counts still hold
+    assert math.prod(dry) <= 1024
+
+
+def test_shim_removed_numpy_aliases_sets_only_what_is_missing():
+    class NumpyWithoutInt(types.ModuleType):
+        def __getattr__(self, name):  # as numpy >= 1.24 does for its removed aliases
+            raise AttributeError(f"module 'numpy' has no attribute {name!r}")
+
+    np_like = NumpyWithoutInt("numpy")
+    np_like.bool = bool  # numpy 2 has np.bool again
+    assert gb.shim_removed_numpy_aliases(np_like) == ["np.int = int"]
+    assert np_like.int is int and np_like.bool is bool
+    assert gb.shim_removed_numpy_aliases(np_like) == []
+
+
+def test_module_to_device_moves_buffers_and_plain_tensor_attributes():
+    torch = pytest.importorskip("torch")
+
+    class Neuron(torch.nn.Module):  # a peer's neuron: a registered buffer and a tensor kept outside it
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("beta", torch.tensor(0.5))
+            self.state = torch.zeros(3)
+
+    outer = torch.nn.Sequential(Neuron())
+    meta = torch.device("meta")
+    moved = gb.module_to_device(outer, meta)
+    assert moved[0].beta.device == meta and moved[0].state.device == meta
 
 
 def _record(out, **kw):
