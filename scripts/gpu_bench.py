@@ -395,7 +395,8 @@ def cmd_tests(args) -> int:
 def cmd_launch(args) -> int:
     """Launch overhead: a first call (JIT compile, autotune), then blocks of 10 back-to-back calls
     between two synchronisations; per-call µs = block time / 10. Tiny sizes, so the figure is the
-    host cost of a call (argument checks, dispatcher, launcher), not the kernel's work."""
+    host cost of a call (argument checks, dispatcher, launcher), not the kernel's work. Then the
+    same forward of lif and of twin_loss entered at each layer down to the launch (host_split_cases)."""
     torch = _torch()
     from tna_kernels import functional as F
 
@@ -404,7 +405,10 @@ def cmd_launch(args) -> int:
     res.device(device_info())
     deadline = step_deadline()
     res.set(method="first call alone; then 3 blocks of 10 consecutive calls, synchronised before and after "
-                   "each block; per_call_us = block / 10", calls_per_block=10)
+                   "each block; per_call_us = block / 10", calls_per_block=10,
+            split="the cases with a 'split' field call the same forward (same tensors, no_grad) at each layer "
+                  "in 'level' order, from the public function down to the kernel launch; the difference between "
+                  "two consecutive levels is the host cost of the layer between them")
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(4, 2, 64, generator=g) * 1.5 + 0.6).to(dev)
@@ -447,8 +451,86 @@ def cmd_launch(args) -> int:
     with torch.no_grad():
         for name, (fn, shape) in ops.items():
             run_case(res, deadline, {"op": name, "shape": shape, "device": dev.type}, measure(fn))
+        # after the cases above: their first calls have compiled and autotuned these kernels
+        for split, level, name, factory, shape in host_split_cases(x, lb, lt, y):
+            base = {"op": name, "shape": shape, "device": dev.type, "split": split, "level": level}
+            run_case(res, deadline, base, measure(factory))
     ok = [c for c in res.sec["cases"] if c["status"] == "ok"]
-    return res.finish("; ".join(f"{c['op']} {c['per_call_us_min']:.1f} µs/call" for c in ok))
+    note = "; ".join(f"{c['op']} {c['per_call_us_min']:.1f} µs/call" for c in ok if "split" not in c)
+    for split in dict.fromkeys(c["split"] for c in ok if "split" in c):
+        note += f"; {split} split µs/call: " + ", ".join(
+            f"{c['level']} {c['per_call_us_min']:.1f}" for c in ok if c.get("split") == split)
+    return res.finish(note)
+
+
+def host_split_cases(x, lb, lt, y) -> list[tuple]:
+    """The forward of F.lif(x, tau=2.0) and of F.twin_loss(lb, lt, y, mse_weight=0.005) (under
+    no_grad, as the launch step runs) entered at each layer, as (split, level, case name, factory of
+    the timed call, shape). The first H200 run put a small F.lif at ~220 µs of host time per call
+    against torch.add's 8 µs; consecutive levels tell which layer takes it. The levels below the
+    dispatcher are the functions registered for CUDA; on the dry run they run on the CPU tensors
+    under the Triton interpreter (the public and dispatcher levels reach the C++ kernels there)."""
+    import importlib
+
+    torch = _torch()
+    from tna_kernels import functional as F
+
+    # The op's arguments after the tensors, as F.lif(x, tau=2.0) passes them under no_grad
+    # (ops/lif.py _lif_hyper, save_h False): tau, decay_input, v_threshold, v_reset, soft_reset,
+    # detach_reset, surrogate, alpha, save_h.
+    lif_args = (2.0, True, 1.0, 0.0, False, False, "atan", 2.0, False)
+    # F.twin_loss(lb, lt, y, mse_weight=0.005) under no_grad: ce_weight_base, ce_weight_twin,
+    # mse_weight, mse_reduction (1: sum_over_batch), label_smoothing, ignore_index, need_grad_base,
+    # need_grad_twin.
+    twin_args = (1.0, 1.0, 0.005, 1, 0.0, -100, False, False)
+    lif_shape = f"x {list(x.shape)} {str(x.dtype).removeprefix('torch.')}, forward"
+    twin_shape = f"logits {list(lb.shape)}, forward"
+
+    def triton_module(name):
+        try:
+            return importlib.import_module(f"tna_kernels.triton.{name}")
+        except ImportError as exc:
+            raise SkipCase(f"the Triton implementation is not importable ({short_error(exc)})") from exc
+
+    def registered_kernel():
+        from tna_kernels.ops import CUDA_KERNELS
+
+        kernel = CUDA_KERNELS.get("lif_fwd")
+        if kernel is None:
+            raise SkipCase("no CUDA kernel is registered for tna::lif_fwd (Triton missing)")
+        return lambda: kernel(x, None, *lif_args)
+
+    def triton_lif():
+        launcher = triton_module("lif").lif_fwd
+        return lambda: launcher(x, None, *lif_args)
+
+    def lif_outputs():  # what the launcher allocates: spikes, v_last (state dtype) and an empty h_seq
+        return lambda: (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+                        torch.empty(x.shape[1:], dtype=torch.float32, device=x.device),
+                        torch.empty((0,), dtype=torch.float32, device=x.device))
+
+    def triton_twin():
+        impl = triton_module("twin_loss").twin_loss_fwd
+        return lambda: impl(lb, lt, y, *twin_args)
+
+    return [
+        ("lif_fwd", "public", "lif_fwd split 1/5: F.lif (public API)",
+         lambda: lambda: F.lif(x, tau=2.0), lif_shape),
+        ("lif_fwd", "op", "lif_fwd split 2/5: torch.ops.tna.lif_fwd (dispatcher)",
+         lambda: lambda: torch.ops.tna.lif_fwd(x, None, *lif_args), lif_shape),
+        ("lif_fwd", "cuda_kernel", "lif_fwd split 3/5: the registered CUDA kernel (op checks + Triton launcher)",
+         registered_kernel, lif_shape),
+        ("lif_fwd", "launcher", "lif_fwd split 4/5: tna_kernels.triton.lif.lif_fwd (Triton launcher alone)",
+         triton_lif, lif_shape),
+        ("lif_fwd", "outputs_empty", "lif_fwd split 5/5: torch.empty x 3 (the launcher's outputs alone)",
+         lif_outputs, lif_shape),
+        ("twin_loss", "public", "twin_loss split 1/3: F.twin_loss (public API)",
+         lambda: lambda: F.twin_loss(lb, lt, y, mse_weight=0.005), twin_shape),
+        ("twin_loss", "op", "twin_loss split 2/3: torch.ops.tna.twin_loss_fwd (dispatcher)",
+         lambda: lambda: torch.ops.tna.twin_loss_fwd(lb, lt, y, *twin_args), twin_shape),
+        ("twin_loss", "triton", "twin_loss split 3/3: tna_kernels.triton.twin_loss.twin_loss_fwd (implementation)",
+         triton_twin, twin_shape),
+    ]
 
 
 # --------------------------------------------------------------------------------------- step: lif

@@ -99,6 +99,29 @@ def test_module_to_device_moves_buffers_and_plain_tensor_attributes():
     assert moved[0].beta.device == meta and moved[0].state.device == meta
 
 
+def test_host_split_cases_call_the_op_as_the_public_function_does():
+    torch = pytest.importorskip("torch")
+    from tna_kernels import functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 64, generator=g) * 1.5 + 0.6
+    lb, lt = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    cases = gb.host_split_cases(x, lb, lt, y)
+    assert len({c[2] for c in cases}) == len(cases)  # distinct case names
+    levels = {split: [c[1] for c in cases if c[0] == split] for split in ("lif_fwd", "twin_loss")}
+    assert levels == {"lif_fwd": ["public", "op", "cuda_kernel", "launcher", "outputs_empty"],
+                      "twin_loss": ["public", "op", "triton"]}
+    by_level = {(c[0], c[1]): c[3] for c in cases}
+    with torch.no_grad():  # as the launch step runs them; the op levels must do the public call's work
+        spikes, v_last, h_seq = by_level[("lif_fwd", "op")]()()
+        assert torch.equal(spikes, F.lif(x, tau=2.0)) and h_seq.numel() == 0
+        loss = by_level[("twin_loss", "op")]()()[0]
+        assert torch.equal(loss, F.twin_loss(lb, lt, y, mse_weight=0.005))
+        outputs = by_level[("lif_fwd", "outputs_empty")]()()
+        assert [o.shape for o in outputs] == [spikes.shape, v_last.shape, h_seq.shape]
+
+
 def _record(out, **kw):
     args = ["record", "--out", str(out)]
     for k, v in kw.items():
