@@ -60,6 +60,7 @@ SIZES = {
         "conv_layers": [(64, 128, 16), (128, 256, 8), (256, 256, 8), (512, 512, 4)], "tb": 1024,
         "twin_shapes": [(256, 10), (256, 100), (4096, 1000)],
         "train_arch": "vgg11", "train_batch": 256, "T": 4, "train_warmup": 3, "train_reps": 10,
+        "training_warmup_batches": 10,  # per epoch of the training step's untimed warm-up (2 epochs)
         "float_dtype": "bfloat16",
     },
     "dry": {
@@ -68,6 +69,7 @@ SIZES = {
         "conv_layers": [(8, 16, 4)], "tb": 2,
         "twin_shapes": [(8, 10)],
         "train_arch": "tiny", "train_batch": 2, "T": 4, "train_warmup": 0, "train_reps": 1,
+        "training_warmup_batches": 1,
         "float_dtype": "float32",
     },
 }
@@ -974,7 +976,8 @@ def cmd_train_step(args) -> int:
     a ternary spiking VGG, bf16 autocast on CUDA, against the same network built from SpikingJelly
     layers (benchmarks/bench_train_step.py's builder: SeqToANNContainer(conv, BN) + LIFNode(m),
     the input repeated T times, float readout) with the unfused loss. Also this library's plain
-    ternary baseline step (one network, CE), used to size the training runs of the next step."""
+    ternary baseline step (one network, CE), whose rates the next step's plan falls back on where
+    its own warm-up fails."""
     torch = _torch()
     from torch import nn
 
@@ -1069,33 +1072,44 @@ def cmd_train_step(args) -> int:
 # ---------------------------------------------------------------------------------- step: training
 
 
-def plan_runs(seconds: float, rates: dict, batch: int, n_train: int, dry: bool,
-              n_val: int = 5000) -> dict:
-    """Epochs and batches per epoch for the baseline and TNA runs, each given the same wall budget
-    (``seconds`` split in two). ``rates``: training images/s per mode from the train_step step
-    (guesses when missing). Evaluation (val images at ~3x the training rate; TNA evaluates base
-    and twin) and a fixed overhead are taken off first; 20 % is kept back for the rates' error."""
-    if dry:
-        return {m: {"epochs": 1, "limit_batches": 2, "budget_s": seconds / 2, "planned_images": 2 * batch,
-                    "rate_img_s": rates.get(m)} for m in ("baseline", "tna")}
-    per_run = seconds / 2
-    full = max(1, n_train // batch)
-    plan = {}
-    for mode, guess in (("baseline", 3000.0), ("tna", 1500.0)):
-        rate = float(rates.get(mode) or guess)
+TRAIN_MODES = ("baseline", "tna")
+# Used only where neither the warm-up nor the train_step step measured a mode (img/s on an H200).
+GUESSED_RATES = {"baseline": 3000.0, "tna": 1500.0}
+
+
+def plan_runs(seconds: float, costs: dict, batch: int, n_train: int, dry: bool, n_val: int = 5000) -> dict:
+    """The same epochs and batches per epoch for the baseline and the TNA run, so both see the same
+    images in the same order under the same learning-rate schedule, each to its end: as many as the
+    two runs fit in ``seconds`` together (between 2 and 30 full epochs, fewer batches per epoch
+    when 2 full epochs do not fit), 20 % kept back for the estimates' error. ``costs``: per mode,
+    ``images_per_s`` (warm training rate), ``epoch_overhead_s`` (per epoch besides training:
+    evaluation, checkpoints, metrics), ``setup_s`` (building the trainer) and ``source``, from the
+    warm-up (missing figures are guessed, the evaluation's from ``n_val``). Each run's ``budget_s``
+    (where it is stopped should the estimate be wrong) is its estimated share of ``seconds``. Dry
+    run: 1 epoch x 2 batches."""
+    est_in = {}
+    for mode in TRAIN_MODES:
+        got = costs.get(mode) or {}
+        rate = float(got.get("images_per_s") or GUESSED_RATES[mode])
+        # the guess without a warm-up: evaluation (TNA: base and twin) at ~3x the training rate, + 1 s
         evals = 2 if mode == "tna" else 1
-        overhead = 12.0
-        usable = max(0.0, per_run - overhead) * 0.8
-        # epochs * (L * B / rate + evals * n_val / (3 * rate)) = usable
-        eval_s = evals * n_val / (3 * rate)
-        steps = int(usable * rate / batch)
-        epochs = int(min(30, max(2, steps // full)))
-        limit = int((usable / epochs - eval_s) * rate / batch)
-        limit = max(1, min(full, limit))
-        plan[mode] = {"epochs": epochs, "limit_batches": limit, "budget_s": round(per_run, 1),
-                      "planned_images": epochs * limit * batch, "rate_img_s": round(rate, 1),
-                      "rate_source": "train_step" if rates.get(mode) else "guess"}
-    return plan
+        overhead = float(got.get("epoch_overhead_s", evals * n_val / (3 * rate) + 1.0))
+        est_in[mode] = {"rate": rate, "overhead": overhead, "setup": float(got.get("setup_s", 6.0)),
+                        "source": got.get("source", "guess")}
+    if dry:
+        epochs, limit = 1, 2
+    else:
+        full = max(1, n_train // batch)
+        usable = max(0.0, seconds - sum(e["setup"] for e in est_in.values())) * 0.8
+        batch_s = sum(batch / e["rate"] for e in est_in.values())  # one batch of each run
+        epoch_fixed_s = sum(e["overhead"] for e in est_in.values())
+        epochs = int(min(30, max(2, usable // (full * batch_s + epoch_fixed_s))))
+        limit = max(1, min(full, int((usable / epochs - epoch_fixed_s) / batch_s)))
+    est = {m: e["setup"] + epochs * (limit * batch / e["rate"] + e["overhead"]) for m, e in est_in.items()}
+    return {m: {"epochs": epochs, "limit_batches": limit, "planned_images": epochs * limit * batch,
+                "rate_img_s": round(e["rate"], 1), "epoch_overhead_s": round(e["overhead"], 2),
+                "estimated_s": round(est[m], 1), "budget_s": round(seconds * est[m] / sum(est.values()), 1),
+                "rate_source": e["source"]} for m, e in est_in.items()}
 
 
 def read_metrics(csv_path: Path) -> list[dict]:
@@ -1111,13 +1125,59 @@ def read_metrics(csv_path: Path) -> list[dict]:
     return out
 
 
+def training_overrides(name: str, out_dir: Path, root, val: int, epochs: int, limit: int, dry: bool, sz: dict,
+                       batch: int) -> list[str]:
+    """Config overrides of one training run (the warm-up and the timed runs differ in name, out_dir,
+    epochs and batches per epoch only)."""
+    overrides = [f"name={name}", f"out_dir={out_dir}", f"data.root={root}", f"data.val_per_class={val}",
+                 "data.val_mode=last", f"train.epochs={epochs}", f"train.limit_batches={limit}",
+                 "train.progress=false", "schedule.warmup_epochs=0", "seed=0"]
+    if dry:
+        overrides += [f"model.arch={sz['train_arch']}", f"data.batch_size={batch}", "data.eval_batch_size=16"]
+    return overrides
+
+
+def warm_up_training(cfg_file: Path, overrides: list[str], data) -> dict:
+    """Pays a mode's one-off costs before any timed run, and measures its warm costs for the plan.
+    A trainer of 2 short epochs: the first compiles and autotunes every Triton kernel the run meets
+    (training shapes, and the evaluation's folded inference kernels at the evaluation batch size),
+    builds the evaluation loaders and imports what metrics and checkpoints use; the second, warm,
+    gives the training rate and the per-epoch overhead (evaluation, checkpoint, metrics, and the
+    end-of-run export and plot). The caches filled here (Triton's autotuning, the measured
+    train_path choices) are the process's, so both timed runs start from the same warm state."""
+    torch = _torch()
+    from tna_kernels.train import Trainer, load_config
+
+    t = now()
+    trainer = Trainer(load_config(cfg_file, overrides), data=data)
+    setup_s = now() - t
+    t = now()
+    trainer.fit(stop_after=1)
+    sync(trainer.device)
+    first_epoch_s = now() - t
+    t = now()
+    trainer.fit()
+    sync(trainer.device)
+    warm_epoch_s = now() - t
+    row = trainer.history[-1]
+    out = {"status": "ok", "setup_s": round(setup_s, 2), "first_epoch_s": round(first_epoch_s, 2),
+           "warm_epoch_s": round(warm_epoch_s, 2), "batches_per_epoch": len(trainer.train_loader),
+           "images_per_s": round(row["images_per_s"], 1),
+           "epoch_overhead_s": round(max(0.0, warm_epoch_s - row["epoch_seconds"]), 2), "source": "warm-up"}
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
 def cmd_training(args) -> int:
     """Ternary baseline vs ternary + TNA on CIFAR-10 (the GPU recipe's configs: VGG-11, T = 4,
-    B = 256, bf16 autocast, SGD 0.1 cosine) for equal wall budgets that fill the time left; the
-    last 500 images of every class are held out for validation. Both runs are made in this
-    process from one decoded copy of the data (the first run pays no decoding the second does
-    not); a run that outlives its budget is stopped through the trainer's own preemption path
-    (finishes the step, checkpoints) and keeps its completed epochs."""
+    B = 256, bf16 autocast, SGD 0.1 cosine), the last 500 images of every class held out for
+    validation, at equal conditions: the data is decoded once for both (get_dataset, before
+    either run), each mode is warmed up untimed first (warm_up_training: compilation, autotuning,
+    first evaluation), then both runs train the same epochs x batches (plan_runs, sized from the
+    warm-up's rates to fill the time left). A run that outlives its budget is stopped through the
+    trainer's own preemption path (finishes the step, checkpoints) and keeps its completed epochs."""
     import signal
 
     torch = _torch()
@@ -1139,17 +1199,35 @@ def cmd_training(args) -> int:
         return 0
     val = 1 if dry else 500
     t = now()
+    # Decoded here once, in memory, for the warm-ups and both runs (and cached under $TNA_CACHE):
+    # no run pays JPEG decoding.
     data = get_dataset("cifar10", root, val_per_class=val, val_mode="last", seed=0)
     doc["data"] = {"root": str(root), "train": len(data.train), "val": len(data.val),
                    "load_s": round(now() - t, 1), "val_per_class": val}
-    ts = read_json(out / "bench.json", {}).get("steps", {}).get("train_step", {})
-    rates = {}
-    for c in ts.get("cases", []):
-        if c.get("status") == "ok" and c["provider"] in ("tna", "tna_baseline"):
-            rates["tna" if c["provider"] == "tna" else "baseline"] = c["images_per_s"]
     sz = sizes(dry)
     batch = sz["train_batch"] if dry else 256
-    plan = plan_runs(deadline - now(), rates, batch, len(data.train), dry, len(data.val))
+    cfg_files = {mode: ROOT / "configs" / f"cifar10_vgg11_{mode}.yaml" for mode in TRAIN_MODES}
+
+    costs, doc["warmup"] = {}, {}
+    ts = read_json(out / "bench.json", {}).get("steps", {}).get("train_step", {})
+    for c in ts.get("cases", []):  # fallback where a warm-up fails: the train_step step's rates
+        if c.get("status") == "ok" and c["provider"] in ("tna", "tna_baseline"):
+            costs["tna" if c["provider"] == "tna" else "baseline"] = {"images_per_s": c["images_per_s"],
+                                                                      "source": "train_step"}
+    for mode in TRAIN_MODES:
+        overrides = training_overrides(f"gpu_check_warmup_{mode}", work / "warmup", root, val, 2,
+                                       sz["training_warmup_batches"], dry, sz, batch)
+        try:
+            doc["warmup"][mode] = costs[mode] = warm_up_training(cfg_files[mode], overrides, data)
+        except Exception as exc:  # the timed run is still made, planned from fallback figures
+            traceback.print_exc()
+            doc["warmup"][mode] = {"status": "failed", "error": short_error(exc)}
+        print(f"training warm-up {mode}: {json.dumps(doc['warmup'][mode])}")
+        write_json(path, doc)
+    if dev_is_cuda(torch):
+        torch.cuda.reset_peak_memory_stats()
+
+    plan = plan_runs(deadline - now(), costs, batch, len(data.train), dry, len(data.val))
     doc["plan"] = plan
     write_json(path, doc)
     print("training plan:", json.dumps(plan))
@@ -1161,19 +1239,18 @@ def cmd_training(args) -> int:
         if holder["trainer"] is not None:
             holder["trainer"].request_stop()
 
-    for mode in ("baseline", "tna"):
+    for mode in TRAIN_MODES:
         p = plan[mode]
-        cfg_file = ROOT / "configs" / f"cifar10_vgg11_{mode}.yaml"
-        overrides = [f"name=gpu_check_{mode}", f"out_dir={work / 'runs'}", f"data.root={root}",
-                     f"data.val_per_class={val}", "data.val_mode=last", f"train.epochs={p['epochs']}",
-                     f"train.limit_batches={p['limit_batches']}", "train.progress=false",
-                     "schedule.warmup_epochs=0", "seed=0"]
-        if dry:
-            overrides += [f"model.arch={sz['train_arch']}", f"data.batch_size={batch}", "data.eval_batch_size=16"]
+        cfg_file = cfg_files[mode]
+        overrides = training_overrides(f"gpu_check_{mode}", work / "runs", root, val, p["epochs"],
+                                       p["limit_batches"], dry, sz, batch)
         run = {"config": str(cfg_file.relative_to(ROOT)), "overrides": overrides, **p}
         doc["runs"][mode] = run
         write_json(path, doc)
-        budget = max(5.0, min(p["budget_s"], deadline - now()))
+        left = deadline - now()
+        # the last run may use all the time left: a budget only guards against a wrong estimate
+        budget = max(5.0, left if mode == TRAIN_MODES[-1] else min(p["budget_s"], left))
+        run["budget_s"] = round(budget, 1)
         trainer = holder["trainer"] = None
         previous = signal.signal(signal.SIGALRM, stop)
         t0 = now()
@@ -1227,16 +1304,34 @@ def cmd_training(args) -> int:
             torch.cuda.empty_cache()
         write_json(path, doc)
     b, t_ = doc["runs"]["baseline"], doc["runs"]["tna"]
+    doc["comparable"] = comparability_note(doc)
     if b.get("final_val_acc") is not None and t_.get("final_val_acc") is not None:
         doc["tna_minus_baseline_val_acc"] = round(t_["final_val_acc"] - b["final_val_acc"], 4)
-        doc["note"] = (f"val acc baseline {b['final_val_acc']:.4f} ({b['images_trained']} images, {b['wall_s']} s) vs "
-                       f"TNA {t_['final_val_acc']:.4f} ({t_['images_trained']} images, {t_['wall_s']} s); one seed "
-                       "each, equal wall budgets")
+        doc["note"] = (f"val acc baseline {b['final_val_acc']:.4f} vs TNA {t_['final_val_acc']:.4f}, "
+                       f"images {b['images_trained']} vs {t_['images_trained']}, {b['wall_s']} s vs {t_['wall_s']} s; "
+                       + doc["comparable"])
     doc["status"] = "failed" if failed else "ok"
     doc["seconds"] = round(now() - t_start, 1)
     write_json(path, doc)
     print(doc.get("note", doc["status"]))
     return 1 if failed else 0
+
+
+def comparability_note(doc: dict) -> str:
+    """How the two runs were made comparable, and where they were not after all."""
+    plan, runs, warm = doc.get("plan", {}), doc.get("runs", {}), doc.get("warmup", {})
+    p = plan.get("baseline", {})
+    parts = [f"both {p.get('epochs')} epochs x {p.get('limit_batches')} batches (same images, order and LR "
+             "schedule), data decoded once before both, each model warmed up untimed first (first epoch + "
+             "evaluation: compile, autotune); one seed each"]
+    cold = [m for m in TRAIN_MODES if warm.get(m, {}).get("status") != "ok"]
+    if cold:
+        parts.append(f"NOT comparable: no warm-up for {', '.join(cold)}")
+    for mode in TRAIN_MODES:
+        status = runs.get(mode, {}).get("status")
+        if status not in ("ok", None):
+            parts.append(f"NOT comparable: {mode} {status}")
+    return "; ".join(parts)
 
 
 def dev_is_cuda(torch) -> bool:
@@ -1416,6 +1511,11 @@ def headline(bench: dict, train: dict) -> list[str]:
             lines.append(f"| train step | {c['provider']} | {c['images_per_s']:.0f} img/s{mem} |")
         else:
             lines.append(f"| train step | {c['provider']} | {c['status']}: {c.get('reason') or c.get('error')} |")
+    for mode, w in (train.get("warmup") or {}).items():
+        what = (f"first epoch {w['first_epoch_s']} s ({w['batches_per_epoch']} batches + evaluation), then "
+                f"{w['images_per_s']:.0f} img/s, {w['epoch_overhead_s']} s per epoch besides training"
+                if w.get("status") == "ok" else f"failed: {w.get('error')}")
+        lines.append(f"| training warm-up (untimed) | {mode} | {what} |")
     for mode, r in (train.get("runs") or {}).items():
         acc = r.get("final_val_acc")
         lines.append(f"| training | {mode} | {r.get('status')}, {r.get('epochs_done')} epochs x "

@@ -13,7 +13,8 @@
 #   ternary     spike x ternary and float x ternary GEMM / conv at VGG shapes vs bf16 cuBLAS / cuDNN
 #   twin        fused twin loss vs CE + CE + lambda*MSE in torch
 #   train_step  TNA training step (VGG-11, B=256, T=4, bf16 autocast) vs SpikingJelly: img/s, memory
-#   training    ternary baseline vs ternary + TNA on CIFAR-10, equal wall budgets filling the time left
+#   training    ternary baseline vs ternary + TNA on CIFAR-10: both warmed up untimed, then the same
+#               epochs x batches each, as many as fill the time left
 # $OUT (8 files): run.log env_build.log tests.log tests.xml bench.json train.json summary.json summary.md
 # Exit status: non-zero only when the build or the tests fail; with --dry-run also when any step
 # fails or times out, or an output file is missing or malformed (summarize --strict).

@@ -50,19 +50,36 @@ def test_merge_junit_keeps_suites_and_marks_dead_files(tmp_path):
 
 
 @pytest.mark.parametrize("seconds", [60, 150, 400])
-def test_plan_runs_fits_equal_budgets(seconds):
-    rates = {"baseline": 4000.0, "tna": 2000.0}
-    plan = gb.plan_runs(seconds, rates, 256, 45000, dry=False)
-    for mode, p in plan.items():
-        assert p["budget_s"] == pytest.approx(seconds / 2, abs=0.1)
-        assert p["epochs"] >= 2 and 1 <= p["limit_batches"] <= 45000 // 256
-        train_s = p["epochs"] * p["limit_batches"] * 256 / rates[mode]
-        assert train_s <= seconds / 2 or p["limit_batches"] == 1
-    assert plan["baseline"]["planned_images"] > plan["tna"]["planned_images"]  # same wall time, cheaper step
+def test_plan_runs_gives_both_runs_the_same_epochs_and_fits_them(seconds):
+    costs = {"baseline": {"images_per_s": 8400.0, "epoch_overhead_s": 0.6, "setup_s": 2.0, "source": "warm-up"},
+             "tna": {"images_per_s": 4400.0, "epoch_overhead_s": 1.2, "setup_s": 2.5, "source": "warm-up"}}
+    plan = gb.plan_runs(seconds, costs, 256, 45000, dry=False)
+    b, t = plan["baseline"], plan["tna"]
+    assert (b["epochs"], b["limit_batches"], b["planned_images"]) == (t["epochs"], t["limit_batches"],
+                                                                       t["planned_images"])
+    assert b["epochs"] >= 2 and 1 <= b["limit_batches"] <= 45000 // 256
+    assert b["estimated_s"] + t["estimated_s"] <= seconds or b["epochs"] == 2  # 2 epochs at least
+    assert b["budget_s"] + t["budget_s"] == pytest.approx(seconds, abs=0.2)
+    assert t["budget_s"] > b["budget_s"]  # the slower run gets the larger share of the time
+    assert b["rate_source"] == t["rate_source"] == "warm-up"
+    if seconds == 400:  # room for full epochs: every batch of the training split
+        assert b["limit_batches"] == 45000 // 256 and b["epochs"] > 2
     guess = gb.plan_runs(100, {}, 256, 45000, dry=False)
-    assert guess["tna"]["rate_source"] == "guess"
-    assert gb.plan_runs(100, {}, 2, 40, dry=True)["tna"] == {
-        "epochs": 1, "limit_batches": 2, "budget_s": 50.0, "planned_images": 4, "rate_img_s": None}
+    assert guess["tna"]["rate_source"] == "guess" and guess["tna"]["epochs"] == guess["baseline"]["epochs"]
+    dry = gb.plan_runs(100, {}, 2, 40, dry=True)
+    assert [(p["epochs"], p["limit_batches"], p["planned_images"]) for p in dry.values()] == [(1, 2, 4)] * 2
+
+
+def test_comparability_note_flags_what_breaks_equal_conditions():
+    plan = {m: {"epochs": 3, "limit_batches": 175} for m in gb.TRAIN_MODES}
+    ok = {"plan": plan, "warmup": {m: {"status": "ok"} for m in gb.TRAIN_MODES},
+          "runs": {m: {"status": "ok"} for m in gb.TRAIN_MODES}}
+    note = gb.comparability_note(ok)
+    assert note.startswith("both 3 epochs x 175 batches") and "NOT" not in note
+    cold = {**ok, "warmup": {"baseline": {"status": "failed"}, "tna": {"status": "ok"}}}
+    assert "NOT comparable: no warm-up for baseline" in gb.comparability_note(cold)
+    stopped = {**ok, "runs": {"baseline": {"status": "stopped at its budget"}, "tna": {"status": "ok"}}}
+    assert "NOT comparable: baseline stopped at its budget" in gb.comparability_note(stopped)
 
 
 def test_lif_step_sizes_leave_the_host_cost_behind():
