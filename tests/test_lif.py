@@ -471,6 +471,27 @@ def test_triton_recompute_backward_matches_cpu(with_v0):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("v_reset", [-0.25, None])
+def test_triton_without_state_matches_cpu(v_reset):
+    """No v0 and no grad_v_last: the kernels start from the reset value and a zero carry themselves
+    (no filled tensors), as the C++ op does."""
+    from tna_kernels.triton import lif as tl_lif
+
+    dev = triton_device()
+    x, _, gs, _ = make_case((3, 140), torch.float32, v_reset, True)
+    hyper = (2.0, True, 1.0, 0.0 if v_reset is None else v_reset, v_reset is None, False, "atan", 2.0)
+    s, v_last, h = tl_lif.lif_fwd(x.to(dev), None, *hyper, True)
+    want_s, want_v, want_h = torch.ops.tna.lif_fwd(x, None, *hyper, True)
+    assert torch.equal(s.cpu(), want_s)
+    torch.testing.assert_close(v_last.cpu(), want_v, **TOL[torch.float32])
+    torch.testing.assert_close(h.cpu(), want_h, **TOL[torch.float32])
+    gx, gv0 = tl_lif.lif_bwd(gs.to(dev), None, h, *hyper)
+    want_gx, want_gv0 = torch.ops.tna.lif_bwd(gs, None, want_h, *hyper)
+    torch.testing.assert_close(gx.cpu(), want_gx, **TOL[torch.float32])
+    torch.testing.assert_close(gv0.cpu(), want_gv0, **TOL[torch.float32])
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_low_precision(dtype):
     from tna_kernels.triton import lif as tl_lif

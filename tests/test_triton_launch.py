@@ -175,7 +175,7 @@ _HUGE = textwrap.dedent("""
     x[:, :64] = xs
     v0[:64] = 0.0
     lif._lif_fwd_kernel[(1,)](x, N, v0, s, v_out, v_out, N, T, 1 << 29, 2.0, 1.0, 0.0, 0.0,
-                              DECAY_INPUT=True, SOFT=False, SAVE_H=False)
+                              HAS_V0=True, DECAY_INPUT=True, SOFT=False, SAVE_H=False)
     hyper = (2.0, True, 1.0, 0.0, False, False, "sigmoid", 2.0)
     want = lif.lif_fwd(xs, torch.zeros(64), *hyper, False)  # the same kernel at N = 64
     assert torch.equal(s[:, :64], want[0]), (s[:, :64], want[0])
@@ -192,7 +192,7 @@ _HUGE = textwrap.dedent("""
     gs[:, :64] = gss
     gv[:64] = 0.5
     lif._lif_bwd_kernel[(1,)](gs, gv, h, gx, gv0, N, T, 1 << 29, 2.0, 1.0, 0.0, 2.0,
-                              DECAY_INPUT=True, SOFT=False, DETACH=False, SURROGATE=1)
+                              HAS_GV=True, DECAY_INPUT=True, SOFT=False, DETACH=False, SURROGATE=1)
     want = lif.lif_bwd(gss, torch.full((64,), 0.5), hs, *hyper)
     assert torch.equal(gx[:, :64], want[0]) and torch.equal(gv0[:64], want[1])
     gx[:, :64] = 0

@@ -84,11 +84,14 @@ def _step_grad(h, gs, gv, tau, v_th, vr, alpha, DECAY_INPUT: tl.constexpr, SOFT:
 @triton.autotune(configs=_configs(), key=["N_BUCKET"])
 @triton.jit
 def _lif_fwd_kernel(x_ptr, x_step, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCKET, tau, v_th, v_reset, vr,
-                    DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, SAVE_H: tl.constexpr,
+                    HAS_V0: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, SAVE_H: tl.constexpr,
                     BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
+    if HAS_V0:
+        v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:  # the reset value (vr): no filled v0 tensor, one launch and N * 4 B of reads fewer
+        v = tl.full((BLOCK,), 0.0, tl.float32) + vr
     for t in range(T):
         idx = tl.cast(t, tl.int64) * N + offs  # int64: T * N may exceed 2^31
         x = tl.load(x_ptr + tl.cast(t, tl.int64) * x_step + offs, mask=mask, other=0.0).to(v.dtype)
@@ -102,11 +105,14 @@ def _lif_fwd_kernel(x_ptr, x_step, v0_ptr, s_ptr, v_out_ptr, h_ptr, N, T, N_BUCK
 @triton.autotune(configs=_configs(), key=["N_BUCKET"])
 @triton.jit
 def _lif_bwd_kernel(gs_ptr, gv_last_ptr, h_ptr, gx_ptr, gv0_ptr, N, T, N_BUCKET, tau, v_th, vr, alpha,
-                    DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, DETACH: tl.constexpr,
+                    HAS_GV: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT: tl.constexpr, DETACH: tl.constexpr,
                     SURROGATE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    gv = tl.load(gv_last_ptr + offs, mask=mask, other=0.0)
+    if HAS_GV:
+        gv = tl.load(gv_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:  # no zero-filled grad_v_last tensor
+        gv = tl.zeros((BLOCK,), tl.float32)
     for i in range(T):  # reverse time with a forward range: negative-step ranges are fragile
         idx = tl.cast(T - 1 - i, tl.int64) * N + offs  # int64: T * N may exceed 2^31
         h = tl.load(h_ptr + idx, mask=mask, other=0.0)
@@ -168,19 +174,21 @@ def lif_fwd(x_seq, v0, tau, decay_input, v_threshold, v_reset, soft_reset, detac
     x, x_step = time_rows(x_seq)  # a static input expanded over time is read in place
     T = x.shape[0]
     n = x_seq[0].numel() if T else 0
-    if v0 is None:  # start at the reset value
-        v0 = torch.full(x.shape[1:], 0.0 if soft_reset else v_reset, dtype=state_dtype(x.dtype), device=x.device)
+    acc = state_dtype(x.dtype)
+    v_init = 0.0 if soft_reset else float(v_reset)  # without v0 the membrane starts here (in the kernel)
     spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    v_last = torch.empty_like(v0, memory_format=torch.contiguous_format)
-    h_seq = torch.empty(x.shape if save_h else (0,), dtype=state_dtype(x.dtype), device=x.device)
+    v_last = torch.empty(x.shape[1:], dtype=acc, device=x.device)
+    h_seq = torch.empty(x.shape if save_h else (0,), dtype=acc, device=x.device)
     if n:
+        # an absent pointer gets a placeholder the kernel never reads
         _lif_fwd_kernel[_grid(n)](
-            x, x_step, v0.contiguous(), spikes, v_last, h_seq if save_h else v_last, n, T, bucket(n), float(tau),
-            float(v_threshold), float(v_reset), 0.0 if soft_reset else float(v_reset),
-            DECAY_INPUT=decay_input, SOFT=soft_reset,
-            SAVE_H=save_h)
-    else:
+            x, x_step, v_last if v0 is None else v0.contiguous(), spikes, v_last, h_seq if save_h else v_last, n,
+            T, bucket(n), float(tau), float(v_threshold), float(v_reset), v_init, HAS_V0=v0 is not None,
+            DECAY_INPUT=decay_input, SOFT=soft_reset, SAVE_H=save_h)
+    elif v0 is not None:
         v_last.copy_(v0)
+    else:
+        v_last.fill_(v_init)
     return spikes, v_last, h_seq
 
 
@@ -191,17 +199,18 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, tau, decay_input, v_threshold, v_re
     gs = grad_spikes.contiguous()
     T = gs.shape[0]
     n = gs.numel() // T
-    if grad_v_last is None:
-        grad_v_last = torch.zeros_like(h_seq[0])
     grad_x = torch.empty_like(gs)
-    grad_v0 = torch.empty_like(grad_v_last, memory_format=torch.contiguous_format)
+    grad_v0 = torch.empty(h_seq.shape[1:], dtype=h_seq.dtype, device=h_seq.device)
     if n:
         _lif_bwd_kernel[_grid(n)](
-            gs, grad_v_last.contiguous(), h_seq.contiguous(), grad_x, grad_v0, n, T, bucket(n), float(tau),
-            float(v_threshold), 0.0 if soft_reset else float(v_reset), float(alpha), DECAY_INPUT=decay_input,
-            SOFT=soft_reset, DETACH=detach_reset, SURROGATE=SURROGATES.index(surrogate))
-    else:
+            gs, grad_v0 if grad_v_last is None else grad_v_last.contiguous(), h_seq.contiguous(), grad_x, grad_v0,
+            n, T, bucket(n), float(tau), float(v_threshold), 0.0 if soft_reset else float(v_reset), float(alpha),
+            HAS_GV=grad_v_last is not None, DECAY_INPUT=decay_input, SOFT=soft_reset, DETACH=detach_reset,
+            SURROGATE=SURROGATES.index(surrogate))
+    elif grad_v_last is not None:
         grad_v0.copy_(grad_v_last)
+    else:
+        grad_v0.zero_()
     return grad_x, grad_v0
 
 
