@@ -547,6 +547,92 @@ def test_triton_float_linear_matches_reference(M, N, K):
     torch.testing.assert_close(gx, (gy * scale) @ codes.float(), rtol=1e-5, atol=1e-5)
 
 
+def _bf16_dot_in_interpreter(monkeypatch):
+    """Triton's interpreter multiplies bfloat16 tl.dot tiles as their uint16 storage; this test
+    patch reads them as bfloat16 (widened to float32, exact) so the kernels' bfloat16 dot runs here."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    dot = InterpreterBuilder.create_dot
+
+    def widen(t):
+        if t.dtype.scalar != tl.bfloat16:
+            return t
+        return TensorHandle((t.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_dot",
+                        lambda self, a, b, d, *rest: dot(self, widen(a), widen(b), d, *rest))
+
+
+def _one_rounding_tol(ref, dtype, mag, terms, ulps=0.5):
+    """|y - ref| for a result rounded once to ``dtype`` (half an ulp) after float32 sums of ``terms``
+    exact products of total magnitude ``mag``."""
+    return ulps * torch.finfo(dtype).eps * ref.abs() + 4 * terms * torch.finfo(torch.float32).eps * mag + 1e-6
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,N,K", [(3, 5, 70), (17, 9, 130), (33, 20, 257)])
+def test_triton_float_linear_half_inputs(dtype, M, N, K, monkeypatch):
+    """float16 / bfloat16 x: the kernel's half branch (tl.dot on the input dtype, float32
+    accumulation) gives the float64 reference rounded once; the input gradient likewise."""
+    from conftest import INTERPRET
+
+    from tna_kernels.triton import ternary as T
+
+    if INTERPRET and dtype == torch.bfloat16:
+        _bf16_dot_in_interpreter(monkeypatch)
+        monkeypatch.setattr(T, "_half_dot", lambda dt: True)
+    kern = T._float_linear_kernel
+    run, flags = kern.run, []
+    monkeypatch.setattr(kern, "run", lambda *a, **kw: (flags.append(kw["HALF_DOT"]), run(*a, **kw))[1],
+                        raising=False)
+    dev = triton_device()
+    codes, scale, b, p = _packed(N, K)
+    x = (torch.randn(M, K) * 4).to(dtype)
+    y = T.ternary_linear(x.to(dev), p.words.to(dev), scale.to(dev), b.to(dev), 1).cpu()
+    assert flags == [True] and y.dtype == dtype
+    ref = (x.double() @ codes.double().T) * scale.double() + b.double()
+    mag = (x.double().abs() @ codes.double().abs().T) * scale.double()
+    # The interpreter's float32 -> bfloat16 .to() truncates (a GPU rounds to nearest even): one ulp.
+    ulps = 1.0 if INTERPRET and dtype == torch.bfloat16 else 0.5
+    assert ((y.double() - ref).abs() <= _one_rounding_tol(ref, dtype, mag, K, ulps)).all()
+    gy = torch.randn(M, N).to(dtype)
+    gx = T.ternary_linear_grad_input(gy.to(dev), p.words.to(dev), scale.to(dev), K, 1).cpu()
+    assert gx.dtype == dtype
+    gref = (gy.double() * scale.double()) @ codes.double()
+    gmag = (gy.double().abs() * scale.double()) @ codes.double().abs()
+    assert ((gx.double() - gref).abs() <= _one_rounding_tol(gref, dtype, gmag, N)).all()
+
+
+def test_split_tf32_and_tf32_context():
+    """The input gradients' scale split (hi: a TF32 value, hi + lo exact) and the TF32 switch: set
+    for the calls inside, the previous settings back afterwards (nothing touched off CUDA)."""
+    pytest.importorskip("triton")
+    from tna_kernels.triton import ternary as T
+
+    s = torch.cat([torch.rand(1000) * 10.0 ** torch.randint(-6, 6, (1000,)), torch.tensor([1.0, 0.1, 3.0])])
+    hi, lo = T._split_tf32(s)
+    assert torch.equal(hi + lo, s) and torch.equal(hi.view(torch.int32) & 8191, torch.zeros_like(hi, dtype=torch.int32))
+    assert (lo.abs() <= s.abs() * 2.0 ** -10).all()
+    new_api = hasattr(torch.backends.cudnn, "conv")
+    objs = (torch.backends.cudnn.conv, torch.backends.cuda.matmul) if new_api else \
+        (torch.backends.cudnn, torch.backends.cuda.matmul)
+    attr = "fp32_precision" if new_api else "allow_tf32"
+    before = [getattr(o, attr) for o in objs]
+    for allow in (True, False):
+        with T._tf32(allow, cuda=True):
+            want = ("tf32" if allow else "ieee") if new_api else allow
+            assert [getattr(o, attr) for o in objs] == [want, want]
+        assert [getattr(o, attr) for o in objs] == before
+        with T._tf32(allow, cuda=False):
+            assert [getattr(o, attr) for o in objs] == before
+    with pytest.raises(RuntimeError, match="inside"), T._tf32(False, cuda=True):
+        raise RuntimeError("inside")
+    assert [getattr(o, attr) for o in objs] == before
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("K", [1, 63, 64, 65, 130])
 def test_triton_pack_agrees_with_cpu(K):

@@ -247,6 +247,39 @@ def test_triton_spike_conv_matches_cpu():
     assert torch.equal(y.cpu(), F.spike_ternary_conv2d(bits, p, (2, 1), 1, 1))
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("geom", [GEOMS[0], GEOMS[2], GEOMS[3]], ids=str)
+def test_triton_float_conv_and_grad_input_round_once(dtype, geom):
+    """ternary_conv2d and ternary_conv2d_grad_input (Triton decode + torch conv in float32; half
+    inputs: TF32-exact operands, the grad's scale split in two): the float64 result rounded once to
+    the input dtype, plus float32 summation error."""
+    from tna_kernels.triton import ternary as T
+
+    dev = triton_device()
+    B, C, H, W, N, k, stride, padding, dilation = geom
+    s, pd, d = (v if isinstance(v, tuple) else (v, v) for v in (stride, padding, dilation))
+    codes, scale, b, p = make(N, C, k)
+    x = (torch.randn(B, C, H, W) * 4).to(dtype)
+    y = T.ternary_conv2d(x.to(dev), p.words.to(dev), scale.to(dev), b.to(dev), list(s), list(pd), list(d), 1)
+    y = y.cpu()
+    assert y.dtype == dtype
+    eps, eps32 = torch.finfo(dtype).eps, torch.finfo(torch.float32).eps
+    conv = lambda a, w: torch.nn.functional.conv2d(a, w, None, s, pd, d)  # noqa: E731
+    ref = conv(x.double(), codes.double()) * scale.double().view(1, -1, 1, 1) + b.double().view(1, -1, 1, 1)
+    mag = conv(x.double().abs(), codes.double().abs()) * scale.double().view(1, -1, 1, 1)
+    terms = C * k[0] * k[1]
+    assert ((y.double() - ref).abs() <= 0.5 * eps * ref.abs() + 4 * terms * eps32 * mag + 1e-6).all()
+    gy = torch.randn(*y.shape).to(dtype)
+    gx = T.ternary_conv2d_grad_input(gy.to(dev), p.words.to(dev), scale.to(dev), list(x.shape), list(s), list(pd),
+                                     list(d), 1).cpu()
+    assert gx.dtype == dtype and gx.shape == x.shape
+    w = codes.double() * scale.double().view(-1, 1, 1, 1)
+    gref = torch.nn.grad.conv2d_input(list(x.shape), w, gy.double(), s, pd, d)
+    gmag = torch.nn.grad.conv2d_input(list(x.shape), w.abs(), gy.double().abs(), s, pd, d)
+    assert ((gx.double() - gref).abs() <= 0.5 * eps * gref.abs() + 4 * N * k[0] * k[1] * eps32 * gmag + 1e-6).all()
+
+
 # ---- larger randomized grid (every kernel path, bit-exact) ---------------------------------------
 
 @pytest.mark.slow

@@ -6,9 +6,12 @@ tile; the K loop walks (tap, channel word). Each step loads one 64-bit word per 
 weight row, expands them in registers to an int8 {0,1} tile [BM, 64] and an int8 {-1,0,1} tile
 [64, BN] (bit k of the word -> element k), and accumulates ``tl.dot`` int8 x int8 -> int32, which is
 exact. Epilogue ``float32(acc) * scale + bias`` with FP fusion disabled (two roundings, as in the
-reference). Float x ternary decodes the codes tile to float32 and uses ``tl.dot`` with IEEE fp32
-inputs (no TF32). Packing and the fused quantise-and-pack kernel work one 64-element word per lane.
-Float conv and the input gradients decode the codes with Triton and call torch (cuDNN / cuBLAS).
+reference). Float x ternary decodes the codes tile to the input dtype for float16 / bfloat16 x
+(tensor-core ``tl.dot``, float32 accumulation: the products x * code are exact) and to float32 with
+IEEE fp32 inputs (no TF32) otherwise. Packing and the fused quantise-and-pack kernel work one
+64-element word per lane.
+Float conv and the input gradients decode the codes with Triton and call torch (cuDNN / cuBLAS) in
+float32, TF32 only for half inputs where it is exact (see "precision of the float paths" below).
 
 Launch path (see _launch.py): every kernel is launched directly (``kernel[grid](...)``) on a
 one-dimensional grid, so no grid dimension is bounded by 65,535 whatever K, M or N is: the GEMMs
@@ -20,6 +23,8 @@ Host synchronisation: only ``pack_ternary`` (one ``.item()`` to raise a clear er
 (on the training path) does not synchronise: bad spikes are reported by ``torch._assert_async``,
 which on CUDA is a device-side assert (documented in docs/GPU.md).
 """
+
+import contextlib
 
 import torch
 import triton
@@ -93,7 +98,11 @@ def _spike_conv_kernel(s_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, H, W, OH,
 @triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N_BUCKET", "K_BUCKET"])
 @triton.jit
 def _float_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KWD, M_BUCKET, N_BUCKET, K_BUCKET,
-                         HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                         HAS_BIAS: tl.constexpr, HALF_DOT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    # HALF_DOT (float16 / bfloat16 x): x stays in its dtype and the codes tile is converted to it;
+    # every product x * code (code in {-1, 0, +1}) is exact in that dtype, and tl.dot (tensor cores)
+    # accumulates in float32, so the sum is the float32 path's sum of exact products up to the order.
+    # Otherwise (float32; float64 is read as float32): IEEE float32 inputs, no TF32.
     pid = tl.program_id(0)  # (M tile, N tile) folded into grid dimension 0, N tiles fastest
     n_tiles = tl.cdiv(N, BN)
     pid_m = (pid // n_tiles).to(tl.int64)
@@ -106,12 +115,14 @@ def _float_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KWD,
     kk = tl.arange(0, 64)
     for c in range(KWD):
         k = c * 64 + kk
-        x = tl.load(x_ptr + rm[:, None] * K + k[None, :],
-                    mask=mmask[:, None] & (k[None, :] < K), other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + rm[:, None] * K + k[None, :], mask=mmask[:, None] & (k[None, :] < K), other=0.0)
         pw = tl.load(w_ptr + (rn.to(tl.int64) * 2 + 0) * KWD + c, mask=nmask, other=0)
         nw = tl.load(w_ptr + (rn.to(tl.int64) * 2 + 1) * KWD + c, mask=nmask, other=0)
-        cb = (_bits_to_rows(pw, 64) - _bits_to_rows(nw, 64)).to(tl.float32)       # [BN, 64]
-        acc = tl.dot(x, tl.trans(cb), acc, input_precision="ieee")
+        cb = _bits_to_rows(pw, 64) - _bits_to_rows(nw, 64)                             # [BN, 64]
+        if HALF_DOT:  # via float32: the interpreter casts int32 -> bfloat16 as raw uint16 storage
+            acc = tl.dot(x, tl.trans(cb.to(tl.float32).to(x_ptr.dtype.element_ty)), acc)
+        else:
+            acc = tl.dot(x.to(tl.float32), tl.trans(cb.to(tl.float32)), acc, input_precision="ieee")
     scale = tl.load(scale_ptr + rn, mask=nmask, other=0.0)
     y = acc * scale[None, :]
     if HAS_BIAS:
@@ -220,6 +231,61 @@ def _quantize_pack_kernel(w_ptr, thr_ptr, codes_ptr, out_ptr, K, KWD, TOTAL, PAC
     if PACK:
         tl.store(out_ptr + (r * 2 + 0) * KWD + c, tl.sum((code == 1).to(tl.int64) << sh, axis=1), mask=gmask)
         tl.store(out_ptr + (r * 2 + 1) * KWD + c, tl.sum((code == -1).to(tl.int64) << sh, axis=1), mask=gmask)
+
+
+# ---- precision of the float paths on half / bfloat16 inputs ---------------------------------------
+# The decoded codes are exactly -1, 0 and +1, so a float16 / bfloat16 value times a code is exact.
+# ternary_linear runs tl.dot on the input dtype (HALF_DOT). The conv and the two input gradients run
+# cuDNN / cuBLAS on float32 tensors with TF32 allowed for half inputs only: a float16 (11-bit
+# significand, max 65504, subnormals down to 2^-24 = normal numbers in float32's exponent range) or
+# bfloat16 value (8-bit significand, float32's exponent) is exactly a TF32 value (11-bit
+# significand, float32's exponent), so the tensor cores form the same exact products as IEEE float32
+# and accumulate in float32; the result gets one rounding to the input dtype, after the float32
+# epilogue, as in the reference. Not chosen: cuDNN / cuBLAS in bfloat16 / float16, whose output is
+# rounded to that dtype before the float32 scale (a second rounding: up to one ulp instead of half),
+# and float16 would overflow where sum(x * code) passes 65504 but sum * scale does not.
+# The input gradients sum grad_y[n] * scale[n] * code[n, k] over n: a scale (any float32) is not a
+# TF32 value, so it is split, s = s_hi + s_lo (_split_tf32), and the GEMM / transposed conv runs once
+# on the weights [codes * s_hi | codes * s_lo] (twice the columns / channels): grad_y * s_hi is exact,
+# and TF32 rounds s_lo by at most 2^-10 |s_lo| <= 2^-20 |s|, below float32's own summation error.
+# Float32 inputs keep IEEE float32 (TF32 off, whatever torch's defaults: cuDNN allows TF32 by default).
+
+def _is_half(dtype):
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+def _half_dot(dtype):
+    """HALF_DOT for _float_linear_kernel. Under the interpreter bfloat16 takes the float32 branch
+    (the same exact sums): Triton's interpreter multiplies bfloat16 tiles as their uint16 storage."""
+    return dtype == torch.float16 or (dtype == torch.bfloat16 and not triton_interpreting())
+
+
+def _split_tf32(t):
+    """float32 t = hi + lo exactly: hi keeps the top 10 mantissa bits (a TF32 value), lo the rest."""
+    hi = (t.contiguous().view(torch.int32) & -8192).view(torch.float32)  # -8192: low 13 bits clear
+    return hi, t - hi
+
+
+@contextlib.contextmanager
+def _tf32(allow, cuda):
+    """TF32 allowed (or not) in cuDNN convolutions and cuBLAS matmuls for the calls inside, the
+    previous settings restored after; nothing to set when the tensors are not on CUDA."""
+    if not cuda:
+        yield
+        return
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: the fp32_precision API
+        objs, attr, val = (torch.backends.cudnn.conv, torch.backends.cuda.matmul), "fp32_precision", \
+            "tf32" if allow else "ieee"
+    else:
+        objs, attr, val = (torch.backends.cudnn, torch.backends.cuda.matmul), "allow_tf32", allow
+    saved = [getattr(o, attr) for o in objs]
+    try:
+        for o in objs:
+            setattr(o, attr, val)
+        yield
+    finally:
+        for o, v in zip(objs, saved):
+            setattr(o, attr, v)
 
 
 # ---- launchers (same contracts as the C++ ops) ---------------------------------------------------
@@ -470,7 +536,8 @@ def ternary_linear(x, packed_w, scale, bias, version):
         grid = lambda meta: tile_grid(M, N, meta["BM"], meta["BN"], "ternary_linear")  # noqa: E731
         _float_linear_kernel[grid](
             x2, packed_w.contiguous(), scale.contiguous(), scale if bias is None else bias.contiguous(),
-            y, M, N, K, _words(K), bucket(M), bucket(N), bucket(K), HAS_BIAS=bias is not None, **_NOFUSE)
+            y, M, N, K, _words(K), bucket(M), bucket(N), bucket(K), HAS_BIAS=bias is not None,
+            HALF_DOT=_half_dot(x.dtype), **_NOFUSE)
     return y.reshape(*x.shape[:-1], N)
 
 
@@ -482,10 +549,18 @@ def ternary_linear_grad_input(grad_y, packed_w, scale, K, version):
     if grad_y.dim() < 1 or grad_y.shape[-1] != N:
         raise RuntimeError(f"grad_y must have shape [..., {N}], got {_shape(grad_y)}")
     _check_scale_bias(scale, None, N, grad_y.device)
-    acc = torch.float32 if grad_y.dtype in (torch.float16, torch.bfloat16) else grad_y.dtype
+    half = _is_half(grad_y.dtype)
+    acc = torch.float32 if half else grad_y.dtype
     codes = _decode(packed_w, N, K, acc)
-    g = grad_y.reshape(-1, N).to(acc) * scale.to(acc)
-    return (g @ codes).to(grad_y.dtype).reshape(*grad_y.shape[:-1], K)
+    g = grad_y.reshape(-1, N).to(acc)
+    with _tf32(half, grad_y.is_cuda):
+        if half:  # one GEMM on [codes * s_hi | codes * s_lo]: see _split_tf32
+            s_hi, s_lo = _split_tf32(scale)
+            gx = g @ torch.cat((codes * s_hi[:, None], codes * s_lo[:, None]), dim=1)
+            gx = gx[:, :K] + gx[:, K:]
+        else:
+            gx = g @ (codes * scale.to(acc)[:, None])
+    return gx.to(grad_y.dtype).reshape(*grad_y.shape[:-1], K)
 
 
 def _decode_conv(packed_w, C, dtype):
@@ -503,12 +578,14 @@ def ternary_conv2d(x, packed_w, scale, bias, stride, padding, dilation, version)
     _check_scale_bias(scale, bias, packed_w.shape[0], x.device)
     _check_geometry(stride, padding, dilation)
     _conv_out(x.shape[2], x.shape[3], packed_w, stride, padding, dilation)
-    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    y = torch.nn.functional.conv2d(x.to(acc), _decode_conv(packed_w, x.shape[1], acc), None, stride,
-                                   padding, dilation)
-    y = y * scale.to(acc).view(1, -1, 1, 1)
+    half = _is_half(x.dtype)
+    acc = torch.float32 if half else x.dtype
+    with _tf32(half, x.is_cuda):  # half: exact TF32 operands (see "precision of the float paths")
+        y = torch.nn.functional.conv2d(x.to(acc), _decode_conv(packed_w, x.shape[1], acc), None, stride,
+                                       padding, dilation)
+    y.mul_(scale.to(acc).view(1, -1, 1, 1))  # float32 epilogue, then the one rounding to x's dtype
     if bias is not None:
-        y = y + bias.to(acc).view(1, -1, 1, 1)
+        y.add_(bias.to(acc).view(1, -1, 1, 1))
     return y.to(x.dtype)
 
 
@@ -523,8 +600,18 @@ def ternary_conv2d_grad_input(grad_y, packed_w, scale, input_size, stride, paddi
     out = [input_size[0], packed_w.shape[0], *_conv_out(*input_size[2:], packed_w, stride, padding, dilation)]
     if _shape(grad_y) != out:
         raise RuntimeError(f"grad_y must have shape {out}, got {_shape(grad_y)}")
-    acc = torch.float32 if grad_y.dtype in (torch.float16, torch.bfloat16) else grad_y.dtype
-    w = _decode_conv(packed_w, input_size[1], acc)
-    g = grad_y.to(acc) * scale.to(acc).view(1, -1, 1, 1)
-    gx = torch.nn.grad.conv2d_input(list(input_size), w, g, stride, padding, dilation)
+    half = _is_half(grad_y.dtype)
+    acc = torch.float32 if half else grad_y.dtype
+    codes = _decode_conv(packed_w, input_size[1], acc)  # [N, C, kh, kw]
+    g = grad_y.to(acc)
+    with _tf32(half, grad_y.is_cuda):
+        if half:  # one transposed conv on [codes * s_hi | codes * s_lo] along C: see _split_tf32
+            s_hi, s_lo = _split_tf32(scale.view(-1, 1, 1, 1))
+            w = torch.cat((codes * s_hi, codes * s_lo), dim=1)
+            size = [input_size[0], 2 * input_size[1], *input_size[2:]]
+            gx = torch.nn.grad.conv2d_input(size, w, g, stride, padding, dilation)
+            gx = gx[:, :input_size[1]] + gx[:, input_size[1]:]
+        else:
+            gx = torch.nn.grad.conv2d_input(list(input_size), codes * scale.to(acc).view(-1, 1, 1, 1), g, stride,
+                                            padding, dilation)
     return gx.to(grad_y.dtype)
