@@ -361,6 +361,7 @@ def compile_one(task):
 
 _T = "tests/test_triton_launch.py"
 _G = "gpu_path: tests/test_gpu_path.py"
+_TC = "test_ternary_conv.py::test_triton_float_conv_and_grad_input_round_once"
 # op -> (CUDA implementation, Triton kernels it launches, tests of that path). "interp." = the
 # Triton lane (TRITON_INTERPRET=1, CPU): the launchers; "gpu_path" = the op's registered CUDA
 # function on the CPU dispatch (interpreter): opcheck, the reference, bad input, TNA steps and
@@ -395,13 +396,17 @@ OPS = [
      "interp.: test_ternary.py::test_triton_spike_linear_matches_cpu; " + _G),
     ("spike_ternary_conv2d", "Triton int8 tl.dot (implicit GEMM)", ["_spike_conv_kernel"],
      "interp.: test_ternary_conv.py::test_triton_spike_conv_matches_cpu; " + _G),
-    ("ternary_linear", "Triton fp32 tl.dot (ieee)", ["_float_linear_kernel"],
-     "interp.: test_ternary.py::test_triton_float_linear_matches_reference; " + _G),
-    ("ternary_linear_grad_input", "Triton decode + torch matmul", ["_decode_kernel"],
-     "interp.: " + _T + " (runs only); " + _G),
-    ("ternary_conv2d", "Triton decode + torch conv2d (cuDNN)", ["_decode_kernel"],
-     "interp.: " + _T + " (runs only); " + _G),
-    ("ternary_conv2d_grad_input", "Triton decode + torch conv2d_input", ["_decode_kernel"], _G),
+    ("ternary_linear", "Triton tl.dot: fp16/bf16 x in its dtype (fp32 accumulation), else fp32 (ieee)",
+     ["_float_linear_kernel"],
+     "interp.: test_ternary.py::test_triton_float_linear_matches_reference, ::test_triton_float_linear_half_inputs; "
+     + _G),
+    ("ternary_linear_grad_input", "Triton decode + torch matmul (fp32; fp16/bf16: TF32, scale split hi + lo)",
+     ["_decode_kernel"],
+     "interp.: test_ternary.py::test_triton_float_linear_half_inputs, " + _T + " (runs only); " + _G),
+    ("ternary_conv2d", "Triton decode + torch conv2d (cuDNN fp32; TF32 only for fp16/bf16 x, exact there)",
+     ["_decode_kernel"], "interp.: " + _TC + ", " + _T + " (runs only); " + _G),
+    ("ternary_conv2d_grad_input", "Triton decode + torch conv2d_input (as ternary_linear_grad_input)",
+     ["_decode_kernel"], "interp.: " + _TC + "; " + _G),
     ("spike_max_pool2d (+ backward)", "torch max_pool2d + Triton pack/unpack + torch", ["_pack_kernel",
                                                                                           "_unpack_spikes_kernel"],
      _G),
