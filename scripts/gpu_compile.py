@@ -113,6 +113,10 @@ def _calls():
         yield (f"{_dt(dt)} decay={int(decay)} soft={int(soft)} save_h={int(save_h)}",
                lambda x=x, d=decay, s=soft, h=save_h: lif.lif_fwd(
                    x, None, 2.0, d, 1.0, 0.0, s, False, "atan", 2.0, h))
+    for dt in FLOATS:  # a given v0 (HAS_V0), default neuron
+        x = torch.zeros(T, N, dtype=dt)
+        yield (f"{_dt(dt)} v0 given", lambda x=x: lif.lif_fwd(x, torch.zeros(N), 2.0, True, 1.0, 0.0, False, False,
+                                                             "atan", 2.0, True))
     for dt, decay, soft, detach, sur in itertools.product(FLOATS, (True, False), (False, True), (False, True),
                                                           R.SURROGATES):
         gs = torch.zeros(T, N, dtype=dt)
@@ -120,6 +124,10 @@ def _calls():
         yield (f"{_dt(dt)} decay={int(decay)} soft={int(soft)} detach={int(detach)} {sur}",
                lambda gs=gs, h=h, d=decay, s=soft, de=detach, su=sur: lif.lif_bwd(
                    gs, None, h, 2.0, d, 1.0, 0.0, s, de, su, 2.0))
+    for dt in FLOATS:  # a given grad_v_last (HAS_GV), default neuron
+        gs, h = torch.zeros(T, N, dtype=dt), torch.zeros(T, N)
+        yield (f"{_dt(dt)} grad_v_last given", lambda gs=gs, h=h: lif.lif_bwd(
+            gs, torch.zeros(N), h, 2.0, True, 1.0, 0.0, False, False, "atan", 2.0))
     # the recompute backward: every flag combination with atan, every surrogate with the defaults
     # (the surrogate code is the same inlined function as in _lif_bwd_kernel, compiled above)
     recompute = [(dt, decay, soft, detach, "atan", state) for dt, decay, soft, detach, state in itertools.product(
