@@ -195,6 +195,9 @@ def _calls():
         w = torch.zeros(64, 32, 3, 3, dtype=dt)
         yield (f"ternarize {_dt(dt)} {method} pack={int(pack)}",
                lambda w=w, m=method, p=pack: tern.ternarize(w, m, True, p))
+    for dt, method in itertools.product(FLOATS, ("twn", "absmean")):  # layer-wise: _row_stats_kernel
+        w = torch.zeros(64, 32, 3, 3, dtype=dt)
+        yield (f"ternarize {_dt(dt)} {method} layer-wise", lambda w=w, m=method: tern.ternarize(w, m, False, True))
 
     # ternary GEMMs
     scale = torch.ones(256)
@@ -398,7 +401,8 @@ OPS = [
     ("pack_spikes", "Triton (bad spikes: device-side assert)", ["_pack_kernel"], "as pack_ternary"),
     ("unpack_ternary", "Triton (int8 out)", ["_decode_kernel"], "interp.: test_ternary.py, " + _T + "; " + _G),
     ("unpack_spikes", "Triton (uint8 out)", ["_unpack_spikes_kernel"], "interp.: test_ternary.py, " + _T + "; " + _G),
-    ("ternarize", "Triton row statistics + fused quantise-and-pack", ["_row_stats_kernel", "_quantize_pack_kernel"],
+    ("ternarize", "Triton: per channel one statistics kernel + fused quantise-and-pack; layer-wise row statistics, "
+     "torch reductions, quantise-and-pack", ["_channel_stats_kernel", "_row_stats_kernel", "_quantize_pack_kernel"],
      "interp.: test_ternary.py::test_triton_ternarize_agrees_with_cpu; " + _G),
     ("spike_ternary_linear", "Triton int8 tl.dot", ["_spike_conv_kernel"],
      "interp.: test_ternary.py::test_triton_spike_linear_matches_cpu; " + _G),

@@ -271,7 +271,7 @@ def test_word_launchers_use_a_one_dimensional_grid(monkeypatch, launch):
     kw = (K + 63) // 64
     spy = _GridSpy()
     for name in ("_pack_kernel", "_unpack_spikes_kernel", "_decode_kernel", "_quantize_pack_kernel",
-                 "_row_stats_kernel"):
+                 "_row_stats_kernel", "_channel_stats_kernel"):
         monkeypatch.setattr(tt, name, spy)
     if launch == "pack_spikes":
         tt.pack_spikes(torch.zeros(2, K, dtype=torch.uint8))

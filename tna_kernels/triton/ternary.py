@@ -212,15 +212,50 @@ def _row_stats_kernel(w_ptr, thr_ptr, abs_ptr, above_ptr, cnt_ptr, R, TWN_PASS: 
 
 
 @triton.jit
-def _quantize_pack_kernel(w_ptr, thr_ptr, codes_ptr, out_ptr, K, KWD, TOTAL, PACK: tl.constexpr,
+def _channel_stats_kernel(w_ptr, thr_ptr, scale_ptr, R, TWN: tl.constexpr, BLOCK: tl.constexpr):
+    """Per-channel ternarize in one launch: per row of R weights (one program each), the threshold
+    (float64) and the scale (float32) the quantiser needs, with _row_stats_kernel's sums and the
+    float64 arithmetic of the layer-wise path (mean = sum|w| / R; TWN: thr = 0.7 mean, scale = the
+    mean of |w| > thr, 0 when none; absmean: thr = mean + 1e-5, scale = mean). The constants are
+    float64 (tl.full): a bare 0.7 literal would be rounded to float32 first."""
+    r = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    s = tl.zeros((BLOCK,), dtype=tl.float64)
+    for start in range(0, R, BLOCK):
+        k = start + offs
+        s += tl.abs(tl.load(w_ptr + r * R + k, mask=k < R, other=0.0).to(tl.float64))
+    mean = tl.sum(s, axis=0) / R
+    if TWN:
+        thr = tl.full((), 0.7, tl.float64) * mean
+        above = tl.zeros((BLOCK,), dtype=tl.float64)
+        cnt = tl.zeros((BLOCK,), dtype=tl.float64)
+        for start in range(0, R, BLOCK):
+            k = start + offs
+            a = tl.abs(tl.load(w_ptr + r * R + k, mask=k < R, other=0.0).to(tl.float64))
+            keep = a > thr
+            above += tl.where(keep, a, 0.0)
+            cnt += keep.to(tl.float64)
+        above_sum = tl.sum(above, axis=0)
+        cnt_sum = tl.sum(cnt, axis=0)
+        scale = tl.where(cnt_sum > 0, above_sum / tl.maximum(cnt_sum, 1.0), 0.0)
+    else:
+        thr = mean + tl.full((), 1e-5, tl.float64)
+        scale = mean
+    tl.store(thr_ptr + r, thr)
+    tl.store(scale_ptr + r, scale.to(tl.float32))
+
+
+@triton.jit
+def _quantize_pack_kernel(w_ptr, thr_ptr, codes_ptr, out_ptr, K, KWD, TOTAL, ROWS_PER_THR, PACK: tl.constexpr,
                           TWN: tl.constexpr, BITS: tl.constexpr, WORDS: tl.constexpr):
     """Fused: codes of WORDS 64-element words of the rows (the last axis; rows of K elements in
-    dim-0 order, thr per row), written as int8 and packed into the P/N words in the same pass."""
+    dim-0 order; thr per output channel, i.e. per ROWS_PER_THR consecutive rows), written as int8
+    and packed into the P/N words in the same pass."""
     g, r, c, gmask = _word_index(TOTAL, KWD, WORDS)
     sh = tl.arange(0, BITS).to(tl.int64)[None, :]
     k = c[:, None] * 64 + sh
     m = gmask[:, None] & (k < K)
-    thr = tl.load(thr_ptr + r, mask=gmask, other=1.0)[:, None]
+    thr = tl.load(thr_ptr + r // ROWS_PER_THR, mask=gmask, other=1.0)[:, None]
     v = tl.load(w_ptr + r[:, None] * K + k, mask=m, other=0.0).to(tl.float64)
     if TWN:
         code = tl.where(tl.abs(v) > thr, tl.where(v > 0, 1, -1), 0)
@@ -448,31 +483,34 @@ def ternarize(w, method, per_channel, pack):
     K = x.shape[-1]
     grid_rows = x.numel() // K
     dev = x.device
-    abs_sum = torch.empty(n, dtype=torch.float64, device=dev)
-    stats = _row_stats_kernel[check_grid((n,), "ternarize")]
-    stats(x, abs_sum, abs_sum, abs_sum, abs_sum, R, TWN_PASS=False, BLOCK=256)
-    mean = (abs_sum / R) if per_channel else (abs_sum.sum() / (R * n)).expand(n).contiguous()
-    if method == "twn":
-        thr = (0.7 * mean).contiguous()
-        above = torch.empty(n, dtype=torch.float64, device=dev)
-        cnt = torch.empty(n, dtype=torch.float64, device=dev)
-        stats(x, thr, above, above, cnt, R, TWN_PASS=True, BLOCK=256)
-        if not per_channel:
-            above, cnt = above.sum().expand(n), cnt.sum().expand(n)
-        scale = torch.where(cnt > 0, above / cnt.clamp(min=1), torch.zeros_like(above))
+    if per_channel:  # threshold and scale in one launch, no torch ops between the kernels
+        thr = torch.empty(n, dtype=torch.float64, device=dev)
+        scale = torch.empty(n, dtype=torch.float32, device=dev)
+        _channel_stats_kernel[check_grid((n,), "ternarize")](x, thr, scale, R, TWN=method == "twn", BLOCK=256)
     else:
-        thr = (mean + 1e-5).contiguous()
-        scale = mean
-    # Threshold per packing row (rows of the last axis belong to output channel row // (R / K)).
-    row_thr = thr.repeat_interleave(R // K).contiguous()
+        abs_sum = torch.empty(n, dtype=torch.float64, device=dev)
+        stats = _row_stats_kernel[check_grid((n,), "ternarize")]
+        stats(x, abs_sum, abs_sum, abs_sum, abs_sum, R, TWN_PASS=False, BLOCK=256)
+        mean = (abs_sum.sum() / (R * n)).expand(n).contiguous()
+        if method == "twn":
+            thr = (0.7 * mean).contiguous()
+            above = torch.empty(n, dtype=torch.float64, device=dev)
+            cnt = torch.empty(n, dtype=torch.float64, device=dev)
+            stats(x, thr, above, above, cnt, R, TWN_PASS=True, BLOCK=256)
+            above, cnt = above.sum().expand(n), cnt.sum().expand(n)
+            scale = torch.where(cnt > 0, above / cnt.clamp(min=1), torch.zeros_like(above))
+        else:
+            thr = (mean + 1e-5).contiguous()
+            scale = mean
+        scale = scale.to(torch.float32)
     codes = torch.empty(x.shape, dtype=torch.int8, device=dev)
     kw = _words(K)
     packed = torch.empty((*x.shape[:-1], 2, kw) if pack else (0,), dtype=torch.int64, device=dev)
     if grid_rows and kw:
         _quantize_pack_kernel[word_grid(grid_rows * kw, "ternarize")](
-            x, row_thr, codes, packed if pack else codes, K, kw, grid_rows * kw, PACK=pack, TWN=method == "twn",
-            BITS=64, WORDS=WORDS)
-    return codes, scale.to(torch.float32), packed
+            x, thr, codes, packed if pack else codes, K, kw, grid_rows * kw, R // K, PACK=pack,
+            TWN=method == "twn", BITS=64, WORDS=WORDS)
+    return codes, scale, packed
 
 
 def spike_ternary_conv2d(spike_bits, packed_w, scale, bias, C, stride, padding, dilation, version,
