@@ -693,3 +693,31 @@ def test_float_path_uses_a_cached_float_copy_and_matches_the_op():
     F.ternary_linear(xg, p).sum().backward()
     torch.testing.assert_close(xg.grad, (scale[:, None] * codes.float()).sum(0).expand(40, 200), rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("method", ["twn", "absmean"])
+def test_triton_channel_stats_equal_the_two_pass_arithmetic(method):
+    """The one-launch per-channel statistics give the bits of the row sums + float64 torch
+    arithmetic they replaced (thr = 0.7 mean or mean + 1e-5; scale = mean of |w| > thr)."""
+    from tna_kernels.triton import ternary as T
+
+    dev = triton_device()
+    w = torch.randn(9, 4, 3, 3).to(dev)
+    n, R = 9, 36
+    thr = torch.empty(n, dtype=torch.float64, device=dev)
+    scale = torch.empty(n, device=dev)
+    T._channel_stats_kernel[(n,)](w, thr, scale, R, TWN=method == "twn", BLOCK=256)
+    sums = torch.empty(n, dtype=torch.float64, device=dev)
+    T._row_stats_kernel[(n,)](w, sums, sums, sums, sums, R, TWN_PASS=False, BLOCK=256)
+    mean = sums / R
+    if method == "twn":
+        want_thr = 0.7 * mean
+        above = torch.empty(n, dtype=torch.float64, device=dev)
+        cnt = torch.empty(n, dtype=torch.float64, device=dev)
+        T._row_stats_kernel[(n,)](w, want_thr, above, above, cnt, R, TWN_PASS=True, BLOCK=256)
+        want_scale = torch.where(cnt > 0, above / cnt.clamp(min=1), torch.zeros_like(above))
+    else:
+        want_thr, want_scale = mean + 1e-5, mean
+    assert torch.equal(thr, want_thr)
+    assert torch.equal(scale, want_scale.float())
