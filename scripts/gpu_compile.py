@@ -263,7 +263,14 @@ def record():
     try:
         for label, call in _calls():
             current["label"] = label
-            call()
+            launched = sum(map(len, recs.values()))
+            try:
+                call()
+            except RuntimeError:
+                # the kernels are recorded, not run: a launcher's checks after its launch (the twin
+                # loss's assert on the bad-target count) read an unfilled buffer. Fine once recorded.
+                if sum(map(len, recs.values())) == launched:
+                    raise
     finally:
         for k in saved.values():
             del k.run

@@ -523,13 +523,16 @@ def test_triton_all_ignored_bf16_and_partial_grads():
 
 
 @pytest.mark.triton
-def test_triton_bad_target_is_reported():
+@pytest.mark.parametrize("bad", [10, -5])
+def test_triton_bad_target_is_reported(bad):
+    """Counted by the kernel (and never read through: the row's loads stay inside it), then
+    reported by the assert on that count."""
     from tna_kernels.triton import twin_loss as tk
 
     if triton_device() != "cpu":
         pytest.skip("a device-side assert would poison the CUDA context of the test session")
     a, b, y = _inputs(3, 10)
-    y[1] = 10
+    y[1] = bad
     with pytest.raises(RuntimeError, match="target must hold class indices"):
         tk.twin_loss_fwd(a, b, y, 1.0, 1.0, 0.0, 1, 0.0, -100, True, True)
 

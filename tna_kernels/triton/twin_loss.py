@@ -4,14 +4,15 @@ csrc/cpu/twin_loss.cpp (the formulas are in its header; reference.py::twin_loss 
 
   sweep 1 (per row, both logit tensors at once): online logsumexp carried as a scalar running
       max m and rescaled sum s (s <- s * exp(m_old - m_new) + sum exp(x - m_new) per block), the
-      row sum of x (label smoothing) and sum (a - b)^2. The row writes (ce_a, ce_b, mse_row) to a
-      [B, 3] buffer (ce = 0 on ignored rows).
+      row sum of x (label smoothing) and sum (a - b)^2. The row writes (ce_a, ce_b, mse_row, bad target) to
+      a [B, 4] buffer (ce = 0 on ignored rows; a target outside [0, C) is counted, not read through).
   sweep 2: re-reads the row (from L2) and writes, for grad_output = 1,
       dL/da = [valid] wa/N (exp(a - lse_a) - (1 - eps) onehot - eps/C) + 2 lam/D (a - b)
       dL/db = [valid] wb/N (exp(b - lse_b) - (1 - eps) onehot - eps/C) - 2 lam/D (a - b)
 N (non-ignored rows) is a device tensor computed before the launch and read by the kernel: no
 host sync. The final sums over rows and the weighting are a few small torch ops on the device.
-Targets out of range are reported with ``torch._assert_async`` (asynchronous on the GPU).
+Targets out of range are counted by the kernel and reported with ``torch._assert_async`` on that
+count (asynchronous on the GPU).
 Accumulation runs in the dtype of the row buffer: float32 for half/bf16/float32, float64 for
 float64. Outputs are written, never accumulated, so autotune reruns are safe.
 
@@ -57,7 +58,8 @@ def _twin_loss_fwd_kernel(a_ptr, b_ptr, y_ptr, n_ptr, rows_ptr, ga_ptr, gb_ptr, 
     b_row = b_ptr + row * C
     y = tl.load(y_ptr + row)
     valid = y != ignore_index
-    y_safe = tl.where(valid, y, 0)
+    in_range = (y >= 0) & (y < C)
+    y_safe = tl.where(valid & in_range, y, 0)  # a bad target is flagged below, never read through
     offs = tl.arange(0, BLOCK)
 
     m_a = tl.full((), float("-inf"), acc_t)
@@ -91,9 +93,10 @@ def _twin_loss_fwd_kernel(a_ptr, b_ptr, y_ptr, n_ptr, rows_ptr, ga_ptr, gb_ptr, 
     smooth = eps / C
     ce_a = tl.where(valid, lse_a - (1.0 - eps) * ya - smooth * tl.sum(sx_a, 0), 0.0)
     ce_b = tl.where(valid, lse_b - (1.0 - eps) * yb - smooth * tl.sum(sx_b, 0), 0.0)
-    tl.store(rows_ptr + row * 3, ce_a.to(acc_t))
-    tl.store(rows_ptr + row * 3 + 1, ce_b.to(acc_t))
-    tl.store(rows_ptr + row * 3 + 2, tl.sum(sq, 0))
+    tl.store(rows_ptr + row * 4, ce_a.to(acc_t))
+    tl.store(rows_ptr + row * 4 + 1, ce_b.to(acc_t))
+    tl.store(rows_ptr + row * 4 + 2, tl.sum(sq, 0))
+    tl.store(rows_ptr + row * 4 + 3, (valid & ~in_range).to(acc_t))  # bad targets, summed with the rest
 
     if NEED_GA or NEED_GB:
         n = tl.load(n_ptr).to(acc_t)
@@ -144,11 +147,8 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
     y = target.contiguous()
     B, C = a.shape
     acc = state_dtype(a.dtype)
-    valid = y != ignore_index
-    torch._assert_async(((y >= 0) & (y < C) | ~valid).all(),
-                        f"target must hold class indices in [0, {C}) or ignore_index ({ignore_index})")
-    n = valid.sum()
-    rows = torch.empty((B, 3), dtype=acc, device=a.device)
+    n = (y != ignore_index).sum()
+    rows = torch.empty((B, 4), dtype=acc, device=a.device)
     grad_a = torch.empty_like(a) if need_grad_base else a.new_empty((0,))
     grad_b = torch.empty_like(a) if need_grad_twin else a.new_empty((0,))
     denom = max(B * C if mse_reduction == 0 else B, 1)
@@ -159,6 +159,9 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
             2.0 * float(mse_weight) / denom, float(label_smoothing),
             NEED_GA=bool(need_grad_base), NEED_GB=bool(need_grad_twin))
     sums = rows.sum(0)
+    # the kernel counts the bad targets (column 3): one comparison and the assert, no pass over y
+    torch._assert_async(sums[3] == 0,
+                        f"target must hold class indices in [0, {C}) or ignore_index ({ignore_index})")
     inv_n = torch.where(n > 0, 1.0 / n.clamp_min(1).to(acc), 0.0)
     parts = torch.stack([sums[0] * inv_n, sums[1] * inv_n, sums[2] / denom])
     loss = ce_weight_base * parts[0] + ce_weight_twin * parts[1] + mse_weight * parts[2]
