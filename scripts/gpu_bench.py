@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -997,13 +998,13 @@ def cmd_train_step(args) -> int:
     x = torch.randn(B, 3, 32, 32, generator=g).to(dev)
     y = torch.randint(0, 10, (B,), generator=g).to(dev)
 
-    def step_fn(nets, fused: bool):
+    def step_fn(nets, fused: bool, autocast_cache: bool = True):
         params = [p for n in nets for p in n.parameters()]
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=autocast_cache):
                 logits = [n(x) for n in nets]
                 if len(logits) == 1:
                     loss = nn.functional.cross_entropy(logits[0], y)
@@ -1015,6 +1016,7 @@ def cmd_train_step(args) -> int:
                             + 0.005 * ((lb.float() - lt.float()) ** 2).sum() / B)
             loss.backward()
             opt.step()
+            return loss
         return step
 
     def measure(build, fused):
@@ -1035,6 +1037,41 @@ def cmd_train_step(args) -> int:
             if dev.type == "cuda":
                 r["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             del nets, step
+            return r
+        return go
+
+    def graphed(build):
+        """The same step captured once in a CUDA graph and replayed (static x and y, as a graph
+        needs): no Python, dispatcher or launch cost per step. What the host-bound eager step
+        could reach; the capture fails if any op in the step synchronises with the host."""
+        def go():
+            if dev.type != "cuda":
+                raise SkipCase("CUDA graphs need a CUDA device")
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            torch.manual_seed(0)
+            nets = [n.to(dev) for n in build()]
+            # autocast's cast cache would hold tensors from the capture across replays
+            step = step_fn(nets, True, autocast_cache=False)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # off the capture: autotuning, momentum buffers, first allocations
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            t = time.perf_counter()
+            with torch.cuda.graph(graph):
+                loss = step()
+            capture = time.perf_counter() - t
+            r = time_fn(graph.replay, dev, sz["train_warmup"], sz["train_reps"])
+            value = float(loss)
+            if not math.isfinite(value):
+                raise RuntimeError(f"the replayed step's loss is {value}")
+            r.update(capture_s=round(capture, 3), loss_after_replays=round(value, 4),
+                     images_per_s=round(B / (r["median_us"] * 1e-6), 1),
+                     peak_memory_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1))
+            del nets, step, graph
             return r
         return go
 
@@ -1063,6 +1100,9 @@ def cmd_train_step(args) -> int:
                            "SpikingJelly 2.0's lif_multi_step sends a non-float32 membrane to its torch reference "
                            "path, not its Triton kernel")
     run_case(res, deadline, sj_case, measure(spikingjelly, False))
+    # last: a capture that fails can leave the stream unusable for the cases after it
+    run_case(res, deadline, {"provider": "tna_cuda_graph", "what": "base + twin, fused twin loss, one CUDA "
+                                                            "graph replayed per step"}, graphed(tna))
     ok = {c["provider"]: c for c in res.sec["cases"] if c["status"] == "ok"}
     note = ", ".join(f"{p} {c['images_per_s']:.0f} img/s"
                      + (f" {c['peak_memory_mib']:.0f} MiB" if "peak_memory_mib" in c else "") for p, c in ok.items())
