@@ -432,7 +432,8 @@ OPS = [
     ("spike_conv2d_grad_weight", "Triton GEMM on the bits (tl.dot fp32 IEEE / bf16 / fp16), split-K with a "
      "fixed-order sum", ["_spike_grad_weight_kernel", "_spike_grad_weight_f32_kernel", "_split_sum_kernel"],
      "interp.: " + _T + "; " + _G + " (test_spike_grad_weight_*)"),
-    ("twin_loss_fwd", "Triton", ["_twin_loss_fwd_kernel"],
+    ("twin_loss_fwd", "Triton (valid-row count, row kernel, finishing sums)",
+     ["_count_valid_kernel", "_twin_loss_fwd_kernel", "_twin_loss_finish_kernel"],
      "interp.: test_twin_loss.py::test_triton_matches_cpu_kernel, ::test_triton_all_ignored_bf16_and_partial_grads, "
      + _T + "; " + _G + "; cuda: test_twin_loss.py::test_cuda_op_dispatches_to_triton"),
     ("twin_loss_bwd", "torch (one elementwise multiply per tensor)", [], _G),

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_compile.py"
 KERNELS = ("_lif_fwd_kernel", "_lif_bwd_kernel", "_lif_bwd_recompute_kernel", "_twin_loss_fwd_kernel",
+           "_count_valid_kernel", "_twin_loss_finish_kernel",
            "_spike_conv_kernel", "_float_linear_kernel", "_decode_kernel", "_unpack_spikes_kernel", "_pack_kernel",
            "_row_stats_kernel", "_channel_stats_kernel", "_quantize_pack_kernel", "_spike_grad_weight_kernel",
            "_spike_grad_weight_f32_kernel",

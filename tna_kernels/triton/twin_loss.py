@@ -9,10 +9,14 @@ csrc/cpu/twin_loss.cpp (the formulas are in its header; reference.py::twin_loss 
   sweep 2: re-reads the row (from L2) and writes, for grad_output = 1,
       dL/da = [valid] wa/N (exp(a - lse_a) - (1 - eps) onehot - eps/C) + 2 lam/D (a - b)
       dL/db = [valid] wb/N (exp(b - lse_b) - (1 - eps) onehot - eps/C) - 2 lam/D (a - b)
-N (non-ignored rows) is a device tensor computed before the launch and read by the kernel: no
-host sync. The final sums over rows and the weighting are a few small torch ops on the device.
-Targets out of range are counted by the kernel and reported with ``torch._assert_async`` on that
-count (asynchronous on the GPU).
+Three launches and an assert per call, no torch glue and no host sync (host cost, not HBM
+traffic, bounds this loss on a GPU at training batch sizes):
+  1. ``_count_valid_kernel`` (one program): N, the non-ignored rows, which the row kernel's
+     gradients divide by;
+  2. ``_twin_loss_fwd_kernel`` (one program per row): the sweeps above;
+  3. ``_twin_loss_finish_kernel`` (one program): sums the row buffer's columns, writes the parts,
+     the weighted loss and whether every target was in range;
+then ``torch._assert_async`` on that flag (asynchronous on the GPU) reports targets out of range.
 Accumulation runs in the dtype of the row buffer: float32 for half/bf16/float32, float64 for
 float64. Outputs are written, never accumulated, so autotune reruns are safe.
 
@@ -45,6 +49,54 @@ def _prune(configs, named_args, **kwargs):
     cover = max(triton.next_power_of_2(c), min(cfg.kwargs["BLOCK"] for cfg in configs))
     kept = [cfg for cfg in configs if cfg.kwargs["BLOCK"] <= cover]
     return kept or configs[:1]
+
+
+# Rows per step of the one-program reductions (count, finish): B = 256 is one step; 1024 x 4 columns
+# in float32 is 16 KiB of loads in flight, well inside one SM.
+_REDUCE_BLOCK = 1024
+
+
+@triton.jit
+def _count_valid_kernel(y_ptr, aux_ptr, B, ignore_index, BLOCK: tl.constexpr):
+    """aux[0] = the number of rows whose target is not ignore_index (one program)."""
+    offs = tl.arange(0, BLOCK)
+    count = tl.zeros([BLOCK], tl.int64)
+    for start in range(0, B, BLOCK):
+        idx = start + offs
+        y = tl.load(y_ptr + idx, mask=idx < B, other=ignore_index)
+        count += (y != ignore_index).to(tl.int64)
+    tl.store(aux_ptr, tl.sum(count, 0))
+
+
+@triton.jit
+def _twin_loss_finish_kernel(rows_ptr, aux_ptr, loss_ptr, parts_ptr, B, wa, wb, lam, denom,
+                             BLOCK: tl.constexpr):
+    """The row buffer's column sums -> parts = (CE_a / N, CE_b / N, MSE / denom) (0 for a CE
+    without rows), loss = wa parts[0] + wb parts[1] + lam parts[2], and aux[1] = 1 when no target
+    was out of range (else 0). One program."""
+    acc_t = rows_ptr.dtype.element_ty
+    offs = tl.arange(0, BLOCK)
+    s_a = tl.zeros([BLOCK], acc_t)
+    s_b = tl.zeros([BLOCK], acc_t)
+    s_sq = tl.zeros([BLOCK], acc_t)
+    s_bad = tl.zeros([BLOCK], acc_t)
+    for start in range(0, B, BLOCK):
+        r = (start + offs).to(tl.int64)
+        m = r < B
+        s_a += tl.load(rows_ptr + r * 4, mask=m, other=0.0)
+        s_b += tl.load(rows_ptr + r * 4 + 1, mask=m, other=0.0)
+        s_sq += tl.load(rows_ptr + r * 4 + 2, mask=m, other=0.0)
+        s_bad += tl.load(rows_ptr + r * 4 + 3, mask=m, other=0.0)
+    n = tl.load(aux_ptr).to(acc_t)
+    inv_n = tl.where(n > 0, 1.0 / tl.maximum(n, 1.0), 0.0)
+    p_a = tl.sum(s_a, 0) * inv_n
+    p_b = tl.sum(s_b, 0) * inv_n
+    p_sq = tl.sum(s_sq, 0) / denom
+    tl.store(parts_ptr, p_a)
+    tl.store(parts_ptr + 1, p_b)
+    tl.store(parts_ptr + 2, p_sq)
+    tl.store(loss_ptr, wa * p_a + wb * p_b + lam * p_sq)
+    tl.store(aux_ptr + 1, (tl.sum(s_bad, 0) == 0).to(tl.int64))
 
 
 @triton.autotune(configs=_configs(), key=["C_BUCKET"], prune_configs_by={"early_config_prune": _prune})
@@ -147,24 +199,25 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
     y = target.contiguous()
     B, C = a.shape
     acc = state_dtype(a.dtype)
-    n = (y != ignore_index).sum()
-    rows = torch.empty((B, 4), dtype=acc, device=a.device)
+    dev = a.device
+    aux = torch.empty(2, dtype=torch.int64, device=dev)  # [N, 1 if every target is in range]
+    rows = torch.empty((B, 4), dtype=acc, device=dev)
+    loss = torch.empty((), dtype=acc, device=dev)
+    parts = torch.empty(3, dtype=acc, device=dev)
     grad_a = torch.empty_like(a) if need_grad_base else a.new_empty((0,))
     grad_b = torch.empty_like(a) if need_grad_twin else a.new_empty((0,))
     denom = max(B * C if mse_reduction == 0 else B, 1)
+    ignore_index = int(ignore_index)
+    _count_valid_kernel[(1,)](y, aux, B, ignore_index, BLOCK=_REDUCE_BLOCK)
     if B:
         _twin_loss_fwd_kernel[check_grid((B,), "twin_loss")](
-            a, b, y, n, rows, grad_a if need_grad_base else rows, grad_b if need_grad_twin else rows,
-            C, bucket(C), int(ignore_index), float(ce_weight_base), float(ce_weight_twin),
+            a, b, y, aux, rows, grad_a if need_grad_base else rows, grad_b if need_grad_twin else rows,
+            C, bucket(C), ignore_index, float(ce_weight_base), float(ce_weight_twin),
             2.0 * float(mse_weight) / denom, float(label_smoothing),
             NEED_GA=bool(need_grad_base), NEED_GB=bool(need_grad_twin))
-    sums = rows.sum(0)
-    # the kernel counts the bad targets (column 3): one comparison and the assert, no pass over y
-    torch._assert_async(sums[3] == 0,
-                        f"target must hold class indices in [0, {C}) or ignore_index ({ignore_index})")
-    inv_n = torch.where(n > 0, 1.0 / n.clamp_min(1).to(acc), 0.0)
-    parts = torch.stack([sums[0] * inv_n, sums[1] * inv_n, sums[2] / denom])
-    loss = ce_weight_base * parts[0] + ce_weight_twin * parts[1] + mse_weight * parts[2]
+    _twin_loss_finish_kernel[(1,)](rows, aux, loss, parts, B, float(ce_weight_base), float(ce_weight_twin),
+                                   float(mse_weight), denom, BLOCK=_REDUCE_BLOCK)
+    torch._assert_async(aux[1], f"target must hold class indices in [0, {C}) or ignore_index ({ignore_index})")
     return loss, parts, grad_a, grad_b
 
 
