@@ -814,7 +814,8 @@ def cmd_ternary(args) -> int:
                 traceback.print_exc()
                 res.add({"form": "set-up", "layer": f"{cin}->{cout} @{hw}x{hw}", "op": "inputs",
                          "status": "failed", "error": short_error(exc)})
-    ok = [c for c in res.sec["cases"] if c["status"] == "ok" and "vs_dense" in c and not c["op"].startswith("pack")]
+    ok = [c for c in res.sec["cases"] if c["status"] == "ok" and "vs_dense" in c
+          and not c["op"].startswith(("pack", "int8_mm probe"))]
     best = max(ok, key=lambda c: c["vs_dense"], default=None)
     note = (f"{len(ok)} op x shape pairs; best vs dense: {best['op']} {best['layer']} {best['vs_dense']}x"
             if best else "no ratio measured")
@@ -859,6 +860,12 @@ def _ternary_layer(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, float_pas
         bits2 = F.pack_spikes(s2)
         xd = s2.to(bdt)
         dense_w = (F.unpack_ternary(pl).to(bdt) * pl.scale.to(bdt)[:, None]).contiguous()
+        # A probe, not a library path: cuBLAS's int8 GEMM on unpacked operands (spikes and codes as
+        # int8, exact int32 sums) and the per-channel scale, to size an int8 design of this op.
+        x8, w8 = s2.to(torch.int8), F.unpack_ternary(pl).to(torch.int8).contiguous()
+        scale = pl.scale.float()
+        if not torch.equal(torch._int_mm(x8, w8.T).float(), s2.float() @ F.unpack_ternary(pl).float().T):
+            raise RuntimeError("torch._int_mm disagrees with the float product of the same operands")
         _ratios(res, [
             run_case(res, deadline, {**base, "op": f"dense_matmul_{bname}"},
                      timed(lambda: torch.matmul(xd, dense_w.T), flops)),
@@ -866,6 +873,8 @@ def _ternary_layer(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, float_pas
                      timed(lambda: F.spike_ternary_linear(bits2, pl), flops)),
             run_case(res, deadline, {**base, "op": "pack_spikes (input)"},
                      timed(lambda: F.pack_spikes(s2), flops)),
+            run_case(res, deadline, {**base, "op": "int8_mm probe (torch._int_mm x scale, unpacked int8 operands)"},
+                     timed(lambda: torch._int_mm(x8, w8.T) * scale, flops)),
         ])
     _ternary_conv(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, timed, float_pass)
 
