@@ -862,10 +862,13 @@ def _ternary_layer(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, float_pas
         dense_w = (F.unpack_ternary(pl).to(bdt) * pl.scale.to(bdt)[:, None]).contiguous()
         # A probe, not a library path: cuBLAS's int8 GEMM on unpacked operands (spikes and codes as
         # int8, exact int32 sums) and the per-channel scale, to size an int8 design of this op.
-        x8, w8 = s2.to(torch.int8), F.unpack_ternary(pl).to(torch.int8).contiguous()
-        scale = pl.scale.float()
-        if not torch.equal(torch._int_mm(x8, w8.T).float(), s2.float() @ F.unpack_ternary(pl).float().T):
-            raise RuntimeError("torch._int_mm disagrees with the float product of the same operands")
+        def int8_probe():
+            x8, w8 = s2.to(torch.int8), F.unpack_ternary(pl).to(torch.int8).contiguous()
+            scale = pl.scale.float()
+            if not torch.equal(torch._int_mm(x8, w8.T).float(), s2.float() @ F.unpack_ternary(pl).float().T):
+                raise RuntimeError("torch._int_mm disagrees with the float product of the same operands")
+            return timed(lambda: torch._int_mm(x8, w8.T) * scale, flops)()
+
         _ratios(res, [
             run_case(res, deadline, {**base, "op": f"dense_matmul_{bname}"},
                      timed(lambda: torch.matmul(xd, dense_w.T), flops)),
@@ -874,7 +877,7 @@ def _ternary_layer(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, float_pas
             run_case(res, deadline, {**base, "op": "pack_spikes (input)"},
                      timed(lambda: F.pack_spikes(s2), flops)),
             run_case(res, deadline, {**base, "op": "int8_mm probe (torch._int_mm x scale, unpacked int8 operands)"},
-                     timed(lambda: torch._int_mm(x8, w8.T) * scale, flops)),
+                     int8_probe),
         ])
     _ternary_conv(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, timed, float_pass)
 
