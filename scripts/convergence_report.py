@@ -116,7 +116,7 @@ def best_lambda(runs: dict, known: dict[float, float] | None = None) -> str:
     return f"{max(scores, key=scores.get):g}"
 
 
-def figures(runs: dict, out: Path) -> list[Path]:
+def figures(runs: dict, out: Path, name: str = "cifar10_convergence.png") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +141,7 @@ def figures(runs: dict, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
     fig.suptitle("CIFAR-10, spiking VGG 16-32-64, T = 4, 40 epochs on 45k images (CPU)")
     fig.tight_layout()
-    path = out / "cifar10_convergence.png"
+    path = out / name
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return [path]
@@ -161,6 +161,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="the study's output folder (runs/converge)")
     ap.add_argument("--figures", type=Path, default=None, help="write the PNG figures here")
+    ap.add_argument("--figure-name", default="cifar10_convergence.png",
+                    help="file name of the curves figure (a study whose early runs have no record "
+                         "draws the recorded ones under another name, keeping the older figure)")
     ap.add_argument("--best-lambda", action="store_true", help="print only the best λ of the seed-0 sweep")
     ap.add_argument("--known", action="append", default=[], metavar="LAMBDA=ACC",
                     help="with --best-lambda: a seed-0 final val accuracy (fraction) for a λ whose "
@@ -178,7 +181,9 @@ def main(argv=None) -> None:
     if unfinished:
         print("\nunfinished: " + "; ".join(unfinished))
     if args.figures and runs:
-        for p in figures(runs, args.figures):
+        if not args.figure_name.endswith(".png") or "/" in args.figure_name:
+            ap.error(f"--figure-name must be a file name ending in .png, got {args.figure_name!r}")
+        for p in figures(runs, args.figures, args.figure_name):
             print(f"wrote {p}", file=sys.stderr)
 
 

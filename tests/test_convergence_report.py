@@ -89,6 +89,10 @@ def test_main_writes_the_figure(study, tmp_path, capsys):
     assert (tmp_path / "fig" / "cifar10_convergence.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "missing")])
+    report.main([str(study), "--figures", str(tmp_path / "fig"), "--figure-name", "later.png"])
+    assert (tmp_path / "fig" / "later.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        report.main([str(study), "--figures", str(tmp_path / "fig"), "--figure-name", "../x.png"])
 
 
 STUDY = SCRIPT.parent / "convergence_study.sh"
