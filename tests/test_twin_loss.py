@@ -634,3 +634,18 @@ def test_opcheck_bwd_float64_and_half():
     torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(0.5, dtype=torch.float64), g, g))
     h = g.half()
     torch.library.opcheck(torch.ops.tna.twin_loss_bwd.default, (torch.tensor(3.0), torch.empty(0).half(), h))
+
+
+def test_autograd_cost_probe_runs():
+    """scripts/autograd_cost_probe.py (the record behind docs/BENCHMARKS.md's dispatch figures)
+    checks its prototype's gradients against the library op and prints both timings."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, str(root / "scripts" / "autograd_cost_probe.py"), "--calls", "5",
+                          "--rounds", "1"], capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("hand-written Autograd-key kernel") == 2, out.stdout
