@@ -523,6 +523,19 @@ def test_triton_all_ignored_bf16_and_partial_grads():
 
 
 @pytest.mark.triton
+def test_triton_empty_batch_matches_cpu_kernel():
+    from tna_kernels.triton import twin_loss as tk
+
+    dev = triton_device()
+    a, b, y = _inputs(0, 10)
+    expected = torch.ops.tna.twin_loss_fwd(a, b, y, 1.0, 1.0, 0.1, 1, 0.0, -100, True, False)
+    got = tk.twin_loss_fwd(a.to(dev), b.to(dev), y.to(dev), 1.0, 1.0, 0.1, 1, 0.0, -100, True, False)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        assert torch.equal(g.cpu(), e)
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("bad", [10, -5])
 def test_triton_bad_target_is_reported(bad):
     """Counted by the kernel (and never read through: the row's loads stay inside it), then

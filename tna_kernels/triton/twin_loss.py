@@ -207,14 +207,17 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
     grad_a = torch.empty_like(a) if need_grad_base else a.new_empty((0,))
     grad_b = torch.empty_like(a) if need_grad_twin else a.new_empty((0,))
     denom = max(B * C if mse_reduction == 0 else B, 1)
+    if B == 0:  # no rows, no launch (an empty tensor's pointer may be null): every part is 0
+        loss.zero_()
+        parts.zero_()
+        return loss, parts, grad_a, grad_b
     ignore_index = int(ignore_index)
     _count_valid_kernel[(1,)](y, aux, B, ignore_index, BLOCK=_REDUCE_BLOCK)
-    if B:
-        _twin_loss_fwd_kernel[check_grid((B,), "twin_loss")](
-            a, b, y, aux, rows, grad_a if need_grad_base else rows, grad_b if need_grad_twin else rows,
-            C, bucket(C), ignore_index, float(ce_weight_base), float(ce_weight_twin),
-            2.0 * float(mse_weight) / denom, float(label_smoothing),
-            NEED_GA=bool(need_grad_base), NEED_GB=bool(need_grad_twin))
+    _twin_loss_fwd_kernel[check_grid((B,), "twin_loss")](
+        a, b, y, aux, rows, grad_a if need_grad_base else rows, grad_b if need_grad_twin else rows,
+        C, bucket(C), ignore_index, float(ce_weight_base), float(ce_weight_twin),
+        2.0 * float(mse_weight) / denom, float(label_smoothing),
+        NEED_GA=bool(need_grad_base), NEED_GB=bool(need_grad_twin))
     _twin_loss_finish_kernel[(1,)](rows, aux, loss, parts, B, float(ce_weight_base), float(ce_weight_twin),
                                    float(mse_weight), denom, BLOCK=_REDUCE_BLOCK)
     torch._assert_async(aux[1], f"target must hold class indices in [0, {C}) or ignore_index ({ignore_index})")
