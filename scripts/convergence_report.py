@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +28,8 @@ LABELS = {
     "tna": "ternary + TNA (λ = 0.005)",
     "baseline_fp": "fp32 SNN (KD teacher)",
     "kd": "ternary + KD (fp32 SNN teacher)",
+    "subset250_baseline": "ternary baseline, 2,500-image subset",
+    "subset250_tna": "ternary + TNA (λ = 0.005), 2,500-image subset",
 }
 BASE_LAMBDA = 0.005  # configs/cifar10_vgg_converge_tna.yaml
 
@@ -91,13 +94,23 @@ def welch(a, b) -> str:
     return f"{diff:+.2f} points, Welch t = {t:.2f} (n = {len(a)}, {len(b)})"
 
 
+def reference_of(method: str) -> str:
+    """The baseline a method is compared with: the one trained on the same data (``subset250_*``
+    runs against ``subset250_baseline``, the rest against ``baseline``)."""
+    prefix = method.split("_", 1)[0] + "_" if method.startswith("subset") else ""
+    return prefix + "baseline"
+
+
 def comparisons(runs: dict) -> list[str]:
-    if "baseline" not in runs:
-        return []
-    base = [r["rows"][-1]["val_acc"] for r in runs["baseline"]]
-    return [f"- {label(m)} − ternary baseline, final val acc: "
-            f"{welch(base, [r['rows'][-1]['val_acc'] for r in runs[m]])}"
-            for m in runs if m != "baseline" and m != "baseline_fp"]
+    out = []
+    for m in runs:
+        ref = reference_of(m)
+        if m == ref or m == "baseline_fp" or ref not in runs:
+            continue
+        base = [r["rows"][-1]["val_acc"] for r in runs[ref]]
+        out.append(f"- {label(m)} − {label(ref)}, final val acc: "
+                   f"{welch(base, [r['rows'][-1]['val_acc'] for r in runs[m]])}")
+    return out
 
 
 def best_lambda(runs: dict, known: dict[float, float] | None = None) -> str:
@@ -116,7 +129,10 @@ def best_lambda(runs: dict, known: dict[float, float] | None = None) -> str:
     return f"{max(scores, key=scores.get):g}"
 
 
-def figures(runs: dict, out: Path, name: str = "cifar10_convergence.png") -> list[Path]:
+TITLE = "CIFAR-10, spiking VGG 16-32-64, T = 4, 40 epochs on 45k images (CPU)"
+
+
+def figures(runs: dict, out: Path, name: str = "cifar10_convergence.png", title: str = TITLE) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +155,7 @@ def figures(runs: dict, out: Path, name: str = "cifar10_convergence.png") -> lis
     for ax in (ax_val, ax_gap):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("CIFAR-10, spiking VGG 16-32-64, T = 4, 40 epochs on 45k images (CPU)")
+    fig.suptitle(title)
     fig.tight_layout()
     path = out / name
     fig.savefig(path, dpi=120)
@@ -164,6 +180,9 @@ def main(argv=None) -> None:
     ap.add_argument("--figure-name", default="cifar10_convergence.png",
                     help="file name of the curves figure (a study whose early runs have no record "
                          "draws the recorded ones under another name, keeping the older figure)")
+    ap.add_argument("--title", default=TITLE, help="the figure's title")
+    ap.add_argument("--methods", default=None, metavar="REGEX",
+                    help="only the methods (run names without prefix and seed) this regex matches")
     ap.add_argument("--best-lambda", action="store_true", help="print only the best λ of the seed-0 sweep")
     ap.add_argument("--known", action="append", default=[], metavar="LAMBDA=ACC",
                     help="with --best-lambda: a seed-0 final val accuracy (fraction) for a λ whose "
@@ -172,6 +191,12 @@ def main(argv=None) -> None:
     if not args.root.is_dir():
         ap.error(f"{args.root} is not a folder")
     runs, unfinished = load_runs(args.root)
+    if args.methods:
+        try:
+            pattern = re.compile(args.methods)
+        except re.error as exc:
+            ap.error(f"--methods is not a valid regular expression: {exc}")
+        runs = {m: rs for m, rs in runs.items() if pattern.search(m)}
     if args.best_lambda:
         print(best_lambda(runs, {lam: acc for lam, acc in map(_known_pair, args.known)}))
         return
@@ -183,7 +208,7 @@ def main(argv=None) -> None:
     if args.figures and runs:
         if not args.figure_name.endswith(".png") or "/" in args.figure_name:
             ap.error(f"--figure-name must be a file name ending in .png, got {args.figure_name!r}")
-        for p in figures(runs, args.figures, args.figure_name):
+        for p in figures(runs, args.figures, args.figure_name, args.title):
             print(f"wrote {p}", file=sys.stderr)
 
 

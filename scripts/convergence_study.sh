@@ -6,6 +6,8 @@
 #   3. λ sweep of TNA on seed 0 (0.001 0.02 0.1; 0.005 is stage 1's value), then the best λ on
 #      seeds 1 and 2 (chosen by scripts/convergence_report.py once the whole sweep is recorded;
 #      LAMBDAS picks which sweep runs this invocation trains, so two can run side by side)
+#   4. ternary baseline and ternary + TNA (λ = 0.005) on a fixed 2,500-image training subset (the
+#      first 250 images of each class), 60 epochs: the overfitting regime (ARMS="baseline tna")
 # Every run checkpoints each epoch and continues with --resume auto, so the script can be killed
 # and started again at any time; finished runs (base.json written) are skipped. A finished run's
 # record (metrics.csv and base.json; the weights too for the fp32 KD teachers) is copied to
@@ -31,6 +33,11 @@ SEEDS=${SEEDS:-"0 1 2"}
 STAGES=${STAGES:-"1 2 3"}
 PARTIAL=${PARTIAL:-$RECORDS/partial}
 SWEEP="0.001 0.02 0.1"
+# Stage 4: the same recipe on the first 250 training images of each class (2,500), 60 epochs, the
+# gap measured on all of them: a regime where the network overfits, which TNA's matching term is
+# meant to reduce. ARMS picks which arms this invocation trains (two processes can split them).
+SUBSET="data.train_per_class=250 train.epochs=60 train.eval_train_images=2500"
+ARMS=${ARMS:-"baseline tna"}
 LAMBDAS=${LAMBDAS:-$SWEEP}
 # Stage 1's λ = 0.005 on seed 0 (docs/RESULTS.md, final validation accuracy), for choosing the
 # best λ when stage 1's run folder and record are gone: its run predates the records.
@@ -125,6 +132,12 @@ for stage in $STAGES; do
          run "cifar10_vgg_converge_tna_lam${best}_s$s" cifar10_vgg_converge_tna "$s" "loss.mse_weight=$best"
        done
      fi ;;
-  *) echo "unknown stage $stage (1, 2 or 3)" >&2; exit 2 ;;
+  4) for s in $SEEDS; do  # the overfitting regime: a fixed 2,500-image training subset
+       for arm in $ARMS; do
+         # shellcheck disable=SC2086
+         run "cifar10_vgg_converge_subset250_${arm}_s$s" "cifar10_vgg_converge_$arm" "$s" $SUBSET
+       done
+     done ;;
+  *) echo "unknown stage $stage (1, 2, 3 or 4)" >&2; exit 2 ;;
   esac
 done

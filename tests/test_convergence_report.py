@@ -213,3 +213,22 @@ def test_study_script_carries_an_unfinished_run_over_in_a_snapshot(tmp_path):
     assert f"resume {name} from its snapshot" in got.stdout
     assert (tmp_path / "resumed.log").read_text() == "True 3\n"  # the checkpoint and the header + 2 rows
     assert (records / name / "base.json").is_file() and not (partial / name).exists()
+
+
+def test_subset_runs_are_compared_with_the_subset_baseline_and_methods_filter(study, capsys):
+    make_run(study, "subset250_baseline_s0", [0.4, 0.50], train=[0.5, 0.80])
+    make_run(study, "subset250_baseline_s1", [0.4, 0.52], train=[0.5, 0.82])
+    make_run(study, "subset250_tna_s0", [0.4, 0.55], train=[0.5, 0.75], twin=[0.4, 0.54])
+    make_run(study, "subset250_tna_s1", [0.4, 0.57], train=[0.5, 0.77], twin=[0.4, 0.56])
+    runs = report.load_runs(study)[0]
+    assert report.reference_of("subset250_tna") == "subset250_baseline"
+    assert report.reference_of("tna_lam0.1") == "baseline"
+    lines = report.comparisons(runs)
+    assert any(line.startswith("- ternary + TNA (λ = 0.005), 2,500-image subset − ternary baseline, 2,500-image "
+                               "subset, final val acc: +5.00 points") for line in lines), lines
+    assert not any("subset250_baseline" in line or line.startswith("- ternary baseline, 2,500") for line in lines)
+    report.main([str(study), "--methods", "^subset250_"])
+    out = capsys.readouterr().out
+    assert "2,500-image subset" in out and "| ternary baseline |" not in out and "λ = 0.02" not in out
+    with pytest.raises(SystemExit):
+        report.main([str(study), "--methods", "("])

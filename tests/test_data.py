@@ -289,6 +289,25 @@ def test_image_folder_get_dataset_last_val_and_test(tmp_path):
     assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32) and y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
+def test_train_per_class_keeps_the_first_images_of_each_class(tmp_path):
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    written = write_image_folder(tmp_path / "train", classes, per_class=6)
+    ds = get_dataset("cifar10", tmp_path, val_per_class=2, val_mode="last", train_per_class=3,
+                     cache_dir=tmp_path / "c")
+    assert len(ds.train) == 30 and ds.train.class_counts() == [3] * 10 and len(ds.val) == 20
+    assert ds.info["train_per_class"] == 3
+    for k, c in enumerate(classes):  # files 0, 1, 2 of every class; the validation split is unchanged
+        for j in range(3):
+            assert np.array_equal(ds.train.data[3 * k + j].permute(1, 2, 0).numpy(), written[tmp_path / "train" / c / f"{j}.png"])
+    full = get_dataset("cifar10", tmp_path, val_per_class=2, val_mode="last", cache_dir=tmp_path / "c")
+    assert torch.equal(full.val.data, ds.val.data) and len(full.train) == 40
+    with pytest.raises(ValueError, match="train_per_class=5 exceeds the 4 training samples of class 0"):
+        get_dataset("cifar10", tmp_path, val_per_class=2, train_per_class=5, cache_dir=tmp_path / "c")
+    for bad in (-1, True, 2.0):
+        with pytest.raises(ValueError, match="train_per_class must be a non-negative int"):
+            get_dataset("cifar10", tmp_path, train_per_class=bad, cache_dir=tmp_path / "c")
+
+
 def test_wrong_class_count(tmp_path):
     write_image_folder(tmp_path / "train", ["a", "b", "c"], per_class=1)
     with pytest.raises(ValueError, match="cifar10 needs 10 classes.*has 3"):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .augment import Augment, normalize, random_crop, random_hflip, to_float
 from .cifar import (
     CIFAR10_CLASSES,
@@ -95,12 +97,27 @@ def _carve_val(train: ArrayDataset, val_per_class: int, val_mode: str, seed: int
     return train.subset(keep), train.subset(held)
 
 
+def _first_per_class(train: ArrayDataset, per_class: int) -> ArrayDataset:
+    """The first ``per_class`` samples of each class, in dataset order (0: all of them)."""
+    if not per_class:
+        return train
+    t = train.targets.cpu().numpy()
+    keep = []
+    for c in np.unique(t):
+        idx = np.flatnonzero(t == c)
+        if per_class > len(idx):
+            raise ValueError(f"train_per_class={per_class} exceeds the {len(idx)} training samples of class {c}")
+        keep.append(idx[:per_class])
+    return train.subset(np.sort(np.concatenate(keep)))
+
+
 def get_dataset(
     name: str,
     root: str | os.PathLike | None = None,
     *,
     val_per_class: int = 0,
     val_mode: str = "random",
+    train_per_class: int = 0,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
@@ -120,6 +137,9 @@ def get_dataset(
     val_per_class: samples of each class moved from train into ``val`` (0: no val split).
     val_mode: "random" (drawn with ``seed``) or "last" (the last ``val_per_class`` of each class
         in file order, e.g. the issue 8 evaluation's ``val_per_class=500, val_mode="last"``).
+    train_per_class: keep only the first ``train_per_class`` samples of each class of the training
+        split, in file order, after the validation samples are taken out (0: all): a fixed smaller
+        training set (the same images every epoch and every seed), e.g. to study overfitting.
     seed: seeds the random validation split only; the train/test splits are fixed.
     cache_dir: where decoded images / event frames are cached (default ``$TNA_CACHE`` or
         ``~/.cache/tna_kernels``).
@@ -147,6 +167,8 @@ def get_dataset(
         raise ValueError(f"val_mode must be 'random' or 'last', got {val_mode!r}")
     if not isinstance(val_per_class, int) or val_per_class < 0:
         raise ValueError(f"val_per_class must be a non-negative int, got {val_per_class!r}")
+    if isinstance(train_per_class, bool) or not isinstance(train_per_class, int) or train_per_class < 0:
+        raise ValueError(f"train_per_class must be a non-negative int, got {train_per_class!r}")
     root_path = Path(root).expanduser() if root is not None else default_data_root()
     info: dict = {}
 
@@ -197,7 +219,8 @@ def get_dataset(
         default_pad, default_flip, channel_dim = max(1, train.data.shape[-1] // 16), True, 2
 
     train, val = _carve_val(train, val_per_class, val_mode, seed)
-    info.update(val_per_class=val_per_class, val_mode=val_mode, seed=seed)
+    train = _first_per_class(train, train_per_class)
+    info.update(val_per_class=val_per_class, val_mode=val_mode, seed=seed, train_per_class=train_per_class)
     pad = default_pad if padding is None else padding
     flp = default_flip if flip is None else flip
     if not augment:

@@ -21,6 +21,7 @@ DEFAULTS: dict = {
         "eval_batch_size": 256,
         "val_per_class": 0,
         "val_mode": "random",
+        "train_per_class": 0,  # > 0: only the first N training images of each class (a fixed subset)
         "augment": True,
         # where batches are gathered and augmented: "auto" = on the GPU when training on CUDA and the
         # dataset takes at most 4 GiB there (CIFAR-10: 150 MB), else on the CPU (each batch copied over)

@@ -38,7 +38,8 @@ def evaluate_model(model: nn.Module, loader, device: torch.device | str) -> dict
 def _data_for(meta: dict, root: str | None):
     d = meta["config"]["data"]
     return get_dataset(d["name"], root or d["root"], val_per_class=d["val_per_class"],
-                       val_mode=d["val_mode"], seed=meta["config"]["seed"], **d["options"])
+                       val_mode=d["val_mode"], train_per_class=d.get("train_per_class", 0),
+                       seed=meta["config"]["seed"], **d["options"])
 
 
 def evaluate_checkpoint(path: str | Path, split: str | None = None, root: str | None = None,

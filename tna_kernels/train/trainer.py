@@ -154,7 +154,8 @@ class Trainer:
         d = cfg["data"]
         self.data = data if data is not None else get_dataset(
             d["name"], d["root"], val_per_class=d["val_per_class"], val_mode=d["val_mode"],
-            seed=cfg["seed"], download=d["download"], augment=d["augment"], **d["options"])
+            train_per_class=d["train_per_class"], seed=cfg["seed"], download=d["download"],
+            augment=d["augment"], **d["options"])
         self.eval_split = "val" if self.data.val is not None else "test"
         n = cfg["train"]["eval_train_images"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
