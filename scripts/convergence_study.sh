@@ -7,7 +7,8 @@
 #      seeds 1 and 2 (chosen by scripts/convergence_report.py once the whole sweep is recorded;
 #      LAMBDAS picks which sweep runs this invocation trains, so two can run side by side)
 #   4. ternary baseline and ternary + TNA (λ = 0.005) on a fixed 2,500-image training subset (the
-#      first 250 images of each class), 60 epochs: the overfitting regime (ARMS="baseline tna")
+#      first 250 images of each class), 60 epochs: the overfitting regime (ARMS="baseline tna";
+#      docs/RESULTS.md used SEEDS="0 1 2 3 4")
 # Every run checkpoints each epoch and continues with --resume auto, so the script can be killed
 # and started again at any time; finished runs (base.json written) are skipped. A finished run's
 # record (metrics.csv and base.json; the weights too for the fp32 KD teachers) is copied to
