@@ -863,9 +863,9 @@ def _ternary_layer(res, deadline, dev, sz, g, fdt, bdt, cin, cout, hw, float_pas
         # A probe, not a library path: cuBLAS's int8 GEMM on unpacked operands (spikes and codes as
         # int8, exact int32 sums) and the per-channel scale, to size an int8 design of this op.
         def int8_probe():
-            x8, w8 = s2.to(torch.int8), F.unpack_ternary(pl).to(torch.int8).contiguous()
-            scale = pl.scale.float()
-            if not torch.equal(torch._int_mm(x8, w8.T).float(), s2.float() @ F.unpack_ternary(pl).float().T):
+            codes = F.unpack_ternary(pl)
+            x8, w8, scale = s2.to(torch.int8), codes.to(torch.int8).contiguous(), pl.scale.float()
+            if not torch.equal(torch._int_mm(x8, w8.T).float(), s2.float() @ codes.float().T):
                 raise RuntimeError("torch._int_mm disagrees with the float product of the same operands")
             return timed(lambda: torch._int_mm(x8, w8.T) * scale, flops)()
 

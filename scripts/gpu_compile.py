@@ -268,7 +268,7 @@ def record():
                 call()
             except RuntimeError:
                 # the kernels are recorded, not run: a launcher's checks after its launch (the twin
-                # loss's assert on the bad-target count) read an unfilled buffer. Fine once recorded.
+                # loss's assert on its target flag) read an unfilled buffer. Fine once recorded.
                 if sum(map(len, recs.values())) == launched:
                     raise
     finally:

@@ -4,18 +4,18 @@ csrc/cpu/twin_loss.cpp (the formulas are in its header; reference.py::twin_loss 
 
   sweep 1 (per row, both logit tensors at once): online logsumexp carried as a scalar running
       max m and rescaled sum s (s <- s * exp(m_old - m_new) + sum exp(x - m_new) per block), the
-      row sum of x (label smoothing) and sum (a - b)^2. The row writes (ce_a, ce_b, mse_row, bad target) to
-      a [B, 4] buffer (ce = 0 on ignored rows; a target outside [0, C) is counted, not read through).
+      row sum of x (label smoothing) and sum (a - b)^2. The row writes (ce_a, ce_b, mse_row) to a
+      [B, 3] buffer (ce = 0 on ignored rows; a target outside [0, C) is never read through).
   sweep 2: re-reads the row (from L2) and writes, for grad_output = 1,
       dL/da = [valid] wa/N (exp(a - lse_a) - (1 - eps) onehot - eps/C) + 2 lam/D (a - b)
       dL/db = [valid] wb/N (exp(b - lse_b) - (1 - eps) onehot - eps/C) - 2 lam/D (a - b)
 Three launches and an assert per call, no torch glue and no host sync (host cost, not HBM
 traffic, bounds this loss on a GPU at training batch sizes):
   1. ``_count_valid_kernel`` (one program): N, the non-ignored rows, which the row kernel's
-     gradients divide by;
+     gradients divide by, and whether every other target is in [0, C);
   2. ``_twin_loss_fwd_kernel`` (one program per row): the sweeps above;
-  3. ``_twin_loss_finish_kernel`` (one program): sums the row buffer's columns, writes the parts,
-     the weighted loss and whether every target was in range;
+  3. ``_twin_loss_finish_kernel`` (one program): sums the row buffer's columns, writes the parts
+     and the weighted loss;
 then ``torch._assert_async`` on that flag (asynchronous on the GPU) reports targets out of range.
 Accumulation runs in the dtype of the row buffer: float32 for half/bf16/float32, float64 for
 float64. Outputs are written, never accumulated, so autotune reruns are safe.
@@ -57,36 +57,38 @@ _REDUCE_BLOCK = 1024
 
 
 @triton.jit
-def _count_valid_kernel(y_ptr, aux_ptr, B, ignore_index, BLOCK: tl.constexpr):
-    """aux[0] = the number of rows whose target is not ignore_index (one program)."""
+def _count_valid_kernel(y_ptr, aux_ptr, B, C, ignore_index, BLOCK: tl.constexpr):
+    """aux[0] = the number of rows whose target is not ignore_index; aux[1] = 1 when every such
+    target is in [0, C), else 0 (one program)."""
     offs = tl.arange(0, BLOCK)
     count = tl.zeros([BLOCK], tl.int64)
+    bad = tl.zeros([BLOCK], tl.int64)
     for start in range(0, B, BLOCK):
         idx = start + offs
         y = tl.load(y_ptr + idx, mask=idx < B, other=ignore_index)
-        count += (y != ignore_index).to(tl.int64)
+        valid = y != ignore_index
+        count += valid.to(tl.int64)
+        bad += (valid & ((y < 0) | (y >= C))).to(tl.int64)
     tl.store(aux_ptr, tl.sum(count, 0))
+    tl.store(aux_ptr + 1, (tl.sum(bad, 0) == 0).to(tl.int64))
 
 
 @triton.jit
 def _twin_loss_finish_kernel(rows_ptr, aux_ptr, loss_ptr, parts_ptr, B, wa, wb, lam, denom,
                              BLOCK: tl.constexpr):
     """The row buffer's column sums -> parts = (CE_a / N, CE_b / N, MSE / denom) (0 for a CE
-    without rows), loss = wa parts[0] + wb parts[1] + lam parts[2], and aux[1] = 1 when no target
-    was out of range (else 0). One program."""
+    without rows) and loss = wa parts[0] + wb parts[1] + lam parts[2]. One program."""
     acc_t = rows_ptr.dtype.element_ty
     offs = tl.arange(0, BLOCK)
     s_a = tl.zeros([BLOCK], acc_t)
     s_b = tl.zeros([BLOCK], acc_t)
     s_sq = tl.zeros([BLOCK], acc_t)
-    s_bad = tl.zeros([BLOCK], acc_t)
     for start in range(0, B, BLOCK):
         r = (start + offs).to(tl.int64)
         m = r < B
-        s_a += tl.load(rows_ptr + r * 4, mask=m, other=0.0)
-        s_b += tl.load(rows_ptr + r * 4 + 1, mask=m, other=0.0)
-        s_sq += tl.load(rows_ptr + r * 4 + 2, mask=m, other=0.0)
-        s_bad += tl.load(rows_ptr + r * 4 + 3, mask=m, other=0.0)
+        s_a += tl.load(rows_ptr + r * 3, mask=m, other=0.0)
+        s_b += tl.load(rows_ptr + r * 3 + 1, mask=m, other=0.0)
+        s_sq += tl.load(rows_ptr + r * 3 + 2, mask=m, other=0.0)
     n = tl.load(aux_ptr).to(acc_t)
     inv_n = tl.where(n > 0, 1.0 / tl.maximum(n, 1.0), 0.0)
     p_a = tl.sum(s_a, 0) * inv_n
@@ -96,7 +98,6 @@ def _twin_loss_finish_kernel(rows_ptr, aux_ptr, loss_ptr, parts_ptr, B, wa, wb, 
     tl.store(parts_ptr + 1, p_b)
     tl.store(parts_ptr + 2, p_sq)
     tl.store(loss_ptr, wa * p_a + wb * p_b + lam * p_sq)
-    tl.store(aux_ptr + 1, (tl.sum(s_bad, 0) == 0).to(tl.int64))
 
 
 @triton.autotune(configs=_configs(), key=["C_BUCKET"], prune_configs_by={"early_config_prune": _prune})
@@ -111,7 +112,7 @@ def _twin_loss_fwd_kernel(a_ptr, b_ptr, y_ptr, n_ptr, rows_ptr, ga_ptr, gb_ptr, 
     y = tl.load(y_ptr + row)
     valid = y != ignore_index
     in_range = (y >= 0) & (y < C)
-    y_safe = tl.where(valid & in_range, y, 0)  # a bad target is flagged below, never read through
+    y_safe = tl.where(valid & in_range, y, 0)  # a bad target (reported by the count kernel) is never read through
     offs = tl.arange(0, BLOCK)
 
     m_a = tl.full((), float("-inf"), acc_t)
@@ -145,10 +146,9 @@ def _twin_loss_fwd_kernel(a_ptr, b_ptr, y_ptr, n_ptr, rows_ptr, ga_ptr, gb_ptr, 
     smooth = eps / C
     ce_a = tl.where(valid, lse_a - (1.0 - eps) * ya - smooth * tl.sum(sx_a, 0), 0.0)
     ce_b = tl.where(valid, lse_b - (1.0 - eps) * yb - smooth * tl.sum(sx_b, 0), 0.0)
-    tl.store(rows_ptr + row * 4, ce_a.to(acc_t))
-    tl.store(rows_ptr + row * 4 + 1, ce_b.to(acc_t))
-    tl.store(rows_ptr + row * 4 + 2, tl.sum(sq, 0))
-    tl.store(rows_ptr + row * 4 + 3, (valid & ~in_range).to(acc_t))  # bad targets, summed with the rest
+    tl.store(rows_ptr + row * 3, ce_a.to(acc_t))
+    tl.store(rows_ptr + row * 3 + 1, ce_b.to(acc_t))
+    tl.store(rows_ptr + row * 3 + 2, tl.sum(sq, 0))
 
     if NEED_GA or NEED_GB:
         n = tl.load(n_ptr).to(acc_t)
@@ -200,19 +200,19 @@ def twin_loss_fwd(logits_base, logits_twin, target, ce_weight_base, ce_weight_tw
     B, C = a.shape
     acc = state_dtype(a.dtype)
     dev = a.device
-    aux = torch.empty(2, dtype=torch.int64, device=dev)  # [N, 1 if every target is in range]
-    rows = torch.empty((B, 4), dtype=acc, device=dev)
     loss = torch.empty((), dtype=acc, device=dev)
     parts = torch.empty(3, dtype=acc, device=dev)
     grad_a = torch.empty_like(a) if need_grad_base else a.new_empty((0,))
     grad_b = torch.empty_like(a) if need_grad_twin else a.new_empty((0,))
-    denom = max(B * C if mse_reduction == 0 else B, 1)
     if B == 0:  # no rows, no launch (an empty tensor's pointer may be null): every part is 0
         loss.zero_()
         parts.zero_()
         return loss, parts, grad_a, grad_b
+    aux = torch.empty(2, dtype=torch.int64, device=dev)  # [N, 1 if every target is in range]
+    rows = torch.empty((B, 3), dtype=acc, device=dev)
+    denom = max(B * C if mse_reduction == 0 else B, 1)
     ignore_index = int(ignore_index)
-    _count_valid_kernel[(1,)](y, aux, B, ignore_index, BLOCK=_REDUCE_BLOCK)
+    _count_valid_kernel[(1,)](y, aux, B, C, ignore_index, BLOCK=_REDUCE_BLOCK)
     _twin_loss_fwd_kernel[check_grid((B,), "twin_loss")](
         a, b, y, aux, rows, grad_a if need_grad_base else rows, grad_b if need_grad_twin else rows,
         C, bucket(C), ignore_index, float(ce_weight_base), float(ce_weight_twin),
