@@ -538,8 +538,8 @@ def test_triton_empty_batch_matches_cpu_kernel():
 @pytest.mark.triton
 @pytest.mark.parametrize("bad", [10, -5])
 def test_triton_bad_target_is_reported(bad):
-    """Counted by the kernel (and never read through: the row's loads stay inside it), then
-    reported by the assert on that count."""
+    """Flagged by the count kernel (and never read through: the row's loads stay inside it), then
+    reported by the assert on that flag."""
     from tna_kernels.triton import twin_loss as tk
 
     if triton_device() != "cpu":
